@@ -1,0 +1,136 @@
+"""All device, dtype and thread decisions, in one place.
+
+Stages call these helpers instead of deciding on their own, so ``device="auto"``
+means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from crossscale.errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def validate_device(device: str) -> str:
+    """Check the syntax of a device string: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise DeviceError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    return device
+
+
+def resolve_torch_device(device: str) -> torch.device:
+    """Turn a device string into a ``torch.device``; ``auto`` picks CUDA, then MPS, then CPU.
+
+    Raises:
+        DeviceError: for a malformed string or hardware that is not present.
+    """
+    import torch
+
+    validate_device(device)
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device={device!r} but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device='mps' but MPS is not available; use device='cpu' or 'auto'")
+    return torch.device(device)
+
+
+def model_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """fp16 on CUDA, fp32 elsewhere, unless ``precision`` says ``fp32``/``fp16``/``bf16``."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in table:
+        raise DeviceError(f"precision must be 'auto', 'fp32', 'fp16' or 'bf16', got {precision!r}")
+    return table[precision]
+
+
+def faiss_gpu_count() -> int:
+    """Number of GPUs the installed faiss build can use (0 for faiss-cpu)."""
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    if get is None or not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    try:
+        return int(get())
+    except Exception:  # pragma: no cover - broken CUDA runtime
+        logger.debug("faiss.get_num_gpus() failed", exc_info=True)
+        return 0
+
+
+def resolve_faiss_device(device: str) -> str:
+    """``cpu`` or ``cuda:N`` for faiss; ``auto`` picks the GPU when the faiss build has one.
+
+    Raises:
+        DeviceError: if a GPU is asked for and the faiss build or machine has none.
+    """
+    validate_device(device)
+    n = faiss_gpu_count()
+    if device == "auto":
+        return "cuda:0" if n > 0 else "cpu"
+    if device in ("cpu", "mps"):
+        return "cpu"
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if n == 0:
+        raise DeviceError(
+            f"device={device!r} for the chunk index, but the installed faiss has no GPU support "
+            "or sees no GPU; install the extra `pip install 'crossscale[gpu]'` or use device='cpu'"
+        )
+    if index >= n:
+        raise DeviceError(f"device={device!r} but faiss sees only {n} GPU(s)")
+    return f"cuda:{index}"
+
+
+def default_threads() -> int:
+    """The thread count torch should use: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def preserved_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count after the block.
+
+    ultralytics drops torch to one thread on its first predict; without this,
+    every other model in the process (the encoder) would run at a fraction of
+    its speed afterwards.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    omp = os.environ.get("OMP_NUM_THREADS")
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp

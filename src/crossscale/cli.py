@@ -1,0 +1,154 @@
+"""The ``crossscale`` command: index, search, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from crossscale.errors import CrossScaleError
+
+logger = logging.getLogger(__name__)
+
+
+def _components(args: argparse.Namespace) -> dict[str, Any]:
+    """open() keywords from the component flags (only those given: reopening uses the recorded ones)."""
+    kw: dict[str, Any] = {"device": args.device, "progress": not args.no_progress}
+    if args.encoder:
+        kw["encoder"] = args.encoder
+        if args.encoder_path:
+            kw["encoder_kwargs"] = {"name_or_path": args.encoder_path}
+    if args.segmenter:
+        kw["segmenter"] = args.segmenter
+        if args.yolo_model:
+            kw["segmenter_kwargs"] = (
+                {"yolo": {"model": args.yolo_model}} if "+" in args.segmenter else {"model": args.yolo_model}
+            )
+    return kw
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from crossscale.search import CrossScaleSearch
+
+    with CrossScaleSearch.open(args.workspace, batch_size=args.batch_size, **_components(args)) as cs:
+        report = cs.index(args.inputs)
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "added": list(report.added),
+                        "present": list(report.present),
+                        "failed": [
+                            {"source": f.source, "reason": f.reason, "type": f.error_type} for f in report.failed
+                        ],
+                        "chunks_added": report.chunks_added,
+                        "seconds": report.seconds,
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            print(report)
+            for failure in report.failed:
+                print(f"  failed: {failure.source}: {failure.reason}")
+    return 0 if report.ok else 3
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from crossscale.search import CrossScaleSearch
+
+    with CrossScaleSearch.open(args.workspace, readonly=True, device=args.device, progress=False) as cs:
+        matches = cs.search(args.query, top_k=args.top_k, min_score=args.min_score)
+        rows = []
+        for m in matches:
+            row = m.to_dict()
+            row["source"] = cs.record(m.parent_id).source
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for rank, row in enumerate(rows, 1):
+            where = f" {row['source']}" if row["source"] else ""
+            print(f"{rank:>3}. {row['score']:.4f}  {row['parent_id']}{where}  box={row['box']} {row['kind']}")
+        if not rows:
+            print("no matches")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from crossscale.search import CrossScaleSearch
+
+    with CrossScaleSearch.open(args.workspace, readonly=True, device="cpu", progress=False) as cs:
+        info = cs.info()
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from crossscale.demo import run_demo
+
+    return run_demo(workspace=args.workspace, device=args.device, progress=not args.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossscale", description="Find the large images that contain a small one.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, components: bool = False) -> None:
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if components:
+            p.add_argument("--encoder", help="encoder name: clip, efficientnet-lite0, color-histogram")
+            p.add_argument("--encoder-path", help="CLIP checkpoint: hub id or local directory")
+            p.add_argument("--segmenter", help="segmenter name, e.g. whole+yolo+tiles, whole+tiles")
+            p.add_argument("--yolo-model", help="YOLO weights: local path or ultralytics name")
+
+    p = sub.add_parser("index", help="index images (a folder or files) into a workspace")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--workspace", "-w", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    common(p, components=True)
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("search", help="find the indexed images that contain IMAGE")
+    p.add_argument("query", help="the small image")
+    p.add_argument("--workspace", "-w", required=True)
+    p.add_argument("--top-k", "-k", type=int, default=5)
+    p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("info", help="describe a workspace")
+    p.add_argument("--workspace", "-w", required=True)
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="offline demo on photos that ship with scikit-image")
+    p.add_argument("--workspace", "-w", default=None, help="keep the demo workspace here (default: a temp dir)")
+    common(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``crossscale`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "index" and len(args.inputs) == 1:
+        args.inputs = args.inputs[0]
+    try:
+        return int(args.func(args))
+    except CrossScaleError as exc:
+        print(f"crossscale: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

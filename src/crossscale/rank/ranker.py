@@ -1,0 +1,126 @@
+"""Fold chunk hits into a ranked list of parent images (``hits → parents``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from crossscale.errors import ConfigurationError
+from crossscale.rank.aggregators import (
+    Aggregator,
+    MaxAggregator,
+    MeanTopNAggregator,
+    SumAggregator,
+    create_aggregator,
+)
+from crossscale.types import Hit, ParentMatch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FetchHits", "ParentRanker", "Ranker"]
+
+FetchHits = Callable[[int], Sequence[Hit]]
+"""``fetch(k)`` returns the best ``k`` chunk hits of one query, best first (fewer if fewer exist)."""
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    """Turns a query's chunk hits into ``top_k`` parents. Any object with this method can rank."""
+
+    def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]: ...
+
+
+class ParentRanker:
+    """Ranks parents by an aggregate of their chunks' scores.
+
+    It asks ``fetch`` for ``top_k * overfetch`` chunks and, if those hold fewer
+    than ``top_k`` distinct parents, asks again with twice as many, until it has
+    ``top_k`` parents or has seen all ``available`` chunks. So it returns
+    ``min(top_k, number of parents)`` parents for an exhaustive index.
+
+    Args:
+        aggregator: ``"max"`` (default), ``"sum"``, ``"mean_topN"`` or an :class:`Aggregator`.
+        overfetch: chunks asked for per wanted parent on the first try (>= 1).
+        min_score: parents whose score is below this are dropped.
+    """
+
+    def __init__(
+        self, aggregator: str | Aggregator = "max", *, overfetch: int = 8, min_score: float | None = None
+    ) -> None:
+        if isinstance(overfetch, bool) or not isinstance(overfetch, int) or overfetch < 1:
+            raise ConfigurationError(f"overfetch must be a positive int, got {overfetch!r}")
+        if min_score is not None and not math.isfinite(min_score):
+            raise ConfigurationError(f"min_score must be finite or None, got {min_score!r}")
+        self.aggregator = create_aggregator(aggregator)
+        self.overfetch = overfetch
+        self.min_score = min_score
+
+    def __repr__(self) -> str:
+        return f"ParentRanker(aggregator={self.aggregator.name!r}, overfetch={self.overfetch})"
+
+    def fold(self, hits: Sequence[Hit], top_k: int | None = None) -> list[ParentMatch]:
+        """Group hits by parent, score each parent, and sort (score desc, then parent id).
+
+        Pure: the same hits give the same list. ``top_k=None`` keeps all parents.
+        """
+        groups: dict[str, list[Hit]] = {}
+        for hit in hits:
+            groups.setdefault(hit.parent_id, []).append(hit)
+        matches: list[ParentMatch] = []
+        for parent_id, group in groups.items():
+            group.sort(key=lambda h: (-h.score, h.chunk_id))
+            best = group[0]
+            score = self.aggregator(np.asarray([h.score for h in group], dtype=np.float64))
+            if self.min_score is not None and score < self.min_score:
+                continue
+            matches.append(
+                ParentMatch(
+                    parent_id=parent_id,
+                    score=score,
+                    box=best.box,
+                    kind=best.kind,
+                    label=best.label,
+                    chunk_score=best.score,
+                    chunk_id=best.chunk_id,
+                    n_hits=len(group),
+                )
+            )
+        matches.sort(key=lambda m: (-m.score, m.parent_id))
+        return matches if top_k is None else matches[:top_k]
+
+    def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]:
+        """The ``top_k`` best parents, fetching more chunks until enough distinct parents are seen.
+
+        Args:
+            fetch: returns the best ``k`` chunk hits for the query.
+            top_k: parents wanted.
+            available: chunks in the index (upper bound for ``k``).
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigurationError(f"top_k must be a positive int, got {top_k!r}")
+        if available <= 0:
+            return []
+        k = min(available, top_k * self.overfetch)
+        while True:
+            hits = fetch(k)
+            matches = self.fold(hits, None)
+            if len(matches) >= top_k or k >= available or len(hits) < k or self._below_floor(hits):
+                return matches[:top_k]
+            logger.debug("only %d parents in %d chunks; fetching %d", len(matches), k, min(available, 2 * k))
+            k = min(available, 2 * k)
+
+    def _below_floor(self, hits: Sequence[Hit]) -> bool:
+        """True when no unseen parent can reach ``min_score``.
+
+        Unseen chunks score at most the last hit's score, and max and mean-of-top-n
+        never exceed a parent's best chunk; a sum can, so it never stops early.
+        """
+        if self.min_score is None or not hits or isinstance(self.aggregator, SumAggregator):
+            return False
+        if not isinstance(self.aggregator, (MaxAggregator, MeanTopNAggregator)):
+            return False
+        return hits[-1].score < self.min_score

@@ -1,0 +1,238 @@
+"""Value types shared by every stage: ``image → chunks → vectors → hits → parents``.
+
+This module is the only one the stages have in common. It imports nothing from
+them, so any stage can be replaced by a user's own class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from crossscale.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["Box", "Chunk", "ChunkKind", "Hit", "IndexFailure", "IndexReport", "ParentMatch"]
+
+ChunkKind = Literal["whole", "detection", "tile"]
+CHUNK_KINDS: tuple[str, ...] = ("whole", "detection", "tile")
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """An axis-aligned box in a parent's pixel coordinates, ``x0 <= x < x1``, ``y0 <= y < y1``.
+
+    Coordinates are integers; ``x1``/``y1`` are exclusive, as in ``PIL.Image.crop``.
+    """
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    def __post_init__(self) -> None:
+        for name in ("x0", "y0", "x1", "y1"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError(f"Box.{name} must be an int, got {value!r}")
+        if self.x0 < 0 or self.y0 < 0:
+            raise ConfigurationError(f"Box has negative coordinates: {self.as_tuple()}")
+        if self.x1 <= self.x0 or self.y1 <= self.y0:
+            raise ConfigurationError(f"Box is empty: {self.as_tuple()} (needs x1 > x0 and y1 > y0)")
+
+    @classmethod
+    def from_floats(cls, x0: float, y0: float, x1: float, y1: float, *, width: int, height: int) -> Box:
+        """Round float coordinates outwards and clip them to an image of ``width`` x ``height``.
+
+        Raises:
+            ConfigurationError: if nothing of the box lies inside the image.
+        """
+        values = (x0, y0, x1, y1)
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigurationError(f"box coordinates must be finite, got {values}")
+        ix0 = max(0, min(width, math.floor(x0)))
+        iy0 = max(0, min(height, math.floor(y0)))
+        ix1 = max(0, min(width, math.ceil(x1)))
+        iy1 = max(0, min(height, math.ceil(y1)))
+        return cls(ix0, iy0, ix1, iy1)
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)``, the order ``PIL.Image.crop`` takes."""
+        return (self.x0, self.y0, self.x1, self.y1)
+
+    def intersection_area(self, other: Box) -> int:
+        w = min(self.x1, other.x1) - max(self.x0, other.x0)
+        h = min(self.y1, other.y1) - max(self.y0, other.y0)
+        return max(0, w) * max(0, h)
+
+    def iou(self, other: Box) -> float:
+        """Intersection over union, in ``[0, 1]``."""
+        inter = self.intersection_area(other)
+        return inter / (self.area + other.area - inter)
+
+    def pad(self, fraction: float, *, width: int, height: int) -> Box:
+        """Grow each side by ``fraction`` of the box's size, clipped to the image."""
+        if not math.isfinite(fraction) or fraction < 0:
+            raise ConfigurationError(f"pad fraction must be >= 0, got {fraction!r}")
+        dx = self.width * fraction
+        dy = self.height * fraction
+        return Box.from_floats(self.x0 - dx, self.y0 - dy, self.x1 + dx, self.y1 + dy, width=width, height=height)
+
+    def to_json(self) -> list[int]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+    @classmethod
+    def from_json(cls, value: list[int]) -> Box:
+        x0, y0, x1, y1 = value
+        return cls(int(x0), int(y0), int(x1), int(y1))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Chunk:
+    """A crop of a parent image that gets its own vector.
+
+    Attributes:
+        box: where the crop lies in the parent, in the parent's pixels.
+        image: the cropped RGB image.
+        kind: ``"whole"`` (the parent itself), ``"detection"`` or ``"tile"``.
+        label: the detector's class name, for detections.
+        confidence: the detector's confidence, for detections.
+    """
+
+    box: Box
+    image: Image.Image
+    kind: ChunkKind
+    label: str | None = None
+    confidence: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHUNK_KINDS:
+            raise ConfigurationError(f"Chunk.kind must be one of {CHUNK_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One chunk returned by a vector search, with what is known of it.
+
+    Attributes:
+        chunk_id: the chunk's 64-bit id in the index.
+        score: the inner product of query and chunk vectors (cosine similarity).
+        parent_id: the parent image the chunk was cut from.
+        box: the chunk's box in the parent.
+        kind, label, confidence: as in :class:`Chunk`.
+    """
+
+    chunk_id: int
+    score: float
+    parent_id: str
+    box: Box
+    kind: ChunkKind
+    label: str | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParentMatch:
+    """A parent image ranked for a query. Higher ``score`` is better.
+
+    Attributes:
+        parent_id: id of the parent image.
+        score: the ranker's aggregate of the parent's chunk scores.
+        box: box of the best-scoring chunk, in the parent's pixels: *where* the query is.
+        kind, label: of the best chunk.
+        chunk_score: similarity of the best chunk alone.
+        chunk_id: id of the best chunk.
+        n_hits: how many of the parent's chunks were among the retrieved hits.
+    """
+
+    parent_id: str
+    score: float
+    box: Box
+    kind: ChunkKind
+    chunk_score: float
+    chunk_id: int
+    n_hits: int = 1
+    label: str | None = None
+    _loader: Callable[[str], Image.Image] | None = field(default=None, repr=False, compare=False)
+
+    def image(self) -> Image.Image:
+        """The parent image, read from the workspace that produced this match.
+
+        Raises:
+            CrossScaleError: if this match was not produced by a workspace.
+        """
+        if self._loader is None:
+            raise ConfigurationError("this ParentMatch is not attached to a workspace; use CrossScaleSearch.search")
+        return self._loader(self.parent_id)
+
+    def crop(self) -> Image.Image:
+        """The region of the parent image where the query was found."""
+        return self.image().crop(self.box.as_tuple())
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {
+            "parent_id": self.parent_id,
+            "score": self.score,
+            "box": self.box.to_json(),
+            "kind": self.kind,
+            "label": self.label,
+            "chunk_score": self.chunk_score,
+            "chunk_id": self.chunk_id,
+            "n_hits": self.n_hits,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IndexFailure:
+    """An input that could not be indexed, and why."""
+
+    source: str
+    reason: str
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexReport:
+    """What :meth:`CrossScaleSearch.index` did.
+
+    Attributes:
+        added: parent ids newly indexed.
+        present: parent ids that were already in the workspace (skipped).
+        failed: inputs that could not be indexed, each with the reason.
+        chunks_added: number of chunk vectors added.
+        seconds: wall time.
+    """
+
+    added: tuple[str, ...] = ()
+    present: tuple[str, ...] = ()
+    failed: tuple[IndexFailure, ...] = ()
+    chunks_added: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no input failed."""
+        return not self.failed
+
+    def __str__(self) -> str:
+        return (
+            f"added {len(self.added)}, already present {len(self.present)}, "
+            f"failed {len(self.failed)}, chunks {self.chunks_added} in {self.seconds:.1f}s"
+        )

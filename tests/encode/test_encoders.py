@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from crossscale._vectors import l2_normalize
+from crossscale.encode import (
+    BackboneEncoder,
+    CLIPEncoder,
+    ColorHistogramEncoder,
+    Encoder,
+    create_encoder,
+    list_encoders,
+    register_encoder,
+)
+from crossscale.errors import ConfigurationError, DeviceError, ModelLoadError, VectorError
+
+
+def _check_rows(v: np.ndarray, n: int, dim: int) -> None:
+    assert v.shape == (n, dim) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- CLIP, tiny random checkpoint
+def test_clip_loads_from_local_dir_and_embeds(tiny_clip_dir: Path, photos: dict[str, Image.Image]) -> None:
+    enc = CLIPEncoder(tiny_clip_dir, device="cpu", batch_size=2)
+    assert isinstance(enc, Encoder) and enc.dim == 12 and enc.name == f"clip:{tiny_clip_dir.name}"
+    images = [photos["chelsea"], photos["coffee"], photos["rocket"].convert("L")]
+    v = enc.encode(images)
+    _check_rows(v, 3, 12)
+    np.testing.assert_allclose(enc.encode(images[:1]), v[:1], atol=1e-5)  # batching does not change vectors
+    assert enc.encode([]).shape == (0, 12)
+
+
+def test_clip_matches_transformers_directly(tiny_clip_dir: Path, photos: dict[str, Image.Image]) -> None:
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    model, proc = CLIPModel.from_pretrained(tiny_clip_dir), CLIPImageProcessor.from_pretrained(tiny_clip_dir)
+    with torch.inference_mode():
+        out = model.get_image_features(**proc(images=[photos["coffee"]], return_tensors="pt"))
+    ref = (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(CLIPEncoder(tiny_clip_dir, device="cpu").encode([photos["coffee"]]), ref, atol=1e-5)
+
+
+def test_clip_by_name_through_factory(tiny_clip_dir: Path) -> None:
+    enc = create_encoder("clip", name_or_path=str(tiny_clip_dir), device="cpu")
+    assert isinstance(enc, CLIPEncoder)
+
+
+def test_clip_hub_id_offline_fails_fast_with_hint() -> None:
+    with pytest.raises(ModelLoadError, match="local directory"):
+        CLIPEncoder("openai/clip-vit-base-patch32", device="cpu")
+
+
+def test_clip_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError):
+        CLIPEncoder(tmp_path / "nope", device="cpu")
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0, real weights
+def test_lite0_is_pretrained_and_semantic(lite0: BackboneEncoder, photos: dict[str, Image.Image]) -> None:
+    assert lite0.dim == 1280 and lite0.name == "efficientnet-lite0"
+    cat, coffee, rocket = photos["chelsea"], photos["coffee"], photos["rocket"]
+    v = lite0.encode([cat, coffee, rocket, cat.crop((60, 20, 380, 300)).resize((160, 140))])
+    _check_rows(v, 4, 1280)
+    sims = v[3] @ v[:3].T
+    assert sims.argmax() == 0, f"a crop of the cat should be closest to the cat, got {sims}"
+
+
+def test_lite0_classifies_cat_as_cat(lite0: BackboneEncoder, photos: dict[str, Image.Image]) -> None:
+    x = lite0._preprocess([photos["chelsea"]])
+    with torch.inference_mode():
+        logits = lite0.model(x)
+    assert int(logits.argmax()) in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
+
+
+# ---------------------------------------------------------------- colour histogram
+def test_histogram_encoder(photos: dict[str, Image.Image]) -> None:
+    enc = ColorHistogramEncoder(bins=4)
+    v = enc.encode([photos["coffee"], photos["coffee"], Image.new("RGB", (9, 9), (255, 0, 0))])
+    _check_rows(v, 3, 64)
+    assert v[0] @ v[1] == pytest.approx(1.0)
+    red = np.zeros(64, np.float32)
+    red[3 * 16] = 1.0  # r bin 3, g 0, b 0
+    np.testing.assert_allclose(v[2], red)
+
+
+# ---------------------------------------------------------------- factory and shared checks
+def test_factory_lists_and_errors() -> None:
+    assert {"clip", "efficientnet-lite0", "color-histogram"} <= set(list_encoders())
+    with pytest.raises(ConfigurationError, match="did you mean 'clip'"):
+        create_encoder("clipp")
+    with pytest.raises(ConfigurationError, match="bad arguments"):
+        create_encoder("color-histogram", nonsense=3)
+    with pytest.raises(ConfigurationError):
+        create_encoder("color-histogram", bins=99)
+
+
+def test_register_custom_encoder() -> None:
+    @register_encoder("test-constant")
+    def _make(**_: object) -> ColorHistogramEncoder:
+        return ColorHistogramEncoder(bins=2)
+
+    assert create_encoder("test-constant").dim == 8
+    with pytest.raises(ConfigurationError, match="already registered"):
+        register_encoder("test-constant")(_make)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "", "CPU"])
+def test_bad_device_strings(device: str) -> None:
+    with pytest.raises(DeviceError):
+        create_encoder("efficientnet-lite0", device=device)
+
+
+def test_cuda_requested_without_gpu_is_clear() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(DeviceError, match="no CUDA"):
+        create_encoder("efficientnet-lite0", device="cuda")
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 3)), np.array([[np.nan, 1.0]]), np.ones(3)])
+def test_l2_normalize_rejects(bad: np.ndarray) -> None:
+    with pytest.raises(VectorError):
+        l2_normalize(bad)
+
+
+@pytest.mark.gpu
+def test_clip_on_cuda_uses_fp16(tiny_clip_dir: Path, photos: dict[str, Image.Image]) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    enc = CLIPEncoder(tiny_clip_dir, device="cuda")
+    assert enc.dtype == torch.float16
+    cpu = CLIPEncoder(tiny_clip_dir, device="cpu").encode([photos["coffee"]])
+    np.testing.assert_allclose(enc.encode([photos["coffee"]]), cpu, atol=2e-2)

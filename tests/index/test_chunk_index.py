@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from crossscale._device import faiss_gpu_count
+from crossscale.errors import ChunkIndexError, ConfigurationError, DeviceError, VectorError, WorkspaceFormatError
+from crossscale.index import ChunkIndex
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _brute(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = q @ x.T
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, 1), ids[order]
+
+
+def test_flat_search_matches_brute_force(rng: np.random.Generator) -> None:
+    x, q = _unit(rng, 500, 32), _unit(rng, 7, 32)
+    ids = rng.permutation(10_000)[:500].astype(np.int64) + 2**40  # 64-bit ids
+    index = ChunkIndex(32, device="cpu")
+    index.add(x * 3.0, ids)  # normalised on the way in
+    scores, got = index.search(q * 0.5, 10)
+    ref_s, ref_i = _brute(x, ids, q, 10)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    assert (got == ref_i).all()
+    assert len(index) == 500 and set(index.ids()) == set(ids)
+
+
+def test_padding_when_fewer_than_k(rng: np.random.Generator) -> None:
+    index = ChunkIndex(8, device="cpu")
+    s, i = index.search(_unit(rng, 2, 8), 3)
+    assert (i == -1).all() and np.isneginf(s).all()
+    index.add(_unit(rng, 2, 8), [5, 9])
+    s, i = index.search(_unit(rng, 1, 8), 4)
+    assert sorted(i[0, :2]) == [5, 9] and (i[0, 2:] == -1).all() and np.isneginf(s[0, 2:]).all()
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+def test_remove_then_search_never_returns_removed(factory: str, rng: np.random.Generator) -> None:
+    x = _unit(rng, 400, 16)
+    index = ChunkIndex(16, factory, device="cpu")
+    index.add(x, np.arange(400))
+    if factory.startswith("IVF"):
+        index.set_search_params("nprobe=4")
+    if factory.startswith("HNSW"):
+        index.set_search_params("efSearch=400")
+    gone = np.arange(0, 400, 3)
+    assert index.remove(gone) == len(gone)
+    assert index.remove([100000]) == 0
+    assert len(index) == 400 - len(gone)
+    _, got = index.search(x[:20], 50)
+    assert not np.isin(got, gone).any()
+    assert (got[:, 0] == np.where(np.isin(np.arange(20), gone), got[:, 0], np.arange(20))).all()
+    assert set(index.ids()) == set(range(400)) - set(gone)
+
+
+def test_save_load_roundtrip_with_meta_and_tombstones(tmp_path: Path, rng: np.random.Generator) -> None:
+    x = _unit(rng, 50, 8)
+    index = ChunkIndex(8, "HNSW8", device="cpu")
+    index.add(x, np.arange(50) * 7)
+    index.remove([7, 14])
+    index.save(tmp_path / "i.idx", {"generation": 12})
+    loaded, meta = ChunkIndex.load(tmp_path / "i.idx", device="cpu")
+    assert meta == {"generation": 12} and loaded.factory == "HNSW8" and len(loaded) == 48
+    np.testing.assert_array_equal(loaded.search(x, 5)[1], index.search(x, 5)[1])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_rejects_garbage_and_newer_formats(tmp_path: Path) -> None:
+    (tmp_path / "bad").write_bytes(b"not an index")
+    with pytest.raises(WorkspaceFormatError, match="not a crossscale"):
+        ChunkIndex.load(tmp_path / "bad")
+    ChunkIndex(4, device="cpu").save(tmp_path / "ok")
+    raw = (tmp_path / "ok").read_bytes().replace(b'"format": 1', b'"format": 9')
+    (tmp_path / "newer").write_bytes(raw)
+    with pytest.raises(WorkspaceFormatError, match="format 9"):
+        ChunkIndex.load(tmp_path / "newer")
+
+
+def test_ivf_trains_on_first_batch_or_says_why(rng: np.random.Generator) -> None:
+    index = ChunkIndex(8, "IVF16,Flat", device="cpu")
+    with pytest.raises(ChunkIndexError, match="training"):
+        index.add(_unit(rng, 3, 8), [0, 1, 2])
+    index.add(_unit(rng, 800, 8), np.arange(800))
+    assert index.is_trained and len(index) == 800
+
+
+@pytest.mark.parametrize(
+    ("vectors", "ids", "error"),
+    [
+        (np.ones((2, 5)), [0, 1], VectorError),
+        (np.ones((2, 4)), [0], ConfigurationError),
+        (np.ones((2, 4)), [1, 1], ConfigurationError),
+        (np.ones((2, 4)), [-1, 2], ConfigurationError),
+        (np.zeros((1, 4)), [0], VectorError),
+        (np.full((1, 4), np.inf), [0], VectorError),
+        (np.array([["a", "b", "c", "d"]]), [0], VectorError),
+    ],
+)
+def test_add_validates(vectors: np.ndarray, ids: list[int], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        ChunkIndex(4, device="cpu").add(vectors, ids)
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True])
+def test_search_validates_k(k: object) -> None:
+    with pytest.raises(ConfigurationError):
+        ChunkIndex(4, device="cpu").search(np.ones((1, 4)), k)  # type: ignore[arg-type]
+
+
+def test_bad_factory_and_dim() -> None:
+    with pytest.raises(ConfigurationError, match="factory"):
+        ChunkIndex(4, "NotAnIndex")
+    with pytest.raises(ConfigurationError):
+        ChunkIndex(0)
+
+
+def test_blas_threshold_is_restored(rng: np.random.Generator) -> None:
+    before = faiss.cvar.distance_compute_blas_threshold
+    index = ChunkIndex(8, device="cpu")
+    index.add(_unit(rng, 10, 8), np.arange(10))
+    index.search(_unit(rng, 30, 8), 3)
+    assert faiss.cvar.distance_compute_blas_threshold == before
+
+
+def test_gpu_device_without_faiss_gpu_is_clear() -> None:
+    if faiss_gpu_count():
+        pytest.skip("faiss sees a GPU")
+    with pytest.raises(DeviceError, match=r"crossscale\[gpu\]"):
+        ChunkIndex(4, device="cuda")
+    assert ChunkIndex(4, device="auto").device == "cpu"
+
+
+@pytest.mark.gpu
+def test_gpu_search_matches_cpu(rng: np.random.Generator) -> None:
+    if not faiss_gpu_count():
+        pytest.skip("faiss has no GPU")
+    x, q = _unit(rng, 2000, 64), _unit(rng, 10, 64)
+    cpu, gpu = ChunkIndex(64, device="cpu"), ChunkIndex(64, device="cuda")
+    for index in (cpu, gpu):
+        index.add(x, np.arange(2000) + 10**12)
+        index.remove([10**12 + 5])
+    np.testing.assert_array_equal(cpu.search(q, 10)[1], gpu.search(q, 10)[1])

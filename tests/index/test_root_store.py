@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+from crossscale.errors import ConfigurationError, ParentNotFoundError, WorkspaceError
+from crossscale.index import RootStore
+from crossscale.index.root_store import NewParent
+from crossscale.types import Box
+
+
+def _parent(pid: str, n: int = 2, dim: int = 4, data: bytes = b"img") -> NewParent:
+    chunks = [(Box(0, 0, 5 + i, 5 + i), "tile", None, None) for i in range(n)]
+    vecs = np.eye(dim, dtype=np.float32)[np.arange(n) % dim]
+    return NewParent(pid, data, "PNG", 10, 10, chunks, vecs, source=f"/x/{pid}.png", metadata={"k": pid})
+
+
+def test_add_read_delete(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    ids = store.add_parents([_parent("a", 2), _parent("b", 3, data=b"bbb")])
+    assert ids == [[0, 1], [2, 3, 4]] and len(store) == 2 and store.chunk_count() == 5
+    assert "a" in store and "zz" not in store and store.image_bytes("b") == b"bbb"
+    rec = store.parent("b")
+    assert rec.chunk_ids == (2, 3, 4) and rec.metadata == {"k": "b"} and rec.source == "/x/b.png"
+    assert store.chunk_records([1, 2, 99])[2].parent_id == "b" and 99 not in store.chunk_records([99])
+    got_ids, vecs = store.vectors([4, 0, 77])
+    assert list(got_ids) == [4, 0] and vecs.shape == (2, 4)
+    assert store.delete_parent("a") == [0, 1]
+    assert len(store) == 1 and store.chunk_count() == 3 and store.vectors([0])[0].size == 0
+    with pytest.raises(ParentNotFoundError, match="'a'"):
+        store.delete_parent("a")
+    with pytest.raises(ParentNotFoundError):
+        store.image_bytes("a")
+
+
+def test_batch_is_all_or_nothing(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a")])
+    with pytest.raises(ConfigurationError, match="already stored"):
+        store.add_parents([_parent("new"), _parent("a")])
+    assert "new" not in store and store.chunk_count() == 2 and store.generation == 1
+    with pytest.raises(ConfigurationError, match="twice"):
+        store.add_parents([_parent("x"), _parent("x")])
+    with pytest.raises(ConfigurationError, match="float32"):
+        store.add_parents(
+            [NewParent("v", b"", "PNG", 1, 1, [(Box(0, 0, 1, 1), "tile", None, None)], np.ones((1, 3), np.float32))]
+        )
+
+
+@pytest.mark.parametrize("pid", ["", "a\nb", "x" * 300, 5])
+def test_parent_ids_are_validated(tmp_path: Path, pid: object) -> None:
+    with pytest.raises(ConfigurationError):
+        RootStore(tmp_path / "s", dim=4).add_parents([_parent(pid)])  # type: ignore[arg-type]
+
+
+def test_map_grows_instead_of_failing(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4, map_size=1 << 20)
+    before = store._env.info()["map_size"]
+    big = np.random.default_rng(0).bytes(3 << 20)
+    for i in range(40):  # 120 MiB of image bytes into a 64 MiB initial map
+        store.add_parents([_parent(f"p{i}", data=big)])
+    assert len(store) == 40 and store._env.info()["map_size"] > before
+
+
+def test_change_log_and_prune(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a", 2)])
+    store.add_parents([_parent("b", 1)])
+    store.delete_parent("a")
+    assert store.generation == 3
+    assert store.changes_since(0) == [(1, [0, 1], []), (2, [2], []), (3, [], [0, 1])]
+    assert store.changes_since(2) == [(3, [], [0, 1])] and store.changes_since(3) == []
+    store.prune_log(2)
+    assert store.changes_since(0) is None and store.changes_since(2) == [(3, [], [0, 1])]
+
+
+def test_stored_values_are_json_not_pickle(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a")])
+    store.close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=8, readonly=True)
+    with env.begin() as txn:
+        for name in (b"parents", b"chunks", b"info", b"log"):
+            for _, value in txn.cursor(db=env.open_db(name, txn=txn)):
+                json.loads(bytes(value))  # every metadata value parses as JSON
+                assert not bytes(value).startswith(b"\x80")  # no pickle protocol header
+    env.close()
+
+
+def test_readonly(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceError, match="read-only"):
+        RootStore(tmp_path / "none", dim=4, readonly=True)
+    RootStore(tmp_path / "s", dim=4).add_parents([_parent("a")])
+    ro = RootStore(tmp_path / "s", dim=4, readonly=True)
+    assert len(ro) == 1
+    with pytest.raises(WorkspaceError, match="read-only"):
+        ro.delete_parent("a")
+
+
+def test_iter_vectors_in_batches(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent(f"p{i}", 3) for i in range(5)])
+    batches = list(store.iter_vectors(batch_size=4))
+    assert [len(i) for i, _ in batches] == [4, 4, 4, 3]
+    assert list(np.concatenate([i for i, _ in batches])) == list(range(15))

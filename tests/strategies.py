@@ -1,0 +1,30 @@
+"""Hypothesis strategies shared by the tests."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from crossscale.types import Box, Hit
+
+MAX_SIDE = 4096
+
+
+@st.composite
+def boxes(draw: st.DrawFn, max_side: int = MAX_SIDE) -> Box:
+    x0 = draw(st.integers(0, max_side - 1))
+    y0 = draw(st.integers(0, max_side - 1))
+    x1 = draw(st.integers(x0 + 1, max_side))
+    y1 = draw(st.integers(y0 + 1, max_side))
+    return Box(x0, y0, x1, y1)
+
+
+@st.composite
+def hit_lists(draw: st.DrawFn, max_parents: int = 12, max_hits: int = 60) -> list[Hit]:
+    """Hits sorted by score (desc), unique chunk ids, scores in [-1, 1], as an index returns them."""
+    n = draw(st.integers(0, max_hits))
+    parents = draw(st.lists(st.sampled_from([f"p{i}" for i in range(max_parents)]), min_size=n, max_size=n))
+    scores = sorted(
+        draw(st.lists(st.floats(-1.0, 1.0, allow_nan=False, width=32), min_size=n, max_size=n)), reverse=True
+    )
+    box = Box(0, 0, 10, 10)
+    return [Hit(i, float(s), p, box, "tile") for i, (s, p) in enumerate(zip(scores, parents, strict=True))]

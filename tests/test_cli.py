@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from crossscale.cli import main
+
+
+def test_index_search_info(tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("coffee", "rocket", "astronaut"):
+        photos[name].save(folder / f"{name}.png")
+    ws = str(tmp_path / "ws")
+    assert (
+        main(
+            [
+                "index",
+                str(folder),
+                "-w",
+                ws,
+                "--encoder",
+                "color-histogram",
+                "--segmenter",
+                "whole+tiles",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "added 3" in capsys.readouterr().out
+    photos["rocket"].crop((100, 100, 300, 300)).save(tmp_path / "q.png")
+    assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--top-k", "2", "--json", "--device", "cpu"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and rows[0]["source"] == str(folder / "rocket.png") and len(rows[0]["box"]) == 4
+    assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--device", "cpu"]) == 0
+    assert "rocket.png" in capsys.readouterr().out.splitlines()[0]
+    assert main(["info", "-w", ws]) == 0
+    assert json.loads(capsys.readouterr().out)["parents"] == 3
+
+
+def test_errors_exit_nonzero_with_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "-w", str(tmp_path / "nope")]) == 2
+    assert "no workspace" in capsys.readouterr().err
+    (tmp_path / "bad.jpg").write_bytes(b"junk")
+    ws = str(tmp_path / "ws")
+    assert (
+        main(
+            [
+                "index",
+                str(tmp_path / "bad.jpg"),
+                "-w",
+                ws,
+                "--encoder",
+                "color-histogram",
+                "--segmenter",
+                "whole",
+                "--no-progress",
+            ]
+        )
+        == 3
+    )
+    assert "failed" in capsys.readouterr().out
+    assert main(["search", str(tmp_path / "bad.jpg"), "-w", ws]) == 2
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])

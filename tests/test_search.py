@@ -1,0 +1,279 @@
+"""End-to-end tests of the CrossScaleSearch facade."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossscale import (
+    Box,
+    ConfigurationError,
+    CrossScaleSearch,
+    ImageLoadError,
+    ParentNotFoundError,
+    WorkspaceError,
+    WorkspaceFormatError,
+    WorkspaceLockedError,
+    WorkspaceMismatchError,
+)
+from crossscale.encode import BackboneEncoder, ColorHistogramEncoder
+from crossscale.segment import TileSegmenter
+from tests.photos import paste_scene
+
+
+def _hist(path: Path, **kw: object) -> CrossScaleSearch:
+    kw.setdefault("encoder", "color-histogram")
+    kw.setdefault("segmenter", "whole+tiles")
+    return CrossScaleSearch.open(path, progress=False, device="cpu", **kw)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the real thing: pretrained encoder
+@pytest.fixture(scope="module")
+def scene_workspace(tmp_path_factory: pytest.TempPathFactory, lite0: BackboneEncoder, photos: dict[str, Image.Image]):  # type: ignore[no-untyped-def]
+    """Large scenes with real objects pasted at known boxes, indexed with EfficientNet-Lite0 + tiles."""
+    names = list(photos)
+    backgrounds = [photos[n].resize((900, 700)) for n in names[:6]]
+    objects = {"chelsea": photos["chelsea"], "coffee": photos["coffee"], "rocket": photos["rocket"]}
+    scenes, truth = {}, {}
+    spots = [(40, 60), (500, 300), (300, 80)]
+    for i, (obj_name, obj) in enumerate(objects.items()):
+        scene, box = paste_scene(backgrounds[i + 3], obj, at=spots[i], size=(320, 240))
+        scenes[f"scene-{obj_name}"] = scene
+        truth[obj_name] = (f"scene-{obj_name}", Box(*box))
+    for i in range(3):
+        scenes[f"plain-{names[i]}"] = backgrounds[i]
+    path = tmp_path_factory.mktemp("scenes") / "ws"
+    cs = CrossScaleSearch.open(
+        path, encoder=lite0, segmenter=TileSegmenter(scales=(0.5, 0.35), overlap=0.5), progress=False, device="cpu"
+    )
+    report = cs.index(list(scenes.items()))
+    assert report.ok and len(report.added) == 6
+    yield cs, objects, truth
+    cs.close()
+
+
+@pytest.mark.parametrize("obj_name", ["chelsea", "coffee", "rocket"])
+def test_rescaled_object_finds_its_scene_first_with_the_box(scene_workspace, obj_name: str) -> None:  # type: ignore[no-untyped-def]
+    cs, objects, truth = scene_workspace
+    query = objects[obj_name].resize((150, 110))  # a different scale than the one pasted
+    matches = cs.search(query, top_k=3)
+    parent, box = truth[obj_name]
+    assert matches[0].parent_id == parent, [(m.parent_id, round(m.score, 3)) for m in matches]
+    assert matches[0].box.iou(box) > 0.3, (matches[0].box, box)
+    assert len({m.parent_id for m in matches}) == 3
+    assert matches[0].image().size == (900, 700)
+    assert matches[0].crop().size == (matches[0].box.width, matches[0].box.height)
+
+
+def test_search_batch_equals_single_searches(scene_workspace) -> None:  # type: ignore[no-untyped-def]
+    cs, objects, _ = scene_workspace
+    queries = [o.resize((120, 90)) for o in objects.values()]
+    batch = cs.search_batch(queries, top_k=4)
+    for q, got in zip(queries, batch, strict=True):
+        single = cs.search(q, top_k=4)
+        assert [m.parent_id for m in got] == [m.parent_id for m in single]
+        np.testing.assert_allclose([m.score for m in got], [m.score for m in single], rtol=1e-5)
+
+
+def test_top_k_parents_even_when_one_parent_owns_the_best_chunks(scene_workspace) -> None:  # type: ignore[no-untyped-def]
+    cs, objects, _ = scene_workspace
+    matches = cs.search(objects["coffee"], top_k=6)
+    assert len(matches) == 6 == len({m.parent_id for m in matches})  # every parent, no duplicates
+    assert len(cs.search(objects["coffee"], top_k=50)) == 6
+
+
+# ------------------------------------------------------------------ workspace behaviour (fast encoder)
+def test_index_report_dedup_and_failures(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    (tmp_path / "imgs").mkdir()
+    photos["coffee"].save(tmp_path / "imgs" / "coffee.jpg")
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "imgs" / "notes.txt").write_text("ignored: not an image suffix")
+    with _hist(tmp_path / "ws") as cs:
+        r1 = cs.index(tmp_path / "imgs")
+        assert len(r1.added) == 1 and len(r1.failed) == 1 and "broken.png" in r1.failed[0].source
+        assert r1.failed[0].error_type == "ImageLoadError"
+        r2 = cs.index(
+            [
+                tmp_path / "imgs" / "coffee.jpg",
+                photos["chelsea"],
+                ("my-id", photos["rocket"], {"tag": 1}),
+                ("bad-tuple",),
+                b"junk",
+            ]
+        )
+        assert r2.present == r1.added and len(r2.added) == 2 and len(r2.failed) == 2
+        assert "my-id" in cs and cs.record("my-id").metadata == {"tag": 1}
+        assert cs.record(r1.added[0]).source == str(tmp_path / "imgs" / "coffee.jpg")
+        stored = (tmp_path / "imgs" / "coffee.jpg").read_bytes()
+        assert cs.store.image_bytes(r1.added[0]) == stored  # original file bytes, not pixels
+        assert len(cs) == 3
+
+
+def test_ids_and_metadata_arguments(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with _hist(tmp_path / "ws") as cs:
+        r = cs.index([photos["coffee"], photos["rocket"]], ids=["a", "b"], metadata={"batch": 7})
+        assert r.added == ("a", "b") and cs.record("b").metadata == {"batch": 7}
+        with pytest.raises(ConfigurationError, match="one per input"):
+            cs.index([photos["coffee"]], ids=["a", "b"])
+        bad = cs.index([("bad\nid", photos["astronaut"]), (5, photos["astronaut"])])
+        assert len(bad.failed) == 2 and not bad.added
+        bad_meta = cs.index([photos["astronaut"]], metadata={"x": object()})
+        assert "JSON" in bad_meta.failed[0].reason
+
+
+def test_an_image_where_nothing_is_detected_is_still_found(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    class FindsNothing:
+        name = "nothing"
+
+        def segment(self, images: list[Image.Image]) -> list[list[object]]:
+            return [[] for _ in images]
+
+    with _hist(tmp_path / "ws", segmenter=FindsNothing()) as cs:
+        cs.index([("c", photos["coffee"]), ("r", photos["rocket"])])
+        [m] = cs.search(photos["coffee"], top_k=1)
+        assert m.parent_id == "c" and m.kind == "whole" and m.box == Box(0, 0, *photos["coffee"].size)
+
+
+def test_failing_segmenter_or_encoder_loses_only_the_bad_image(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    class Picky(TileSegmenter):
+        def segment(self, images):  # type: ignore[no-untyped-def]
+            if any(im.width == 77 for im in images):
+                raise RuntimeError("cannot handle width 77")
+            return super().segment(images)
+
+    with _hist(tmp_path / "ws", segmenter=Picky(scales=(0.5,))) as cs:
+        r = cs.index([("good1", photos["coffee"]), ("bad", Image.new("RGB", (77, 50))), ("good2", photos["rocket"])])
+        assert r.added == ("good1", "good2") and "cannot handle width 77" in r.failed[0].reason
+    assert cs._closed
+
+
+def test_delete_removes_everything_and_persists(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with _hist(tmp_path / "ws") as cs:
+        cs.index([("c", photos["coffee"]), ("r", photos["rocket"]), ("a", photos["astronaut"])])
+        n_chunks = len(cs.chunk_index)
+        c_chunks = len(cs.record("c").chunk_ids)
+        cs.delete("c")
+        assert "c" not in cs and len(cs.chunk_index) == n_chunks - c_chunks == cs.store.chunk_count()
+        assert "c" not in {m.parent_id for m in cs.search(photos["coffee"], top_k=5)}
+        with pytest.raises(ParentNotFoundError):
+            cs.delete("c")
+    with _hist(tmp_path / "ws") as cs:
+        assert len(cs) == 2 and len(cs.chunk_index) == n_chunks - c_chunks
+        assert {m.parent_id for m in cs.search(photos["coffee"], top_k=5)} == {"r", "a"}
+
+
+def test_reopen_uses_recorded_components_and_refuses_other_encoders(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    with _hist(tmp_path / "ws", encoder_kwargs={"bins": 6}) as cs:
+        cs.index([("c", photos["coffee"])])
+    with CrossScaleSearch.open(tmp_path / "ws", progress=False) as cs:
+        assert cs.encoder.name == "color-histogram(6)" and len(cs) == 1
+        assert cs.search(photos["coffee"], top_k=1)[0].parent_id == "c"
+    with pytest.raises(WorkspaceMismatchError, match="color-histogram"):
+        CrossScaleSearch.open(tmp_path / "ws", encoder=ColorHistogramEncoder(bins=4))
+    with pytest.raises(ConfigurationError, match="only applies to new"):
+        _hist(tmp_path / "ws", encoder_kwargs={"bins": 6}, index_factory="HNSW32")
+    CrossScaleSearch.open(tmp_path / "ws", progress=False).close()  # the failed opens released the lock
+
+
+def test_index_catches_up_after_a_crash_and_rebuilds_when_corrupt(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    with _hist(tmp_path / "ws") as cs:
+        cs.index([("c", photos["coffee"])])
+    saved = (tmp_path / "ws" / "chunks.index").read_bytes()
+    with _hist(tmp_path / "ws") as cs:
+        cs.index([("r", photos["rocket"])])
+        cs.delete("c")
+    # simulate a crash after the store committed but before the index was saved
+    (tmp_path / "ws" / "chunks.index").write_bytes(saved)
+    with _hist(tmp_path / "ws") as cs:
+        assert len(cs.chunk_index) == cs.store.chunk_count() and set(cs.parent_ids()) == {"r"}
+        assert cs.search(photos["rocket"], top_k=2)[0].parent_id == "r"
+    (tmp_path / "ws" / "chunks.index").write_bytes(b"garbage")
+    with _hist(tmp_path / "ws") as cs:
+        assert len(cs.chunk_index) == cs.store.chunk_count() > 0
+    (tmp_path / "ws" / "chunks.index").unlink()
+    with _hist(tmp_path / "ws") as cs:
+        assert len(cs.chunk_index) == cs.store.chunk_count() > 0
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF2,Flat"])
+def test_other_index_factories(tmp_path: Path, photos: dict[str, Image.Image], factory: str) -> None:
+    with _hist(tmp_path / "ws", index_factory=factory) as cs:
+        cs.index([(n, photos[n]) for n in ("coffee", "rocket", "astronaut")])
+        cs.delete("rocket")
+        assert cs.search(photos["coffee"], top_k=1)[0].parent_id == "coffee"
+    with _hist(tmp_path / "ws") as cs:
+        assert cs.info()["index_factory"] == factory and len(cs.chunk_index) == cs.store.chunk_count()
+
+
+def _try_open(path: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    try:
+        CrossScaleSearch.open(path, progress=False)
+        queue.put("opened")
+    except WorkspaceLockedError as exc:
+        queue.put(f"locked: {exc}")
+
+
+def test_second_writer_is_refused_readers_are_not(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with _hist(tmp_path / "ws") as cs:
+        cs.index([("c", photos["coffee"])])
+        queue: mp.Queue = mp.get_context("spawn").Queue()  # type: ignore[type-arg]
+        proc = mp.get_context("spawn").Process(target=_try_open, args=(str(tmp_path / "ws"), queue))
+        proc.start()
+        proc.join(120)
+        assert queue.get(timeout=5).startswith("locked: ")
+        with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+            assert reader.search(photos["coffee"], top_k=1)[0].parent_id == "c"
+            with pytest.raises(WorkspaceError, match="read-only"):
+                reader.delete("c")
+
+
+def test_bad_arguments_are_clear(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with _hist(tmp_path / "ws") as cs:
+        cs.index([("c", photos["coffee"])])
+        for bad_k in (0, -1, 1.5, True):
+            with pytest.raises(ConfigurationError, match="top_k"):
+                cs.search(photos["coffee"], top_k=bad_k)  # type: ignore[arg-type]
+        with pytest.raises(ImageLoadError, match=r"no_such\.jpg"):
+            cs.search(tmp_path / "no_such.jpg")
+        with pytest.raises(ConfigurationError, match="sequence"):
+            cs.search_batch(photos["coffee"])  # type: ignore[arg-type]
+        assert cs.search_batch([]) == []
+        assert cs.search(photos["coffee"], min_score=1.01) == []
+    with pytest.raises(WorkspaceError, match="closed"):
+        cs.search(photos["coffee"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WorkspaceError, match="not a directory"):
+        CrossScaleSearch.open(tmp_path / "file")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(WorkspaceError, match="not empty"):
+        CrossScaleSearch.open(tmp_path / "full")
+    with pytest.raises(ConfigurationError, match="did you mean"):
+        CrossScaleSearch.open(tmp_path / "new", encoder="clipp")
+    with pytest.raises(WorkspaceError, match="read-only"):
+        CrossScaleSearch.open(tmp_path / "absent", readonly=True)
+    assert not (tmp_path / "new" / "workspace.json").exists()
+
+
+def test_newer_workspace_format_is_refused(tmp_path: Path) -> None:
+    _hist(tmp_path / "ws").close()
+    cfg = tmp_path / "ws" / "workspace.json"
+    cfg.write_text(cfg.read_text().replace('"format": 1', '"format": 99'))
+    with pytest.raises(WorkspaceFormatError, match="newer"):
+        _hist(tmp_path / "ws")
+
+
+def test_empty_workspace_search_and_info(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with _hist(tmp_path / "ws") as cs:
+        assert cs.search(photos["coffee"]) == [] and len(cs) == 0
+        info = cs.info()
+        assert info["parents"] == 0 and info["encoder"] == "color-histogram(8)" and info["dim"] == 512
+        assert "CrossScaleSearch(" in repr(cs)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crossscale import Box, ConfigurationError, ParentMatch
+from tests.strategies import boxes
+
+
+@given(boxes(), boxes())
+def test_iou_is_symmetric_and_bounded(a: Box, b: Box) -> None:
+    assert a.iou(b) == pytest.approx(b.iou(a))
+    assert 0.0 <= a.iou(b) <= 1.0
+
+
+@given(boxes())
+def test_iou_with_itself_is_one(a: Box) -> None:
+    assert a.iou(a) == 1.0
+
+
+@given(boxes(), st.floats(0, 2, allow_nan=False))
+def test_pad_contains_original_and_stays_in_image(a: Box, frac: float) -> None:
+    width, height = a.x1 + 7, a.y1 + 3
+    p = a.pad(frac, width=width, height=height)
+    assert p.x0 <= a.x0 and p.y0 <= a.y0 and p.x1 >= a.x1 and p.y1 >= a.y1
+    assert p.x1 <= width and p.y1 <= height
+
+
+@given(st.floats(-50, 150), st.floats(-50, 150), st.floats(1, 100), st.floats(1, 100))
+def test_from_floats_clips_outwards(x: float, y: float, w: float, h: float) -> None:
+    try:
+        b = Box.from_floats(x, y, x + w, y + h, width=100, height=100)
+    except ConfigurationError:
+        assert x + w <= 0 or y + h <= 0 or x >= 100 or y >= 100  # nothing inside the image
+        return
+    assert 0 <= b.x0 <= max(0, x) + 1 and b.x1 <= 100 and b.y1 <= 100
+    assert b.x0 <= max(x, 0) and b.x1 >= min(x + w, 100) - 1e-9
+
+
+@pytest.mark.parametrize("coords", [(0, 0, 0, 5), (3, 3, 2, 9), (-1, 0, 4, 4)])
+def test_invalid_boxes_are_refused(coords: tuple[int, int, int, int]) -> None:
+    with pytest.raises(ConfigurationError, match="Box"):
+        Box(*coords)
+
+
+def test_box_rejects_floats() -> None:
+    with pytest.raises(ConfigurationError, match="int"):
+        Box(0, 0, 1.5, 2)  # type: ignore[arg-type]
+
+
+def test_box_json_roundtrip() -> None:
+    b = Box(1, 2, 30, 40)
+    assert Box.from_json(b.to_json()) == b
+    assert b.width == 29 and b.height == 38 and b.area == 29 * 38
+
+
+def test_unattached_match_image_raises_clearly() -> None:
+    m = ParentMatch("p", 0.5, Box(0, 0, 2, 2), "tile", 0.5, 1)
+    with pytest.raises(ConfigurationError, match="not attached"):
+        m.image()
+    assert m.to_dict()["box"] == [0, 0, 2, 2]
