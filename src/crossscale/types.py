@@ -99,8 +99,19 @@ class Box:
 
     @classmethod
     def from_json(cls, value: list[int]) -> Box:
+        """A box from ``[x0, y0, x1, y1]``, validated."""
         x0, y0, x1, y1 = value
         return cls(int(x0), int(y0), int(x1), int(y1))
+
+    @classmethod
+    def _trusted(cls, x0: int, y0: int, x1: int, y1: int) -> Box:
+        """Build without validation, for boxes read back from crossscale's own store (hot path)."""
+        box = object.__new__(cls)
+        object.__setattr__(box, "x0", x0)
+        object.__setattr__(box, "y0", y0)
+        object.__setattr__(box, "x1", x1)
+        object.__setattr__(box, "y1", y1)
+        return box
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -15,10 +15,12 @@ from crossscale.segment import (
     TileSegmenter,
     WholeSegmenter,
     create_segmenter,
+    deduplicate,
     list_segmenters,
     tile_boxes,
 )
 from crossscale.types import Box, Chunk
+from tests.strategies import boxes
 
 
 def test_whole_is_one_chunk_covering_the_image() -> None:
@@ -117,3 +119,15 @@ def test_factory_by_name_and_combination() -> None:
 def test_factory_errors(name: str, kw: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         create_segmenter(name, **kw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(boxes(max_side=300), max_size=25), st.floats(0.05, 1.0))
+def test_deduplicate_matches_the_definition(bxs: list[Box], threshold: float) -> None:
+    im = Image.new("RGB", (1, 1))
+    chunks = [Chunk(b, im, "tile") for b in bxs]
+    kept: list[Chunk] = []
+    for c in chunks:  # the definition, pairwise
+        if all(c.box.iou(k.box) < threshold for k in kept):
+            kept.append(c)
+    assert deduplicate(chunks, threshold) == kept

@@ -115,8 +115,8 @@ class ChunkRecord:
 
     @classmethod
     def from_json(cls, chunk_id: int, raw: bytes) -> ChunkRecord:
-        d = json.loads(raw)
-        return cls(chunk_id, d["p"], Box.from_json(d["b"]), d["k"], d.get("l"), d.get("c"))
+        d = json.loads(raw.decode())  # str: skips json's encoding detection
+        return cls(chunk_id, d["p"], Box._trusted(*d["b"]), d["k"], d.get("l"), d.get("c"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from PIL import Image
 
 from crossscale.errors import ConfigurationError
@@ -15,11 +16,21 @@ __all__ = ["CombinedSegmenter", "deduplicate"]
 
 def deduplicate(chunks: Sequence[Chunk], iou_threshold: float) -> list[Chunk]:
     """Keep chunks in order, dropping any whose box has IoU >= ``iou_threshold`` with a kept one."""
-    kept: list[Chunk] = []
-    for chunk in chunks:
-        if all(chunk.box.iou(k.box) < iou_threshold for k in kept):
-            kept.append(chunk)
-    return kept
+    if len(chunks) < 2:
+        return list(chunks)
+    boxes = np.array([c.box.as_tuple() for c in chunks], dtype=np.float64)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    for i, box in enumerate(boxes):
+        if kept:
+            k = boxes[kept]
+            w = np.clip(np.minimum(k[:, 2], box[2]) - np.maximum(k[:, 0], box[0]), 0, None)
+            h = np.clip(np.minimum(k[:, 3], box[3]) - np.maximum(k[:, 1], box[1]), 0, None)
+            inter = w * h
+            if (inter / (areas[kept] + areas[i] - inter) >= iou_threshold).any():
+                continue
+        kept.append(i)
+    return [chunks[i] for i in kept]
 
 
 class CombinedSegmenter:

@@ -1,0 +1,82 @@
+"""Benchmark fixtures: synthetic chunk vectors and a workspace holding them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossscale import CrossScaleSearch
+from crossscale.index.root_store import NewParent, RootStore
+from crossscale.types import Box
+
+DIM = 512
+PARENTS = 2000
+CHUNKS_PER_PARENT = 50
+N_QUERIES = 64
+
+
+class LookupEncoder:
+    """Returns a precomputed vector per query image (keyed by its pixels): encoding costs nothing.
+
+    Lets the benchmarks time what crossscale adds around FAISS, not the model.
+    """
+
+    name = "lookup"
+    dim = DIM
+
+    def __init__(self) -> None:
+        self.table: dict[bytes, np.ndarray] = {}
+
+    def key_image(self, n: int, vector: np.ndarray) -> Image.Image:
+        im = Image.fromarray(np.array([[[n % 256, n // 256 % 256, 7]] * 2] * 2, dtype=np.uint8))
+        self.table[im.tobytes()] = vector
+        return im
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return np.stack([self.table[im.tobytes()] for im in images]).astype(np.float32)
+
+
+def unit(rng: np.random.Generator, n: int, d: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="session")
+def corpus() -> dict[str, np.ndarray]:
+    """100k chunk vectors in 2,000 parents, and 64 queries near some of them."""
+    rng = np.random.default_rng(42)
+    x = unit(rng, PARENTS * CHUNKS_PER_PARENT)
+    parent_of = np.repeat(np.arange(PARENTS), CHUNKS_PER_PARENT)
+    targets = rng.choice(len(x), N_QUERIES, replace=False)
+    q = x[targets] + 0.05 * unit(rng, N_QUERIES)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return {"x": x, "parent_of": parent_of, "q": q.astype(np.float32), "targets": targets}
+
+
+@pytest.fixture(scope="session")
+def facade(
+    corpus: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[CrossScaleSearch, list[Image.Image]]]:
+    """A workspace holding the corpus (written straight to the store; the facade builds the index)."""
+    path: Path = tmp_path_factory.mktemp("bench") / "ws"
+    encoder = LookupEncoder()
+    CrossScaleSearch.open(path, encoder=encoder, segmenter="whole", progress=False, device="cpu").close()
+    store = RootStore(path / "store", dim=DIM)
+    x = corpus["x"]
+    box = Box(0, 0, 8, 8)
+    batch = []
+    for p in range(PARENTS):
+        rows = x[p * CHUNKS_PER_PARENT : (p + 1) * CHUNKS_PER_PARENT]
+        batch.append(NewParent(f"p{p:05d}", b"\x89PNG", "PNG", 8, 8, [(box, "tile", None, None)] * len(rows), rows))
+        if len(batch) == 200:
+            store.add_parents(batch)
+            batch = []
+    store.close()
+    cs = CrossScaleSearch.open(path, encoder=encoder, segmenter="whole", progress=False, device="cpu")
+    queries = [encoder.key_image(i, v) for i, v in enumerate(corpus["q"])]
+    yield cs, queries
+    cs.close()

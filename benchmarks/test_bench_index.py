@@ -1,0 +1,114 @@
+"""Indexing through the facade vs the same work straight into FAISS (no store, no bookkeeping).
+
+Both sides run the same segmenter (whole + tiles) and encoder (colour histogram, cheap, so that what
+crossscale adds is visible: image loading, LMDB writes of bytes + records + vectors, the index file).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossscale import CrossScaleSearch
+from crossscale.encode import ColorHistogramEncoder
+from crossscale.segment import create_segmenter
+
+N_IMAGES = 48
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    from skimage import data
+
+    names = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
+    base = [Image.fromarray(getattr(data, n)()).convert("RGB").resize((640, 480)) for n in names]
+    out = []
+    for i, im in zip(range(N_IMAGES), itertools.cycle(base), strict=False):
+        out.append(im.rotate(i * 7, expand=False))  # distinct pixels: no dedup
+    return out
+
+
+@pytest.mark.benchmark(group="index-48-images")
+def test_raw_segment_encode_faiss_add(benchmark, images) -> None:  # type: ignore[no-untyped-def]
+    seg, enc = create_segmenter("whole+tiles"), ColorHistogramEncoder()
+
+    def run() -> int:
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(enc.dim))
+        next_id = 0
+        for start in range(0, len(images), 16):
+            for chunks in seg.segment(images[start : start + 16]):
+                vecs = enc.encode([c.image for c in chunks])
+                index.add_with_ids(vecs, np.arange(next_id, next_id + len(vecs)))
+                next_id += len(vecs)
+        return int(index.ntotal)
+
+    assert benchmark.pedantic(run, rounds=3) > N_IMAGES
+
+
+@pytest.mark.benchmark(group="index-48-images")
+def test_facade_index(benchmark, images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    runs = itertools.count()
+
+    def run() -> int:
+        with CrossScaleSearch.open(
+            tmp_path / f"ws{next(runs)}",
+            encoder="color-histogram",
+            segmenter="whole+tiles",
+            progress=False,
+            device="cpu",
+        ) as cs:
+            report = cs.index(images)
+            assert len(report.added) == N_IMAGES
+            return len(cs.chunk_index)
+
+    assert benchmark.pedantic(run, rounds=3) > N_IMAGES
+
+
+@pytest.fixture(scope="module")
+def image_files(images: list[Image.Image], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("jpegs")
+    for i, im in enumerate(images):
+        im.save(folder / f"{i:03d}.jpg", quality=90)
+    return folder
+
+
+@pytest.mark.benchmark(group="index-48-jpeg-files")
+def test_raw_files_segment_encode_faiss_add(benchmark, image_files: Path) -> None:  # type: ignore[no-untyped-def]
+    seg, enc = create_segmenter("whole+tiles"), ColorHistogramEncoder()
+    paths = sorted(image_files.glob("*.jpg"))
+
+    def run() -> int:
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(enc.dim))
+        next_id = 0
+        for start in range(0, len(paths), 16):
+            batch = [Image.open(p).convert("RGB") for p in paths[start : start + 16]]
+            for chunks in seg.segment(batch):
+                vecs = enc.encode([c.image for c in chunks])
+                index.add_with_ids(vecs, np.arange(next_id, next_id + len(vecs)))
+                next_id += len(vecs)
+        return int(index.ntotal)
+
+    assert benchmark.pedantic(run, rounds=3) > N_IMAGES
+
+
+@pytest.mark.benchmark(group="index-48-jpeg-files")
+def test_facade_index_files(benchmark, image_files: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    runs = itertools.count()
+
+    def run() -> int:
+        with CrossScaleSearch.open(
+            tmp_path / f"ws{next(runs)}",
+            encoder="color-histogram",
+            segmenter="whole+tiles",
+            progress=False,
+            device="cpu",
+        ) as cs:
+            assert len(cs.index(image_files).added) == N_IMAGES
+            return len(cs.chunk_index)
+
+    assert benchmark.pedantic(run, rounds=3) > N_IMAGES

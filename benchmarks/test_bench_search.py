@@ -1,0 +1,121 @@
+"""crossscale vs raw FAISS/numpy on the same 100k x 512 chunk vectors (2,000 parents x 50 chunks).
+
+Run: ``python -m pytest benchmarks --benchmark-enable -m "not slow"``. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from benchmarks.conftest import CHUNKS_PER_PARENT
+from crossscale.index import ChunkIndex
+
+K_PARENTS = 10
+K_CHUNKS = K_PARENTS * 8  # the ranker's default over-fetch
+
+
+def raw_flat(x: np.ndarray) -> faiss.IndexFlatIP:
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index
+
+
+def raw_parents(index: faiss.IndexFlatIP, parent_of: np.ndarray, q: np.ndarray) -> list[list[int]]:
+    """The baseline: faiss search, then numpy max-per-parent, top K_PARENTS parents per query."""
+    scores, ids = index.search(q, K_CHUNKS)
+    out = []
+    for s, i in zip(scores, ids, strict=True):
+        parents = parent_of[i]
+        _, first = np.unique(parents, return_index=True)  # first = best chunk of each parent (sorted input)
+        best = first[np.argsort(-s[first], kind="stable")][:K_PARENTS]
+        out.append(parents[best].tolist())
+    return out
+
+
+# ------------------------------------------------------------------ chunk search, 64 queries, k=80
+@pytest.mark.benchmark(group="chunk-search")
+def test_raw_faiss_search_wheel_default(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    index = raw_flat(corpus["x"])
+    benchmark.extra_info["blas_threshold"] = faiss.cvar.distance_compute_blas_threshold
+    _, ids = benchmark(index.search, corpus["q"], K_CHUNKS)
+    assert (ids[:, 0] == corpus["targets"]).all()
+
+
+@pytest.mark.benchmark(group="chunk-search")
+def test_raw_faiss_search_threshold_20(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    index = raw_flat(corpus["x"])
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 20
+    try:
+        _, ids = benchmark(index.search, corpus["q"], K_CHUNKS)
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
+    assert (ids[:, 0] == corpus["targets"]).all()
+
+
+@pytest.mark.benchmark(group="chunk-search")
+def test_chunkindex_search(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    index = ChunkIndex(corpus["x"].shape[1], device="cpu")
+    index.add(corpus["x"], np.arange(len(corpus["x"])))
+    _, ids = benchmark(index.search, corpus["q"], K_CHUNKS)
+    assert (ids[:, 0] == corpus["targets"]).all()
+
+
+# ------------------------------------------------------------------ parent search (chunks -> parents)
+@pytest.mark.benchmark(group="parent-search")
+def test_raw_faiss_numpy_parents(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 20  # the fair baseline: the fast setting
+    try:
+        index = raw_flat(corpus["x"])
+        result = benchmark(raw_parents, index, corpus["parent_of"], corpus["q"])
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
+    expected = corpus["targets"] // CHUNKS_PER_PARENT
+    assert [r[0] for r in result] == expected.tolist()
+
+
+@pytest.mark.benchmark(group="parent-search")
+def test_facade_search_batch(benchmark, corpus, facade) -> None:  # type: ignore[no-untyped-def]
+    cs, queries = facade
+    result = benchmark(cs.search_batch, queries, K_PARENTS)
+    expected = [f"p{t // CHUNKS_PER_PARENT:05d}" for t in corpus["targets"]]
+    assert [r[0].parent_id for r in result] == expected
+    assert all(len(r) == K_PARENTS for r in result)
+
+
+@pytest.mark.benchmark(group="parent-search-single")
+def test_facade_search_one_query(benchmark, corpus, facade) -> None:  # type: ignore[no-untyped-def]
+    cs, queries = facade
+    result = benchmark(cs.search, queries[0], K_PARENTS)
+    assert result[0].parent_id == f"p{corpus['targets'][0] // CHUNKS_PER_PARENT:05d}"
+
+
+@pytest.mark.benchmark(group="parent-search-single")
+def test_raw_faiss_numpy_one_query(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    index = raw_flat(corpus["x"])
+    result = benchmark(raw_parents, index, corpus["parent_of"], corpus["q"][:1])
+    assert result[0][0] == corpus["targets"][0] // CHUNKS_PER_PARENT
+
+
+# ------------------------------------------------------------------ adding vectors
+@pytest.mark.benchmark(group="add-100k")
+def test_raw_faiss_add(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    def run() -> int:
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(corpus["x"].shape[1]))
+        index.add_with_ids(corpus["x"], np.arange(len(corpus["x"])))
+        return int(index.ntotal)
+
+    assert benchmark.pedantic(run, rounds=5) == len(corpus["x"])
+
+
+@pytest.mark.benchmark(group="add-100k")
+def test_chunkindex_add(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    def run() -> int:
+        index = ChunkIndex(corpus["x"].shape[1], device="cpu")
+        index.add(corpus["x"], np.arange(len(corpus["x"])))
+        return len(index)
+
+    assert benchmark.pedantic(run, rounds=5) == len(corpus["x"])
