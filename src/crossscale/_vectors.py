@@ -25,4 +25,5 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
         raise VectorError(f"{int((norms <= 1e-12).sum())} vector(s) have zero norm and cannot be normalised")
     if np.abs(norms - 1.0).max(initial=0.0) <= 1e-6:
         return arr  # already unit rows (e.g. from an encoder): skip a copy of the whole batch
-    return arr / norms
+    out: np.ndarray = arr / norms
+    return out
