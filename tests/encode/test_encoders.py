@@ -58,7 +58,7 @@ def test_clip_hub_id_offline_fails_fast_with_hint() -> None:
 
 
 def test_clip_missing_dir(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match="no such local directory"):
         CLIPEncoder(tmp_path / "nope", device="cpu")
 
 
@@ -138,3 +138,12 @@ def test_clip_on_cuda_uses_fp16(tiny_clip_dir: Path, photos: dict[str, Image.Ima
     assert enc.dtype == torch.float16
     cpu = CLIPEncoder(tiny_clip_dir, device="cpu").encode([photos["coffee"]])
     np.testing.assert_allclose(enc.encode([photos["coffee"]]), cpu, atol=2e-2)
+
+
+def test_clip_hub_id_without_offline_mode_fails_fast_when_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not in offline mode: the probe runs, meets the test network guard, and fails at once (no 23 s of retries).
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelLoadError, match="unreachable"):
+        CLIPEncoder("openai/clip-vit-base-patch32", device="cpu")

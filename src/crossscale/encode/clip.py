@@ -20,6 +20,38 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPEncoder"]
 
+HUB_PROBE_TIMEOUT_S = 2.0
+
+
+def _hub_unreachable_reason(name_or_path: str, local_files_only: bool) -> str | None:
+    """Why a checkpoint cannot be loaded without trying, or None if loading should be tried.
+
+    A hub id that is neither a local directory nor cached would make transformers
+    retry for ~23 s when there is no network; a 2 s TCP probe of the hub answers first.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if Path(name_or_path).is_dir():
+        return None
+    try:
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except ValueError:  # not a valid hub id either
+        return "there is no such local directory, and it is not a valid Hugging Face hub id"
+    if isinstance(cached, str):
+        return None  # cached: transformers loads it without the network
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        return "it is not a local directory, not in the Hugging Face cache, and downloads are off (offline mode)"
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=HUB_PROBE_TIMEOUT_S):
+            return None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a test's network guard
+        return f"it is not a local directory or cached, and {constants.ENDPOINT} is unreachable ({exc})"
+
 
 class CLIPEncoder(TorchImageEncoder):
     """Embeds images with the vision tower of a CLIP (or CLIP-compatible) checkpoint.
@@ -48,17 +80,20 @@ class CLIPEncoder(TorchImageEncoder):
         from transformers import CLIPImageProcessor, CLIPModel
 
         self.name_or_path = os.fspath(name_or_path)
+        hint = (
+            "With no network, download it elsewhere (model.save_pretrained(DIR) and "
+            "processor.save_pretrained(DIR)) and pass that local directory as name_or_path"
+        )
+        reason = _hub_unreachable_reason(self.name_or_path, local_files_only)
+        if reason is not None:
+            raise ModelLoadError(f"cannot load CLIP checkpoint {self.name_or_path!r}: {reason}. {hint}")
         try:
             model: Any = CLIPModel.from_pretrained(self.name_or_path, local_files_only=local_files_only)
             self.processor: Any = CLIPImageProcessor.from_pretrained(
                 self.name_or_path, local_files_only=local_files_only
             )
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"cannot load CLIP checkpoint {self.name_or_path!r}: {exc}. "
-                "With no network, download it elsewhere (model.save_pretrained(DIR) and "
-                "processor.save_pretrained(DIR)) and pass that local directory as name_or_path"
-            ) from exc
+            raise ModelLoadError(f"cannot load CLIP checkpoint {self.name_or_path!r}: {exc}. {hint}") from exc
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.dim = int(model.config.projection_dim)
         self.name = f"clip:{Path(self.name_or_path.rstrip('/')).name}"
