@@ -39,7 +39,7 @@ from crossscale.errors import (
 )
 from crossscale.index import ChunkIndex, RootStore
 from crossscale.rank import ParentRanker, Ranker
-from crossscale.search import CrossScaleSearch
+from crossscale.search import CrossScaleSearch, VerifyReport
 from crossscale.segment import (
     CombinedSegmenter,
     Segmenter,
@@ -84,6 +84,7 @@ __all__ = [
     "Segmenter",
     "TileSegmenter",
     "VectorError",
+    "VerifyReport",
     "WholeSegmenter",
     "WorkspaceError",
     "WorkspaceFormatError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,13 +150,15 @@ def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     path: str | None = None
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
-        p = Path(path)
-        if p.is_dir():
-            raise ImageLoadError(source, "is a directory, not an image file")
         try:
-            data = p.read_bytes()
+            mode = os.stat(path).st_mode  # before reading: a FIFO or device would block or never end
+            if stat.S_ISDIR(mode):
+                raise ImageLoadError(source, "is a directory, not an image file")
+            if not stat.S_ISREG(mode):
+                raise ImageLoadError(source, "is not a regular file (FIFO, socket or device)")
+            data = Path(path).read_bytes()
         except FileNotFoundError as exc:
-            raise ImageLoadError(source, "file not found") from exc
+            raise ImageLoadError(source, "file not found (or a dangling symlink)") from exc
         except OSError as exc:
             raise ImageLoadError(source, f"cannot read file: {exc.strerror or exc}") from exc
         image, fmt = _decode(data, source, max_pixels)

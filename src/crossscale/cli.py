@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -87,6 +88,40 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_verify(report: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        return
+    state = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    print(
+        f"{state}: {report.parents} parents, {report.chunks} chunks, {report.indexed} indexed vectors, "
+        f"generation {report.generation}"
+    )
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    for note in report.notes:
+        print(f"  note: {note}")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from crossscale.search import CrossScaleSearch
+
+    with CrossScaleSearch.open(args.workspace, readonly=True, device="cpu", progress=False) as cs:
+        report = cs.verify()
+    _print_verify(report, args.json)
+    return 0 if report.ok else 1
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from crossscale.search import CrossScaleSearch
+
+    with CrossScaleSearch.open(args.workspace, device="cpu", progress=False) as cs:
+        cs.rebuild_index()
+        report = cs.verify()
+    _print_verify(report, args.json)
+    return 0 if report.ok else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from crossscale.demo import run_demo
 
@@ -127,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a workspace")
     p.add_argument("--workspace", "-w", required=True)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("verify", help="check every invariant of a workspace (exit 1 if one is broken)")
+    p.add_argument("--workspace", "-w", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("repair", help="rebuild a workspace's chunk index from its store, then verify")
+    p.add_argument("--workspace", "-w", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_repair)
 
     p = sub.add_parser("demo", help="offline demo on photos that ship with scikit-image")
     p.add_argument("--workspace", "-w", default=None, help="keep the demo workspace here (default: a temp dir)")

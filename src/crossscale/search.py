@@ -49,7 +49,7 @@ from crossscale.types import Box, Chunk, Hit, IndexFailure, IndexReport, ParentM
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ENCODER", "DEFAULT_SEGMENTER", "WORKSPACE_FORMAT", "CrossScaleSearch"]
+__all__ = ["DEFAULT_ENCODER", "DEFAULT_SEGMENTER", "WORKSPACE_FORMAT", "CrossScaleSearch", "VerifyReport"]
 
 WORKSPACE_FORMAT = 1
 DEFAULT_ENCODER = "clip"
@@ -128,8 +128,11 @@ class CrossScaleSearch:
         progress: bool,
         max_pixels: int,
         device: str = "auto",
+        generation: int = 0,
     ) -> None:
         self.path = path
+        self._generation = generation
+        self._index_dirty = False
         self.device = device
         self.encoder = encoder
         self._segmenter = segmenter
@@ -160,6 +163,7 @@ class CrossScaleSearch:
         readonly: bool = False,
         progress: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        map_size: int = 64 << 20,
     ) -> CrossScaleSearch:
         """Create the workspace at ``path``, or reopen it.
 
@@ -181,6 +185,7 @@ class CrossScaleSearch:
             readonly: open for searching only; many readers may run beside one writer.
             progress: show tqdm progress bars.
             max_pixels: images with more pixels are refused (decompression-bomb guard).
+            map_size: initial LMDB map size in bytes; it doubles whenever a write needs more.
 
         Raises:
             WorkspaceMismatchError: reopened with an encoder other than the one that built it.
@@ -199,14 +204,17 @@ class CrossScaleSearch:
         if root.exists() and not root.is_dir():
             raise WorkspaceError(f"{root}: exists and is not a directory")
         config_path = root / _CONFIG
-        existing = config_path.exists()
-        if readonly and not existing:
+        if readonly and not config_path.exists():
             raise WorkspaceError(f"{root}: no workspace to open read-only")
-        if not existing and root.exists() and any(root.iterdir()):
+        if not config_path.exists() and root.exists() and not cls._is_unfinished_workspace(root):
             raise WorkspaceError(f"{root}: directory is not empty and is not a crossscale workspace")
         root.mkdir(parents=True, exist_ok=True)
 
         lock = None if readonly else _WorkspaceLock(root / _LOCK)
+        if lock is not None:  # a writer killed mid-save leaves its temporary file behind
+            for leftover in root.glob("*.tmp"):
+                leftover.unlink(missing_ok=True)
+        existing = config_path.exists()  # decided under the lock: a concurrent creator may have finished
         try:
             config = cls._read_config(config_path) if existing else None
             enc, enc_spec = cls._resolve_encoder(encoder, encoder_kwargs, config, device)
@@ -224,9 +232,9 @@ class CrossScaleSearch:
                 _write_json_atomic(config_path, config)
             else:
                 cls._check_compatible(root, config, enc, seg, index_factory)
-            store = RootStore(root / _STORE, dim=int(config["encoder"]["dim"]), readonly=readonly)
+            store = RootStore(root / _STORE, dim=int(config["encoder"]["dim"]), readonly=readonly, map_size=map_size)
             try:
-                index = cls._load_index(root, store, config, device, readonly)
+                index, generation = cls._load_index(root, store, config, device, readonly)
             except BaseException:
                 store.close()
                 raise
@@ -247,7 +255,13 @@ class CrossScaleSearch:
             progress=progress,
             max_pixels=max_pixels,
             device=device,
+            generation=generation,
         )
+
+    @staticmethod
+    def _is_unfinished_workspace(root: Path) -> bool:
+        """Empty, or holding only what a creation killed before writing workspace.json leaves behind."""
+        return all(p.name == _LOCK or p.name.endswith(".tmp") for p in root.iterdir())
 
     @staticmethod
     def _read_config(path: Path) -> dict[str, Any]:
@@ -341,26 +355,44 @@ class CrossScaleSearch:
 
     # ================================================================== index persistence
     @staticmethod
-    def _rebuild(store: RootStore, factory: str, dim: int, device: str) -> ChunkIndex:
+    def _rebuild(store: RootStore, factory: str, dim: int, device: str, txn: Any) -> ChunkIndex:
+        """A new index of every vector in the store as ``txn`` sees it."""
         index = ChunkIndex(dim, factory, device=device)
-        batches = list(store.iter_vectors()) if not index.is_trained else None
-        if batches is not None:  # IVF/PQ: train on everything stored (a sample would do for huge stores)
+        if not index.is_trained:  # IVF/PQ: train on everything stored (a sample would do for huge stores)
+            batches = list(store.iter_vectors(txn=txn))
             if batches:
                 index.train(np.concatenate([v for _, v in batches]))
             for ids, vecs in batches:
                 index.add(vecs, ids)
-        else:
-            for ids, vecs in store.iter_vectors():
-                index.add(vecs, ids)
+            return index
+        for ids, vecs in store.iter_vectors(txn=txn):
+            index.add(vecs, ids)
         return index
+
+    @staticmethod
+    def _catch_up(store: RootStore, index: ChunkIndex, base: int, txn: Any) -> bool:
+        """Replay the store's changes after generation ``base`` into ``index``; False if the log is gone."""
+        changes = store.changes_since(base, txn=txn)
+        if changes is None:
+            return False
+        for _, added, removed in changes:
+            index.remove(removed)
+            ids, vecs = store.vectors(added, txn=txn)
+            index.add(vecs, ids)
+        if changes:
+            logger.info("caught the chunk index up by %d store change(s)", len(changes))
+        return True
 
     @classmethod
     def _load_index(
         cls, root: Path, store: RootStore, config: Mapping[str, Any], device: str, readonly: bool
-    ) -> ChunkIndex:
+    ) -> tuple[ChunkIndex, int]:
+        """The chunk index, consistent with the store at one point in time, and that store generation.
+
+        Everything is read in one LMDB snapshot, so a writer in another process cannot make it mix states.
+        """
         dim = int(config["encoder"]["dim"])
         factory = str(config["index_factory"])
-        generation = store.generation
         file = root / _INDEX
         index: ChunkIndex | None = None
         base = 0
@@ -373,45 +405,152 @@ class CrossScaleSearch:
                 index = None
         else:
             index = ChunkIndex(dim, factory, device=device)
-        changes = None
-        if index is not None and 0 <= base <= generation:
-            changes = store.changes_since(base)
-        if index is None or changes is None:
-            logger.info("rebuilding the chunk index of %s from the store", root)
-            index = cls._rebuild(store, factory, dim, device)
-        else:
-            for _, added, removed in changes:
-                index.remove(removed)
-                ids, vecs = store.vectors(added)
-                index.add(vecs, ids)
-            if changes:
-                logger.info("caught the chunk index up by %d store change(s)", len(changes))
-        if len(index) != store.chunk_count():
-            logger.warning(
-                "chunk index holds %d vectors, the store %d chunks; rebuilding", len(index), store.chunk_count()
-            )
-            index = cls._rebuild(store, factory, dim, device)
-        if not readonly and (changes is None or changes):
+        with store.snapshot() as txn:
+            generation = store.generation_at(txn)
+            current = index is not None and 0 <= base <= generation and cls._catch_up(store, index, base, txn)
+            if not current or index is None:
+                logger.info("rebuilding the chunk index of %s from the store", root)
+                index = cls._rebuild(store, factory, dim, device, txn)
+            elif len(index) != store.chunk_count(txn):
+                logger.warning(
+                    "chunk index holds %d vectors, the store %d; rebuilding", len(index), store.chunk_count(txn)
+                )
+                index = cls._rebuild(store, factory, dim, device, txn)
+                current = False
+        if not readonly and (not current or base != generation):
             cls._save_index(root, store, index, generation)
-        return index
+        return index, generation
 
     @staticmethod
     def _save_index(root: Path, store: RootStore, index: ChunkIndex, generation: int) -> None:
-        index.save(root / _INDEX, {"generation": generation})
+        try:
+            index.save(root / _INDEX, {"generation": generation})
+        except OSError as exc:
+            raise WorkspaceError(
+                f"{root}: cannot save the chunk index ({exc.strerror or exc}); the store is intact and "
+                "the index will be caught up from it when the workspace is next opened"
+            ) from exc
         store.prune_log(generation)
+
+    @contextlib.contextmanager
+    def _index_mutation(self) -> Iterator[None]:
+        """Bring the in-memory index up to a store commit just made (we hold the only write lock).
+
+        Until the block completes the index is *dirty*: half of a batch may be in it (an interrupt,
+        an error). A dirty index is never saved nor searched: it is rebuilt from the store first.
+        """
+        self._index_dirty = True
+        yield
+        self._generation = self.store.generation
+        self._index_dirty = False
+
+    def _clean_index(self) -> None:
+        """Rebuild the index from the store if an interrupted mutation left it half-applied."""
+        if getattr(self, "_index_dirty", False):
+            logger.warning("the chunk index was left half-updated by an interruption; rebuilding it from the store")
+            with self.store.snapshot() as txn:
+                generation = self.store.generation_at(txn)
+                self.chunk_index = self._rebuild(
+                    self.store,
+                    str(self.config["index_factory"]),
+                    int(self.config["encoder"]["dim"]),
+                    self.chunk_index.device,
+                    txn,
+                )
+            self._generation = generation
+            self._index_dirty = False
 
     def save(self) -> None:
         """Write the chunk index to disk now (also done after :meth:`index` and on :meth:`close`)."""
         self._check_open(write=True)
-        self._save_index(self.path, self.store, self.chunk_index, self.store.generation)
+        self._clean_index()
+        self._save_index(self.path, self.store, self.chunk_index, self._generation)
 
     def rebuild_index(self) -> None:
-        """Rebuild the chunk index from the vectors in the store, and save it."""
+        """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``)."""
         self._check_open(write=True)
-        self.chunk_index = self._rebuild(
-            self.store, str(self.config["index_factory"]), int(self.config["encoder"]["dim"]), self.chunk_index.device
-        )
+        with self.store.snapshot() as txn:
+            self._generation = self.store.generation_at(txn)
+            self.chunk_index = self._rebuild(
+                self.store,
+                str(self.config["index_factory"]),
+                int(self.config["encoder"]["dim"]),
+                self.chunk_index.device,
+                txn,
+            )
         self.save()
+
+    def refresh(self) -> int:
+        """Catch a reader's index up with what writers committed since; returns the store generation now seen.
+
+        A workspace opened ``readonly=True`` searches the snapshot it loaded; call this to see newer parents.
+        For the writer it is a no-op: its index is always current.
+        """
+        self._check_open()
+        with self.store.snapshot() as txn:
+            generation = self.store.generation_at(txn)
+            if generation != self._generation and not self._catch_up(
+                self.store, self.chunk_index, self._generation, txn
+            ):
+                self.chunk_index = self._rebuild(
+                    self.store,
+                    str(self.config["index_factory"]),
+                    int(self.config["encoder"]["dim"]),
+                    self.chunk_index.device,
+                    txn,
+                )
+        self._generation = generation
+        return generation
+
+    def verify(self) -> VerifyReport:
+        """Check every invariant of the workspace (``crossscale verify``); changes nothing.
+
+        The store is checked in one snapshot; the index in memory must hold exactly the stored chunks;
+        the index file must be readable and not ahead of the store.
+        """
+        self._check_open()
+        self._clean_index()
+        problems: list[str] = []
+        notes: list[str] = []
+        with self.store.snapshot() as txn:
+            problems += self.store.check(txn)
+            stored = {int(i) for ids, _ in self.store.iter_vectors(txn=txn) for i in ids}
+            generation = self.store.generation_at(txn)
+            parents = len(list(self.store.parent_ids()))
+        if generation == self._generation:
+            in_index = {int(i) for i in self.chunk_index.ids()}
+            if in_index != stored:
+                problems.append(
+                    f"chunk index disagrees with the store: {len(in_index - stored)} vector(s) of no stored chunk, "
+                    f"{len(stored - in_index)} stored chunk(s) not indexed"
+                )
+        else:
+            notes.append(f"a writer committed since this reader loaded (generation {self._generation} -> {generation})")
+        file = self.path / _INDEX
+        if not file.exists():
+            notes.append("no index file: it is rebuilt from the store on open")
+        else:
+            try:
+                _, meta = ChunkIndex.load(file, device="cpu")
+                saved = int(meta.get("generation", -1))
+                if saved > generation:
+                    problems.append(f"index file is ahead of the store (generation {saved} > {generation})")
+                elif saved < generation:
+                    notes.append(f"index file is {generation - saved} change(s) behind: caught up on open")
+            except (WorkspaceFormatError, OSError, ValueError) as exc:
+                problems.append(f"index file is unreadable ({exc}); `crossscale repair` rewrites it")
+        leftovers = sorted(p.name for p in self.path.glob("*.tmp"))
+        if leftovers:
+            notes.append(f"leftover temporary files (removed by the next writer): {', '.join(leftovers)}")
+        return VerifyReport(
+            ok=not problems,
+            problems=tuple(problems),
+            notes=tuple(notes),
+            parents=parents,
+            chunks=len(stored),
+            indexed=len(self.chunk_index),
+            generation=generation,
+        )
 
     # ================================================================== lifecycle
     def close(self) -> None:
@@ -420,7 +559,8 @@ class CrossScaleSearch:
             return
         try:
             if self._lock is not None:
-                self._save_index(self.path, self.store, self.chunk_index, self.store.generation)
+                self._clean_index()
+                self._save_index(self.path, self.store, self.chunk_index, self._generation)
         finally:
             self.store.close()
             if self._lock is not None:
@@ -492,7 +632,7 @@ class CrossScaleSearch:
             "index_factory": self.config["index_factory"],
             "index_device": self.chunk_index.device,
             "store_bytes": self.store.disk_bytes(),
-            "generation": self.store.generation,
+            "generation": self._generation,
         }
 
     # ================================================================== writing
@@ -571,10 +711,11 @@ class CrossScaleSearch:
                     except CrossScaleError as exc:
                         failed.extend(IndexFailure(p.source or p.parent_id, str(exc), type(exc).__name__) for p in new)
                     else:
-                        for parent, chunk_ids in zip(new, assigned, strict=True):
-                            self.chunk_index.add(parent.vectors, chunk_ids)
-                            added.append(parent.parent_id)
-                            chunks_added += len(chunk_ids)
+                        with self._index_mutation():
+                            for parent, chunk_ids in zip(new, assigned, strict=True):
+                                self.chunk_index.add(parent.vectors, chunk_ids)
+                        added.extend(p.parent_id for p in new)
+                        chunks_added += sum(len(ids) for ids in assigned)
                 bar.update(len(batch))
         finally:
             bar.close()
@@ -715,7 +856,8 @@ class CrossScaleSearch:
         """
         self._check_open(write=True)
         removed = self.store.delete_parent(parent_id)
-        self.chunk_index.remove(removed)
+        with self._index_mutation():
+            self.chunk_index.remove(removed)
 
     # ================================================================== searching
     def search(self, query: ImageInput, top_k: int = 5, *, min_score: float | None = None) -> list[ParentMatch]:
@@ -736,6 +878,7 @@ class CrossScaleSearch:
     ) -> list[list[ParentMatch]]:
         """:meth:`search` for many queries at once (one encoder pass, one index search)."""
         self._check_open()
+        self._clean_index()
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigurationError(f"top_k must be a positive int, got {top_k!r}")
         if isinstance(queries, (str, os.PathLike, bytes, Image.Image, np.ndarray)):
@@ -772,6 +915,27 @@ class CrossScaleSearch:
             for s, i in valid
             if (r := records.get(i)) is not None
         ]
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """What :meth:`CrossScaleSearch.verify` found.
+
+    Attributes:
+        ok: no invariant is broken.
+        problems: broken invariants (``crossscale repair`` fixes those of the index; store problems need care).
+        notes: states that are normal but worth knowing (index file behind, leftover temp files).
+        parents, chunks, indexed: counts in the store and in the index.
+        generation: the store generation checked.
+    """
+
+    ok: bool
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+    parents: int
+    chunks: int
+    indexed: int
+    generation: int
 
 
 class _BadTuple:

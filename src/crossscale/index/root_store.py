@@ -10,6 +10,7 @@ float32, never pickle. The memory map grows on demand instead of failing with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -227,14 +228,51 @@ class RootStore:
                 size = self._env.info()["map_size"] * 2
                 logger.info("LMDB map full; growing to %d MiB", size >> 20)
                 self._env.set_mapsize(size)
+            except lmdb.MapResizedError:  # grown by another process since we opened it
+                self._env.set_mapsize(0)
             except lmdb.Error as exc:
-                raise WorkspaceError(f"{self.path}: write failed, nothing was committed: {exc}") from exc
+                raise WorkspaceError(
+                    f"{self.path}: write failed, nothing was committed: {exc} ({self._space_hint()})"
+                ) from exc
+
+    def _space_hint(self) -> str:
+        """What the machine says about room to write: LMDB reports a full disk as a bare I/O error."""
+        import resource
+        import shutil
+
+        parts = []
+        with contextlib.suppress(OSError):
+            parts.append(f"{shutil.disk_usage(self.path).free >> 20} MiB free on the disk")
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            parts.append(f"this process may not grow a file past {soft >> 20} MiB (RLIMIT_FSIZE)")
+        with contextlib.suppress(OSError):
+            parts.append(f"store file is {self.disk_bytes() >> 20} MiB")
+        return "; ".join(parts) + "; a full disk shows as an I/O error"
+
+    # ------------------------------------------------------------------ reading
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction: a consistent view of the whole store, however the writer moves on.
+
+        Pass it as ``txn=`` to the read methods to see them all at one point in time.
+        """
+        try:
+            txn = self._env.begin()
+        except lmdb.MapResizedError:  # another process grew the map: adopt its size
+            self._env.set_mapsize(0)
+            txn = self._env.begin()
+        with txn:
+            yield txn
+
+    def _view(self, txn: lmdb.Transaction | None) -> contextlib.AbstractContextManager[lmdb.Transaction]:
+        return contextlib.nullcontext(txn) if txn is not None else self.snapshot()
 
     # ------------------------------------------------------------------ info
-    def get_info(self, key: str, default: Any = None) -> Any:
+    def get_info(self, key: str, default: Any = None, *, txn: lmdb.Transaction | None = None) -> Any:
         """A JSON value from the info table."""
-        with self._env.begin() as txn:
-            raw = txn.get(key.encode(), db=self._db["info"])
+        with self._view(txn) as t:
+            raw = t.get(key.encode(), db=self._db["info"])
         return default if raw is None else json.loads(bytes(raw))
 
     def set_info(self, key: str, value: Any) -> None:
@@ -244,7 +282,11 @@ class RootStore:
     @property
     def generation(self) -> int:
         """Number of committed parent writes (adds and deletes) so far."""
-        return int(self.get_info("generation", 0))
+        return self.generation_at()
+
+    def generation_at(self, txn: lmdb.Transaction | None = None) -> int:
+        """:attr:`generation`, as seen by ``txn``."""
+        return int(self.get_info("generation", 0, txn=txn))
 
     def _bump(self, txn: lmdb.Transaction, added: Sequence[int], removed: Sequence[int]) -> int:
         raw = txn.get(b"generation", db=self._db["info"])
@@ -256,29 +298,29 @@ class RootStore:
 
     # ------------------------------------------------------------------ parents
     def __len__(self) -> int:
-        with self._env.begin() as txn:
+        with self.snapshot() as txn:
             return int(txn.stat(self._db["parents"])["entries"])
 
     def __contains__(self, parent_id: object) -> bool:
         if not isinstance(parent_id, str) or not parent_id:
             return False
-        with self._env.begin() as txn:
+        with self.snapshot() as txn:
             return txn.get(parent_id.encode(), db=self._db["parents"]) is not None
 
-    def chunk_count(self) -> int:
+    def chunk_count(self, txn: lmdb.Transaction | None = None) -> int:
         """Number of stored chunks."""
-        with self._env.begin() as txn:
-            return int(txn.stat(self._db["chunks"])["entries"])
+        with self._view(txn) as t:
+            return int(t.stat(self._db["chunks"])["entries"])
 
     def parent_ids(self) -> Iterator[str]:
         """All parent ids, in byte order of their UTF-8 encoding."""
-        with self._env.begin() as txn:
+        with self.snapshot() as txn:
             for key in txn.cursor(db=self._db["parents"]).iternext(keys=True, values=False):
                 yield bytes(key).decode()
 
     def parent(self, parent_id: str) -> ParentRecord:
         """The record of ``parent_id``. Raises :class:`ParentNotFoundError`."""
-        with self._env.begin() as txn:
+        with self.snapshot() as txn:
             raw = txn.get(parent_id.encode(), db=self._db["parents"])
         if raw is None:
             raise ParentNotFoundError(parent_id)
@@ -286,7 +328,7 @@ class RootStore:
 
     def image_bytes(self, parent_id: str) -> bytes:
         """The stored (encoded) image of ``parent_id``. Raises :class:`ParentNotFoundError`."""
-        with self._env.begin() as txn:
+        with self.snapshot() as txn:
             raw = txn.get(parent_id.encode(), db=self._db["roots"])
         if raw is None:
             raise ParentNotFoundError(parent_id)
@@ -371,18 +413,20 @@ class RootStore:
     def chunk_records(self, chunk_ids: Iterable[int]) -> dict[int, ChunkRecord]:
         """Records of the given chunk ids; ids not stored are left out."""
         out: dict[int, ChunkRecord] = {}
-        with self._env.begin() as txn:
+        with self.snapshot() as txn:
             for cid in chunk_ids:
                 raw = txn.get(_U64.pack(int(cid)), db=self._db["chunks"])
                 if raw is not None:
                     out[int(cid)] = ChunkRecord.from_json(int(cid), bytes(raw))
         return out
 
-    def vectors(self, chunk_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(
+        self, chunk_ids: Sequence[int], *, txn: lmdb.Transaction | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, vectors)`` of the given chunk ids that are stored, in the order given."""
         ids: list[int] = []
         rows: list[np.ndarray] = []
-        with self._env.begin() as txn:
+        with self._view(txn) as txn:
             for cid in chunk_ids:
                 raw = txn.get(_U64.pack(int(cid)), db=self._db["vectors"])
                 if raw is not None:
@@ -391,9 +435,11 @@ class RootStore:
         vecs = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
         return np.asarray(ids, dtype=np.int64), vecs
 
-    def iter_vectors(self, batch_size: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_vectors(
+        self, batch_size: int = 65536, *, txn: lmdb.Transaction | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All stored ``(ids, vectors)`` in chunk-id order, in batches (for rebuilding an index)."""
-        with self._env.begin() as txn:
+        with self._view(txn) as txn:
             ids: list[int] = []
             rows: list[np.ndarray] = []
             for key, raw in txn.cursor(db=self._db["vectors"]):
@@ -406,21 +452,23 @@ class RootStore:
                 yield np.asarray(ids, dtype=np.int64), np.stack(rows)
 
     # ------------------------------------------------------------------ change log
-    def changes_since(self, generation: int) -> list[tuple[int, list[int], list[int]]] | None:
+    def changes_since(
+        self, generation: int, *, txn: lmdb.Transaction | None = None
+    ) -> list[tuple[int, list[int], list[int]]] | None:
         """Log entries ``(generation, added_ids, removed_ids)`` after ``generation``, oldest first.
 
         Returns ``None`` when the log no longer reaches back that far (pruned).
         """
-        current = self.generation
         out: list[tuple[int, list[int], list[int]]] = []
-        with self._env.begin() as txn:
-            cursor = txn.cursor(db=self._db["log"])
+        with self._view(txn) as t:
+            current = self.generation_at(t)
+            cursor = t.cursor(db=self._db["log"])
             if cursor.set_range(_U64.pack(generation + 1)):
                 for key, raw in cursor:
                     entry = json.loads(bytes(raw))
                     out.append((_U64.unpack(bytes(key))[0], entry["add"], entry["remove"]))
-        expected = list(range(generation + 1, current + 1))
-        if [g for g, _, _ in out] != expected:
+        out = [entry for entry in out if entry[0] <= current]
+        if [g for g, _, _ in out] != list(range(generation + 1, current + 1)):
             return None
         return out
 
@@ -433,6 +481,63 @@ class RootStore:
                 cursor.delete()
 
         self._write(write)
+
+    def check(self, txn: lmdb.Transaction | None = None) -> list[str]:
+        """Check every invariant of the store; returns the problems found (empty: consistent).
+
+        Every parent has its bytes and all its chunks (record and vector, pointing back to it); every
+        chunk and vector belongs to a parent; vectors are finite, unit-length and of the store's
+        dimension; chunk ids are below the id counter; every value parses.
+        """
+        problems: list[str] = []
+        with self._view(txn) as t:
+            owners: dict[int, str] = {}
+            for key, raw in t.cursor(db=self._db["parents"]):
+                pid = bytes(key).decode()
+                try:
+                    record = ParentRecord.from_json(pid, bytes(raw))
+                except (ValueError, KeyError, TypeError) as exc:
+                    problems.append(f"parent {pid!r}: unreadable record ({exc})")
+                    continue
+                if t.get(key, db=self._db["roots"]) is None:
+                    problems.append(f"parent {pid!r}: image bytes missing")
+                if not record.chunk_ids:
+                    problems.append(f"parent {pid!r}: has no chunks (unsearchable)")
+                for cid in record.chunk_ids:
+                    owners[cid] = pid
+            for key in t.cursor(db=self._db["roots"]).iternext(keys=True, values=False):
+                if t.get(bytes(key), db=self._db["parents"]) is None:
+                    problems.append(f"image bytes of {bytes(key).decode()!r} have no parent record")
+            seen: set[int] = set()
+            for key, raw in t.cursor(db=self._db["chunks"]):
+                cid = _U64.unpack(bytes(key))[0]
+                seen.add(cid)
+                try:
+                    chunk = ChunkRecord.from_json(cid, bytes(raw))
+                except (ValueError, KeyError, TypeError) as exc:
+                    problems.append(f"chunk {cid}: unreadable record ({exc})")
+                    continue
+                if owners.get(cid) != chunk.parent_id:
+                    problems.append(f"chunk {cid}: orphan (its parent {chunk.parent_id!r} does not list it)")
+            missing = set(owners) - seen
+            if missing:
+                problems.append(f"{len(missing)} chunk record(s) listed by parents are missing, e.g. {min(missing)}")
+            vector_ids: set[int] = set()
+            for key, raw in t.cursor(db=self._db["vectors"]):
+                cid = _U64.unpack(bytes(key))[0]
+                vector_ids.add(cid)
+                vec = np.frombuffer(bytes(raw), dtype=np.float32)
+                if vec.shape != (self.dim,) or not np.isfinite(vec).all() or abs(float(vec @ vec) - 1.0) > 1e-3:
+                    problems.append(f"vector {cid}: not a finite unit vector of dim {self.dim}")
+            if vector_ids != seen:
+                problems.append(
+                    f"vectors and chunk records differ: {len(vector_ids - seen)} vector(s) without a record, "
+                    f"{len(seen - vector_ids)} record(s) without a vector"
+                )
+            next_id = int(self.get_info("next_chunk_id", 0, txn=t))
+            if seen and max(seen) >= next_id:
+                problems.append(f"chunk id {max(seen)} is not below the id counter {next_id}")
+        return problems
 
     def disk_bytes(self) -> int:
         """Size of the LMDB data file on disk."""

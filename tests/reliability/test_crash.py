@@ -1,0 +1,215 @@
+"""Kill an ingesting process at random points; the workspace must stay consistent and resumable."""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from crossscale import CrossScaleSearch, WorkspaceError
+from tests.reliability.conftest import run_worker, start_worker
+
+logger = logging.getLogger(__name__)
+
+
+def _open(ws: Path, **kw: object) -> CrossScaleSearch:
+    return CrossScaleSearch.open(ws, progress=False, device="cpu", **kw)  # type: ignore[arg-type]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def assert_consistent(ws: Path) -> int:
+    """Every parent fully there (bytes, chunk records, vectors, indexed) or absent. Returns the parent count.
+
+    Also: opening never needs the rebuild fallback; catching the index file up from the log is exact.
+    """
+    if not (ws / "workspace.json").exists():
+        return 0  # killed before the workspace existed
+    records = _Records()
+    logging.getLogger("crossscale").addHandler(records)
+    try:
+        count = _check(ws)
+    finally:
+        logging.getLogger("crossscale").removeHandler(records)
+    assert not [m for m in records.messages if "rebuild" in m], records.messages
+    return count
+
+
+def _check(ws: Path) -> int:
+    with _open(ws, readonly=True) as reader:  # the state on disk, before any writer touches it
+        report = reader.verify()
+        assert report.ok, report.problems
+    with _open(ws) as cs:  # a writer: catches the index file up and saves it
+        report = cs.verify()
+        assert report.ok, report.problems
+        assert len(cs.chunk_index) == cs.store.chunk_count()
+        for pid in cs.parent_ids():
+            assert set(cs.record(pid).chunk_ids) <= set(cs.chunk_index.ids().tolist())
+        return len(cs)
+
+
+def expected_final(images: Path) -> int:
+    return sum("-del" not in p.name for p in images.glob("*.png"))
+
+
+def kill_randomly(ws: Path, images: Path, kills: int, seed: int, per_cycle: int = 10) -> dict[str, int]:
+    """Kill ingest runs at random moments until ``kills`` kills have landed.
+
+    Work goes in cycles: a fresh workspace takes up to ``per_cycle`` kills (the work left shrinks as
+    killed runs commit batches), then an uninterrupted run must finish it: all parents, none twice.
+    """
+    rng = random.Random(seed)
+    probe = start_worker(ws / "probe", images)  # how long the real work takes, from "ready" to the end
+    assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
+    start = time.perf_counter()
+    probe.communicate(timeout=120)
+    work = time.perf_counter() - start
+    stats = {"kills": 0, "sigint": 0, "finished_first": 0, "cycles": 0, "work_ms": round(work * 1000)}
+    while stats["kills"] + stats["sigint"] < kills:
+        target = ws / f"cycle{stats['cycles']}"
+        for _ in range(per_cycle):
+            sig = signal.SIGINT if rng.random() < 0.15 else signal.SIGKILL
+            proc = start_worker(target, images)
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0, work))
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                stats["sigint" if sig == signal.SIGINT else "kills"] += 1
+            else:
+                stats["finished_first"] += 1
+            proc.communicate(timeout=60)
+            assert_consistent(target)
+        run_worker(target, images)  # finishing the work after those crashes
+        assert assert_consistent(target) == expected_final(images)  # no parent lost or half-done
+        with _open(target) as cs:
+            sources = [cs.record(pid).source for pid in cs.parent_ids()]
+            assert len(sources) == len(set(sources)), "an image was indexed twice"
+        stats["cycles"] += 1
+    return stats
+
+
+def test_random_kills_quick(tmp_path: Path, images: Path) -> None:
+    stats = kill_randomly(tmp_path, images, kills=6, seed=1, per_cycle=6)
+    assert stats["kills"] + stats["sigint"] >= 6
+
+
+@pytest.mark.slow
+def test_random_kills_many(tmp_path: Path, images: Path) -> None:
+    stats = kill_randomly(tmp_path, images, kills=110, seed=2)
+    logger.info("crash stats: %s", stats)  # -o log_cli=true --log-cli-level=INFO shows them
+    assert stats["kills"] + stats["sigint"] >= 100
+
+
+def test_interrupt_during_index_save_keeps_the_old_index_and_catches_up(
+    tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = sorted(images.glob("*.png"))
+    with _open(tmp_path / "ws", encoder="color-histogram", segmenter="whole") as cs:
+        cs.index(files[:4])
+    old_index = (tmp_path / "ws" / "chunks.index").read_bytes()
+    import crossscale.index.chunk_index as ci
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # between writing the temp file and os.replace
+
+    cs = _open(tmp_path / "ws")
+    monkeypatch.setattr(ci.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cs.index(files[4:8])  # the store commits, the index save is interrupted
+    monkeypatch.undo()
+    assert (tmp_path / "ws" / "chunks.index").read_bytes() == old_index  # never half-written
+    assert not list((tmp_path / "ws").glob("*.tmp"))  # an interrupt cleans its temp file up
+    cs.close()
+    with _open(tmp_path / "ws") as again:
+        assert len(again) == 8 and again.verify().ok
+
+
+def test_leftover_temp_file_of_a_killed_save_is_ignored_then_removed(tmp_path: Path, images: Path) -> None:
+    with _open(tmp_path / "ws", encoder="color-histogram", segmenter="whole") as cs:
+        cs.index(sorted(images.glob("*.png"))[:3])
+    leftover = tmp_path / "ws" / "chunks.index.x1y2.tmp"
+    leftover.write_bytes(b"half a faiss index")  # what SIGKILL during a save leaves behind
+    with _open(tmp_path / "ws", readonly=True) as reader:
+        report = reader.verify()
+        assert report.ok and any("leftover" in n for n in report.notes)
+    with _open(tmp_path / "ws") as cs:
+        assert not leftover.exists() and cs.verify().ok and len(cs) == 3
+
+
+def test_keyboard_interrupt_mid_batch_in_process(tmp_path: Path, images: Path) -> None:
+    from crossscale.segment import TileSegmenter
+
+    class InterruptOnThirdCall(TileSegmenter):
+        calls = 0
+
+        def segment(self, imgs):  # type: ignore[no-untyped-def]
+            type(self).calls += 1
+            if type(self).calls == 3:
+                raise KeyboardInterrupt
+            return super().segment(imgs)
+
+    files = sorted(images.glob("*.png"))
+    with (
+        pytest.raises(KeyboardInterrupt),
+        _open(
+            tmp_path / "ws", encoder="color-histogram", segmenter=InterruptOnThirdCall(scales=(0.5,)), batch_size=4
+        ) as cs,
+    ):
+        cs.index(files)
+    with _open(tmp_path / "ws", segmenter="whole") as cs:
+        assert len(cs) == 8 and cs.verify().ok  # two batches of 4 committed, the third not at all
+        assert len(cs.index(files).added) == len(files) - 8
+
+
+def test_creation_killed_before_the_config_was_written_can_be_resumed(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "lock").touch()
+    (ws / "workspace.json.k2.tmp").write_text('{"form')  # what a kill mid-creation leaves
+    with _open(ws, encoder="color-histogram", segmenter="whole") as cs:
+        assert len(cs) == 0 and cs.verify().ok
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "lock").touch()
+    (tmp_path / "other" / "notes.txt").touch()  # not ours: refused
+    with pytest.raises(WorkspaceError, match="not empty"):
+        _open(tmp_path / "other", encoder="color-histogram")
+
+
+def test_interrupt_while_the_index_is_updated_never_saves_half_a_batch(
+    tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crossscale.index import ChunkIndex
+
+    files = sorted(images.glob("*.png"))
+    cs = _open(tmp_path / "ws", encoder="color-histogram", segmenter="whole", batch_size=4)
+    cs.index(files[:4])
+    real_add, calls = ChunkIndex.add, []
+
+    def add_then_interrupt(self: ChunkIndex, vectors: object, ids: object) -> None:
+        calls.append(1)
+        real_add(self, vectors, ids)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # committed to the store, half applied to the index
+
+    monkeypatch.setattr(ChunkIndex, "add", add_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        cs.index(files[4:8])
+    monkeypatch.undo()
+    assert len(cs) == 8  # the store committed the batch
+    assert cs.search(Image.open(files[7]).convert("RGB"), top_k=1)[0].score > 0.999  # rebuilt before searching
+    assert cs.verify().ok
+    cs.close()
+    assert assert_consistent(tmp_path / "ws") == 8

@@ -1,0 +1,63 @@
+"""A writer process for crash, concurrency and disk-full tests.
+
+    python -m tests.reliability.worker WORKSPACE IMAGES_DIR [--map-size BYTES] [--fsize-limit BYTES]
+
+Indexes every image of IMAGES_DIR (content-hash ids, 4 per batch), then deletes the parents whose
+file name contains "-del". Prints "ready" once imported and "done" at the end, so a test can kill it
+at a random point of real work. Running it again finishes whatever a killed run left undone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import signal
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("workspace")
+    parser.add_argument("images")
+    parser.add_argument("--map-size", type=int, default=64 << 20)
+    parser.add_argument("--fsize-limit", type=int, default=0, help="RLIMIT_FSIZE: simulates a full disk")
+    args = parser.parse_args()
+    if args.fsize_limit:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize_limit, args.fsize_limit))
+
+    from crossscale import CrossScaleSearch
+
+    files = sorted(Path(args.images).glob("*.png"))
+    print("ready", flush=True)
+    with CrossScaleSearch.open(
+        args.workspace,
+        encoder="color-histogram",
+        segmenter="whole+tiles",
+        segmenter_kwargs={"tiles": {"scales": [0.5]}},
+        batch_size=4,
+        progress=False,
+        device="cpu",
+        map_size=args.map_size,
+    ) as cs:
+        report = cs.index(files)
+        added_sources = [cs.record(pid).source for pid in report.added]
+        summary = {
+            "added": len(report.added),
+            "added_sources": added_sources,
+            "failed": [f.reason for f in report.failed],
+        }
+        print(json.dumps(summary), flush=True)
+        for path in files:
+            if "-del" in path.name:
+                record_id = next((pid for pid in cs.parent_ids() if cs.record(pid).source == str(path)), None)
+                if record_id is not None:
+                    cs.delete(record_id)
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
