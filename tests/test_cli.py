@@ -69,3 +69,39 @@ def test_errors_exit_nonzero_with_message(tmp_path: Path, capsys: pytest.Capture
     assert main(["search", str(tmp_path / "bad.jpg"), "-w", ws]) == 2
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_verify_and_repair(tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("coffee", "rocket"):
+        photos[name].save(folder / f"{name}.png")
+    ws = str(tmp_path / "ws")
+    assert (
+        main(
+            [
+                "index",
+                str(folder),
+                "-w",
+                ws,
+                "--encoder",
+                "color-histogram",
+                "--segmenter",
+                "whole",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()  # the index report
+    assert main(["verify", "-w", ws]) == 0
+    assert capsys.readouterr().out.startswith("ok: 2 parents, 2 chunks, 2 indexed vectors")
+    (tmp_path / "ws" / "chunks.index").write_bytes(b"corrupted")
+    assert main(["verify", "-w", ws, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and "unreadable" in report["problems"][0]
+    assert main(["repair", "-w", ws]) == 0
+    assert main(["verify", "-w", ws]) == 0
+    assert "ok: 2 parents" in capsys.readouterr().out
