@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from crossscale.errors import ConfigurationError
 from crossscale.rank import MeanTopNAggregator, ParentRanker, SumAggregator, create_aggregator
 from crossscale.types import Box, Hit
-from tests.strategies import hit_lists
+from tests.strategies import boxes, hit_lists
 
 
 class Recorder:
@@ -106,3 +106,28 @@ def test_aggregator_names() -> None:
     assert isinstance(create_aggregator("sum"), SumAggregator)
     custom = SumAggregator()
     assert create_aggregator(custom) is custom
+
+
+@given(st.lists(st.tuples(boxes(max_side=500), st.floats(0.0, 1.0)), min_size=1, max_size=12))
+def test_box_modes_stay_within_their_chunks(items: list[tuple[Box, float]]) -> None:
+    items.sort(key=lambda bs: -bs[1])
+    hits = [Hit(i, s, "p", b, "tile") for i, (b, s) in enumerate(items)]
+    best = ParentRanker(box="best").fold(hits)[0]
+    fused = ParentRanker(box="fusion").fold(hits)[0]
+    assert best.box == hits[0].box
+    b = best.box
+    near = [h.box for h in hits if h.score >= hits[0].score - 0.05 and h.box.intersection_area(b) > 0]
+    assert min(n.x0 for n in near) <= fused.box.x0 and fused.box.x1 <= max(n.x1 for n in near) + 1
+    assert min(n.y0 for n in near) <= fused.box.y0 and fused.box.y1 <= max(n.y1 for n in near) + 1
+    assert best.score == fused.score  # boxes change, scores and ranking do not
+
+
+def test_fusion_centres_on_the_agreeing_chunks() -> None:
+    tiles = [Box(0, 0, 200, 200), Box(100, 0, 300, 200), Box(100, 100, 300, 300), Box(0, 100, 200, 300)]
+    hits = [Hit(i, 0.9, "p", b, "tile") for i, b in enumerate(tiles)] + [Hit(9, 0.2, "p", Box(0, 0, 20, 20), "tile")]
+    assert ParentRanker(box="fusion").fold(hits)[0].box == Box(50, 50, 250, 250)  # the low-scoring chunk is ignored
+
+
+def test_bad_box_mode() -> None:
+    with pytest.raises(ConfigurationError, match="box must be"):
+        ParentRanker(box="median")

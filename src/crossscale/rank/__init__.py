@@ -7,10 +7,11 @@ from crossscale.rank.aggregators import (
     SumAggregator,
     create_aggregator,
 )
-from crossscale.rank.ranker import FetchHits, ParentRanker, Ranker
+from crossscale.rank.ranker import BOX_MODES, FetchHits, ParentRanker, Ranker
 
 __all__ = [
     "Aggregator",
+    "BOX_MODES",
     "FetchHits",
     "MaxAggregator",
     "MeanTopNAggregator",

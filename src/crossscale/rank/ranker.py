@@ -17,11 +17,13 @@ from crossscale.rank.aggregators import (
     SumAggregator,
     create_aggregator,
 )
-from crossscale.types import Hit, ParentMatch
+from crossscale.types import Box, Hit, ParentMatch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FetchHits", "ParentRanker", "Ranker"]
+__all__ = ["BOX_MODES", "FetchHits", "ParentRanker", "Ranker"]
+
+BOX_MODES = ("best", "fusion")
 
 FetchHits = Callable[[int], Sequence[Hit]]
 """``fetch(k)`` returns the best ``k`` chunk hits of one query, best first (fewer if fewer exist)."""
@@ -46,11 +48,26 @@ class ParentRanker:
         aggregator: ``"max"`` (default), ``"sum"``, ``"mean_topN"`` or an :class:`Aggregator`.
         overfetch: chunks asked for per wanted parent on the first try (>= 1).
         min_score: parents whose score is below this are dropped.
+        box: ``"fusion"`` (default): the match's box is the score-weighted mean of the near-best chunks'
+            boxes (better localisation, measured); ``"best"``: the best chunk's box.
+        box_margin: chunks within this much of the best score take part in the fusion.
     """
 
     def __init__(
-        self, aggregator: str | Aggregator = "max", *, overfetch: int = 8, min_score: float | None = None
+        self,
+        aggregator: str | Aggregator = "max",
+        *,
+        overfetch: int = 8,
+        min_score: float | None = None,
+        box: str = "fusion",
+        box_margin: float = 0.05,
     ) -> None:
+        if box not in BOX_MODES:
+            raise ConfigurationError(f"box must be one of {BOX_MODES}, got {box!r}")
+        if not (0.0 <= box_margin <= 2.0):
+            raise ConfigurationError(f"box_margin must be in [0, 2], got {box_margin!r}")
+        self.box = box
+        self.box_margin = float(box_margin)
         if isinstance(overfetch, bool) or not isinstance(overfetch, int) or overfetch < 1:
             raise ConfigurationError(f"overfetch must be a positive int, got {overfetch!r}")
         if min_score is not None and not math.isfinite(min_score):
@@ -81,7 +98,7 @@ class ParentRanker:
                 ParentMatch(
                     parent_id=parent_id,
                     score=score,
-                    box=best.box,
+                    box=self._box(group),
                     kind=best.kind,
                     label=best.label,
                     chunk_score=best.score,
@@ -91,6 +108,22 @@ class ParentRanker:
             )
         matches.sort(key=lambda m: (-m.score, m.parent_id))
         return matches if top_k is None else matches[:top_k]
+
+    def _box(self, group: list[Hit]) -> Box:
+        """Where the query is in the parent: the best chunk's box, or a fusion of the near-best chunks.
+
+        ``fusion``: the score-weighted mean box of the chunks scoring within ``box_margin`` of the best
+        that overlap it (docs/benchmarks.md: it raised the share of boxes with IoU >= 0.5 from 0.48 to 0.59
+        on the hard split; the intersection of those chunks was tried too and lowered it on the transformed split).
+        """
+        best = group[0]
+        if self.box == "best":
+            return best.box
+        near = [h for h in group if h.score >= best.score - self.box_margin and h.box.intersection_area(best.box) > 0]
+        w = np.asarray([max(h.score, 1e-6) for h in near])
+        coords = np.asarray([h.box.as_tuple() for h in near], dtype=np.float64)
+        x0, y0, x1, y1 = (coords * w[:, None]).sum(0) / w.sum()
+        return Box(round(x0), round(y0), max(round(x1), round(x0) + 1), max(round(y1), round(y0) + 1))
 
     def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]:
         """The ``top_k`` best parents, fetching more chunks until enough distinct parents are seen.

@@ -1,0 +1,461 @@
+"""Cross-scale retrieval quality on real photos: data, splits, baselines and crossscale configurations.
+
+    python -m benchmarks.quality [--seed 0] [--scenes 16] [--out docs/quality-results.md]
+
+Rebuilds the data from its seed, evaluates every configuration, prints the table (markdown). The data:
+large scenes (1000-1600 px) made by pasting 1-6 object photos (Open Images birds, planes and assorted
+objects from ../shared/photos) onto background photos with feathered edges, mild rotation, colour and blur
+changes, plus natural photos as they are. Query splits:
+
+- ``easy``: the exact region of a pasted object, rescaled and JPEG-compressed;
+- ``transformed``: the object photo itself with photometric and geometric changes (brightness, contrast,
+  colour, 0-15 degree rotation, a 70-100% partial crop, blur, noise);
+- ``hard``: transformed queries of birds and planes pasted at <= 5% of the scene's area, while the
+  collection holds ~50 other birds and planes;
+- ``absent``: transformed photos of objects that are in no scene (is the score of a miss lower?).
+
+Everything here uses the library's own stages (segmenters, encoders, ChunkIndex, ParentRanker) with a
+cache of chunk vectors, so configurations that share chunks do not re-encode them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+import random
+import sys
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from crossscale.encode import ColorHistogramEncoder, Encoder, create_encoder
+from crossscale.index import ChunkIndex
+from crossscale.rank import ParentRanker
+from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
+from crossscale.types import Box, Hit, ParentMatch
+
+logger = logging.getLogger(__name__)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "photos"
+BACKGROUNDS_CORAL = (
+    "kite_and_cold.jpg",
+    "cat_1080p.jpg",
+    "grace_hopper.png",
+    "pets.jpg",
+    "hot_dog.jpg",
+    "sunflower.png",
+    "face.jpg",
+    "dragonfly.png",
+)
+NATURAL_CORAL = ("bird.png", "owl.jpg", "parrot.jpg", "cat.png")
+BACKGROUNDS_SKIMAGE = ("astronaut", "coffee", "rocket", "hubble_deep_field", "chelsea", "immunohistochemistry")
+
+
+# ====================================================================== data
+@dataclass(frozen=True)
+class Placement:
+    parent_id: str
+    object_id: str
+    category: str  # bird, plane, assorted
+    box: Box
+    area_fraction: float
+
+
+@dataclass(frozen=True)
+class Query:
+    query_id: str
+    split: str
+    image: Image.Image = field(repr=False)
+    parent_id: str | None
+    box: Box | None
+
+
+@dataclass
+class Dataset:
+    parents: dict[str, Image.Image]
+    placements: list[Placement]
+    queries: list[Query]
+
+    def describe(self) -> str:
+        sizes = [max(im.size) for im in self.parents.values()]
+        splits = {s: sum(q.split == s for q in self.queries) for s in ("easy", "transformed", "hard", "absent")}
+        return (
+            f"{len(self.parents)} parents (long side {min(sizes)}-{max(sizes)} px), "
+            f"{len(self.placements)} pasted objects; queries: " + ", ".join(f"{k} {v}" for k, v in splits.items())
+        )
+
+
+def _object_photos() -> dict[str, tuple[str, Image.Image]]:
+    folder = SHARED / "openimages-packt"
+    if not folder.is_dir():
+        raise SystemExit(f"the quality benchmark needs the object photos in {folder} (see ../shared/README.md)")
+    out = {}
+    for path in sorted(folder.glob("*.jpg")):
+        category = path.name.split("-")[0].rstrip("s")  # birds -> bird, planes -> plane, assorted
+        with Image.open(path) as im:
+            out[path.stem] = (category, im.convert("RGB"))
+    return out
+
+
+def _backgrounds() -> dict[str, Image.Image]:
+    from skimage import data
+
+    out = {}
+    for name in BACKGROUNDS_CORAL:
+        with Image.open(SHARED / "coral" / name) as im:
+            out[f"bg-{Path(name).stem}"] = im.convert("RGB")
+    for name in BACKGROUNDS_SKIMAGE:
+        out[f"bg-{name}"] = Image.fromarray(getattr(data, name)()).convert("RGB")
+    return out
+
+
+def _jpeg(im: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _photometric(im: Image.Image, rng: random.Random, strength: float = 1.0) -> Image.Image:
+    im = ImageEnhance.Brightness(im).enhance(1 + rng.uniform(-0.25, 0.25) * strength)
+    im = ImageEnhance.Contrast(im).enhance(1 + rng.uniform(-0.25, 0.25) * strength)
+    im = ImageEnhance.Color(im).enhance(1 + rng.uniform(-0.3, 0.3) * strength)
+    return im
+
+
+def transform_query(photo: Image.Image, rng: random.Random) -> Image.Image:
+    """The ``transformed`` split's changes: colour, rotation, partial crop, blur, noise, rescale."""
+    w, h = photo.size
+    keep_w, keep_h = rng.uniform(0.84, 1.0), rng.uniform(0.84, 1.0)  # 70-100% of the area
+    x0 = rng.uniform(0, 1 - keep_w) * w
+    y0 = rng.uniform(0, 1 - keep_h) * h
+    im = photo.crop((round(x0), round(y0), round(x0 + keep_w * w), round(y0 + keep_h * h)))
+    im = _photometric(im, rng)
+    angle = rng.uniform(-15, 15)
+    im = im.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=(128, 128, 128))
+    im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+    arr = np.asarray(im, dtype=np.float32) + np.random.default_rng(rng.randrange(2**32)).normal(
+        0, 6, (im.height, im.width, 3)
+    )
+    im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    scale = rng.uniform(160, 400) / max(im.size)
+    im = im.resize((max(8, round(im.width * scale)), max(8, round(im.height * scale))), Image.Resampling.BICUBIC)
+    return _jpeg(im, rng.randint(70, 92))
+
+
+def _paste(scene: Image.Image, obj: Image.Image, rng: random.Random, long_side: int, taken: list[Box]) -> Box | None:
+    """Paste ``obj`` (long side ``long_side``) with feathered edges and mild rotation; returns its box."""
+    scale = long_side / max(obj.size)
+    obj = obj.resize((max(4, round(obj.width * scale)), max(4, round(obj.height * scale))), Image.Resampling.BICUBIC)
+    obj = _photometric(obj, rng, strength=0.6).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+    feather = max(1, round(min(obj.size) * 0.04))
+    mask = Image.new("L", obj.size, 0)
+    mask.paste(255, (feather, feather, obj.width - feather, obj.height - feather))
+    mask = mask.filter(ImageFilter.GaussianBlur(feather))
+    angle = rng.uniform(-10, 10)
+    obj = obj.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    mask = mask.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    if obj.width >= scene.width or obj.height >= scene.height:
+        return None
+    for _ in range(60):
+        x = rng.randrange(0, scene.width - obj.width)
+        y = rng.randrange(0, scene.height - obj.height)
+        ys, xs = np.nonzero(np.asarray(mask) > 127)
+        box = Box(x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
+        if all(box.intersection_area(t) == 0 for t in taken):
+            scene.paste(obj, (x, y), mask)
+            return box
+    return None
+
+
+def build_dataset(seed: int = 0, scenes: int = 16) -> Dataset:
+    """The benchmark data, deterministic from ``seed``."""
+    rng = random.Random(seed)
+    objects = _object_photos()
+    by_cat: dict[str, list[str]] = {}
+    for oid, (cat, _) in objects.items():
+        by_cat.setdefault(cat, []).append(oid)
+    absent = set()
+    for cat, n in (("bird", 5), ("plane", 5), ("assorted", 3)):
+        absent.update(rng.sample(sorted(by_cat[cat]), n))
+    to_place = [oid for oid in sorted(objects) if oid not in absent]
+    rng.shuffle(to_place)
+    # birds and planes: half small (<= 5% of the area: the hard split), half at any size
+    small = {oid for oid in to_place if objects[oid][0] in ("bird", "plane") and rng.random() < 0.5}
+
+    backgrounds = _backgrounds()
+    bg_names = sorted(backgrounds)
+    parents: dict[str, Image.Image] = {}
+    placements: list[Placement] = []
+    queue = list(to_place)
+    for i in range(scenes):
+        bg = backgrounds[bg_names[i % len(bg_names)]]
+        long_side = rng.randint(1000, 1600)
+        aspect = rng.uniform(1.2, 1.6)
+        size = (long_side, round(long_side / aspect)) if rng.random() < 0.75 else (round(long_side / aspect), long_side)
+        scene = bg.resize(size, Image.Resampling.BICUBIC)
+        if i >= len(bg_names):
+            scene = scene.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pid = f"scene-{i:02d}"
+        taken: list[Box] = []
+        remaining_scenes = scenes - i
+        count = min(len(queue), max(1, min(6, math.ceil(len(queue) / remaining_scenes) + rng.randint(-1, 1))))
+        for _ in range(count):
+            oid = queue.pop()
+            area = scene.width * scene.height
+            if oid in small:
+                target_area = rng.uniform(0.008, 0.045) * area
+            else:
+                frac = rng.uniform(0.2, 0.4)
+                target_area = (frac * max(scene.size)) ** 2 * 0.6
+            photo = objects[oid][1]
+            aspect_o = max(photo.size) / min(photo.size)
+            long_o = round(math.sqrt(target_area * aspect_o))
+            box = _paste(scene, photo, rng, long_o, taken)
+            if box is None:
+                continue
+            taken.append(box)
+            placements.append(Placement(pid, oid, objects[oid][0], box, box.area / area))
+        parents[pid] = scene
+    for name in NATURAL_CORAL:  # natural photos as they are: distractors (birds among them)
+        with Image.open(SHARED / "coral" / name) as im:
+            parents[f"natural-{Path(name).stem}"] = im.convert("RGB")
+
+    queries: list[Query] = []
+    for n, p in enumerate(placements):
+        qrng = random.Random(seed * 1000 + n)
+        region = parents[p.parent_id].crop(p.box.as_tuple())
+        s = qrng.uniform(0.5, 1.0)
+        easy = _jpeg(
+            region.resize((max(8, round(region.width * s)), max(8, round(region.height * s)))), qrng.randint(60, 90)
+        )
+        queries.append(Query(f"easy-{p.object_id}", "easy", easy, p.parent_id, p.box))
+        tq = transform_query(objects[p.object_id][1], qrng)
+        queries.append(Query(f"transformed-{p.object_id}", "transformed", tq, p.parent_id, p.box))
+        if p.category in ("bird", "plane") and p.area_fraction <= 0.05:
+            queries.append(Query(f"hard-{p.object_id}", "hard", tq, p.parent_id, p.box))
+    for oid in sorted(absent):
+        queries.append(
+            Query(
+                f"absent-{oid}",
+                "absent",
+                transform_query(objects[oid][1], random.Random(zlib.crc32(oid.encode()) + seed)),  # not hash()
+                None,
+                None,
+            )
+        )
+    return Dataset(parents, placements, queries)
+
+
+# ====================================================================== evaluation
+@dataclass(frozen=True)
+class Config:
+    name: str
+    encoder: str  # key into the encoders given to evaluate()
+    segmenter: Callable[[], Segmenter]
+    aggregator: str = "max"
+    baseline: bool = False
+    box: str = "best"
+
+
+class VectorCache:
+    """Chunk and query vectors per encoder, so configurations sharing chunks encode them once."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[tuple[str, str, tuple[int, int, int, int]], np.ndarray] = {}
+        self.queries: dict[tuple[str, str], np.ndarray] = {}
+        self.encode_seconds: dict[str, float] = {}
+        self.encoded: dict[str, int] = {}
+
+    def encode(self, key: str, encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
+        start = time.perf_counter()
+        out = encoder.encode(list(images))
+        self.encode_seconds[key] = self.encode_seconds.get(key, 0.0) + time.perf_counter() - start
+        self.encoded[key] = self.encoded.get(key, 0) + len(images)
+        return out
+
+    def seconds_per_image(self, key: str) -> float:
+        return self.encode_seconds.get(key, 0.0) / max(1, self.encoded.get(key, 0))
+
+
+@dataclass
+class Result:
+    config: Config
+    chunks_per_parent: float
+    index_seconds_per_parent: float
+    query_ms: float
+    metrics: dict[str, dict[str, float]]
+
+
+def _rank(
+    index: ChunkIndex, meta: list[tuple[str, Box, str]], ranker: ParentRanker, q: np.ndarray, top_k: int
+) -> list[ParentMatch]:
+    def fetch(k: int) -> list[Hit]:
+        scores, ids = index.search(q, k)
+        return [
+            Hit(int(i), float(s), meta[i][0], meta[i][1], meta[i][2])
+            for s, i in zip(scores[0], ids[0], strict=True)
+            if i >= 0
+        ]  # type: ignore[arg-type]
+
+    return ranker.rank(fetch, top_k, available=len(index))
+
+
+def _auc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cache: VectorCache) -> Result:
+    encoder = encoders[config.encoder]
+    segmenter = config.segmenter()
+    meta: list[tuple[str, Box, str]] = []
+    vectors: list[np.ndarray] = []
+    seg_seconds = 0.0
+    for pid, image in dataset.parents.items():
+        start = time.perf_counter()
+        chunks = segmenter.segment([image])[0]
+        seg_seconds += time.perf_counter() - start
+        missing = [c for c in chunks if (config.encoder, pid, c.box.as_tuple()) not in cache.chunks]
+        if missing:
+            vecs = cache.encode(config.encoder, encoder, [c.image for c in missing])
+            for c, v in zip(missing, vecs, strict=True):
+                cache.chunks[(config.encoder, pid, c.box.as_tuple())] = v
+        for c in chunks:
+            meta.append((pid, c.box, c.kind))
+            vectors.append(cache.chunks[(config.encoder, pid, c.box.as_tuple())])
+    index = ChunkIndex(encoder.dim, device="cpu")
+    index.add(np.stack(vectors), np.arange(len(vectors)))
+    ranker = ParentRanker(config.aggregator, box=config.box)
+    n_parents = len(dataset.parents)
+    per_chunk = cache.seconds_per_image(config.encoder)
+
+    todo = [q for q in dataset.queries if (config.encoder, q.query_id) not in cache.queries]
+    if todo:
+        for q, v in zip(todo, cache.encode(f"{config.encoder}:q", encoder, [q.image for q in todo]), strict=True):
+            cache.queries[(config.encoder, q.query_id)] = v
+    rank_seconds = 0.0
+    per_split: dict[str, list[tuple[int | None, float, float]]] = {}
+    for q in dataset.queries:
+        v = cache.queries[(config.encoder, q.query_id)][None, :]
+        start = time.perf_counter()
+        matches = _rank(index, meta, ranker, v, 10)
+        rank_seconds += time.perf_counter() - start
+        rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
+        iou = matches[0].box.iou(q.box) if q.box is not None and rank == 1 else float("nan")
+        per_split.setdefault(q.split, []).append((rank, iou, matches[0].score if matches else float("-inf")))
+    metrics: dict[str, dict[str, float]] = {}
+    for split, rows in per_split.items():
+        if split == "absent":
+            continue
+        ranks = [r for r, _, _ in rows]
+        ious = [i for r, i, _ in rows if r == 1]
+        metrics[split] = {
+            "n": len(rows),
+            "r@1": float(np.mean([r == 1 for r in ranks])),
+            "r@5": float(np.mean([r is not None and r <= 5 for r in ranks])),
+            "r@10": float(np.mean([r is not None and r <= 10 for r in ranks])),
+            "mrr": float(np.mean([1 / r if r else 0.0 for r in ranks])),
+            "iou50": float(np.mean([i >= 0.5 for i in ious])) if ious else float("nan"),
+        }
+    present = [s for _, _, s in per_split.get("transformed", [])]
+    absent = [s for _, _, s in per_split.get("absent", [])]
+    metrics["absent"] = {"n": len(absent), "auc": _auc(present, absent)}
+    query_seconds = cache.seconds_per_image(f"{config.encoder}:q") + rank_seconds / max(1, len(dataset.queries))
+    return Result(
+        config,
+        chunks_per_parent=len(meta) / n_parents,
+        index_seconds_per_parent=(seg_seconds + per_chunk * len(meta)) / n_parents,
+        query_ms=1000 * query_seconds,
+        metrics=metrics,
+    )
+
+
+def default_configs() -> list[Config]:
+    """Baselines first, then crossscale configurations."""
+
+    def tiles(scales: Sequence[float], overlap: float = 0.25, whole: bool = True) -> Callable[[], Segmenter]:
+        def make() -> Segmenter:
+            t = TileSegmenter(scales=scales, overlap=overlap)
+            return create_segmenter("whole+tiles", tiles={"scales": scales, "overlap": overlap}) if whole else t
+
+        return make
+
+    return [
+        Config("colour histogram, whole image", "hist", WholeSegmenter, baseline=True),
+        Config("colour histogram, whole+tiles(.5,.35,.25)", "hist", tiles((0.5, 0.35, 0.25)), baseline=True),
+        Config("lite0, whole image", "lite0", WholeSegmenter, baseline=True),
+        Config("lite0, tiles(.5,.25)", "lite0", tiles((0.5, 0.25), whole=False)),
+        Config("lite0, whole+tiles(.5,.25)", "lite0", tiles((0.5, 0.25))),
+        Config("lite0, whole+tiles(.5,.35,.25)", "lite0", tiles((0.5, 0.35, 0.25))),
+        Config("lite0, whole+tiles(.5,.35,.25,.18)", "lite0", tiles((0.5, 0.35, 0.25, 0.18))),
+        Config("lite0, whole+tiles(.5,.35,.25,.18), box=fusion", "lite0", tiles((0.5, 0.35, 0.25, 0.18)), box="fusion"),
+        Config("lite0, whole+tiles(.5,.25,.18)", "lite0", tiles((0.5, 0.25, 0.18))),
+        Config("lite0, whole+tiles(.35,.18)", "lite0", tiles((0.35, 0.18))),
+        Config("lite0, whole+tiles(.25,.18)", "lite0", tiles((0.25, 0.18))),
+        Config("lite0, whole+tiles(.18)", "lite0", tiles((0.18,))),
+        Config("lite0, whole+tiles(.18), box=fusion", "lite0", tiles((0.18,)), box="fusion"),
+        Config("lite0, whole+tiles(.5,.18)", "lite0", tiles((0.5, 0.18))),
+        Config("lite0, whole+tiles(.5,.18), box=fusion", "lite0", tiles((0.5, 0.18)), box="fusion"),
+        Config("lite0, whole+tiles(.5,.25,.18), box=fusion", "lite0", tiles((0.5, 0.25, 0.18)), box="fusion"),
+        Config("lite0, whole+tiles(.5,.25,.18,.12)", "lite0", tiles((0.5, 0.25, 0.18, 0.12))),
+        Config("lite0, whole+tiles(.5,.35,.25) mean_top3", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="mean_top3"),
+        Config("lite0, whole+tiles(.5,.35,.25) sum", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="sum"),
+    ]
+
+
+def table(results: Sequence[Result]) -> str:
+    head = (
+        "| configuration | chunks/parent | index s/parent | query ms | easy r@1 | transformed r@1 | r@5 | MRR "
+        "| hard r@1 | r@5 | MRR | box IoU>=.5 (hard/transf.) | absent AUC |"
+    )
+    lines = [head, "|" + " --- |" * 13]
+    for r in results:
+        e, t, h, a = (r.metrics.get(k, {}) for k in ("easy", "transformed", "hard", "absent"))
+        name = f"*{r.config.name}* (baseline)" if r.config.baseline else r.config.name
+        lines.append(
+            f"| {name} | {r.chunks_per_parent:.1f} | {r.index_seconds_per_parent:.2f} | {r.query_ms:.0f} "
+            f"| {e.get('r@1', float('nan')):.2f} | {t.get('r@1', float('nan')):.2f} | {t.get('r@5', float('nan')):.2f} "
+            f"| {t.get('mrr', float('nan')):.2f} | {h.get('r@1', float('nan')):.2f} | {h.get('r@5', float('nan')):.2f} "
+            f"| {h.get('mrr', float('nan')):.2f} "
+            f"| {h.get('iou50', float('nan')):.2f} / {t.get('iou50', float('nan')):.2f} "
+            f"| {a.get('auc', float('nan')):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenes", type=int, default=16)
+    parser.add_argument("--configs", default="", help="comma-separated substrings: only configurations matching one")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    dataset = build_dataset(args.seed, args.scenes)
+    print(f"data (seed {args.seed}): {dataset.describe()}", flush=True)
+    encoders: dict[str, Encoder] = {
+        "hist": ColorHistogramEncoder(),
+        "lite0": create_encoder("efficientnet-lite0", device="cpu"),
+    }
+    cache = VectorCache()
+    results = []
+    for config in default_configs():
+        if args.configs and not any(s.strip() in config.name for s in args.configs.split(",")):
+            continue
+        start = time.perf_counter()
+        results.append(evaluate(dataset, config, encoders, cache))
+        logger.info("%s: %.0f s", config.name, time.perf_counter() - start)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
