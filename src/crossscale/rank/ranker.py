@@ -84,30 +84,37 @@ class ParentRanker:
 
         Pure: the same hits give the same list. ``top_k=None`` keeps all parents.
         """
+        return self._matches(self._scored(hits), top_k)
+
+    def _scored(self, hits: Sequence[Hit]) -> list[tuple[float, str, list[Hit]]]:
+        """``(score, parent_id, hits best first)`` per parent passing ``min_score``, best parent first."""
         groups: dict[str, list[Hit]] = {}
         for hit in hits:
             groups.setdefault(hit.parent_id, []).append(hit)
-        matches: list[ParentMatch] = []
+        scored = []
         for parent_id, group in groups.items():
             group.sort(key=lambda h: (-h.score, h.chunk_id))
-            best = group[0]
             score = self.aggregator(np.asarray([h.score for h in group], dtype=np.float64))
-            if self.min_score is not None and score < self.min_score:
-                continue
-            matches.append(
-                ParentMatch(
-                    parent_id=parent_id,
-                    score=score,
-                    box=self._box(group),
-                    kind=best.kind,
-                    label=best.label,
-                    chunk_score=best.score,
-                    chunk_id=best.chunk_id,
-                    n_hits=len(group),
-                )
+            if self.min_score is None or score >= self.min_score:
+                scored.append((score, parent_id, group))
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        return scored
+
+    def _matches(self, scored: list[tuple[float, str, list[Hit]]], top_k: int | None) -> list[ParentMatch]:
+        """ParentMatches of the first ``top_k`` scored parents (boxes are computed only for those)."""
+        return [
+            ParentMatch(
+                parent_id=parent_id,
+                score=score,
+                box=self._box(group),
+                kind=group[0].kind,
+                label=group[0].label,
+                chunk_score=group[0].score,
+                chunk_id=group[0].chunk_id,
+                n_hits=len(group),
             )
-        matches.sort(key=lambda m: (-m.score, m.parent_id))
-        return matches if top_k is None else matches[:top_k]
+            for score, parent_id, group in (scored if top_k is None else scored[:top_k])
+        ]
 
     def _box(self, group: list[Hit]) -> Box:
         """Where the query is in the parent: the best chunk's box, or a fusion of the near-best chunks.
@@ -120,9 +127,11 @@ class ParentRanker:
         if self.box == "best":
             return best.box
         near = [h for h in group if h.score >= best.score - self.box_margin and h.box.intersection_area(best.box) > 0]
-        w = np.asarray([max(h.score, 1e-6) for h in near])
-        coords = np.asarray([h.box.as_tuple() for h in near], dtype=np.float64)
-        x0, y0, x1, y1 = (coords * w[:, None]).sum(0) / w.sum()
+        weights = [max(h.score, 1e-6) for h in near]
+        total = sum(weights)
+        x0, y0, x1, y1 = (
+            sum(w * h.box.as_tuple()[i] for w, h in zip(weights, near, strict=True)) / total for i in range(4)
+        )
         return Box(round(x0), round(y0), max(round(x1), round(x0) + 1), max(round(y1), round(y0) + 1))
 
     def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]:
@@ -140,10 +149,10 @@ class ParentRanker:
         k = min(available, top_k * self.overfetch)
         while True:
             hits = fetch(k)
-            matches = self.fold(hits, None)
-            if len(matches) >= top_k or k >= available or len(hits) < k or self._below_floor(hits):
-                return matches[:top_k]
-            logger.debug("only %d parents in %d chunks; fetching %d", len(matches), k, min(available, 2 * k))
+            scored = self._scored(hits)
+            if len(scored) >= top_k or k >= available or len(hits) < k or self._below_floor(hits):
+                return self._matches(scored, top_k)
+            logger.debug("only %d parents in %d chunks; fetching %d", len(scored), k, min(available, 2 * k))
             k = min(available, 2 * k)
 
     def _below_floor(self, hits: Sequence[Hit]) -> bool:
