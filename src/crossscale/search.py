@@ -449,16 +449,19 @@ class CrossScaleSearch:
         if getattr(self, "_index_dirty", False):
             logger.warning("the chunk index was left half-updated by an interruption; rebuilding it from the store")
             with self.store.snapshot() as txn:
-                generation = self.store.generation_at(txn)
-                self.chunk_index = self._rebuild(
-                    self.store,
-                    str(self.config["index_factory"]),
-                    int(self.config["encoder"]["dim"]),
-                    self.chunk_index.device,
-                    txn,
-                )
-            self._generation = generation
+                self._reload_index(txn)
             self._index_dirty = False
+
+    def _reload_index(self, txn: Any) -> None:
+        """Replace the in-memory index by one rebuilt from the store as ``txn`` sees it."""
+        self.chunk_index = self._rebuild(
+            self.store,
+            str(self.config["index_factory"]),
+            int(self.config["encoder"]["dim"]),
+            self.chunk_index.device,
+            txn,
+        )
+        self._generation = self.store.generation_at(txn)
 
     def save(self) -> None:
         """Write the chunk index to disk now (also done after :meth:`index` and on :meth:`close`)."""
@@ -470,14 +473,7 @@ class CrossScaleSearch:
         """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``)."""
         self._check_open(write=True)
         with self.store.snapshot() as txn:
-            self._generation = self.store.generation_at(txn)
-            self.chunk_index = self._rebuild(
-                self.store,
-                str(self.config["index_factory"]),
-                int(self.config["encoder"]["dim"]),
-                self.chunk_index.device,
-                txn,
-            )
+            self._reload_index(txn)
         self.save()
 
     def refresh(self) -> int:
@@ -489,18 +485,12 @@ class CrossScaleSearch:
         self._check_open()
         with self.store.snapshot() as txn:
             generation = self.store.generation_at(txn)
-            if generation != self._generation and not self._catch_up(
-                self.store, self.chunk_index, self._generation, txn
-            ):
-                self.chunk_index = self._rebuild(
-                    self.store,
-                    str(self.config["index_factory"]),
-                    int(self.config["encoder"]["dim"]),
-                    self.chunk_index.device,
-                    txn,
-                )
-        self._generation = generation
-        return generation
+            if generation != self._generation:
+                if self._catch_up(self.store, self.chunk_index, self._generation, txn):
+                    self._generation = generation
+                else:
+                    self._reload_index(txn)
+        return self._generation
 
     def verify(self) -> VerifyReport:
         """Check every invariant of the workspace (``crossscale verify``); changes nothing.
