@@ -277,3 +277,41 @@ def test_empty_workspace_search_and_info(tmp_path: Path, photos: dict[str, Image
         info = cs.info()
         assert info["parents"] == 0 and info["encoder"] == "color-histogram(8)" and info["dim"] == 512
         assert "CrossScaleSearch(" in repr(cs)
+
+
+def test_a_repeat_of_a_failed_input_is_retried_not_reported_present(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    class FailsOnce(TileSegmenter):
+        calls = 0
+
+        def segment(self, images):  # type: ignore[no-untyped-def]
+            type(self).calls += 1
+            if type(self).calls == 1:
+                raise RuntimeError("transient")
+            return super().segment(images)
+
+    with _hist(tmp_path / "ws", segmenter=FailsOnce(scales=(0.5,)), batch_size=1) as cs:
+        report = cs.index([("x", photos["coffee"]), ("x", photos["coffee"])])
+        assert report.added == ("x",) and not report.present
+        assert report.failed[0].parent_id == "x" and "transient" in report.failed[0].reason
+
+
+def test_a_failed_index_save_keeps_the_report_and_is_caught_up(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crossscale.index import ChunkIndex
+
+    def no_space(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with _hist(tmp_path / "ws") as cs:
+        monkeypatch.setattr(ChunkIndex, "save", no_space)
+        report = cs.index([("c", photos["coffee"])])  # the store commits; saving the index fails
+        assert report.added == ("c",)
+        assert cs.search(photos["coffee"], top_k=1)[0].parent_id == "c"
+        with pytest.raises(WorkspaceError, match="No space left"):
+            cs.close()
+        monkeypatch.undo()
+    with _hist(tmp_path / "ws") as cs:
+        assert "c" in cs and cs.verify().ok

@@ -689,28 +689,35 @@ class CrossScaleSearch:
                         failed.append(IndexFailure(source, str(exc), type(exc).__name__))
                         continue
                     if parent_id in seen or parent_id in self.store:
-                        present.append(parent_id)
+                        present.append(parent_id)  # stored, or an earlier input of this call
                         continue
                     seen.add(parent_id)
                     loaded.append((parent_id, image, meta))
                 new, errors = self._embed(loaded, segmenter)
-                failed.extend(errors)
                 if new:
                     try:
                         assigned = self.store.add_parents(new)
                     except CrossScaleError as exc:
-                        failed.extend(IndexFailure(p.source or p.parent_id, str(exc), type(exc).__name__) for p in new)
+                        errors += [
+                            IndexFailure(p.source or p.parent_id, str(exc), type(exc).__name__, p.parent_id)
+                            for p in new
+                        ]
                     else:
                         with self._index_mutation():
                             for parent, chunk_ids in zip(new, assigned, strict=True):
                                 self.chunk_index.add(parent.vectors, chunk_ids)
                         added.extend(p.parent_id for p in new)
                         chunks_added += sum(len(ids) for ids in assigned)
+                failed.extend(errors)
+                seen.difference_update(f.parent_id for f in errors if f.parent_id)  # a later copy may succeed
                 bar.update(len(batch))
         finally:
             bar.close()
             if chunks_added:
-                self.save()
+                try:
+                    self.save()
+                except WorkspaceError as exc:  # the store committed; only the index file is stale
+                    logger.error("%s", exc)
         report = IndexReport(tuple(added), tuple(present), tuple(failed), chunks_added, time.perf_counter() - started)
         for failure in failed:
             logger.warning("not indexed: %s: %s", failure.source, failure.reason)
@@ -799,7 +806,7 @@ class CrossScaleSearch:
         ready: list[tuple[str, LoadedImage, Mapping[str, Any], list[Chunk]]] = []
         for (pid, li, meta), chunks in zip(loaded, segmented, strict=True):
             if isinstance(chunks, Exception):
-                failures.append(IndexFailure(li.source, f"segmenter failed: {chunks}", type(chunks).__name__))
+                failures.append(IndexFailure(li.source, f"segmenter failed: {chunks}", type(chunks).__name__, pid))
                 continue
             if not chunks:  # every parent stays findable: fall back to the whole image
                 chunks = [Chunk(Box(0, 0, li.image.width, li.image.height), li.image, "whole")]
@@ -821,7 +828,7 @@ class CrossScaleSearch:
         parents: list[NewParent] = []
         for (pid, li, meta, chunks), vecs in zip(ready, vectors_per, strict=True):
             if isinstance(vecs, Exception):
-                failures.append(IndexFailure(li.source, f"encoder failed: {vecs}", type(vecs).__name__))
+                failures.append(IndexFailure(li.source, f"encoder failed: {vecs}", type(vecs).__name__, pid))
                 continue
             parents.append(
                 NewParent(

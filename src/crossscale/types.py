@@ -212,11 +212,15 @@ class ParentMatch:
 
 @dataclass(frozen=True, slots=True)
 class IndexFailure:
-    """An input that could not be indexed, and why."""
+    """An input that could not be indexed, and why.
+
+    ``parent_id`` is set when the failure came after the input was read (segmenting, encoding, storing).
+    """
 
     source: str
     reason: str
     error_type: str
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
