@@ -37,7 +37,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from crossscale.encode import ColorHistogramEncoder, Encoder, create_encoder
 from crossscale.index import ChunkIndex
-from crossscale.rank import ParentRanker
+from crossscale.rank import ParentRanker, RegionRefiner
 from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
 from crossscale.types import Box, Hit, ParentMatch
 
@@ -262,6 +262,7 @@ class Config:
     aggregator: str = "max"
     baseline: bool = False
     box: str = "best"
+    refine: bool = False
 
 
 class VectorCache:
@@ -348,6 +349,9 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         v = cache.queries[(config.encoder, q.query_id)][None, :]
         start = time.perf_counter()
         matches = _rank(index, meta, ranker, v, 10)
+        if config.refine:
+            refiner = RegionRefiner(encoder)
+            matches = refiner.refine(v[0], q.image.size, matches, dataset.parents.__getitem__)
         rank_seconds += time.perf_counter() - start
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
         iou = matches[0].box.iou(q.box) if q.box is not None and rank == 1 else float("nan")
@@ -406,6 +410,13 @@ def default_configs() -> list[Config]:
         Config("lite0, whole+tiles(.5,.18)", "lite0", tiles((0.5, 0.18))),
         Config("lite0, whole+tiles(.5,.18), box=fusion", "lite0", tiles((0.5, 0.18)), box="fusion"),
         Config("lite0, whole+tiles(.5,.25,.18), box=fusion", "lite0", tiles((0.5, 0.25, 0.18)), box="fusion"),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, refine top 3",
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            refine=True,
+        ),
         Config("lite0, whole+tiles(.5,.25,.18,.12)", "lite0", tiles((0.5, 0.25, 0.18, 0.12))),
         Config("lite0, whole+tiles(.5,.35,.25) mean_top3", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="mean_top3"),
         Config("lite0, whole+tiles(.5,.35,.25) sum", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="sum"),
@@ -436,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=16)
-    parser.add_argument("--configs", default="", help="comma-separated substrings: only configurations matching one")
+    parser.add_argument("--configs", default="", help="';'-separated substrings: only configurations matching one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dataset = build_dataset(args.seed, args.scenes)
@@ -448,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = VectorCache()
     results = []
     for config in default_configs():
-        if args.configs and not any(s.strip() in config.name for s in args.configs.split(",")):
+        if args.configs and not any(s.strip() in config.name for s in args.configs.split(";")):
             continue
         start = time.perf_counter()
         results.append(evaluate(dataset, config, encoders, cache))

@@ -315,3 +315,17 @@ def test_a_failed_index_save_keeps_the_report_and_is_caught_up(
         monkeypatch.undo()
     with _hist(tmp_path / "ws") as cs:
         assert "c" in cs and cs.verify().ok
+
+
+def test_refine_through_the_facade(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    scene, box = paste_scene(photos["astronaut"].resize((900, 700)), photos["coffee"], at=(500, 300), size=(240, 180))
+    with _hist(tmp_path / "ws", segmenter=TileSegmenter(scales=(0.5,)), refine=True) as cs:
+        cs.index([("scene", scene), ("rocket", photos["rocket"]), ("chelsea", photos["chelsea"])])
+        plain = cs.search(photos["coffee"], top_k=3)
+        assert cs.refiner is not None
+        cs.refiner = None
+        unrefined = cs.search(photos["coffee"], top_k=3)
+    assert plain[0].parent_id == unrefined[0].parent_id == "scene"
+    assert plain[0].score >= unrefined[0].score
+    assert plain[0].box.iou(Box(*box)) >= unrefined[0].box.iou(Box(*box))
+    assert len({m.parent_id for m in plain}) == 3

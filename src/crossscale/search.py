@@ -43,7 +43,7 @@ from crossscale.errors import (
 )
 from crossscale.index import ChunkIndex, RootStore
 from crossscale.index.root_store import NewParent, ParentRecord, validate_parent_id
-from crossscale.rank import ParentRanker, Ranker
+from crossscale.rank import ParentRanker, Ranker, RegionRefiner
 from crossscale.segment import Segmenter, create_segmenter
 from crossscale.types import Box, Chunk, Hit, IndexFailure, IndexReport, ParentMatch
 
@@ -129,8 +129,10 @@ class CrossScaleSearch:
         max_pixels: int,
         device: str = "auto",
         generation: int = 0,
+        refiner: RegionRefiner | None = None,
     ) -> None:
         self.path = path
+        self.refiner = refiner
         self._generation = generation
         self._index_dirty = False
         self.device = device
@@ -164,6 +166,7 @@ class CrossScaleSearch:
         progress: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         map_size: int = 64 << 20,
+        refine: bool | RegionRefiner = True,
     ) -> CrossScaleSearch:
         """Create the workspace at ``path``, or reopen it.
 
@@ -186,6 +189,10 @@ class CrossScaleSearch:
             progress: show tqdm progress bars.
             max_pixels: images with more pixels are refused (decompression-bomb guard).
             map_size: initial LMDB map size in bytes; it doubles whenever a write needs more.
+            refine: re-score the top parents of each search by encoding crops around their box at the
+                query's shape (:class:`~crossscale.rank.RegionRefiner`). On the quality benchmark it raised
+                r@1 from 0.81 to 0.90 (transformed) and 0.80 to 0.89 (small objects), for 36 more encoder
+                passes per query (35 -> 760 ms on 2 CPU cores). ``False`` for the fastest searches.
 
         Raises:
             WorkspaceMismatchError: reopened with an encoder other than the one that built it.
@@ -256,6 +263,7 @@ class CrossScaleSearch:
             max_pixels=max_pixels,
             device=device,
             generation=generation,
+            refiner=RegionRefiner(enc) if refine is True else (refine or None),
         )
 
     @staticmethod
@@ -899,6 +907,8 @@ class CrossScaleSearch:
                 return self._hits(s, i)
 
             matches = self.ranker.rank(fetch, top_k, available=available)
+            if self.refiner is not None:
+                matches = self.refiner.refine(vectors[row], images[row].size, matches, self.image)
             if min_score is not None:
                 matches = [m for m in matches if m.score >= min_score]
             results.append([dataclasses.replace(m, _loader=self.image) for m in matches])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,12 @@ def make_images(folder: Path, n: int, *, seed: int = 0, size: tuple[int, int] = 
     return paths
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
 def start_worker(workspace: Path, images: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.worker", str(workspace), str(images), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -39,6 +43,19 @@ def start_worker(workspace: Path, images: Path, *extra: str) -> subprocess.Popen
         env=env,
         cwd=ROOT,
     )
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _reap_workers() -> Iterator[None]:
+    """No worker outlives its test, whatever way the test ends."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
 
 
 def run_worker(workspace: Path, images: Path, *extra: str, timeout: float = 120) -> str:

@@ -8,6 +8,7 @@ from crossscale.rank.aggregators import (
     create_aggregator,
 )
 from crossscale.rank.ranker import BOX_MODES, FetchHits, ParentRanker, Ranker
+from crossscale.rank.refine import RegionRefiner
 
 __all__ = [
     "Aggregator",
@@ -17,6 +18,7 @@ __all__ = [
     "MeanTopNAggregator",
     "ParentRanker",
     "Ranker",
+    "RegionRefiner",
     "SumAggregator",
     "create_aggregator",
 ]
