@@ -329,3 +329,24 @@ def test_refine_through_the_facade(tmp_path: Path, photos: dict[str, Image.Image
     assert plain[0].score >= unrefined[0].score
     assert plain[0].box.iou(Box(*box)) >= unrefined[0].box.iou(Box(*box))
     assert len({m.parent_id for m in plain}) == 3
+
+
+def test_a_segmenter_returning_boxes_outside_the_image_fails_that_image_only(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    from crossscale.types import Chunk
+
+    class Sloppy:
+        name = "sloppy"
+
+        def segment(self, images: list[Image.Image]) -> list[list[Chunk]]:
+            out = []
+            for im in images:
+                box = Box(0, 0, im.width + 50, im.height) if im.width == 77 else Box(0, 0, im.width, im.height)
+                out.append([Chunk(box, im, "tile")])
+            return out
+
+    with _hist(tmp_path / "ws", segmenter=Sloppy()) as cs:
+        report = cs.index([("good", photos["coffee"]), ("bad", Image.new("RGB", (77, 40)))])
+        assert report.added == ("good",) and "inside the 77x40 image" in report.failed[0].reason
+        assert cs.verify().ok

@@ -454,7 +454,7 @@ class CrossScaleSearch:
 
     def _clean_index(self) -> None:
         """Rebuild the index from the store if an interrupted mutation left it half-applied."""
-        if getattr(self, "_index_dirty", False):
+        if self._index_dirty:
             logger.warning("the chunk index was left half-updated by an interruption; rebuilding it from the store")
             with self.store.snapshot() as txn:
                 self._reload_index(txn)
@@ -818,6 +818,11 @@ class CrossScaleSearch:
                 continue
             if not chunks:  # every parent stays findable: fall back to the whole image
                 chunks = [Chunk(Box(0, 0, li.image.width, li.image.height), li.image, "whole")]
+            bad = next((c for c in chunks if not _chunk_fits(c, li.image)), None)
+            if bad is not None:
+                reason = f"segmenter returned {bad!r}: not a Chunk inside the {li.image.width}x{li.image.height} image"
+                failures.append(IndexFailure(li.source, reason, "ConfigurationError", pid))
+                continue
             ready.append((pid, li, meta, chunks))
         vectors_per: list[np.ndarray | Exception] = []
         try:
@@ -943,6 +948,10 @@ class VerifyReport:
     chunks: int
     indexed: int
     generation: int
+
+
+def _chunk_fits(chunk: object, image: Image.Image) -> bool:
+    return isinstance(chunk, Chunk) and chunk.box.x1 <= image.width and chunk.box.y1 <= image.height
 
 
 class _BadTuple:
