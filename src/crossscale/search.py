@@ -35,6 +35,7 @@ from crossscale.encode import Encoder, create_encoder
 from crossscale.errors import (
     ConfigurationError,
     CrossScaleError,
+    ParentNotFoundError,
     VectorError,
     WorkspaceError,
     WorkspaceFormatError,
@@ -615,6 +616,13 @@ class CrossScaleSearch:
             upright = ImageOps.exif_transpose(raw) or raw
             return upright.convert("RGB")
 
+    def _image_if_present(self, parent_id: str) -> Image.Image | None:
+        """The parent image, or None if a writer deleted it since the search ranked it."""
+        try:
+            return self.image(parent_id)
+        except ParentNotFoundError:
+            return None
+
     def info(self) -> dict[str, Any]:
         """A summary of the workspace, JSON-ready."""
         self._check_open()
@@ -913,7 +921,7 @@ class CrossScaleSearch:
 
             matches = self.ranker.rank(fetch, top_k, available=available)
             if self.refiner is not None:
-                matches = self.refiner.refine(vectors[row], images[row].size, matches, self.image)
+                matches = self.refiner.refine(vectors[row], images[row].size, matches, self._image_if_present)
             if min_score is not None:
                 matches = [m for m in matches if m.score >= min_score]
             results.append([dataclasses.replace(m, _loader=self.image) for m in matches])

@@ -52,3 +52,11 @@ def test_refine_leaves_matches_beyond_top_n_alone() -> None:
 def test_validates(kw: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         RegionRefiner(ColorHistogramEncoder(), **kw)  # type: ignore[arg-type]
+
+
+def test_a_parent_deleted_since_ranking_is_dropped_not_raised() -> None:
+    enc = ColorHistogramEncoder(bins=4)
+    matches = [ParentMatch(f"p{i}", 0.5 - i / 10, Box(0, 0, 10, 10), "tile", 0.5, i) for i in range(3)]
+    images = {"p0": Image.new("RGB", (40, 40)), "p2": Image.new("RGB", (40, 40))}  # p1 was deleted
+    out = RegionRefiner(enc, top_n=3).refine(enc.encode([images["p0"]])[0], (9, 9), matches, images.get)
+    assert [m.parent_id for m in out] == ["p0", "p2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from crossscale import CrossScaleSearch, WorkspaceLockedError
+from crossscale import CrossScaleSearch, ParentNotFoundError, WorkspaceLockedError
 from tests.reliability.conftest import make_images, run_worker, start_worker
 
 
@@ -17,17 +18,23 @@ def _reader(ws: Path) -> CrossScaleSearch:
     return CrossScaleSearch.open(ws, readonly=True, progress=False, device="cpu")
 
 
-def check_reader(reader: CrossScaleSearch, query: Image.Image) -> bool:
+def check_reader(reader: CrossScaleSearch, query: Image.Image, deleted_ids: set[str]) -> bool:
     """What a reader returns is consistent; returns True when the strict snapshot check could run.
 
-    - Search results are complete parents: record, bytes, and every chunk of it stored.
+    - Every search result is a complete parent (record, bytes, every chunk), looked at in one snapshot;
+      one that is gone must be one the writer deletes (it was deleted after the search returned it).
     - When no writer committed since the reader's refresh, its index holds exactly the stored chunks.
     """
-    for match in reader.search(query, top_k=5):
-        record = reader.record(match.parent_id)
-        assert reader.store.image_bytes(match.parent_id)
-        assert len(reader.store.chunk_records(record.chunk_ids)) == len(record.chunk_ids)
+    matches = reader.search(query, top_k=5)
     with reader.store.snapshot() as txn:
+        for match in matches:
+            try:
+                record = reader.store.parent(match.parent_id, txn=txn)
+            except ParentNotFoundError:
+                assert match.parent_id in deleted_ids, f"{match.parent_id} vanished but was never deleted"
+                continue
+            assert reader.store.image_bytes(match.parent_id, txn=txn)
+            assert len(reader.store.chunk_records(record.chunk_ids, txn=txn)) == len(record.chunk_ids)
         if reader.store.generation_at(txn) != reader._generation:
             return False  # the writer moved on since refresh(): nothing to compare exactly
         stored = {int(i) for ids, _ in reader.store.iter_vectors(txn=txn) for i in ids}
@@ -45,17 +52,18 @@ def test_readers_search_while_a_writer_adds(tmp_path: Path) -> None:
     writer = start_worker(tmp_path / "ws", images, "--map-size", str(1 << 20))
     assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
     query = Image.open(paths[0]).convert("RGB")
+    deleted_ids = {hashlib.sha256(p.read_bytes()).hexdigest()[:32] for p in paths if "-del" in p.name}
     rounds = strict = 0
     generations = set()
     with _reader(tmp_path / "ws") as reader:
         while writer.poll() is None:
             generations.add(reader.refresh())
-            strict += check_reader(reader, query)
+            strict += check_reader(reader, query, deleted_ids)
             rounds += 1
         out, err = writer.communicate(timeout=60)
         assert writer.returncode == 0, err
         reader.refresh()
-        assert check_reader(reader, query)
+        assert check_reader(reader, query, deleted_ids)
         assert len(reader) == 96  # 120 minus the 24 "-del" ones
         assert reader.verify().ok
     assert json.loads(out.splitlines()[0])["added"] == 119  # "ready" was read above

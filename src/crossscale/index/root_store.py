@@ -318,18 +318,18 @@ class RootStore:
             for key in txn.cursor(db=self._db["parents"]).iternext(keys=True, values=False):
                 yield bytes(key).decode()
 
-    def parent(self, parent_id: str) -> ParentRecord:
+    def parent(self, parent_id: str, *, txn: lmdb.Transaction | None = None) -> ParentRecord:
         """The record of ``parent_id``. Raises :class:`ParentNotFoundError`."""
-        with self.snapshot() as txn:
-            raw = txn.get(parent_id.encode(), db=self._db["parents"])
+        with self._view(txn) as t:
+            raw = t.get(parent_id.encode(), db=self._db["parents"])
         if raw is None:
             raise ParentNotFoundError(parent_id)
         return ParentRecord.from_json(parent_id, bytes(raw))
 
-    def image_bytes(self, parent_id: str) -> bytes:
+    def image_bytes(self, parent_id: str, *, txn: lmdb.Transaction | None = None) -> bytes:
         """The stored (encoded) image of ``parent_id``. Raises :class:`ParentNotFoundError`."""
-        with self.snapshot() as txn:
-            raw = txn.get(parent_id.encode(), db=self._db["roots"])
+        with self._view(txn) as t:
+            raw = t.get(parent_id.encode(), db=self._db["roots"])
         if raw is None:
             raise ParentNotFoundError(parent_id)
         return bytes(raw)
@@ -410,10 +410,10 @@ class RootStore:
         return self._write(write)
 
     # ------------------------------------------------------------------ chunks and vectors
-    def chunk_records(self, chunk_ids: Iterable[int]) -> dict[int, ChunkRecord]:
+    def chunk_records(self, chunk_ids: Iterable[int], *, txn: lmdb.Transaction | None = None) -> dict[int, ChunkRecord]:
         """Records of the given chunk ids; ids not stored are left out."""
         out: dict[int, ChunkRecord] = {}
-        with self.snapshot() as txn:
+        with self._view(txn) as txn:
             for cid in chunk_ids:
                 raw = txn.get(_U64.pack(int(cid)), db=self._db["chunks"])
                 if raw is not None:

@@ -73,14 +73,20 @@ class RegionRefiner:
         query_vector: np.ndarray,
         query_size: tuple[int, int],
         matches: Sequence[ParentMatch],
-        load: Callable[[str], Image.Image],
+        load: Callable[[str], Image.Image | None],
     ) -> list[ParentMatch]:
-        """``matches`` with the first ``top_n`` re-scored (score and box), re-sorted by score."""
+        """``matches`` with the first ``top_n`` re-scored (score and box), re-sorted by score.
+
+        ``load`` returns a parent's image, or ``None`` if the parent is gone (deleted by a writer since the
+        search ranked it); such a match is dropped.
+        """
         query = np.asarray(query_vector, dtype=np.float32).reshape(-1)
         aspect = query_size[0] / max(1, query_size[1])
         refined: list[ParentMatch] = []
         for match in matches[: self.top_n]:
             image = load(match.parent_id)
+            if image is None:
+                continue
             box = match.box
             cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
             side = math.sqrt(box.width * box.height)
