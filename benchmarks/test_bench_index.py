@@ -7,6 +7,7 @@ crossscale adds is visible: image loading, LMDB writes of bytes + records + vect
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -34,39 +35,38 @@ def images() -> list[Image.Image]:
 
 
 @pytest.mark.benchmark(group="index-48-images")
-def test_raw_segment_encode_faiss_add(benchmark, images) -> None:  # type: ignore[no-untyped-def]
+def raw_index(load: Callable[[int, int], list[Image.Image]], n: int) -> int:
+    """The raw pipeline: segment, encode and add to FAISS, 16 images at a time, with nothing stored."""
     seg, enc = create_segmenter("whole+tiles"), ColorHistogramEncoder()
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(enc.dim))
+    next_id = 0
+    for start in range(0, n, 16):
+        for chunks in seg.segment(load(start, start + 16)):
+            vecs = enc.encode([c.image for c in chunks])
+            index.add_with_ids(vecs, np.arange(next_id, next_id + len(vecs)))
+            next_id += len(vecs)
+    return int(index.ntotal)
 
-    def run() -> int:
-        index = faiss.IndexIDMap(faiss.IndexFlatIP(enc.dim))
-        next_id = 0
-        for start in range(0, len(images), 16):
-            for chunks in seg.segment(images[start : start + 16]):
-                vecs = enc.encode([c.image for c in chunks])
-                index.add_with_ids(vecs, np.arange(next_id, next_id + len(vecs)))
-                next_id += len(vecs)
-        return int(index.ntotal)
 
-    assert benchmark.pedantic(run, rounds=3) > N_IMAGES
+def test_raw_segment_encode_faiss_add(benchmark, images) -> None:  # type: ignore[no-untyped-def]
+    assert benchmark.pedantic(raw_index, args=(lambda a, b: images[a:b], len(images)), rounds=3) > N_IMAGES
 
 
 @pytest.mark.benchmark(group="index-48-images")
+def facade_index(root: Path, inputs: object) -> int:
+    """Index ``inputs`` into a new workspace under ``root`` through the facade; returns the chunks indexed."""
+    with CrossScaleSearch.open(
+        root / f"ws{next(_RUNS)}", encoder="color-histogram", segmenter="whole+tiles", progress=False, device="cpu"
+    ) as cs:
+        assert len(cs.index(inputs).added) == N_IMAGES
+        return len(cs.chunk_index)
+
+
+_RUNS = itertools.count()
+
+
 def test_facade_index(benchmark, images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    runs = itertools.count()
-
-    def run() -> int:
-        with CrossScaleSearch.open(
-            tmp_path / f"ws{next(runs)}",
-            encoder="color-histogram",
-            segmenter="whole+tiles",
-            progress=False,
-            device="cpu",
-        ) as cs:
-            report = cs.index(images)
-            assert len(report.added) == N_IMAGES
-            return len(cs.chunk_index)
-
-    assert benchmark.pedantic(run, rounds=3) > N_IMAGES
+    assert benchmark.pedantic(facade_index, args=(tmp_path, images), rounds=3) > N_IMAGES
 
 
 @pytest.fixture(scope="module")
@@ -79,36 +79,14 @@ def image_files(images: list[Image.Image], tmp_path_factory: pytest.TempPathFact
 
 @pytest.mark.benchmark(group="index-48-jpeg-files")
 def test_raw_files_segment_encode_faiss_add(benchmark, image_files: Path) -> None:  # type: ignore[no-untyped-def]
-    seg, enc = create_segmenter("whole+tiles"), ColorHistogramEncoder()
     paths = sorted(image_files.glob("*.jpg"))
 
-    def run() -> int:
-        index = faiss.IndexIDMap(faiss.IndexFlatIP(enc.dim))
-        next_id = 0
-        for start in range(0, len(paths), 16):
-            batch = [Image.open(p).convert("RGB") for p in paths[start : start + 16]]
-            for chunks in seg.segment(batch):
-                vecs = enc.encode([c.image for c in chunks])
-                index.add_with_ids(vecs, np.arange(next_id, next_id + len(vecs)))
-                next_id += len(vecs)
-        return int(index.ntotal)
+    def load(a: int, b: int) -> list[Image.Image]:
+        return [Image.open(p).convert("RGB") for p in paths[a:b]]
 
-    assert benchmark.pedantic(run, rounds=3) > N_IMAGES
+    assert benchmark.pedantic(raw_index, args=(load, len(paths)), rounds=3) > N_IMAGES
 
 
 @pytest.mark.benchmark(group="index-48-jpeg-files")
 def test_facade_index_files(benchmark, image_files: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    runs = itertools.count()
-
-    def run() -> int:
-        with CrossScaleSearch.open(
-            tmp_path / f"ws{next(runs)}",
-            encoder="color-histogram",
-            segmenter="whole+tiles",
-            progress=False,
-            device="cpu",
-        ) as cs:
-            assert len(cs.index(image_files).added) == N_IMAGES
-            return len(cs.chunk_index)
-
-    assert benchmark.pedantic(run, rounds=3) > N_IMAGES
+    assert benchmark.pedantic(facade_index, args=(tmp_path, image_files), rounds=3) > N_IMAGES

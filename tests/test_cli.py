@@ -9,30 +9,21 @@ from PIL import Image
 from crossscale.cli import main
 
 
-def test_index_search_info(tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]) -> None:
+def _index_photos(tmp_path: Path, photos: dict[str, Image.Image], names: tuple[str, ...], segmenter: str) -> str:
+    """Save ``names`` as PNGs in a folder and index it through the CLI; returns the workspace path."""
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for name in ("coffee", "rocket", "astronaut"):
+    for name in names:
         photos[name].save(folder / f"{name}.png")
     ws = str(tmp_path / "ws")
-    assert (
-        main(
-            [
-                "index",
-                str(folder),
-                "-w",
-                ws,
-                "--encoder",
-                "color-histogram",
-                "--segmenter",
-                "whole+tiles",
-                "--no-progress",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    argv = ["index", str(folder), "-w", ws, "--encoder", "color-histogram", "--segmenter", segmenter]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    return ws
+
+
+def test_index_search_info(tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]) -> None:
+    ws = _index_photos(tmp_path, photos, ("coffee", "rocket", "astronaut"), "whole+tiles")
+    folder = tmp_path / "imgs"
     assert "added 3" in capsys.readouterr().out
     photos["rocket"].crop((100, 100, 300, 300)).save(tmp_path / "q.png")
     assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--top-k", "2", "--json", "--device", "cpu"]) == 0
@@ -72,29 +63,7 @@ def test_errors_exit_nonzero_with_message(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_verify_and_repair(tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for name in ("coffee", "rocket"):
-        photos[name].save(folder / f"{name}.png")
-    ws = str(tmp_path / "ws")
-    assert (
-        main(
-            [
-                "index",
-                str(folder),
-                "-w",
-                ws,
-                "--encoder",
-                "color-histogram",
-                "--segmenter",
-                "whole",
-                "--no-progress",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    ws = _index_photos(tmp_path, photos, ("coffee", "rocket"), "whole")
     capsys.readouterr()  # the index report
     assert main(["verify", "-w", ws]) == 0
     assert capsys.readouterr().out.startswith("ok: 2 parents, 2 chunks, 2 indexed vectors")
