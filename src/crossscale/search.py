@@ -367,14 +367,12 @@ class CrossScaleSearch:
     def _rebuild(store: RootStore, factory: str, dim: int, device: str, txn: Any) -> ChunkIndex:
         """A new index of every vector in the store as ``txn`` sees it."""
         index = ChunkIndex(dim, factory, device=device)
+        batches: Iterable[tuple[np.ndarray, np.ndarray]] = store.iter_vectors(txn=txn)
         if not index.is_trained:  # IVF/PQ: train on everything stored (a sample would do for huge stores)
-            batches = list(store.iter_vectors(txn=txn))
+            batches = list(batches)
             if batches:
                 index.train(np.concatenate([v for _, v in batches]))
-            for ids, vecs in batches:
-                index.add(vecs, ids)
-            return index
-        for ids, vecs in store.iter_vectors(txn=txn):
+        for ids, vecs in batches:
             index.add(vecs, ids)
         return index
 
