@@ -511,9 +511,9 @@ class CrossScaleSearch:
         notes: list[str] = []
         with self.store.snapshot() as txn:
             problems += self.store.check(txn)
-            stored = {int(i) for ids, _ in self.store.iter_vectors(txn=txn) for i in ids}
+            stored = self.store.chunk_ids(txn)
             generation = self.store.generation_at(txn)
-            parents = len(list(self.store.parent_ids()))
+            parents = self.store.parent_count(txn)
         if generation == self._generation:
             in_index = {int(i) for i in self.chunk_index.ids()}
             if in_index != stored:

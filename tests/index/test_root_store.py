@@ -107,3 +107,4 @@ def test_iter_vectors_in_batches(tmp_path: Path) -> None:
     batches = list(store.iter_vectors(batch_size=4))
     assert [len(i) for i, _ in batches] == [4, 4, 4, 3]
     assert list(np.concatenate([i for i, _ in batches])) == list(range(15))
+    assert store.chunk_ids() == set(range(15)) and store.parent_count() == len(store) == 5

@@ -37,7 +37,7 @@ def check_reader(reader: CrossScaleSearch, query: Image.Image, deleted_ids: set[
             assert len(reader.store.chunk_records(record.chunk_ids, txn=txn)) == len(record.chunk_ids)
         if reader.store.generation_at(txn) != reader._generation:
             return False  # the writer moved on since refresh(): nothing to compare exactly
-        stored = {int(i) for ids, _ in reader.store.iter_vectors(txn=txn) for i in ids}
+        stored = reader.store.chunk_ids(txn)
     assert set(reader.chunk_index.ids().tolist()) == stored
     return True
 

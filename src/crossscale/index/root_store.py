@@ -298,8 +298,12 @@ class RootStore:
 
     # ------------------------------------------------------------------ parents
     def __len__(self) -> int:
-        with self.snapshot() as txn:
-            return int(txn.stat(self._db["parents"])["entries"])
+        return self.parent_count()
+
+    def parent_count(self, txn: lmdb.Transaction | None = None) -> int:
+        """Number of stored parents."""
+        with self._view(txn) as t:
+            return int(t.stat(self._db["parents"])["entries"])
 
     def __contains__(self, parent_id: object) -> bool:
         if not isinstance(parent_id, str) or not parent_id:
@@ -434,6 +438,12 @@ class RootStore:
                     rows.append(np.frombuffer(raw, dtype=np.float32))
         vecs = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
         return np.asarray(ids, dtype=np.int64), vecs
+
+    def chunk_ids(self, txn: lmdb.Transaction | None = None) -> set[int]:
+        """Ids of all stored chunk vectors (keys only; no vector is read)."""
+        with self._view(txn) as t:
+            keys = t.cursor(db=self._db["vectors"]).iternext(keys=True, values=False)
+            return {_U64.unpack(bytes(key))[0] for key in keys}
 
     def iter_vectors(
         self, batch_size: int = 65536, *, txn: lmdb.Transaction | None = None
