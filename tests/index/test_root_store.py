@@ -108,3 +108,15 @@ def test_iter_vectors_in_batches(tmp_path: Path) -> None:
     assert [len(i) for i, _ in batches] == [4, 4, 4, 3]
     assert list(np.concatenate([i for i, _ in batches])) == list(range(15))
     assert store.chunk_ids() == set(range(15)) and store.parent_count() == len(store) == 5
+
+
+def test_check_finds_a_corrupt_chunk_box(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a", 1)])
+    assert store.check() == []
+    store._write(
+        lambda txn: txn.put(
+            (0).to_bytes(8, "big"), b'{"p": "a", "b": [5, 5, 1, 1], "k": "tile"}', db=store._db["chunks"]
+        )
+    )
+    assert any("chunk 0: unreadable record" in p for p in store.check())

@@ -115,9 +115,11 @@ class ChunkRecord:
         ).encode()
 
     @classmethod
-    def from_json(cls, chunk_id: int, raw: bytes) -> ChunkRecord:
+    def from_json(cls, chunk_id: int, raw: bytes, *, validate: bool = False) -> ChunkRecord:
+        """Decode a stored record. Searches trust the store's own boxes; :meth:`RootStore.check` validates."""
         d = json.loads(raw.decode())  # str: skips json's encoding detection
-        return cls(chunk_id, d["p"], Box._trusted(*d["b"]), d["k"], d.get("l"), d.get("c"))
+        box = Box.from_json(d["b"]) if validate else Box._trusted(*d["b"])
+        return cls(chunk_id, d["p"], box, d["k"], d.get("l"), d.get("c"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,7 +525,7 @@ class RootStore:
                 cid = _U64.unpack(bytes(key))[0]
                 seen.add(cid)
                 try:
-                    chunk = ChunkRecord.from_json(cid, bytes(raw))
+                    chunk = ChunkRecord.from_json(cid, bytes(raw), validate=True)
                 except (ValueError, KeyError, TypeError) as exc:
                     problems.append(f"chunk {cid}: unreadable record ({exc})")
                     continue
