@@ -60,3 +60,17 @@ def test_a_parent_deleted_since_ranking_is_dropped_not_raised() -> None:
     images = {"p0": Image.new("RGB", (40, 40)), "p2": Image.new("RGB", (40, 40))}  # p1 was deleted
     out = RegionRefiner(enc, top_n=3).refine(enc.encode([images["p0"]])[0], (9, 9), matches, images.get)
     assert [m.parent_id for m in out] == ["p0", "p2"]
+
+
+def test_unnormalised_encoder_output_is_normalised() -> None:
+    class Loud(ColorHistogramEncoder):
+        def encode(self, images):  # type: ignore[no-untyped-def]
+            return super().encode(images) * 50.0  # rows of norm 50, not 1
+
+    arr = np.zeros((40, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)  # every crop around the centre is part red: cosine with red well below 0.97
+    match = ParentMatch("p", 0.97, Box(0, 0, 40, 40), "tile", 0.97, 0)
+    query = ColorHistogramEncoder(bins=4).encode([Image.new("RGB", (9, 9), (255, 0, 0))])[0]
+    [out] = RegionRefiner(Loud(bins=4)).refine(query, (9, 9), [match], {"p": Image.fromarray(arr)}.get)
+    assert out == match  # scores 50x too large would have replaced it

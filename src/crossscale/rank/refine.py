@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from crossscale._vectors import l2_normalize
 from crossscale.errors import ConfigurationError
 from crossscale.types import Box, ParentMatch
 
@@ -63,7 +64,8 @@ class RegionRefiner:
         return box if box.width >= 8 and box.height >= 8 else None
 
     def _best(self, query: np.ndarray, image: Image.Image, boxes: list[Box]) -> tuple[float, Box]:
-        vectors = np.asarray(self.encoder.encode([image.crop(b.as_tuple()) for b in boxes]), dtype=np.float32)
+        # normalised here as the facade does for every encoder: crop scores must compare with chunk scores
+        vectors = l2_normalize(np.asarray(self.encoder.encode([image.crop(b.as_tuple()) for b in boxes])))
         scores = vectors @ query
         i = int(np.argmax(scores))
         return float(scores[i]), boxes[i]
