@@ -262,7 +262,7 @@ class Config:
     aggregator: str = "max"
     baseline: bool = False
     box: str = "best"
-    refine: bool = False
+    refiner: Callable[[Encoder], RegionRefiner] | None = None  # re-scores the top parents after ranking
 
 
 class VectorCache:
@@ -292,6 +292,7 @@ class Result:
     index_seconds_per_parent: float
     query_ms: float
     metrics: dict[str, dict[str, float]]
+    top1: dict[str, list[tuple[bool, float]]] = field(default_factory=dict)  # split -> (right parent?, score)
 
 
 def _rank(
@@ -336,6 +337,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     index = ChunkIndex(encoder.dim, device="cpu")
     index.add(np.stack(vectors), np.arange(len(vectors)))
     ranker = ParentRanker(config.aggregator, box=config.box)
+    refiner = config.refiner(encoder) if config.refiner is not None else None
     n_parents = len(dataset.parents)
     per_chunk = cache.seconds_per_image(config.encoder)
 
@@ -345,17 +347,18 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             cache.queries[(config.encoder, q.query_id)] = v
     rank_seconds = 0.0
     per_split: dict[str, list[tuple[int | None, float, float]]] = {}
+    top1: dict[str, list[tuple[bool, float]]] = {}
     for q in dataset.queries:
         v = cache.queries[(config.encoder, q.query_id)][None, :]
         start = time.perf_counter()
         matches = _rank(index, meta, ranker, v, 10)
-        if config.refine:
-            refiner = RegionRefiner(encoder)
+        if refiner is not None:
             matches = refiner.refine(v[0], q.image.size, matches, dataset.parents.__getitem__)
         rank_seconds += time.perf_counter() - start
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
         iou = matches[0].box.iou(q.box) if q.box is not None and rank == 1 else float("nan")
         per_split.setdefault(q.split, []).append((rank, iou, matches[0].score if matches else float("-inf")))
+        top1.setdefault(q.split, []).append((rank == 1, matches[0].score if matches else float("-inf")))
     metrics: dict[str, dict[str, float]] = {}
     for split, rows in per_split.items():
         if split == "absent":
@@ -380,6 +383,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         index_seconds_per_parent=(seg_seconds + per_chunk * len(meta)) / n_parents,
         query_ms=1000 * query_seconds,
         metrics=metrics,
+        top1=top1,
     )
 
 
@@ -407,15 +411,38 @@ def default_configs() -> list[Config]:
         Config("lite0, whole+tiles(.25,.18)", "lite0", tiles((0.25, 0.18))),
         Config("lite0, whole+tiles(.18)", "lite0", tiles((0.18,))),
         Config("lite0, whole+tiles(.18), box=fusion", "lite0", tiles((0.18,)), box="fusion"),
+        Config(
+            "lite0, whole+tiles(.18), box=fusion, refine top 3: size, position, extent",
+            "lite0",
+            tiles((0.18,)),
+            box="fusion",
+            refiner=RegionRefiner,
+        ),
         Config("lite0, whole+tiles(.5,.18)", "lite0", tiles((0.5, 0.18))),
         Config("lite0, whole+tiles(.5,.18), box=fusion", "lite0", tiles((0.5, 0.18)), box="fusion"),
         Config("lite0, whole+tiles(.5,.25,.18), box=fusion", "lite0", tiles((0.5, 0.25, 0.18)), box="fusion"),
         Config(
-            "lite0, whole+tiles(.5,.25,.18), box=fusion, refine top 3",
+            "lite0, whole+tiles(.5,.25,.18) overlap 0, box=fusion", "lite0", tiles((0.5, 0.25, 0.18), 0.0), box="fusion"
+        ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18) overlap .5, box=fusion",
+            "lite0",
+            tiles((0.5, 0.25, 0.18), 0.5),
+            box="fusion",
+        ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, refine top 3: size, position",
             "lite0",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
-            refine=True,
+            refiner=lambda e: RegionRefiner(e, grow=(), side_steps=()),
+        ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, refine top 3: size, position, extent (default)",
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            refiner=RegionRefiner,
         ),
         Config("lite0, whole+tiles(.5,.25,.18,.12)", "lite0", tiles((0.5, 0.25, 0.18, 0.12))),
         Config("lite0, whole+tiles(.5,.35,.25) mean_top3", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="mean_top3"),
@@ -443,6 +470,25 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def operating_points(result: Result, thresholds: Sequence[float] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)) -> str:
+    """What a ``min_score`` does: the share of queries still answered right, and of absent queries answered."""
+    lines = [
+        f"`min_score` operating points of *{result.config.name}*:",
+        "",
+        "| min_score | transformed: right parent kept | hard: right parent kept | absent: answered (false hits) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t in thresholds:
+        cells = []
+        for split in ("transformed", "hard"):
+            rows = result.top1.get(split, [])
+            cells.append(f"{np.mean([ok and s >= t for ok, s in rows]):.2f}" if rows else "nan")
+        absent = result.top1.get("absent", [])
+        cells.append(f"{np.mean([s >= t for _, s in absent]):.2f}" if absent else "nan")
+        lines.append(f"| {t:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -465,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(evaluate(dataset, config, encoders, cache))
         logger.info("%s: %.0f s", config.name, time.perf_counter() - start)
     print(table(results))
+    chosen = [r for r in results if r.config.name.endswith("(default)")] or results[-1:]
+    for r in chosen:
+        print()
+        print(operating_points(r))
     return 0
 
 

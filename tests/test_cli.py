@@ -31,6 +31,11 @@ def test_index_search_info(tmp_path: Path, photos: dict[str, Image.Image], capsy
     assert len(rows) == 2 and rows[0]["source"] == str(folder / "rocket.png") and len(rows[0]["box"]) == 4
     assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--device", "cpu"]) == 0
     assert "rocket.png" in capsys.readouterr().out.splitlines()[0]
+    assert rows[0]["score"] > rows[0]["chunk_score"]  # refined: a crop at the query's scale beat every chunk
+    assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--json", "--no-refine", "--device", "cpu"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain[0]["parent_id"] == rows[0]["parent_id"]
+    assert all(r["score"] == r["chunk_score"] for r in plain)  # max of the chunks, untouched
     assert main(["info", "-w", ws]) == 0
     assert json.loads(capsys.readouterr().out)["parents"] == 3
 

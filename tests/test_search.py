@@ -21,6 +21,7 @@ from crossscale import (
     WorkspaceMismatchError,
 )
 from crossscale.encode import BackboneEncoder, ColorHistogramEncoder
+from crossscale.rank import RegionRefiner
 from crossscale.segment import TileSegmenter
 from tests.photos import paste_scene
 
@@ -329,6 +330,21 @@ def test_refine_through_the_facade(tmp_path: Path, photos: dict[str, Image.Image
     assert plain[0].score >= unrefined[0].score
     assert plain[0].box.iou(Box(*box)) >= unrefined[0].box.iou(Box(*box))
     assert len({m.parent_id for m in plain}) == 3
+
+
+def test_a_tuned_refiner_is_used_as_given(tmp_path: Path) -> None:
+    refiner = RegionRefiner(ColorHistogramEncoder(), top_n=1, extent_margin=0.0)
+    with _hist(tmp_path / "ws", refine=refiner) as cs:
+        assert cs.refiner is refiner
+    with _hist(tmp_path / "ws", refine=False) as cs:
+        assert cs.refiner is None
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_a_bad_refine_is_refused_before_the_workspace_is_made(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=f"refine must be True, False or a RegionRefiner, got {bad!r}"):
+        _hist(tmp_path / "ws", refine=bad)
+    assert not (tmp_path / "ws").exists()
 
 
 def test_a_segmenter_returning_boxes_outside_the_image_fails_that_image_only(

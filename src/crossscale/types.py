@@ -165,7 +165,8 @@ class ParentMatch:
     Attributes:
         parent_id: id of the parent image.
         score: the ranker's aggregate of the parent's chunk scores.
-        box: box of the best-scoring chunk, in the parent's pixels: *where* the query is.
+        box: *where* the query is, in the parent's pixels: the best chunk's box, a fusion of the near-best
+            chunks' boxes, or the crop a :class:`~crossscale.rank.RegionRefiner` found (``ParentRanker(box=)``).
         kind, label: of the best chunk.
         chunk_score: similarity of the best chunk alone.
         chunk_id: id of the best chunk.

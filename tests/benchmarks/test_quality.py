@@ -54,3 +54,8 @@ def test_evaluate_histogram_configs(dataset) -> None:  # type: ignore[no-untyped
     # pixel-identical regions: a histogram per chunk finds most of them
     assert tiled.metrics["easy"]["r@1"] >= 0.5
     assert "| configuration |" in quality.table([whole, tiled])
+    points = quality.operating_points(tiled, thresholds=(0.0, 0.5, 0.99))
+    rows = [line.split("|")[2:5] for line in points.splitlines() if line.startswith("| 0.")]
+    kept = [[float(c) for c in row] for row in rows]
+    assert len(kept) == 3 and all(a >= b for a, b in zip(kept[0], kept[1], strict=True))  # higher bar, fewer kept
+    assert kept[0][2] == 1.0  # every absent query is answered at min_score 0

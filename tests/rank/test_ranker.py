@@ -131,3 +131,9 @@ def test_fusion_centres_on_the_agreeing_chunks() -> None:
 def test_bad_box_mode() -> None:
     with pytest.raises(ConfigurationError, match="box must be"):
         ParentRanker(box="median")
+
+
+def test_repr_shows_every_setting() -> None:
+    text = repr(ParentRanker("mean_top3", overfetch=4, min_score=0.5, box="best", box_margin=0.1))
+    for part in ("mean_top3", "overfetch=4", "min_score=0.5", "box='best'", "box_margin=0.1"):
+        assert part in text, (part, text)

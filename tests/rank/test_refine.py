@@ -30,8 +30,9 @@ def test_refine_tightens_the_box_and_raises_the_score() -> None:
     out = RegionRefiner(enc, top_n=2).refine(qv, query.size, [other, match], parents.__getitem__)
     assert out[0].parent_id == "scene"  # re-scored above the other parent
     assert out[0].score > start_score and out[0].box.iou(truth) > tile.iou(truth) + 0.2
-    ratio = out[0].box.width / out[0].box.height
-    assert ratio == pytest.approx(60 / 40, rel=0.1)  # the query's shape
+    shaped = RegionRefiner(enc, top_n=2, grow=(), side_steps=()).refine(qv, query.size, [other, match], parents.get)
+    ratio = shaped[0].box.width / shaped[0].box.height
+    assert ratio == pytest.approx(60 / 40, rel=0.1)  # before the extent pass: the query's shape
     assert out[1].parent_id == "other" and out[1].box == Box(0, 0, 50, 50)  # a worse crop never replaces a match
 
 
@@ -74,3 +75,81 @@ def test_unnormalised_encoder_output_is_normalised() -> None:
     query = ColorHistogramEncoder(bins=4).encode([Image.new("RGB", (9, 9), (255, 0, 0))])[0]
     [out] = RegionRefiner(Loud(bins=4)).refine(query, (9, 9), [match], {"p": Image.fromarray(arr)}.get)
     assert out == match  # scores 50x too large would have replaced it
+
+
+def _object_scene() -> tuple[Image.Image, Box]:
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)  # colourful noise
+    arr[100:180, 150:270] = (220, 30, 30)
+    arr[100:180, 150:210, 2] = 120  # a two-tone 120x80 object: red and magenta halves
+    return Image.fromarray(arr), Box(150, 100, 270, 180)
+
+
+def test_the_extent_pass_grows_the_box_from_a_part_of_the_object_to_the_whole() -> None:
+    scene, truth = _object_scene()
+    enc = ColorHistogramEncoder(bins=4)
+    query = scene.crop((165, 110, 255, 170))  # the inner part of the object, as a partial-crop query is
+    qv = enc.encode([query])[0]
+    match = ParentMatch("scene", 0.0, Box(120, 70, 300, 210), "tile", 0.0, 0)
+    load = {"scene": scene}.get
+    without = RegionRefiner(enc, grow=(), side_steps=()).refine(qv, query.size, [match], load)[0]
+    with_extent = RegionRefiner(enc).refine(qv, query.size, [match], load)[0]
+    assert without.box.area < truth.area * 0.8  # the best-scoring crop lies inside the object
+    assert with_extent.box.area > without.box.area
+    assert with_extent.box.iou(truth) > without.box.iou(truth) + 0.1
+    assert with_extent.box.iou(truth) >= 0.7
+
+
+def test_a_zero_margin_keeps_only_growths_that_score_as_well() -> None:
+    scene, truth = _object_scene()
+    enc = ColorHistogramEncoder(bins=4)
+    query = scene.crop((165, 110, 255, 170))
+    qv = enc.encode([query])[0]
+    match = ParentMatch("scene", 0.0, Box(120, 70, 300, 210), "tile", 0.0, 0)
+    strict = RegionRefiner(enc, extent_margin=0.0).refine(qv, query.size, [match], {"scene": scene}.get)[0]
+    loose = RegionRefiner(enc, extent_margin=0.2).refine(qv, query.size, [match], {"scene": scene}.get)[0]
+    assert strict.box.intersection_area(truth) == strict.box.area  # grown only over the object
+    assert loose.box.area > truth.area  # a wide margin lets background in
+    assert strict.score == loose.score  # the margin moves the box, never the score
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"grow": (1.0,)}, r"grow\[0\] must be in \(1, 4\], got 1.0"),
+        ({"grow": (1.2, 5.0)}, r"grow\[1\] must be in \(1, 4\], got 5.0"),
+        ({"grow": 1.2}, "grow must be a sequence of numbers, got 1.2"),
+        ({"grow": "1.2"}, "grow must be a sequence of numbers, got '1.2'"),
+        ({"side_steps": (0.0,)}, r"side_steps\[0\] must be in \(0, 1\]"),
+        ({"side_steps": (0.1, "0.2")}, r"side_steps\[1\] must be a number in \(0, 1\], got '0.2'"),
+        ({"extent_margin": -0.1}, r"extent_margin must be in \[0, 1\], got -0.1"),
+        ({"extent_margin": float("nan")}, "extent_margin must be in"),
+        ({"extent_margin": None}, "extent_margin must be a number"),
+        ({"shift": True}, "shift must be a number"),
+        ({"scales": ()}, "scales must not be empty"),
+        ({"scales": (0.5, 9.0)}, r"scales\[1\] must be in \[0.05, 4\]"),
+    ],
+)
+def test_validates_every_setting_and_names_it(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RegionRefiner(ColorHistogramEncoder(), **kw)  # type: ignore[arg-type]
+
+
+def test_under_a_sum_aggregator_the_crop_is_compared_with_the_best_chunk_not_the_sum() -> None:
+    scene, truth = _scene()
+    enc = ColorHistogramEncoder(bins=4)
+    query = Image.new("RGB", (60, 40), (220, 30, 30))
+    qv = enc.encode([query])[0]
+    tile = Box(250, 100, 500, 350)
+    chunk = float(enc.encode([scene.crop(tile.as_tuple())])[0] @ qv)
+    match = ParentMatch("scene", 2.5, tile, "tile", chunk, 0, n_hits=4)  # a sum of four chunk scores
+    [out] = RegionRefiner(enc).refine(qv, query.size, [match], {"scene": scene}.get)
+    assert out.box.iou(truth) > tile.iou(truth) + 0.2  # refined, though no crop can score 2.5
+    assert 2.5 < out.score <= 2.5 + (1.0 - chunk) + 1e-6  # raised by what the crop adds over the chunk
+    assert out.chunk_score == chunk  # still the best chunk's own similarity
+
+
+def test_repr_shows_every_setting() -> None:
+    text = repr(RegionRefiner(ColorHistogramEncoder(), top_n=2, grow=(1.2,), side_steps=(), extent_margin=0.05))
+    for part in ("top_n=2", "grow=(1.2,)", "side_steps=()", "extent_margin=0.05", "scales=(0.5, 0.7, 1.0, 1.4)"):
+        assert part in text, (part, text)

@@ -77,7 +77,10 @@ class ParentRanker:
         self.min_score = min_score
 
     def __repr__(self) -> str:
-        return f"ParentRanker(aggregator={self.aggregator.name!r}, overfetch={self.overfetch})"
+        return (
+            f"ParentRanker(aggregator={self.aggregator.name!r}, overfetch={self.overfetch}, "
+            f"min_score={self.min_score!r}, box={self.box!r}, box_margin={self.box_margin})"
+        )
 
     def fold(self, hits: Sequence[Hit], top_k: int | None = None) -> list[ParentMatch]:
         """Group hits by parent, score each parent, and sort (score desc, then parent id).

@@ -1,10 +1,11 @@
-"""Re-score the top parents at the query's scale, and tighten their boxes."""
+"""Re-score the top parents at the query's scale, and find the extent of the match."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -16,41 +17,98 @@ from crossscale.types import Box, ParentMatch
 
 __all__ = ["RegionRefiner"]
 
+_MIN_SIDE = 8
+_SHIFTS = tuple((dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy)
+
+
+def _number(name: str, value: object, low: float, high: float, *, low_open: bool) -> float:
+    """``value`` as a float in ``(low, high]`` (``low_open``) or ``[low, high]``, else a ConfigurationError."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigurationError(f"{name} must be a number in {interval}, got {value!r}")
+    number = float(value)
+    if not ((low < number) if low_open else (low <= number)) or not number <= high:
+        raise ConfigurationError(f"{name} must be in {interval}, got {value!r}")
+    return number
+
+
+def _numbers(name: str, values: object, low: float, high: float, *, low_open: bool, empty: bool) -> tuple[float, ...]:
+    """``values`` as a tuple of floats, each as :func:`_number` checks it; ``empty`` allows ``()``."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ConfigurationError(f"{name} must be a sequence of numbers, got {values!r}")
+    items = list(values)
+    if not items and not empty:
+        raise ConfigurationError(f"{name} must not be empty")
+    return tuple(_number(f"{name}[{i}]", v, low, high, low_open=low_open) for i, v in enumerate(items))
+
 
 class _Encodes(Protocol):
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class _Scored:
+    score: float
+    box: Box
+
+
 class RegionRefiner:
-    """Re-scores the ``top_n`` best parents by encoding crops around their match box at the query's shape.
+    """Re-scores the ``top_n`` best parents by encoding crops around their match box, and finds the match's extent.
 
     A chunk is a fixed tile; the object can be smaller, shifted, or of another aspect ratio. For each of the
-    top parents the refiner cuts crops with the query's aspect ratio around the match's box: first at
-    several sizes on its centre, then, at the best size, shifted by ``shift`` of the crop's size in eight
-    directions. It encodes them and compares them with the query. If a crop scores above the match, the
-    match takes that crop's score and box. The parents are then re-sorted. Costs ``top_n * (len(scales) + 8)``
-    encoder passes per query.
+    top parents the refiner searches in three passes, each encoding a handful of crops and comparing them with
+    the query:
+
+    1. *size*: crops with the query's aspect ratio, ``scales`` times the match box's size, on its centre;
+    2. *position*: the best of those shifted by ``shift`` of its size in eight directions;
+    3. *extent*: the best crop scores highest when it lies inside the object (the query is usually a part of
+       it), so its box is too small. The refiner grows it, first as a whole (``grow``), then side by side (each
+       of ``side_steps``), and keeps every growth whose crop still scores within ``extent_margin`` of the
+       best: a crop that covers the whole object matches about as well as one inside it, one that adds
+       background does not.
+
+    If the best crop of passes 1 and 2 scores above the match's best chunk (``chunk_score``), the match takes
+    its score rise (under the default ``max`` aggregator: the crop's score) and the box grown in pass 3.
+    The parents are then re-sorted. Costs up to ``top_n * (len(scales) + 8 + len(grow) + 4 * len(side_steps))``
+    encoder passes per query (66 by default). docs/benchmarks.md has the measurements behind each pass.
 
     Args:
-        encoder: the workspace's encoder (anything with ``encode(images) -> unit rows``).
+        encoder: the workspace's encoder (anything with ``encode(images) -> rows``; rows are L2-normalised here).
         top_n: how many of the best parents are re-scored.
         scales: crop sizes relative to the match box's size (geometric mean of its sides).
-        shift: the fine pass's step, as a fraction of the crop's size.
+        shift: the position pass's step, as a fraction of the crop's size.
+        grow: the extent pass's whole-box growth factors (of the side length); ``()`` skips it.
+        side_steps: the extent pass's per-side growth steps, as fractions of the box's size; ``()`` skips it.
+        extent_margin: how far below the best score a grown crop may score and still be kept; 0 keeps only
+            growths that score at least as well.
     """
 
     def __init__(
-        self, encoder: _Encodes, *, top_n: int = 3, scales: Sequence[float] = (0.5, 0.7, 1.0, 1.4), shift: float = 0.2
+        self,
+        encoder: _Encodes,
+        *,
+        top_n: int = 3,
+        scales: Sequence[float] = (0.5, 0.7, 1.0, 1.4),
+        shift: float = 0.2,
+        grow: Sequence[float] = (1.15, 1.3),
+        side_steps: Sequence[float] = (0.2, 0.1),
+        extent_margin: float = 0.03,
     ) -> None:
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
             raise ConfigurationError(f"top_n must be a positive int, got {top_n!r}")
-        if not scales or any(not (0.05 <= s <= 4.0) for s in scales):
-            raise ConfigurationError(f"scales must be in [0.05, 4], got {scales!r}")
-        if not (0.0 < shift <= 1.0):
-            raise ConfigurationError(f"shift must be in (0, 1], got {shift!r}")
         self.encoder = encoder
         self.top_n = top_n
-        self.scales = tuple(float(s) for s in scales)
-        self.shift = float(shift)
+        self.scales = _numbers("scales", scales, 0.05, 4.0, low_open=False, empty=False)
+        self.shift = _number("shift", shift, 0.0, 1.0, low_open=True)
+        self.grow = _numbers("grow", grow, 1.0, 4.0, low_open=True, empty=True)
+        self.side_steps = _numbers("side_steps", side_steps, 0.0, 1.0, low_open=True, empty=True)
+        self.extent_margin = _number("extent_margin", extent_margin, 0.0, 1.0, low_open=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"RegionRefiner(top_n={self.top_n}, scales={self.scales}, shift={self.shift}, grow={self.grow}, "
+            f"side_steps={self.side_steps}, extent_margin={self.extent_margin})"
+        )
 
     @staticmethod
     def _crop_box(cx: float, cy: float, w: float, h: float, width: int, height: int) -> Box | None:
@@ -61,14 +119,85 @@ class RegionRefiner:
             box = Box.from_floats(x0, y0, x0 + w, y0 + h, width=width, height=height)
         except ConfigurationError:
             return None
-        return box if box.width >= 8 and box.height >= 8 else None
+        return box if box.width >= _MIN_SIDE and box.height >= _MIN_SIDE else None
 
-    def _best(self, query: np.ndarray, image: Image.Image, boxes: list[Box]) -> tuple[float, Box]:
+    def _score(self, query: np.ndarray, image: Image.Image, boxes: Sequence[Box | None]) -> list[_Scored]:
+        unique = list(dict.fromkeys(b for b in boxes if b is not None))
+        if not unique:
+            return []
         # normalised here as the facade does for every encoder: crop scores must compare with chunk scores
-        vectors = l2_normalize(np.asarray(self.encoder.encode([image.crop(b.as_tuple()) for b in boxes])))
-        scores = vectors @ query
-        i = int(np.argmax(scores))
-        return float(scores[i]), boxes[i]
+        vectors = l2_normalize(np.asarray(self.encoder.encode([image.crop(b.as_tuple()) for b in unique])))
+        return [_Scored(float(s), b) for s, b in zip(vectors @ query, unique, strict=True)]
+
+    def _extent(self, query: np.ndarray, image: Image.Image, best: _Scored, aspect: float) -> Box:
+        """Pass 3: ``best``'s box grown while the match holds.
+
+        Growths are held to the highest score seen so far (``top``). It moves the box only: the match's score
+        stays that of passes 1 and 2 (a grown crop that scored higher changed the order of the top parents
+        on the benchmark's hard split for the worse, by one query in 35).
+        """
+        width, height = image.size
+        top = best.score
+        cx, cy = (best.box.x0 + best.box.x1) / 2, (best.box.y0 + best.box.y1) / 2
+        side = math.sqrt(best.box.area)
+        grown = self._score(
+            query,
+            image,
+            [
+                self._crop_box(cx, cy, side * g * math.sqrt(aspect), side * g / math.sqrt(aspect), width, height)
+                for g in self.grow
+            ],
+        )
+        top = max([top] + [c.score for c in grown])
+        kept = [c for c in [best, *grown] if c.score >= top - self.extent_margin]
+        box = max(kept, key=lambda c: c.box.area).box if kept else best.box
+        for step in self.side_steps:
+            dw, dh = step * box.width, step * box.height
+            x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
+            moves = [(x0 - dw, y0, x1, y1), (x0, y0, x1 + dw, y1), (x0, y0 - dh, x1, y1), (x0, y0, x1, y1 + dh)]
+            candidates = [Box.from_floats(*m, width=width, height=height) for m in moves]
+            sides = self._score(query, image, [c for c in candidates if c != box])
+            # each side is judged against the best score before this round, as the box it grows from was
+            taken = [c.box for c in sides if c.score >= top - self.extent_margin]
+            top = max([top] + [c.score for c in sides])
+            if taken:
+                box = Box(
+                    min(b.x0 for b in [box, *taken]),
+                    min(b.y0 for b in [box, *taken]),
+                    max(b.x1 for b in [box, *taken]),
+                    max(b.y1 for b in [box, *taken]),
+                )
+        return box
+
+    def _refine_one(self, query: np.ndarray, aspect: float, match: ParentMatch, image: Image.Image) -> ParentMatch:
+        width, height = image.size
+        box = match.box
+        cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+        side = math.sqrt(box.area)
+        shapes = [(side * s * math.sqrt(aspect), side * s / math.sqrt(aspect)) for s in self.scales]
+        sized = self._score(query, image, [self._crop_box(cx, cy, w, h, width, height) for w, h in shapes])
+        if not sized:
+            return match
+        best = max(sized, key=lambda c: c.score)
+        b = best.box
+        bx, by = (b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2
+        moved = self._score(
+            query,
+            image,
+            [
+                self._crop_box(
+                    bx + dx * self.shift * b.width, by + dy * self.shift * b.height, b.width, b.height, width, height
+                )
+                for dx, dy in _SHIFTS
+            ],
+        )
+        best = max([best, *moved], key=lambda c: c.score)
+        if best.score > match.chunk_score:
+            # the crop stands in for the best chunk: the aggregate rises by what it adds (under "max", the
+            # score becomes the crop's; under "sum" or "mean_topN" it stays on the aggregator's scale)
+            box = self._extent(query, image, best, aspect)
+            return dataclasses.replace(match, score=match.score + best.score - match.chunk_score, box=box)
+        return match
 
     def refine(
         self,
@@ -87,31 +216,7 @@ class RegionRefiner:
         refined: list[ParentMatch] = []
         for match in matches[: self.top_n]:
             image = load(match.parent_id)
-            if image is None:
-                continue
-            box = match.box
-            cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-            side = math.sqrt(box.width * box.height)
-            shapes = [(side * s * math.sqrt(aspect), side * s / math.sqrt(aspect)) for s in self.scales]
-            coarse = [b for w, h in shapes if (b := self._crop_box(cx, cy, w, h, image.width, image.height))]
-            if not coarse:
-                refined.append(match)
-                continue
-            score, best = self._best(query, image, coarse)
-            w, h = best.width, best.height
-            bx, by = (best.x0 + best.x1) / 2, (best.y0 + best.y1) / 2
-            moves = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy]
-            fine = [
-                b
-                for dx, dy in moves
-                if (b := self._crop_box(bx + dx * self.shift * w, by + dy * self.shift * h, w, h, *image.size))
-            ]
-            if fine:
-                fine_score, fine_box = self._best(query, image, fine)
-                if fine_score > score:
-                    score, best = fine_score, fine_box
-            if score > match.score:
-                match = dataclasses.replace(match, score=score, box=best)
-            refined.append(match)
+            if image is not None:
+                refined.append(self._refine_one(query, aspect, match, image))
         refined += list(matches[self.top_n :])
         return sorted(refined, key=lambda m: (-m.score, m.parent_id))
