@@ -292,7 +292,8 @@ class Result:
     index_seconds_per_parent: float
     query_ms: float
     metrics: dict[str, dict[str, float]]
-    top1: dict[str, list[tuple[bool, float]]] = field(default_factory=dict)  # split -> (right parent?, score)
+    # split -> one (rank of the right parent or None, box IoU at rank 1, top score) per query
+    per_query: dict[str, list[tuple[int | None, float, float]]] = field(default_factory=dict)
 
 
 def _rank(
@@ -347,7 +348,6 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             cache.queries[(config.encoder, q.query_id)] = v
     rank_seconds = 0.0
     per_split: dict[str, list[tuple[int | None, float, float]]] = {}
-    top1: dict[str, list[tuple[bool, float]]] = {}
     for q in dataset.queries:
         v = cache.queries[(config.encoder, q.query_id)][None, :]
         start = time.perf_counter()
@@ -358,7 +358,6 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
         iou = matches[0].box.iou(q.box) if q.box is not None and rank == 1 else float("nan")
         per_split.setdefault(q.split, []).append((rank, iou, matches[0].score if matches else float("-inf")))
-        top1.setdefault(q.split, []).append((rank == 1, matches[0].score if matches else float("-inf")))
     metrics: dict[str, dict[str, float]] = {}
     for split, rows in per_split.items():
         if split == "absent":
@@ -383,7 +382,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         index_seconds_per_parent=(seg_seconds + per_chunk * len(meta)) / n_parents,
         query_ms=1000 * query_seconds,
         metrics=metrics,
-        top1=top1,
+        per_query=per_split,
     )
 
 
@@ -481,10 +480,10 @@ def operating_points(result: Result, thresholds: Sequence[float] = (0.5, 0.55, 0
     for t in thresholds:
         cells = []
         for split in ("transformed", "hard"):
-            rows = result.top1.get(split, [])
-            cells.append(f"{np.mean([ok and s >= t for ok, s in rows]):.2f}" if rows else "nan")
-        absent = result.top1.get("absent", [])
-        cells.append(f"{np.mean([s >= t for _, s in absent]):.2f}" if absent else "nan")
+            rows = result.per_query.get(split, [])
+            cells.append(f"{np.mean([rank == 1 and s >= t for rank, _, s in rows]):.2f}" if rows else "nan")
+        absent = result.per_query.get("absent", [])
+        cells.append(f"{np.mean([s >= t for _, _, s in absent]):.2f}" if absent else "nan")
         lines.append(f"| {t:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -121,6 +121,13 @@ class RegionRefiner:
             return None
         return box if box.width >= _MIN_SIDE and box.height >= _MIN_SIDE else None
 
+    @classmethod
+    def _around(cls, box: Box, factor: float, aspect: float, width: int, height: int) -> Box | None:
+        """A crop of ``aspect`` (w/h) on ``box``'s centre, ``factor`` times its size (geometric mean of its sides)."""
+        side = math.sqrt(box.area)
+        w, h = side * factor * math.sqrt(aspect), side * factor / math.sqrt(aspect)
+        return cls._crop_box((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2, w, h, width, height)
+
     def _score(self, query: np.ndarray, image: Image.Image, boxes: Sequence[Box | None]) -> list[_Scored]:
         unique = list(dict.fromkeys(b for b in boxes if b is not None))
         if not unique:
@@ -137,20 +144,10 @@ class RegionRefiner:
         on the benchmark's hard split for the worse, by one query in 35).
         """
         width, height = image.size
-        top = best.score
-        cx, cy = (best.box.x0 + best.box.x1) / 2, (best.box.y0 + best.box.y1) / 2
-        side = math.sqrt(best.box.area)
-        grown = self._score(
-            query,
-            image,
-            [
-                self._crop_box(cx, cy, side * g * math.sqrt(aspect), side * g / math.sqrt(aspect), width, height)
-                for g in self.grow
-            ],
-        )
-        top = max([top] + [c.score for c in grown])
-        kept = [c for c in [best, *grown] if c.score >= top - self.extent_margin]
-        box = max(kept, key=lambda c: c.box.area).box if kept else best.box
+        grown = self._score(query, image, [self._around(best.box, g, aspect, width, height) for g in self.grow])
+        top = max([best.score] + [c.score for c in grown])
+        kept = [c for c in [best, *grown] if c.score >= top - self.extent_margin]  # never empty: top is kept
+        box = max(kept, key=lambda c: c.box.area).box
         for step in self.side_steps:
             dw, dh = step * box.width, step * box.height
             x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
@@ -171,11 +168,7 @@ class RegionRefiner:
 
     def _refine_one(self, query: np.ndarray, aspect: float, match: ParentMatch, image: Image.Image) -> ParentMatch:
         width, height = image.size
-        box = match.box
-        cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
-        side = math.sqrt(box.area)
-        shapes = [(side * s * math.sqrt(aspect), side * s / math.sqrt(aspect)) for s in self.scales]
-        sized = self._score(query, image, [self._crop_box(cx, cy, w, h, width, height) for w, h in shapes])
+        sized = self._score(query, image, [self._around(match.box, s, aspect, width, height) for s in self.scales])
         if not sized:
             return match
         best = max(sized, key=lambda c: c.score)
