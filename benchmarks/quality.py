@@ -14,8 +14,9 @@ changes, plus natural photos as they are. Query splits:
   collection holds ~50 other birds and planes;
 - ``absent``: transformed photos of objects that are in no scene (is the score of a miss lower?).
 
-Everything here uses the library's own stages (segmenters, encoders, ChunkIndex, ParentRanker) with a
-cache of chunk vectors, so configurations that share chunks do not re-encode them.
+Everything here uses the library's own stages (segmenters, encoders, ChunkIndex, ParentRanker, RegionRefiner)
+and its own query path (:func:`crossscale.query.search_parents`, the one ``CrossScaleSearch.search`` runs),
+with a cache of chunk vectors, so configurations that share chunks do not re-encode them.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from crossscale.encode import ColorHistogramEncoder, Encoder, create_encoder
+from crossscale.encode import ColorHistogramEncoder, Encoder, create_encoder, embed
 from crossscale.index import ChunkIndex
+from crossscale.query import search_parents
 from crossscale.rank import ParentRanker, RegionRefiner
 from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
-from crossscale.types import Box, Hit, ParentMatch
+from crossscale.types import Box, ChunkRecord, Query
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,9 @@ class Placement:
 
 
 @dataclass(frozen=True)
-class Query:
+class LabelledQuery:
+    """A query image with the truth: the parent holding it and where (``None`` for absent queries)."""
+
     query_id: str
     split: str
     image: Image.Image = field(repr=False)
@@ -81,7 +85,7 @@ class Query:
 class Dataset:
     parents: dict[str, Image.Image]
     placements: list[Placement]
-    queries: list[Query]
+    queries: list[LabelledQuery]
 
     def describe(self) -> str:
         sizes = [max(im.size) for im in self.parents.values()]
@@ -227,7 +231,7 @@ def build_dataset(seed: int = 0, scenes: int = 16) -> Dataset:
         with Image.open(SHARED / "coral" / name) as im:
             parents[f"natural-{Path(name).stem}"] = im.convert("RGB")
 
-    queries: list[Query] = []
+    queries: list[LabelledQuery] = []
     for n, p in enumerate(placements):
         qrng = random.Random(seed * 1000 + n)
         region = parents[p.parent_id].crop(p.box.as_tuple())
@@ -235,14 +239,14 @@ def build_dataset(seed: int = 0, scenes: int = 16) -> Dataset:
         easy = _jpeg(
             region.resize((max(8, round(region.width * s)), max(8, round(region.height * s)))), qrng.randint(60, 90)
         )
-        queries.append(Query(f"easy-{p.object_id}", "easy", easy, p.parent_id, p.box))
+        queries.append(LabelledQuery(f"easy-{p.object_id}", "easy", easy, p.parent_id, p.box))
         tq = transform_query(objects[p.object_id][1], qrng)
-        queries.append(Query(f"transformed-{p.object_id}", "transformed", tq, p.parent_id, p.box))
+        queries.append(LabelledQuery(f"transformed-{p.object_id}", "transformed", tq, p.parent_id, p.box))
         if p.category in ("bird", "plane") and p.area_fraction <= 0.05:
-            queries.append(Query(f"hard-{p.object_id}", "hard", tq, p.parent_id, p.box))
+            queries.append(LabelledQuery(f"hard-{p.object_id}", "hard", tq, p.parent_id, p.box))
     for oid in sorted(absent):
         queries.append(
-            Query(
+            LabelledQuery(
                 f"absent-{oid}",
                 "absent",
                 transform_query(objects[oid][1], random.Random(zlib.crc32(oid.encode()) + seed)),  # not hash()
@@ -276,7 +280,7 @@ class VectorCache:
 
     def encode(self, key: str, encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
         start = time.perf_counter()
-        out = encoder.encode(list(images))
+        out = embed(encoder, images)  # as indexing and queries do: checked, unit rows
         self.encode_seconds[key] = self.encode_seconds.get(key, 0.0) + time.perf_counter() - start
         self.encoded[key] = self.encoded.get(key, 0) + len(images)
         return out
@@ -296,20 +300,6 @@ class Result:
     per_query: dict[str, list[tuple[int | None, float, float]]] = field(default_factory=dict)
 
 
-def _rank(
-    index: ChunkIndex, meta: list[tuple[str, Box, str]], ranker: ParentRanker, q: np.ndarray, top_k: int
-) -> list[ParentMatch]:
-    def fetch(k: int) -> list[Hit]:
-        scores, ids = index.search(q, k)
-        return [
-            Hit(int(i), float(s), meta[i][0], meta[i][1], meta[i][2])
-            for s, i in zip(scores[0], ids[0], strict=True)
-            if i >= 0
-        ]  # type: ignore[arg-type]
-
-    return ranker.rank(fetch, top_k, available=len(index))
-
-
 def _auc(pos: Sequence[float], neg: Sequence[float]) -> float:
     if not pos or not neg:
         return float("nan")
@@ -320,7 +310,7 @@ def _auc(pos: Sequence[float], neg: Sequence[float]) -> float:
 def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cache: VectorCache) -> Result:
     encoder = encoders[config.encoder]
     segmenter = config.segmenter()
-    meta: list[tuple[str, Box, str]] = []
+    records: list[ChunkRecord] = []  # chunk id = position
     vectors: list[np.ndarray] = []
     seg_seconds = 0.0
     for pid, image in dataset.parents.items():
@@ -333,7 +323,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             for c, v in zip(missing, vecs, strict=True):
                 cache.chunks[(config.encoder, pid, c.box.as_tuple())] = v
         for c in chunks:
-            meta.append((pid, c.box, c.kind))
+            records.append(ChunkRecord(len(records), pid, c.box, c.kind, c.label, c.confidence))
             vectors.append(cache.chunks[(config.encoder, pid, c.box.as_tuple())])
     index = ChunkIndex(encoder.dim, device="cpu")
     index.add(np.stack(vectors), np.arange(len(vectors)))
@@ -349,11 +339,17 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     rank_seconds = 0.0
     per_split: dict[str, list[tuple[int | None, float, float]]] = {}
     for q in dataset.queries:
-        v = cache.queries[(config.encoder, q.query_id)][None, :]
+        query = Query(cache.queries[(config.encoder, q.query_id)], q.image)
         start = time.perf_counter()
-        matches = _rank(index, meta, ranker, v, 10)
-        if refiner is not None:
-            matches = refiner.refine(v[0], q.image.size, matches, dataset.parents.__getitem__)
+        [matches] = search_parents(  # the path CrossScaleSearch.search runs, minus the workspace
+            [query],
+            10,
+            index=index,
+            records=lambda ids: {i: records[i] for i in ids},
+            ranker=ranker,
+            refiner=refiner,
+            load_parent=dataset.parents.get,
+        )
         rank_seconds += time.perf_counter() - start
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
         iou = matches[0].box.iou(q.box) if q.box is not None and rank == 1 else float("nan")
@@ -378,8 +374,8 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     query_seconds = cache.seconds_per_image(f"{config.encoder}:q") + rank_seconds / max(1, len(dataset.queries))
     return Result(
         config,
-        chunks_per_parent=len(meta) / n_parents,
-        index_seconds_per_parent=(seg_seconds + per_chunk * len(meta)) / n_parents,
+        chunks_per_parent=len(records) / n_parents,
+        index_seconds_per_parent=(seg_seconds + per_chunk * len(records)) / n_parents,
         query_ms=1000 * query_seconds,
         metrics=metrics,
         per_query=per_split,

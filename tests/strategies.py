@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from crossscale.types import Box, Hit
+from crossscale.types import Box, ChunkKind, ChunkRecord, Hit
 
 MAX_SIDE = 4096
+UNIT_BOX = Box(0, 0, 10, 10)
+
+
+def hit(chunk_id: int, score: float, parent_id: str, box: Box = UNIT_BOX, kind: ChunkKind = "tile") -> Hit:
+    """A hit as an index search returns it."""
+    return Hit(ChunkRecord(chunk_id, parent_id, box, kind), score)
 
 
 @st.composite
@@ -26,5 +32,4 @@ def hit_lists(draw: st.DrawFn, max_parents: int = 12, max_hits: int = 60) -> lis
     scores = sorted(
         draw(st.lists(st.floats(-1.0, 1.0, allow_nan=False, width=32), min_size=n, max_size=n)), reverse=True
     )
-    box = Box(0, 0, 10, 10)
-    return [Hit(i, float(s), p, box, "tile") for i, (s, p) in enumerate(zip(scores, parents, strict=True))]
+    return [hit(i, float(s), p) for i, (s, p) in enumerate(zip(scores, parents, strict=True))]

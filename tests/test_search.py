@@ -149,7 +149,7 @@ def test_failing_segmenter_or_encoder_loses_only_the_bad_image(tmp_path: Path, p
     with _hist(tmp_path / "ws", segmenter=Picky(scales=(0.5,))) as cs:
         r = cs.index([("good1", photos["coffee"]), ("bad", Image.new("RGB", (77, 50))), ("good2", photos["rocket"])])
         assert r.added == ("good1", "good2") and "cannot handle width 77" in r.failed[0].reason
-    assert cs._closed
+    assert cs.workspace.closed
 
 
 def test_delete_removes_everything_and_persists(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
@@ -342,7 +342,7 @@ def test_a_tuned_refiner_is_used_as_given(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
 def test_a_bad_refine_is_refused_before_the_workspace_is_made(tmp_path: Path, bad: object) -> None:
-    with pytest.raises(ConfigurationError, match=f"refine must be True, False or a RegionRefiner, got {bad!r}"):
+    with pytest.raises(ConfigurationError, match=f"refine must be True, False or a Refiner .*, got {bad!r}"):
         _hist(tmp_path / "ws", refine=bad)
     assert not (tmp_path / "ws").exists()
 
@@ -366,3 +366,57 @@ def test_a_segmenter_returning_boxes_outside_the_image_fails_that_image_only(
         report = cs.index([("good", photos["coffee"]), ("bad", Image.new("RGB", (77, 40)))])
         assert report.added == ("good",) and "inside the 77x40 image" in report.failed[0].reason
         assert cs.verify().ok
+
+
+class _RankerOf01:
+    """A ranker written for crossscale 0.1: no ``overfetch``."""
+
+    def rank(self, fetch, top_k, *, available):  # type: ignore[no-untyped-def]
+        return []
+
+
+class _NoDim:
+    name = "no-dim"
+
+    def encode(self, images):  # type: ignore[no-untyped-def]
+        return np.zeros((len(images), 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"encoder": _NoDim()}, r"encoder .* does not satisfy crossscale.protocols.Encoder: it lacks 'dim'"),
+        ({"segmenter": object()}, r"segmenter .*\.protocols\.Segmenter: it lacks 'name', 'segment'"),
+        ({"ranker": _RankerOf01()}, r"ranker .*\.protocols\.Ranker: it lacks 'overfetch'"),
+        ({"refine": object()}, r"refine must be True, False or a Refiner"),
+    ],
+)
+def test_a_stage_missing_a_member_is_refused_naming_it_before_anything_is_written(
+    tmp_path: Path, kw: dict[str, object], message: str
+) -> None:
+    kw.setdefault("encoder", "color-histogram")
+    kw.setdefault("segmenter", "whole")
+    with pytest.raises(ConfigurationError, match=message):
+        CrossScaleSearch.open(tmp_path / "ws", progress=False, device="cpu", **kw)  # type: ignore[arg-type]
+    assert not (tmp_path / "ws").exists()
+
+
+def test_a_refiner_and_ranker_of_ones_own_are_used(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    from crossscale import ParentRanker, Query
+
+    seen: list[tuple[Query, list[str]]] = []
+
+    class Spy:
+        def refine(self, query, matches, load):  # type: ignore[no-untyped-def]
+            seen.append((query, [m.parent_id for m in matches]))
+            assert all(load(m.parent_id) is not None for m in matches)
+            return list(reversed(matches))
+
+    with _hist(tmp_path / "ws", refine=Spy(), ranker=ParentRanker(overfetch=2)) as cs:
+        cs.index([("c", photos["coffee"]), ("r", photos["rocket"])])
+        out = cs.search(photos["coffee"], top_k=2)
+        assert cs.ranker.overfetch == 2  # type: ignore[attr-defined]
+    [(query, ranked)] = seen
+    assert query.image is not None and query.image.size == photos["coffee"].size
+    assert np.linalg.norm(query.vector) == pytest.approx(1.0, abs=1e-5)
+    assert ranked == ["c", "r"] and [m.parent_id for m in out] == ["r", "c"]  # the refiner's order is final

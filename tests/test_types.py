@@ -60,3 +60,39 @@ def test_unattached_match_image_raises_clearly() -> None:
     with pytest.raises(ConfigurationError, match="not attached"):
         m.image()
     assert m.to_dict()["box"] == [0, 0, 2, 2]
+
+
+def test_a_hit_is_a_record_plus_a_score() -> None:
+    from crossscale.types import ChunkRecord, Hit
+
+    record = ChunkRecord(7, "p", Box(0, 0, 4, 4), "detection", "cat", 0.9)
+    hit = Hit(record, 0.5)
+    assert (hit.chunk_id, hit.parent_id, hit.box, hit.kind, hit.label, hit.confidence) == (
+        7,
+        "p",
+        Box(0, 0, 4, 4),
+        "detection",
+        "cat",
+        0.9,
+    )
+    assert hit.record is record and hit.score == 0.5
+    with pytest.raises(TypeError, match="record, score"):
+        Hit(record, 0.5, "extra")  # type: ignore[call-arg]
+
+
+def test_the_0_1_hit_constructor_still_works_with_a_deprecation_warning() -> None:
+    from crossscale.types import ChunkRecord, Hit
+
+    with pytest.warns(DeprecationWarning, match=r"Hit\(ChunkRecord"):
+        old = Hit(7, 0.5, "p", Box(0, 0, 4, 4), "tile")  # type: ignore[arg-type]
+    assert old == Hit(ChunkRecord(7, "p", Box(0, 0, 4, 4), "tile"), 0.5)
+
+
+def test_chunk_records_round_trip_through_their_stored_form() -> None:
+    from crossscale.types import ChunkRecord
+
+    record = ChunkRecord(3, "p", Box(1, 2, 3, 4), "detection", "dog", 0.25)
+    assert ChunkRecord.from_json(3, record.to_json(), validate=True) == record
+    bad = record.to_json().replace(b'"detection"', b'"blob"')
+    with pytest.raises(ValueError, match="blob"):
+        ChunkRecord.from_json(3, bad, validate=True)

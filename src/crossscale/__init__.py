@@ -5,8 +5,10 @@ Pipeline: ``image → chunks → vectors → chunk hits → parents``.
 - :mod:`crossscale.segment`: segmenters cut images into chunks (YOLO detections, tiles, the whole image).
 - :mod:`crossscale.encode`: encoders embed chunks and queries (CLIP, EfficientNet-Lite0, colour histogram).
 - :mod:`crossscale.index`: :class:`ChunkIndex` (FAISS) and :class:`RootStore` (LMDB).
-- :mod:`crossscale.rank`: :class:`ParentRanker` folds chunk hits into parents.
-- :class:`CrossScaleSearch` composes them and owns a workspace on disk.
+- :mod:`crossscale.rank`: :class:`ParentRanker` folds chunk hits into parents; :class:`RegionRefiner` re-scores them.
+- :mod:`crossscale.protocols`: the interface of each stage; :mod:`crossscale.types`: the values they pass on.
+- :class:`CrossScaleSearch` composes them around a :class:`Workspace` on disk, through :mod:`crossscale.ingest`
+  and :mod:`crossscale.query`.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from crossscale.errors import (
     WorkspaceMismatchError,
 )
 from crossscale.index import ChunkIndex, RootStore
-from crossscale.rank import ParentRanker, Ranker
-from crossscale.search import CrossScaleSearch, VerifyReport
+from crossscale.protocols import Refiner, VectorIndex
+from crossscale.rank import ParentRanker, Ranker, RegionRefiner
+from crossscale.search import CrossScaleSearch
 from crossscale.segment import (
     CombinedSegmenter,
     Segmenter,
@@ -50,9 +53,10 @@ from crossscale.segment import (
     list_segmenters,
     register_segmenter,
 )
-from crossscale.types import Box, Chunk, Hit, IndexFailure, IndexReport, ParentMatch
+from crossscale.types import Box, Chunk, ChunkRecord, Hit, IndexFailure, IndexReport, ParentMatch, Query
+from crossscale.workspace import VerifyReport, Workspace, WorkspaceConfig
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -63,6 +67,7 @@ __all__ = [
     "Chunk",
     "ChunkIndex",
     "ChunkIndexError",
+    "ChunkRecord",
     "ColorHistogramEncoder",
     "CombinedSegmenter",
     "ConfigurationError",
@@ -79,13 +84,19 @@ __all__ = [
     "ParentMatch",
     "ParentNotFoundError",
     "ParentRanker",
+    "Query",
     "Ranker",
+    "Refiner",
+    "RegionRefiner",
     "RootStore",
     "Segmenter",
     "TileSegmenter",
     "VectorError",
+    "VectorIndex",
     "VerifyReport",
     "WholeSegmenter",
+    "Workspace",
+    "WorkspaceConfig",
     "WorkspaceError",
     "WorkspaceFormatError",
     "WorkspaceLockedError",

@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import stat
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,19 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from crossscale.errors import ConfigurationError, ImageLoadError
+from crossscale._checks import positive_int
+from crossscale.errors import ImageLoadError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageInput", "LoadedImage", "describe", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "ImageInput",
+    "LoadedImage",
+    "decode_stored",
+    "describe",
+    "iter_image_files",
+    "load_image",
+]
 
 ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
 """Anything crossscale accepts as an image."""
@@ -29,8 +40,8 @@ ImageInput = Union[str, "os.PathLike[str]", bytes, Image.Image, np.ndarray]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 100_000_000
 MIN_SIDE = 2
-#: zlib level for in-memory images stored as PNG: measured on a 640x480 photo, level 1 encodes
-#: 4.6x faster than Pillow's default 6 for 10% more bytes (see docs/benchmarks.md).
+#: zlib level for in-memory images stored as PNG: far faster than Pillow's default 6 for a few percent more
+#: bytes (docs/benchmarks.md has the measurement).
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -144,8 +155,7 @@ def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     Raises:
         ImageLoadError: the input cannot be read or decoded, is too small, or is too large.
     """
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ConfigurationError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    positive_int("max_pixels", max_pixels)
     source = describe(item)
     path: str | None = None
     if isinstance(item, (str, os.PathLike)):
@@ -191,6 +201,16 @@ def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         rgb.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         data = buffer.getvalue()
     return LoadedImage(image=rgb, data=data, format=fmt, source=source, path=path)
+
+
+def decode_stored(data: bytes, source: str = "<stored image>") -> Image.Image:
+    """The RGB image of bytes that :func:`load_image` once accepted: the same pixels it gave then.
+
+    Stored parents are decoded by the very function that read them at indexing time, so boxes, crops and the
+    refiner see exactly the pixels that were indexed (alpha on white, 16-bit scaled, EXIF orientation applied).
+    They passed the ``max_pixels`` guard when indexed, so no limit is applied again.
+    """
+    return load_image(data, max_pixels=sys.maxsize).image
 
 
 def iter_image_files(folder: Path) -> list[Path]:

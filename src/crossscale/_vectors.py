@@ -1,12 +1,20 @@
-"""Vector helpers shared by the encoders and the chunk index."""
+"""Vector helpers: the one L2 normalisation, and the one check of what an encoder returns."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from crossscale.errors import VectorError
 
-__all__ = ["l2_normalize"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from crossscale.protocols import Encoder
+
+__all__ = ["embed", "l2_normalize"]
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -27,3 +35,20 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
         return arr  # already unit rows (e.g. from an encoder): skip a copy of the whole batch
     out: np.ndarray = arr / norms
     return out
+
+
+def embed(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
+    """``encoder.encode(images)`` as unit float32 rows of shape ``(len(images), encoder.dim)``.
+
+    Every path that turns pixels into vectors (indexing, queries, the refiner's crops) goes through here, so
+    a user's encoder need not normalise, and a wrong shape is reported as the encoder's fault.
+
+    Raises:
+        VectorError: the encoder returned the wrong shape, NaN/inf or a zero row.
+    """
+    vectors = np.asarray(encoder.encode(list(images)))
+    if vectors.shape != (len(images), encoder.dim):
+        raise VectorError(
+            f"encoder {encoder.name!r} returned shape {vectors.shape} for {len(images)} images of dim {encoder.dim}"
+        )
+    return l2_normalize(vectors)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossscale.errors import CrossScaleError
+
+if TYPE_CHECKING:
+    from crossscale.workspace import VerifyReport
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +39,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     with CrossScaleSearch.open(args.workspace, batch_size=args.batch_size, **_components(args)) as cs:
         report = cs.index(args.inputs)
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "added": list(report.added),
-                        "present": list(report.present),
-                        "failed": [
-                            {"source": f.source, "reason": f.reason, "type": f.error_type} for f in report.failed
-                        ],
-                        "chunks_added": report.chunks_added,
-                        "seconds": report.seconds,
-                    },
-                    indent=2,
-                )
-            )
+            print(json.dumps(report.to_dict(), indent=2))
         else:
             print(report)
             for failure in report.failed:
@@ -65,11 +54,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         args.workspace, readonly=True, device=args.device, progress=False, refine=not args.no_refine
     ) as cs:
         matches = cs.search(args.query, top_k=args.top_k, min_score=args.min_score)
-        rows = []
-        for m in matches:
-            row = m.to_dict()
-            row["source"] = cs.record(m.parent_id).source
-            rows.append(row)
+        rows = [{**m.to_dict(), "source": cs.record(m.parent_id).source} for m in matches]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -90,9 +75,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_verify(report: Any, as_json: bool) -> None:
+def _print_verify(report: VerifyReport, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(dataclasses.asdict(report), indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return
     state = "ok" if report.ok else f"{len(report.problems)} problem(s)"
     print(
@@ -160,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-refine",
         action="store_true",
-        help="skip re-scoring the top parents at the query's scale: 10-20x faster, coarser boxes, lower recall",
+        help="skip re-scoring the top parents at the query's scale: much faster, coarser boxes, lower recall "
+        "(docs/benchmarks.md)",
     )
     p.add_argument("--json", action="store_true")
     common(p)

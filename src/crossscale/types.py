@@ -6,17 +6,32 @@ them, so any stage can be replaced by a user's own class.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from crossscale._forward import Forward
 from crossscale.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
-__all__ = ["Box", "Chunk", "ChunkKind", "Hit", "IndexFailure", "IndexReport", "ParentMatch"]
+__all__ = [
+    "Box",
+    "Chunk",
+    "ChunkKind",
+    "ChunkRecord",
+    "Hit",
+    "IndexFailure",
+    "IndexReport",
+    "ParentMatch",
+    "Query",
+]
 
 ChunkKind = Literal["whole", "detection", "tile"]
 CHUNK_KINDS: tuple[str, ...] = ("whole", "detection", "tile")
@@ -120,14 +135,15 @@ class Chunk:
 
     Attributes:
         box: where the crop lies in the parent, in the parent's pixels.
-        image: the cropped RGB image.
+        image: the cropped RGB image, or ``None`` when the segmenter proposes the box only (the pipeline
+            crops it when the encoder needs pixels).
         kind: ``"whole"`` (the parent itself), ``"detection"`` or ``"tile"``.
         label: the detector's class name, for detections.
         confidence: the detector's confidence, for detections.
     """
 
     box: Box
-    image: Image.Image
+    image: Image.Image | None
     kind: ChunkKind
     label: str | None = None
     confidence: float | None = None
@@ -138,24 +154,93 @@ class Chunk:
 
 
 @dataclass(frozen=True, slots=True)
-class Hit:
-    """One chunk returned by a vector search, with what is known of it.
+class ChunkRecord:
+    """What a workspace keeps of one chunk (its vector is stored beside it): the one shape of chunk data
+    after indexing. A :class:`Hit` is a record plus a score.
 
     Attributes:
-        chunk_id: the chunk's 64-bit id in the index.
-        score: the inner product of query and chunk vectors (cosine similarity).
+        chunk_id: the chunk's 64-bit id, assigned by the store.
         parent_id: the parent image the chunk was cut from.
         box: the chunk's box in the parent.
         kind, label, confidence: as in :class:`Chunk`.
     """
 
     chunk_id: int
-    score: float
     parent_id: str
     box: Box
     kind: ChunkKind
     label: str | None = None
     confidence: float | None = None
+
+    def to_json(self) -> bytes:
+        """The stored form (JSON; the id is the key, not part of the value)."""
+        return json.dumps(
+            {"p": self.parent_id, "b": self.box.to_json(), "k": self.kind, "l": self.label, "c": self.confidence}
+        ).encode()
+
+    @classmethod
+    def from_json(cls, chunk_id: int, raw: bytes, *, validate: bool = False) -> ChunkRecord:
+        """Decode a stored record. Searches trust the store's own boxes; ``validate=True`` checks them."""
+        d = json.loads(raw.decode())  # str: skips json's encoding detection
+        box = Box.from_json(d["b"]) if validate else Box._trusted(*d["b"])
+        if validate and d["k"] not in CHUNK_KINDS:
+            raise ValueError(f"unknown chunk kind {d['k']!r}")
+        return cls(chunk_id, d["p"], box, d["k"], d.get("l"), d.get("c"))
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Hit:
+    """One chunk returned by a vector search: its record and its score.
+
+    ``Hit(record, score)``. The record's fields are readable on the hit itself (``hit.parent_id``, ``hit.box``).
+
+    Attributes:
+        record: the chunk's :class:`ChunkRecord`.
+        score: the inner product of query and chunk vectors (cosine similarity).
+    """
+
+    record: ChunkRecord
+    score: float
+
+    def __init__(self, record: ChunkRecord, score: float, *legacy: Any) -> None:
+        if not isinstance(record, ChunkRecord):
+            # crossscale 0.1: Hit(chunk_id, score, parent_id, box, kind, label=None, confidence=None)
+            warnings.warn(
+                "Hit(chunk_id, score, parent_id, box, kind, ...) is deprecated; use Hit(ChunkRecord(chunk_id, "
+                "parent_id, box, kind, ...), score)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            record = ChunkRecord(record, *legacy)
+        elif legacy:
+            raise TypeError(f"Hit takes (record, score), got {2 + len(legacy)} arguments")
+        object.__setattr__(self, "record", record)
+        object.__setattr__(self, "score", float(score))
+
+    chunk_id = Forward[int]("record")
+    parent_id = Forward[str]("record")
+    box = Forward[Box]("record")
+    kind = Forward[ChunkKind]("record")
+    label = Forward["str | None"]("record")
+    confidence = Forward["float | None"]("record")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Query:
+    """A query as the search path sees it: its unit vector, and its image when it has one.
+
+    Attributes:
+        vector: the query's embedding, a 1-D float32 unit vector.
+        image: the query image (RGB) as decoded; ``None`` for queries that are not images (e.g. text).
+    """
+
+    vector: np.ndarray
+    image: Image.Image | None = None
+
+    @property
+    def aspect(self) -> float | None:
+        """The image's width / height, or ``None`` without an image."""
+        return None if self.image is None else self.image.width / max(1, self.image.height)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +308,10 @@ class IndexFailure:
     error_type: str
     parent_id: str | None = None
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
 
 @dataclass(frozen=True, slots=True)
 class IndexReport:
@@ -246,6 +335,16 @@ class IndexReport:
     def ok(self) -> bool:
         """True when no input failed."""
         return not self.failed
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return {
+            "added": list(self.added),
+            "present": list(self.present),
+            "failed": [f.to_dict() for f in self.failed],
+            "chunks_added": self.chunks_added,
+            "seconds": self.seconds,
+        }
 
     def __str__(self) -> str:
         return (

@@ -10,11 +10,11 @@ import pytest
 from crossscale.errors import ConfigurationError, ParentNotFoundError, WorkspaceError
 from crossscale.index import RootStore
 from crossscale.index.root_store import NewParent
-from crossscale.types import Box
+from crossscale.types import Box, Chunk
 
 
 def _parent(pid: str, n: int = 2, dim: int = 4, data: bytes = b"img") -> NewParent:
-    chunks = [(Box(0, 0, 5 + i, 5 + i), "tile", None, None) for i in range(n)]
+    chunks = [Chunk(Box(0, 0, 5 + i, 5 + i), None, "tile") for i in range(n)]
     vecs = np.eye(dim, dtype=np.float32)[np.arange(n) % dim]
     return NewParent(pid, data, "PNG", 10, 10, chunks, vecs, source=f"/x/{pid}.png", metadata={"k": pid})
 
@@ -47,7 +47,7 @@ def test_batch_is_all_or_nothing(tmp_path: Path) -> None:
         store.add_parents([_parent("x"), _parent("x")])
     with pytest.raises(ConfigurationError, match="float32"):
         store.add_parents(
-            [NewParent("v", b"", "PNG", 1, 1, [(Box(0, 0, 1, 1), "tile", None, None)], np.ones((1, 3), np.float32))]
+            [NewParent("v", b"", "PNG", 1, 1, [Chunk(Box(0, 0, 1, 1), None, "tile")], np.ones((1, 3), np.float32))]
         )
 
 
@@ -120,3 +120,14 @@ def test_check_finds_a_corrupt_chunk_box(tmp_path: Path) -> None:
         )
     )
     assert any("chunk 0: unreadable record" in p for p in store.check())
+
+
+def test_the_0_1_chunk_tuples_still_work_with_a_deprecation_warning(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    with pytest.warns(DeprecationWarning, match="Chunk objects"):
+        old = NewParent(
+            "old", b"x", "PNG", 10, 10, [(Box(0, 0, 5, 5), "detection", "cat", 0.5)], np.eye(4, dtype=np.float32)[:1]
+        )  # type: ignore[list-item]
+    [[cid]] = store.add_parents([old])
+    record = store.chunk_records([cid])[cid]
+    assert (record.box, record.kind, record.label, record.confidence) == (Box(0, 0, 5, 5), "detection", "cat", 0.5)

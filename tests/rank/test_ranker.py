@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from crossscale.errors import ConfigurationError
 from crossscale.rank import MeanTopNAggregator, ParentRanker, SumAggregator, create_aggregator
 from crossscale.types import Box, Hit
-from tests.strategies import boxes, hit_lists
+from tests.strategies import boxes, hit, hit_lists
 
 
 class Recorder:
@@ -67,14 +67,14 @@ def test_aggregator_invariants(hits: list[Hit]) -> None:
 
 def test_fold_is_deterministic_on_ties() -> None:
     box = Box(0, 0, 1, 1)
-    hits = [Hit(2, 0.5, "b", box, "tile"), Hit(1, 0.5, "a", box, "tile"), Hit(3, 0.5, "a", box, "whole")]
+    hits = [hit(2, 0.5, "b", box, "tile"), hit(1, 0.5, "a", box, "tile"), hit(3, 0.5, "a", box, "whole")]
     result = ParentRanker().fold(hits)
     assert [m.parent_id for m in result] == ["a", "b"] and result[0].chunk_id == 1
 
 
 def test_overfetch_doubles_until_enough_parents() -> None:
     box = Box(0, 0, 1, 1)
-    hits = [Hit(i, 1.0 - i / 1000, "big" if i < 90 else f"p{i}", box, "tile") for i in range(100)]
+    hits = [hit(i, 1.0 - i / 1000, "big" if i < 90 else f"p{i}", box, "tile") for i in range(100)]
     fetch = Recorder(hits)
     result = ParentRanker(overfetch=2).rank(fetch, 3, available=100)
     assert [m.parent_id for m in result] == ["big", "p90", "p91"]
@@ -83,7 +83,7 @@ def test_overfetch_doubles_until_enough_parents() -> None:
 
 def test_min_score_stops_early_for_max() -> None:
     box = Box(0, 0, 1, 1)
-    hits = [Hit(i, 0.9 if i == 0 else 0.1, "a" if i < 50 else f"p{i}", box, "tile") for i in range(100)]
+    hits = [hit(i, 0.9 if i == 0 else 0.1, "a" if i < 50 else f"p{i}", box, "tile") for i in range(100)]
     fetch = Recorder(hits)
     result = ParentRanker(min_score=0.5, overfetch=1).rank(fetch, 3, available=100)
     assert [m.parent_id for m in result] == ["a"] and fetch.asked == [3]
@@ -111,7 +111,7 @@ def test_aggregator_names() -> None:
 @given(st.lists(st.tuples(boxes(max_side=500), st.floats(0.0, 1.0)), min_size=1, max_size=12))
 def test_box_modes_stay_within_their_chunks(items: list[tuple[Box, float]]) -> None:
     items.sort(key=lambda bs: -bs[1])
-    hits = [Hit(i, s, "p", b, "tile") for i, (b, s) in enumerate(items)]
+    hits = [hit(i, s, "p", b, "tile") for i, (b, s) in enumerate(items)]
     best = ParentRanker(box="best").fold(hits)[0]
     fused = ParentRanker(box="fusion").fold(hits)[0]
     assert best.box == hits[0].box
@@ -124,7 +124,7 @@ def test_box_modes_stay_within_their_chunks(items: list[tuple[Box, float]]) -> N
 
 def test_fusion_centres_on_the_agreeing_chunks() -> None:
     tiles = [Box(0, 0, 200, 200), Box(100, 0, 300, 200), Box(100, 100, 300, 300), Box(0, 100, 200, 300)]
-    hits = [Hit(i, 0.9, "p", b, "tile") for i, b in enumerate(tiles)] + [Hit(9, 0.2, "p", Box(0, 0, 20, 20), "tile")]
+    hits = [hit(i, 0.9, "p", b, "tile") for i, b in enumerate(tiles)] + [hit(9, 0.2, "p", Box(0, 0, 20, 20), "tile")]
     assert ParentRanker(box="fusion").fold(hits)[0].box == Box(50, 50, 250, 250)  # the low-scoring chunk is ignored
 
 

@@ -35,7 +35,7 @@ def check_reader(reader: CrossScaleSearch, query: Image.Image, deleted_ids: set[
                 continue
             assert reader.store.image_bytes(match.parent_id, txn=txn)
             assert len(reader.store.chunk_records(record.chunk_ids, txn=txn)) == len(record.chunk_ids)
-        if reader.store.generation_at(txn) != reader._generation:
+        if reader.store.generation_at(txn) != reader.generation:
             return False  # the writer moved on since refresh(): nothing to compare exactly
         stored = reader.store.chunk_ids(txn)
     assert set(reader.chunk_index.ids().tolist()) == stored

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from crossscale._registry import Registry
+from crossscale._vectors import embed, l2_normalize
 from crossscale.encode.backbone import BackboneEncoder, efficientnet_lite0
-from crossscale.encode.base import Encoder, l2_normalize
 from crossscale.encode.clip import CLIPEncoder
 from crossscale.encode.histogram import ColorHistogramEncoder
+from crossscale.protocols import Encoder
 
 __all__ = [
     "BackboneEncoder",
@@ -27,6 +28,7 @@ __all__ = [
     "Encoder",
     "create_encoder",
     "efficientnet_lite0",
+    "embed",
     "l2_normalize",
     "list_encoders",
     "register_encoder",

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from crossscale._checks import positive_int
 from crossscale._device import model_dtype, resolve_torch_device
-from crossscale.encode.base import l2_normalize
-from crossscale.errors import ConfigurationError
+from crossscale._vectors import l2_normalize
 
 if TYPE_CHECKING:
     import torch
@@ -25,9 +25,7 @@ class TorchImageEncoder:
     dim: int
 
     def __init__(self, *, device: str, batch_size: int, precision: str = "auto") -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = positive_int("batch_size", batch_size)
         self.device = resolve_torch_device(device)
         self.dtype = model_dtype(self.device, precision)
 

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from crossscale._checks import int_at_least
 from crossscale.encode._torch import TorchImageEncoder
-from crossscale.errors import ConfigurationError, MissingDependencyError
+from crossscale.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     import torch
@@ -53,8 +54,7 @@ class BackboneEncoder(TorchImageEncoder):
         precision: str = "auto",
     ) -> None:
         super().__init__(device=device, batch_size=batch_size, precision=precision)
-        if image_size < 16:
-            raise ConfigurationError(f"image_size must be >= 16, got {image_size!r}")
+        image_size = int_at_least("image_size", image_size, 16)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.features = features
         self.name = name

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from crossscale.encode.base import l2_normalize
+from crossscale._checks import int_at_least, positive_int
+from crossscale._vectors import l2_normalize
 from crossscale.errors import ConfigurationError
 
 __all__ = ["ColorHistogramEncoder"]
@@ -25,13 +26,11 @@ class ColorHistogramEncoder:
     """
 
     def __init__(self, bins: int = 8, size: int = 64, batch_size: int = 256, device: str = "cpu") -> None:
-        if not (2 <= bins <= 16):
-            raise ConfigurationError(f"bins must be in [2, 16], got {bins!r}")
-        if size < 4:
-            raise ConfigurationError(f"size must be >= 4, got {size!r}")
-        self.bins = int(bins)
-        self.size = int(size)
-        self.batch_size = batch_size
+        self.bins = int_at_least("bins", bins, 2)
+        if self.bins > 16:
+            raise ConfigurationError(f"bins must be an int in [2, 16], got {bins!r}")
+        self.size = int_at_least("size", size, 4)
+        self.batch_size = positive_int("batch_size", batch_size)  # accepted like every encoder's; no batching needed
         self.device = device
 
     @property

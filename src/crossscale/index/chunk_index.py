@@ -7,14 +7,15 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from crossscale._checks import positive_int
 from crossscale._device import resolve_faiss_device
+from crossscale._files import atomic_write
 from crossscale._vectors import l2_normalize
 from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, WorkspaceFormatError
 
@@ -80,9 +81,7 @@ class ChunkIndex:
         device: str = "auto",
         blas_threshold: int = DEFAULT_BLAS_THRESHOLD,
     ) -> None:
-
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
+        dim = positive_int("dim", dim)
         if not isinstance(factory, str) or not factory.strip():
             raise ConfigurationError(f"factory must be a faiss index_factory string, got {factory!r}")
         try:
@@ -231,8 +230,7 @@ class ChunkIndex:
             ``(scores, ids)``, both of shape ``(n, k)``, best first; where fewer
             than ``k`` results exist, ids are ``-1`` and scores ``-inf``.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigurationError(f"k must be a positive int, got {k!r}")
+        k = positive_int("k", k)
         q = self._prepare(vectors)
         n = len(q)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
@@ -279,21 +277,7 @@ class ChunkIndex:
         }
         header_bytes = json.dumps(header).encode()
         body = faiss.serialize_index(self._index)
-        target = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC)
-                f.write(struct.pack("<Q", len(header_bytes)))
-                f.write(header_bytes)
-                f.write(body.data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, [_MAGIC, struct.pack("<Q", len(header_bytes)), header_bytes, body.data])
 
     @classmethod
     def load(

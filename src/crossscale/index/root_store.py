@@ -16,6 +16,7 @@ import logging
 import os
 import struct
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,9 @@ from typing import Any, TypeVar
 import lmdb
 import numpy as np
 
+from crossscale._checks import positive_int
 from crossscale.errors import ConfigurationError, ParentNotFoundError, WorkspaceError
-from crossscale.types import CHUNK_KINDS, Box, ChunkKind
+from crossscale.types import Chunk, ChunkRecord
 
 logger = logging.getLogger(__name__)
 
@@ -99,30 +101,6 @@ def validate_parent_id(parent_id: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkRecord:
-    """What the store keeps of one chunk (its vector is stored beside it)."""
-
-    chunk_id: int
-    parent_id: str
-    box: Box
-    kind: ChunkKind
-    label: str | None = None
-    confidence: float | None = None
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {"p": self.parent_id, "b": self.box.to_json(), "k": self.kind, "l": self.label, "c": self.confidence}
-        ).encode()
-
-    @classmethod
-    def from_json(cls, chunk_id: int, raw: bytes, *, validate: bool = False) -> ChunkRecord:
-        """Decode a stored record. Searches trust the store's own boxes; :meth:`RootStore.check` validates."""
-        d = json.loads(raw.decode())  # str: skips json's encoding detection
-        box = Box.from_json(d["b"]) if validate else Box._trusted(*d["b"])
-        return cls(chunk_id, d["p"], box, d["k"], d.get("l"), d.get("c"))
-
-
-@dataclass(frozen=True, slots=True)
 class ParentRecord:
     """What the store keeps of one parent image, besides its bytes."""
 
@@ -158,8 +136,8 @@ class ParentRecord:
 class NewParent:
     """A parent to add: its bytes, what to record, its chunks and one vector per chunk.
 
-    ``chunks`` holds ``(box, kind, label, confidence)`` tuples; chunk ids are
-    assigned by the store.
+    Of each :class:`~crossscale.types.Chunk` the store keeps the box, kind, label and confidence (not the
+    crop); chunk ids are assigned by the store.
     """
 
     parent_id: str
@@ -167,10 +145,21 @@ class NewParent:
     format: str
     width: int
     height: int
-    chunks: Sequence[tuple[Box, ChunkKind, str | None, float | None]]
+    chunks: Sequence[Chunk]
     vectors: np.ndarray
     source: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if any(isinstance(c, tuple) for c in self.chunks):
+            warnings.warn(
+                "NewParent chunks as (box, kind, label, confidence) tuples are deprecated; pass Chunk objects "
+                "(Chunk(box, None, kind, label, confidence))",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            chunks = [Chunk(c[0], None, *c[1:]) if isinstance(c, tuple) else c for c in self.chunks]
+            object.__setattr__(self, "chunks", chunks)
 
 
 class RootStore:
@@ -188,10 +177,8 @@ class RootStore:
     def __init__(
         self, path: str | os.PathLike[str], *, dim: int, readonly: bool = False, map_size: int = _INITIAL_MAP
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
+        self.dim = positive_int("dim", dim)
         self.path = Path(path)
-        self.dim = dim
         self.readonly = readonly
         if not readonly:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -357,9 +344,9 @@ class RootStore:
                     f"parent {p.parent_id!r}: vectors must be float32 of shape ({len(p.chunks)}, {self.dim}), "
                     f"got {vec.dtype} {vec.shape}"
                 )
-            for _, kind, _, _ in p.chunks:
-                if kind not in CHUNK_KINDS:
-                    raise ConfigurationError(f"parent {p.parent_id!r}: unknown chunk kind {kind!r}")
+            for chunk in p.chunks:
+                if not isinstance(chunk, Chunk):
+                    raise ConfigurationError(f"parent {p.parent_id!r}: chunks must be Chunk objects, got {chunk!r}")
         if len({p.parent_id for p in parents}) != len(parents):
             raise ConfigurationError("the same parent id appears twice in one batch")
 
@@ -374,8 +361,8 @@ class RootStore:
                 ids = list(range(next_id, next_id + len(p.chunks)))
                 next_id += len(p.chunks)
                 vectors = np.ascontiguousarray(p.vectors, dtype=np.float32)
-                for cid, (box, kind, label, conf), vec in zip(ids, p.chunks, vectors, strict=True):
-                    record = ChunkRecord(cid, p.parent_id, box, kind, label, conf)
+                for cid, chunk, vec in zip(ids, p.chunks, vectors, strict=True):
+                    record = ChunkRecord(cid, p.parent_id, chunk.box, chunk.kind, chunk.label, chunk.confidence)
                     txn.put(_U64.pack(cid), record.to_json(), db=self._db["chunks"])
                     txn.put(_U64.pack(cid), vec.tobytes(), db=self._db["vectors"])
                 record_p = ParentRecord(

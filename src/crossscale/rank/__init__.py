@@ -1,5 +1,6 @@
-"""Rankers: fold chunk hits into ranked parent images (``hits → parents``)."""
+"""Ranking: fold chunk hits into ranked parent images (``hits → parents``), then refine the best of them."""
 
+from crossscale.protocols import FetchHits, Ranker, Refiner
 from crossscale.rank.aggregators import (
     Aggregator,
     MaxAggregator,
@@ -7,7 +8,7 @@ from crossscale.rank.aggregators import (
     SumAggregator,
     create_aggregator,
 )
-from crossscale.rank.ranker import BOX_MODES, FetchHits, ParentRanker, Ranker
+from crossscale.rank.ranker import BOX_MODES, ParentRanker
 from crossscale.rank.refine import RegionRefiner
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "MeanTopNAggregator",
     "ParentRanker",
     "Ranker",
+    "Refiner",
     "RegionRefiner",
     "SumAggregator",
     "create_aggregator",

@@ -6,6 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from crossscale._checks import positive_int
 from crossscale.errors import ConfigurationError
 
 __all__ = ["Aggregator", "MaxAggregator", "MeanTopNAggregator", "SumAggregator", "create_aggregator"]
@@ -35,9 +36,7 @@ class MeanTopNAggregator:
     ``strict``); rewards parents where several chunks agree."""
 
     def __init__(self, n: int = 3, *, strict: bool = False) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigurationError(f"n must be a positive int, got {n!r}")
-        self.n = n
+        self.n = positive_int("n", n)
         self.strict = strict
 
     @property
@@ -61,7 +60,7 @@ class SumAggregator:
 def create_aggregator(spec: str | Aggregator) -> Aggregator:
     """``"max"``, ``"sum"``, ``"mean_top3"`` (any n), or an :class:`Aggregator` object."""
     if not isinstance(spec, str):
-        if callable(spec) and hasattr(spec, "name"):
+        if isinstance(spec, Aggregator):
             return spec
         raise ConfigurationError(f"aggregator must be a name or an Aggregator, got {spec!r}")
     key = spec.strip().lower()

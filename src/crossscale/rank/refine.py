@@ -4,46 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from crossscale._vectors import l2_normalize
+from crossscale._checks import number_in, numbers_in, positive_int
+from crossscale._vectors import embed
 from crossscale.errors import ConfigurationError
-from crossscale.types import Box, ParentMatch
+from crossscale.protocols import Encoder, ParentLoader
+from crossscale.types import Box, ParentMatch, Query
 
 __all__ = ["RegionRefiner"]
 
 _MIN_SIDE = 8
 _SHIFTS = tuple((dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy)
-
-
-def _number(name: str, value: object, low: float, high: float, *, low_open: bool) -> float:
-    """``value`` as a float in ``(low, high]`` (``low_open``) or ``[low, high]``, else a ConfigurationError."""
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigurationError(f"{name} must be a number in {interval}, got {value!r}")
-    number = float(value)
-    if not ((low < number) if low_open else (low <= number)) or not number <= high:
-        raise ConfigurationError(f"{name} must be in {interval}, got {value!r}")
-    return number
-
-
-def _numbers(name: str, values: object, low: float, high: float, *, low_open: bool, empty: bool) -> tuple[float, ...]:
-    """``values`` as a tuple of floats, each as :func:`_number` checks it; ``empty`` allows ``()``."""
-    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
-        raise ConfigurationError(f"{name} must be a sequence of numbers, got {values!r}")
-    items = list(values)
-    if not items and not empty:
-        raise ConfigurationError(f"{name} must not be empty")
-    return tuple(_number(f"{name}[{i}]", v, low, high, low_open=low_open) for i, v in enumerate(items))
-
-
-class _Encodes(Protocol):
-    def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +62,7 @@ class RegionRefiner:
 
     def __init__(
         self,
-        encoder: _Encodes,
+        encoder: Encoder,
         *,
         top_n: int = 3,
         scales: Sequence[float] = (0.5, 0.7, 1.0, 1.4),
@@ -94,15 +71,13 @@ class RegionRefiner:
         side_steps: Sequence[float] = (0.2, 0.1),
         extent_margin: float = 0.03,
     ) -> None:
-        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-            raise ConfigurationError(f"top_n must be a positive int, got {top_n!r}")
         self.encoder = encoder
-        self.top_n = top_n
-        self.scales = _numbers("scales", scales, 0.05, 4.0, low_open=False, empty=False)
-        self.shift = _number("shift", shift, 0.0, 1.0, low_open=True)
-        self.grow = _numbers("grow", grow, 1.0, 4.0, low_open=True, empty=True)
-        self.side_steps = _numbers("side_steps", side_steps, 0.0, 1.0, low_open=True, empty=True)
-        self.extent_margin = _number("extent_margin", extent_margin, 0.0, 1.0, low_open=False)
+        self.top_n = positive_int("top_n", top_n)
+        self.scales = numbers_in("scales", scales, 0.05, 4.0)
+        self.shift = number_in("shift", shift, 0.0, 1.0, low_open=True)
+        self.grow = numbers_in("grow", grow, 1.0, 4.0, low_open=True, empty=True)
+        self.side_steps = numbers_in("side_steps", side_steps, 0.0, 1.0, low_open=True, empty=True)
+        self.extent_margin = number_in("extent_margin", extent_margin, 0.0, 1.0)
 
     def __repr__(self) -> str:
         return (
@@ -132,16 +107,16 @@ class RegionRefiner:
         unique = list(dict.fromkeys(b for b in boxes if b is not None))
         if not unique:
             return []
-        # normalised here as the facade does for every encoder: crop scores must compare with chunk scores
-        vectors = l2_normalize(np.asarray(self.encoder.encode([image.crop(b.as_tuple()) for b in unique])))
+        # the same embed() as indexing: crop scores must compare with chunk scores
+        vectors = embed(self.encoder, [image.crop(b.as_tuple()) for b in unique])
         return [_Scored(float(s), b) for s, b in zip(vectors @ query, unique, strict=True)]
 
     def _extent(self, query: np.ndarray, image: Image.Image, best: _Scored, aspect: float) -> Box:
         """Pass 3: ``best``'s box grown while the match holds.
 
         Growths are held to the highest score seen so far (``top``). It moves the box only: the match's score
-        stays that of passes 1 and 2 (a grown crop that scored higher changed the order of the top parents
-        on the benchmark's hard split for the worse, by one query in 35).
+        stays that of passes 1 and 2 (letting a grown crop's higher score reorder the top parents made the
+        quality benchmark worse; docs/benchmarks.md).
         """
         width, height = image.size
         grown = self._score(query, image, [self._around(best.box, g, aspect, width, height) for g in self.grow])
@@ -193,23 +168,31 @@ class RegionRefiner:
         return match
 
     def refine(
-        self,
-        query_vector: np.ndarray,
-        query_size: tuple[int, int],
-        matches: Sequence[ParentMatch],
-        load: Callable[[str], Image.Image | None],
+        self, query: Query, matches: Sequence[ParentMatch], load: ParentLoader, *legacy: Any
     ) -> list[ParentMatch]:
         """``matches`` with the first ``top_n`` re-scored (score and box), re-sorted by score.
 
-        ``load`` returns a parent's image, or ``None`` if the parent is gone (deleted by a writer since the
-        search ranked it); such a match is dropped.
+        Crops take the query image's aspect ratio (a query without an image, e.g. text, takes each match box's
+        own). ``load`` returns a parent's image, or ``None`` if the parent is gone (deleted by a writer since
+        the search ranked it); such a match is dropped.
         """
-        query = np.asarray(query_vector, dtype=np.float32).reshape(-1)
-        aspect = query_size[0] / max(1, query_size[1])
+        if not isinstance(query, Query):
+            # crossscale 0.1: refine(query_vector, query_size, matches, load)
+            warnings.warn(
+                "RegionRefiner.refine(query_vector, query_size, matches, load) is deprecated; "
+                "use refine(Query(vector, image), matches, load)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            size: tuple[int, int] = matches  # type: ignore[assignment]
+            query = Query(np.asarray(query, dtype=np.float32).reshape(-1), Image.new("RGB", size))
+            matches, load = load, legacy[0]  # type: ignore[assignment]
+        vector = np.asarray(query.vector, dtype=np.float32).reshape(-1)
         refined: list[ParentMatch] = []
         for match in matches[: self.top_n]:
             image = load(match.parent_id)
             if image is not None:
-                refined.append(self._refine_one(query, aspect, match, image))
+                aspect = query.aspect or match.box.width / match.box.height
+                refined.append(self._refine_one(vector, aspect, match, image))
         refined += list(matches[self.top_n :])
         return sorted(refined, key=lambda m: (-m.score, m.parent_id))

@@ -17,7 +17,7 @@ from typing import Any
 
 from crossscale._registry import Registry
 from crossscale.errors import ConfigurationError
-from crossscale.segment.base import Segmenter
+from crossscale.protocols import Segmenter
 from crossscale.segment.combined import CombinedSegmenter, deduplicate
 from crossscale.segment.tiles import TileSegmenter, tile_boxes
 from crossscale.segment.whole import WholeSegmenter

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from crossscale._checks import number_in
 from crossscale.errors import ConfigurationError
-from crossscale.segment.base import Segmenter
+from crossscale.protocols import Segmenter
 from crossscale.types import Chunk
 
 __all__ = ["CombinedSegmenter", "deduplicate"]
@@ -48,10 +49,8 @@ class CombinedSegmenter:
     def __init__(self, segmenters: Sequence[Segmenter], iou_threshold: float = 0.85) -> None:
         if not segmenters:
             raise ConfigurationError("CombinedSegmenter needs at least one segmenter")
-        if not (0.0 < iou_threshold <= 1.0):
-            raise ConfigurationError(f"iou_threshold must be in (0, 1], got {iou_threshold!r}")
         self.segmenters = tuple(segmenters)
-        self.iou_threshold = float(iou_threshold)
+        self.iou_threshold = number_in("iou_threshold", iou_threshold, 0.0, 1.0, low_open=True)
 
     @property
     def name(self) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from crossscale.errors import ConfigurationError
+from crossscale._checks import number_in, numbers_in, positive_int
 from crossscale.types import Box, Chunk
 
 __all__ = ["TileSegmenter", "tile_boxes"]
@@ -57,21 +57,14 @@ class TileSegmenter:
         min_size: tiles with a side under this many pixels are skipped.
     """
 
-    #: measured on the quality benchmark (docs/benchmarks.md): the smallest scale carries recall of small
-    #: objects (hard r@1 0.37 with (0.5, 0.25), 0.80 with (0.5, 0.25, 0.18)), the larger ones the boxes.
+    #: chosen on the quality benchmark (docs/benchmarks.md): the smallest scale carries the recall of small
+    #: objects, the larger ones the boxes.
     DEFAULT_SCALES = (0.5, 0.25, 0.18)
 
     def __init__(self, scales: Sequence[float] = DEFAULT_SCALES, overlap: float = 0.25, min_size: int = 32) -> None:
-        scales = tuple(float(s) for s in scales)
-        if not scales or any(not (0.0 < s <= 1.0) for s in scales):
-            raise ConfigurationError(f"scales must be non-empty fractions in (0, 1], got {scales!r}")
-        if not (0.0 <= overlap <= 0.9):
-            raise ConfigurationError(f"overlap must be in [0, 0.9], got {overlap!r}")
-        if min_size < 1:
-            raise ConfigurationError(f"min_size must be >= 1, got {min_size!r}")
-        self.scales = scales
-        self.overlap = float(overlap)
-        self.min_size = int(min_size)
+        self.scales = numbers_in("scales", scales, 0.0, 1.0, low_open=True)
+        self.overlap = number_in("overlap", overlap, 0.0, 0.9)
+        self.min_size = positive_int("min_size", min_size)
 
     @property
     def name(self) -> str:

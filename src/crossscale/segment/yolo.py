@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from crossscale._checks import int_at_least, number_in, positive_int
 from crossscale._device import preserved_torch_threads, resolve_torch_device
 from crossscale.errors import ConfigurationError, MissingDependencyError, ModelLoadError
 from crossscale.types import Box, Chunk
@@ -74,19 +75,13 @@ class YoloSegmenter:
         batch_size: int = 8,
         device: str = "auto",
     ) -> None:
-        if not (0.0 <= confidence_threshold <= 1.0):
-            raise ConfigurationError(f"confidence_threshold must be in [0, 1], got {confidence_threshold!r}")
-        if padding < 0:
-            raise ConfigurationError(f"padding must be >= 0, got {padding!r}")
-        if batch_size < 1 or min_size < 1 or max_detections < 1 or imgsz < 32:
-            raise ConfigurationError("batch_size, min_size, max_detections must be >= 1 and imgsz >= 32")
+        self.confidence_threshold = number_in("confidence_threshold", confidence_threshold, 0.0, 1.0)
+        self.padding = number_in("padding", padding, 0.0, 10.0)
+        self.min_size = positive_int("min_size", min_size)
+        self.max_detections = positive_int("max_detections", max_detections)
+        self.imgsz = int_at_least("imgsz", imgsz, 32)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.model_ref = os.fspath(model)
-        self.confidence_threshold = float(confidence_threshold)
-        self.padding = float(padding)
-        self.min_size = int(min_size)
-        self.max_detections = int(max_detections)
-        self.imgsz = int(imgsz)
-        self.batch_size = int(batch_size)
         self.device = resolve_torch_device(device)
         self._model = self._load(self.model_ref)
         self.names: dict[int, str] = {int(k): str(v) for k, v in dict(self._model.names).items()}

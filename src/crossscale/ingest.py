@@ -1,0 +1,331 @@
+"""The ingest path: ``inputs → loaded images → chunks → vectors → records``, one bad image never losing the others.
+
+:func:`ingest` drives it for a workspace; its steps are plain functions over batches (:func:`iter_inputs`,
+:func:`load_batch`, :func:`segment_batch`, :func:`encode_batch`) so that another driver (a process pool, a Ray
+pipeline) can run them elsewhere and hand the finished :class:`~crossscale.index.root_store.NewParent` objects
+to the one writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from crossscale._images import ImageInput, LoadedImage, describe, iter_image_files, load_image
+from crossscale._vectors import embed
+from crossscale.errors import ConfigurationError, CrossScaleError
+from crossscale.index.root_store import NewParent, validate_parent_id
+from crossscale.protocols import Encoder, Segmenter
+from crossscale.types import Box, Chunk, IndexFailure, IndexReport
+from crossscale.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "InputItem",
+    "Segmented",
+    "encode_batch",
+    "ingest",
+    "iter_inputs",
+    "json_ready",
+    "load_batch",
+    "segment_batch",
+]
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input as the caller gave it, with the id and metadata it will be stored under.
+
+    Attributes:
+        source: a description for reports (the path, ``"<PIL.Image RGB 640x480>"``, ``"id (path)"``).
+        item: the image input itself (path, bytes, PIL image, array).
+        parent_id: the id asked for, or ``None`` for a content hash.
+        metadata: what to store with it.
+        error: why the input is unusable before it is even read (a malformed tuple), else ``None``.
+    """
+
+    source: str
+    item: Any
+    parent_id: str | None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An input read and checked: its id, image and metadata."""
+
+    parent_id: str
+    image: LoadedImage
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """A loaded input and its chunks (never empty: the whole image stands in when the segmenter finds none)."""
+
+    loaded: Loaded
+    chunks: Sequence[Chunk]
+
+
+def json_ready(value: Any, what: str) -> Any:
+    """``value`` as JSON would give it back, or a :class:`ConfigurationError` naming ``what``."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+# ====================================================================== inputs
+def iter_inputs(
+    inputs: ImageInput | Iterable[Any], ids: Sequence[str] | None = None, metadata: Mapping[str, Any] | None = None
+) -> list[InputItem] | Iterator[InputItem]:
+    """Normalise what ``index()`` accepts to :class:`InputItem` s: a list when the count is known, else a generator.
+
+    ``inputs``: a folder (searched recursively for image files), a path, bytes, a PIL image, a numpy array, or
+    an iterable of those or of ``(id, image)`` / ``(id, image, metadata)`` tuples. A generator stays lazy.
+
+    Raises:
+        ConfigurationError: a mapping was passed, or ``ids`` does not match the inputs one to one.
+    """
+    base_meta = dict(metadata or {})
+    if isinstance(inputs, str | os.PathLike) and Path(inputs).is_dir():
+        files = iter_image_files(Path(inputs))
+        if not files:
+            logger.warning("no image files under %s", inputs)
+        inputs = files
+    elif isinstance(inputs, str | os.PathLike | bytes | Image.Image | np.ndarray):
+        inputs = [inputs]
+    elif isinstance(inputs, Mapping):
+        raise ConfigurationError("inputs must be images or an iterable of them, not a mapping; use ids= or tuples")
+    if ids is not None:
+        inputs = list(inputs)
+        if isinstance(ids, str) or len(ids) != len(inputs):
+            raise ConfigurationError(f"ids must be a sequence of {len(inputs)} ids, one per input")
+
+    def items() -> Iterator[InputItem]:
+        for n, entry in enumerate(inputs):
+            pid: str | None = ids[n] if ids is not None else None
+            meta = dict(base_meta)
+            item = entry
+            if isinstance(entry, tuple):
+                if len(entry) not in (2, 3):
+                    yield InputItem(
+                        describe(entry), entry, None, meta, "tuple inputs must be (id, image) or (id, image, metadata)"
+                    )
+                    continue
+                pid, item = entry[0], entry[1]
+                if len(entry) == 3:
+                    meta.update(entry[2] or {})
+            if isinstance(item, str | os.PathLike):
+                meta.setdefault("source", os.fspath(item))
+            source = describe(item) if pid is None else f"{pid} ({describe(item)})"
+            yield InputItem(source, item, pid, meta)
+
+    return list(items()) if isinstance(inputs, list) else items()
+
+
+# ====================================================================== the steps, over one batch
+def load_batch(
+    batch: Sequence[InputItem], *, max_pixels: int, is_known: Callable[[str], bool]
+) -> tuple[list[Loaded], list[str], list[IndexFailure]]:
+    """Read a batch: ``(loaded, ids already known, failures)``.
+
+    ``is_known(parent_id)`` says whether a parent is stored already or earlier in the run; such inputs are
+    reported as present, not read twice.
+    """
+    loaded: list[Loaded] = []
+    present: list[str] = []
+    failed: list[IndexFailure] = []
+    for entry in batch:
+        if entry.error is not None:
+            failed.append(IndexFailure(entry.source, entry.error, "ConfigurationError"))
+            continue
+        try:
+            image = load_image(entry.item, max_pixels=max_pixels)
+            parent_id = validate_parent_id(entry.parent_id) if entry.parent_id is not None else image.content_id()
+            meta = json_ready(dict(entry.metadata), f"metadata of {entry.source}")
+        except CrossScaleError as exc:
+            failed.append(IndexFailure(entry.source, str(exc), type(exc).__name__))
+            continue
+        if is_known(parent_id) or any(x.parent_id == parent_id for x in loaded):
+            present.append(parent_id)
+            continue
+        loaded.append(Loaded(parent_id, image, meta))
+    return loaded, present, failed
+
+
+def _segment_all(segmenter: Segmenter, images: list[Image.Image]) -> list[list[Chunk] | Exception]:
+    """Segment a batch; if the batch fails, one image at a time so that the bad one alone fails."""
+    try:
+        result: list[list[Chunk] | Exception] = list(segmenter.segment(images))
+        if len(result) != len(images):
+            raise ConfigurationError(f"segmenter returned {len(result)} results for {len(images)} images")
+        return result
+    except Exception as exc:  # noqa: BLE001 - isolated below
+        if len(images) == 1:
+            return [exc]
+    out: list[list[Chunk] | Exception] = []
+    for im in images:
+        try:
+            out.append(next(iter(segmenter.segment([im]))))
+        except Exception as exc:  # noqa: BLE001 - reported per image
+            out.append(exc)
+    return out
+
+
+def _fits(chunk: object, image: Image.Image) -> bool:
+    return isinstance(chunk, Chunk) and chunk.box.x1 <= image.width and chunk.box.y1 <= image.height
+
+
+def segment_batch(segmenter: Segmenter, batch: Sequence[Loaded]) -> tuple[list[Segmented], list[IndexFailure]]:
+    """Cut each loaded image into chunks. An image the segmenter fails on, or gives a box outside it, fails alone."""
+    if not batch:
+        return [], []
+    results = _segment_all(segmenter, [x.image.image for x in batch])
+    done: list[Segmented] = []
+    failed: list[IndexFailure] = []
+    for x, chunks in zip(batch, results, strict=True):
+        image = x.image.image
+        if isinstance(chunks, Exception):
+            failed.append(
+                IndexFailure(x.image.source, f"segmenter failed: {chunks}", type(chunks).__name__, x.parent_id)
+            )
+            continue
+        if not chunks:  # every parent stays findable: fall back to the whole image
+            chunks = [Chunk(Box(0, 0, image.width, image.height), image, "whole")]
+        bad = next((c for c in chunks if not _fits(c, image)), None)
+        if bad is not None:
+            reason = f"segmenter returned {bad!r}: not a Chunk inside the {image.width}x{image.height} image"
+            failed.append(IndexFailure(x.image.source, reason, "ConfigurationError", x.parent_id))
+            continue
+        done.append(Segmented(x, chunks))
+    return done, failed
+
+
+def _crops(segmented: Segmented) -> list[Image.Image]:
+    image = segmented.loaded.image.image
+    return [c.image if c.image is not None else image.crop(c.box.as_tuple()) for c in segmented.chunks]
+
+
+def encode_batch(encoder: Encoder, batch: Sequence[Segmented]) -> tuple[list[NewParent], list[IndexFailure]]:
+    """Embed every chunk of the batch in one encoder call; if it fails, image by image, so the bad one alone fails."""
+    vectors: list[np.ndarray | Exception] = []
+    try:
+        flat = embed(encoder, [crop for s in batch for crop in _crops(s)])
+        offset = 0
+        for s in batch:
+            vectors.append(flat[offset : offset + len(s.chunks)])
+            offset += len(s.chunks)
+    except Exception:  # noqa: BLE001 - retried per image to isolate the bad one
+        vectors = []
+        for s in batch:
+            try:
+                vectors.append(embed(encoder, _crops(s)))
+            except Exception as exc:  # noqa: BLE001 - reported per image
+                vectors.append(exc)
+    parents: list[NewParent] = []
+    failed: list[IndexFailure] = []
+    for s, vecs in zip(batch, vectors, strict=True):
+        x = s.loaded
+        if isinstance(vecs, Exception):
+            failed.append(IndexFailure(x.image.source, f"encoder failed: {vecs}", type(vecs).__name__, x.parent_id))
+            continue
+        parents.append(
+            NewParent(
+                parent_id=x.parent_id,
+                data=x.image.data,
+                format=x.image.format,
+                width=x.image.image.width,
+                height=x.image.image.height,
+                chunks=s.chunks,
+                vectors=vecs,
+                source=x.image.source,
+                metadata=x.metadata,
+            )
+        )
+    return parents, failed
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ====================================================================== the driver
+def ingest(
+    workspace: Workspace,
+    items: list[InputItem] | Iterator[InputItem],
+    *,
+    segmenter: Segmenter,
+    encoder: Encoder,
+    batch_size: int,
+    max_pixels: int,
+    progress: bool,
+) -> IndexReport:
+    """Load, segment, encode and store ``items`` in batches of ``batch_size``; the index is saved at the end.
+
+    Each batch is one store transaction. A failure of one input (unreadable, a segmenter or encoder error on
+    it) is reported and never stops the others; a failed store write reports its whole batch.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    added: list[str] = []
+    present: list[str] = []
+    failed: list[IndexFailure] = []
+    chunks_added = 0
+    seen: set[str] = set()
+    total = len(items) if isinstance(items, list) else None
+    bar = tqdm(total=total, unit="img", disable=not progress, desc="indexing")
+    try:
+        for batch in _batched(items, batch_size):
+            loaded, known, errors = load_batch(
+                batch, max_pixels=max_pixels, is_known=lambda p: p in seen or p in workspace
+            )
+            present += known
+            seen.update(x.parent_id for x in loaded)
+            segmented, seg_errors = segment_batch(segmenter, loaded)
+            new, enc_errors = encode_batch(encoder, segmented)
+            errors += seg_errors + enc_errors
+            if new:
+                try:
+                    assigned = workspace.add(new)
+                except CrossScaleError as exc:
+                    errors += [
+                        IndexFailure(p.source or p.parent_id, str(exc), type(exc).__name__, p.parent_id) for p in new
+                    ]
+                else:
+                    added += [p.parent_id for p in new]
+                    chunks_added += sum(len(ids) for ids in assigned)
+            failed += errors
+            seen.difference_update(f.parent_id for f in errors if f.parent_id)  # a later copy may succeed
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if chunks_added:
+            try:
+                workspace.save()
+            except CrossScaleError as exc:  # the store committed; only the index file is stale
+                logger.error("%s", exc)
+    report = IndexReport(tuple(added), tuple(present), tuple(failed), chunks_added, time.perf_counter() - started)
+    for failure in failed:
+        logger.warning("not indexed: %s: %s", failure.source, failure.reason)
+    logger.info("%s", report)
+    return report

@@ -1,0 +1,151 @@
+"""The stage interfaces. Any object with these members can serve as that stage; none needs to subclass anything.
+
+The data path, and the protocol that owns each arrow::
+
+    image ──Segmenter──▶ chunks ──Encoder──▶ vectors ──VectorIndex──▶ hits ──Ranker──▶ parents ──Refiner──▶ parents
+
+Stages depend on this module and on :mod:`crossscale.types` only, never on each other, so any one of them can
+be replaced by a user's own class. :func:`check_stage` is how the facade tells a user which member their
+object lacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from crossscale.errors import ConfigurationError
+from crossscale.types import Chunk, ChunkRecord, Hit, ParentMatch, Query
+
+__all__ = [
+    "Encoder",
+    "FetchHits",
+    "ParentLoader",
+    "Ranker",
+    "RecordLookup",
+    "Refiner",
+    "Segmenter",
+    "VectorIndex",
+    "check_stage",
+]
+
+FetchHits = Callable[[int], Sequence[Hit]]
+"""``fetch(k)`` returns the best ``k`` chunk hits of one query, best first (fewer if fewer exist)."""
+
+ParentLoader = Callable[[str], "Image.Image | None"]
+"""``load(parent_id)`` returns the parent image as it was indexed, or ``None`` if the parent is gone."""
+
+RecordLookup = Callable[[Iterable[int]], Mapping[int, ChunkRecord]]
+"""``records(chunk_ids)`` returns the stored record of each id; ids with no record are left out."""
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """Cuts images into chunks (``image → chunks``).
+
+    ``segment`` takes a batch of RGB images and returns, for each image in order, its chunks; boxes are in that
+    image's pixel coordinates and lie inside it. A chunk's ``image`` may be ``None``: the pipeline then crops
+    the box itself when the encoder needs pixels.
+    """
+
+    @property
+    def name(self) -> str:
+        """A short description recorded in the workspace, e.g. ``"whole+tiles"``."""
+        ...
+
+    def segment(self, images: Sequence[Image.Image]) -> list[list[Chunk]]: ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Embeds images (``chunks → vectors``, and the query).
+
+    ``encode`` returns a float32 array of shape ``(len(images), dim)``; equal images give equal rows. The
+    built-in encoders return unit rows; crossscale L2-normalises whatever an encoder returns, in one place
+    (:func:`crossscale._vectors.embed`), so a user's encoder need not.
+    """
+
+    @property
+    def name(self) -> str:
+        """Identity recorded in the workspace; vectors of encoders with different names are not comparable."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Length of each vector."""
+        ...
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """Chunk vectors searched by inner product (``vectors → hits``); :class:`~crossscale.index.ChunkIndex` is one.
+
+    ``search`` returns ``(scores, ids)`` of shape ``(n, k)``, best first, padded with ``-inf`` and ``-1`` where
+    fewer than ``k`` vectors exist, as FAISS does.
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None: ...
+
+    def remove(self, ids: Iterable[int]) -> int: ...
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def ids(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    """Folds one query's chunk hits into ``top_k`` parents (``hits → parents``).
+
+    ``overfetch`` is how many chunks per wanted parent the query path fetches up front for a whole batch of
+    queries; ``rank`` may ask ``fetch`` for more.
+    """
+
+    @property
+    def overfetch(self) -> int: ...
+
+    def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]: ...
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """Re-scores or re-boxes the ranked parents of one query (``parents → parents``).
+
+    ``load(parent_id)`` gives a parent's image as it was indexed (``None``: deleted since; drop that match).
+    Returns the matches, re-sorted best first.
+    """
+
+    def refine(self, query: Query, matches: Sequence[ParentMatch], load: ParentLoader) -> list[ParentMatch]: ...
+
+
+def check_stage(stage: object, protocol: type, what: str) -> None:
+    """Raise a :class:`ConfigurationError` naming each member of ``protocol`` that ``stage`` lacks."""
+    if isinstance(stage, protocol):
+        return
+    members = sorted(getattr(protocol, "__protocol_attrs__", None) or _protocol_members(protocol))
+    missing = [m for m in members if not hasattr(stage, m)]
+    raise ConfigurationError(
+        f"{what} {stage!r} does not satisfy crossscale.protocols.{protocol.__name__}: "
+        f"it lacks {', '.join(repr(m) for m in missing) or 'a member'}"
+    )
+
+
+def _protocol_members(protocol: type) -> set[str]:
+    """The members a protocol declares (Python < 3.12 has no ``__protocol_attrs__``)."""
+    names: set[str] = set()
+    for klass in protocol.__mro__[:-1]:
+        if klass is Protocol or klass.__name__ in ("Protocol", "Generic"):
+            continue
+        names.update(n for n in vars(klass) if not n.startswith("_") or n == "__len__")
+        names.update(getattr(klass, "__annotations__", {}))
+    return names

@@ -1,0 +1,92 @@
+"""The query path: ``query vectors → chunk hits → parents → refined parents``, one pure function.
+
+:func:`search_parents` is the only implementation of a search. The facade calls it with its workspace's index,
+records and images; the quality benchmark calls it with an in-memory index and a dict of records, so what is
+measured is what ships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from crossscale._checks import optional_finite, positive_int
+from crossscale._vectors import embed
+from crossscale.errors import ConfigurationError
+from crossscale.protocols import Encoder, ParentLoader, Ranker, RecordLookup, Refiner, VectorIndex
+from crossscale.types import Hit, ParentMatch, Query
+
+__all__ = ["embed_queries", "search_parents"]
+
+
+def embed_queries(encoder: Encoder, images: Sequence[Image.Image]) -> list[Query]:
+    """Each image embedded whole, in one encoder call, as a :class:`~crossscale.types.Query`."""
+    vectors = embed(encoder, images)
+    return [Query(vector, image) for vector, image in zip(vectors, images, strict=True)]
+
+
+def _hits(scores: np.ndarray, ids: np.ndarray, records: RecordLookup) -> list[Hit]:
+    """Hits of one result row, best first; padding (-1) and ids no longer stored are left out."""
+    valid = [(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0]
+    found = records(i for _, i in valid)
+    return [Hit(record, s) for s, i in valid if (record := found.get(i)) is not None]
+
+
+def search_parents(
+    queries: Sequence[Query],
+    top_k: int,
+    *,
+    index: VectorIndex,
+    records: RecordLookup,
+    ranker: Ranker,
+    refiner: Refiner | None = None,
+    load_parent: ParentLoader | None = None,
+    min_score: float | None = None,
+) -> list[list[ParentMatch]]:
+    """The ``top_k`` best parents of each query, best first.
+
+    One index search serves the whole batch (``top_k * ranker.overfetch`` chunks per query); the ranker asks
+    for more, one query at a time, only when those hold too few distinct parents. The refiner, if any, then
+    re-scores each query's parents, reading them with ``load_parent``; ``min_score`` drops parents below it.
+
+    Args:
+        queries: the embedded queries (their vectors must be unit length and of the index's dimension).
+        top_k: parents wanted per query.
+        index: the chunk vectors.
+        records: chunk id → record; hits whose record is gone (deleted since) are skipped.
+        ranker: folds each query's hits into parents.
+        refiner: re-scores the ranked parents; needs ``load_parent``.
+        load_parent: parent id → its image, or ``None`` if it is gone.
+        min_score: drop parents scoring below this, after refining.
+
+    Raises:
+        ConfigurationError: a bad ``top_k`` or ``min_score``, or a refiner without ``load_parent``.
+    """
+    top_k = positive_int("top_k", top_k)
+    min_score = optional_finite("min_score", min_score)
+    if refiner is not None and load_parent is None:
+        raise ConfigurationError("a refiner needs load_parent to read the parents it re-scores")
+    if not queries:
+        return []
+    vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
+    available = len(index)
+    first_k = max(1, min(available, top_k * ranker.overfetch))
+    scores, ids = index.search(vectors, first_k)
+    results: list[list[ParentMatch]] = []
+    for row, query in enumerate(queries):
+
+        def fetch(k: int, row: int = row) -> list[Hit]:
+            if k <= first_k:
+                return _hits(scores[row, :k], ids[row, :k], records)
+            more_scores, more_ids = index.search(vectors[row : row + 1], k)
+            return _hits(more_scores[0], more_ids[0], records)
+
+        matches = ranker.rank(fetch, top_k, available=available)
+        if refiner is not None and load_parent is not None:
+            matches = refiner.refine(query, matches, load_parent)
+        if min_score is not None:
+            matches = [m for m in matches if m.score >= min_score]
+        results.append(matches)
+    return results

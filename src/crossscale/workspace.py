@@ -1,0 +1,616 @@
+"""The workspace on disk: layout, typed config, writer lock, the store and the index derived from it.
+
+A workspace is a directory::
+
+    ws/
+      workspace.json   format version and the configuration that built it (written once)
+      store/           LMDB: parents' image bytes, metadata, chunk records, chunk vectors, change log
+      chunks.index     FAISS index, derived from the store; records the store generation it reflects
+      lock             held by the one process that may write
+
+The store is the source of truth. The index is saved atomically with the generation it reflects; on open it
+is caught up from the store's change log, or rebuilt from the stored vectors if it is missing, corrupt or
+inconsistent. :class:`Workspace` knows nothing of segmenters, encoders or rankers: the facade
+(:class:`~crossscale.CrossScaleSearch`) composes those around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from crossscale._files import TEMP_SUFFIX, atomic_write
+from crossscale._images import decode_stored
+from crossscale.errors import (
+    ConfigurationError,
+    ParentNotFoundError,
+    WorkspaceError,
+    WorkspaceFormatError,
+    WorkspaceLockedError,
+)
+from crossscale.index import ChunkIndex, RootStore
+from crossscale.index.root_store import NewParent, ParentRecord
+from crossscale.types import ChunkRecord
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ComponentSpec",
+    "Configure",
+    "VerifyReport",
+    "WORKSPACE_FORMAT",
+    "Workspace",
+    "WorkspaceConfig",
+    "WorkspaceLock",
+    "new_config",
+]
+
+#: the layout version this crossscale writes and the newest it reads.
+WORKSPACE_FORMAT = 1
+CONFIG_FILE = "workspace.json"
+STORE_DIR = "store"
+INDEX_FILE = "chunks.index"
+LOCK_FILE = "lock"
+
+
+# ====================================================================== config
+@dataclass(frozen=True)
+class ComponentSpec:
+    """How to rebuild a component by name: ``create_encoder(name, **kwargs)`` or ``create_segmenter(...)``."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    """What a workspace is, written once to ``workspace.json`` when it is created.
+
+    Attributes:
+        encoder_name, dim: the encoder's identity and vector length; reopening with another is refused.
+        encoder_spec: how to rebuild the encoder by name, or ``None`` if it was passed as an object.
+        segmenter_name: the segmenter's description (informative: new images may use another segmenter).
+        segmenter_spec: how to rebuild the segmenter by name, or ``None`` if it was passed as an object.
+        index_factory: the faiss factory string of the chunk index.
+        created: when the workspace was created (ISO 8601).
+        format: the layout version (:data:`WORKSPACE_FORMAT`).
+    """
+
+    encoder_name: str
+    dim: int
+    encoder_spec: ComponentSpec | None
+    segmenter_name: str | None
+    segmenter_spec: ComponentSpec | None
+    index_factory: str = "Flat"
+    created: str = ""
+    format: int = WORKSPACE_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``workspace.json`` document (the layout of format 1)."""
+        return {
+            "format": self.format,
+            "encoder": {
+                "name": self.encoder_name,
+                "dim": self.dim,
+                "spec": self.encoder_spec.to_json() if self.encoder_spec else None,
+            },
+            "segmenter": {
+                "name": self.segmenter_name,
+                "spec": self.segmenter_spec.to_json() if self.segmenter_spec else None,
+            },
+            "index_factory": self.index_factory,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, doc: object, source: str = CONFIG_FILE) -> WorkspaceConfig:
+        """Parse and check a ``workspace.json`` document.
+
+        Raises:
+            WorkspaceFormatError: not a crossscale config, a newer format, or a field missing or of the wrong type.
+        """
+        if not isinstance(doc, dict) or not isinstance(doc.get("format"), int):
+            raise WorkspaceFormatError(f"{source}: not a crossscale workspace config")
+        if doc["format"] > WORKSPACE_FORMAT:
+            raise WorkspaceFormatError(
+                f"{source}: workspace format {doc['format']} is newer than this crossscale supports "
+                f"({WORKSPACE_FORMAT}); upgrade crossscale"
+            )
+        try:
+            encoder, segmenter = doc["encoder"], doc["segmenter"]
+            config = cls(
+                encoder_name=_typed(encoder["name"], str, "encoder.name"),
+                dim=_typed(encoder["dim"], int, "encoder.dim"),
+                encoder_spec=_spec(encoder.get("spec"), "encoder.spec"),
+                segmenter_name=_typed(segmenter.get("name"), (str, type(None)), "segmenter.name"),
+                segmenter_spec=_spec(segmenter.get("spec"), "segmenter.spec"),
+                index_factory=_typed(doc["index_factory"], str, "index_factory"),
+                created=_typed(doc.get("created", ""), str, "created"),
+                format=doc["format"],
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise WorkspaceFormatError(f"{source}: malformed workspace config ({exc!r})") from exc
+        if config.dim < 1:
+            raise WorkspaceFormatError(f"{source}: encoder.dim must be positive, got {config.dim}")
+        return config
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], key: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{key} is {value!r}")
+    return value
+
+
+def _spec(value: Any, key: str) -> ComponentSpec | None:
+    if value is None:
+        return None
+    return ComponentSpec(
+        _typed(value["name"], str, f"{key}.name"), dict(_typed(value["kwargs"], dict, f"{key}.kwargs"))
+    )
+
+
+# ====================================================================== lock
+class WorkspaceLock:
+    """The writer's exclusive lock on ``ws/lock`` (``filelock``: ``flock`` on POSIX, ``msvcrt`` on Windows).
+
+    Taken without waiting: a second writer is refused at once. The operating system drops it when the
+    process dies, however it dies, so a killed writer never leaves a workspace locked.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from filelock import FileLock, Timeout
+
+        self._lock: Any = FileLock(path, thread_local=False)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout as exc:
+            raise WorkspaceLockedError(
+                f"{path.parent}: another process has this workspace open for writing; "
+                "open it with readonly=True to search, or wait for the writer to close"
+            ) from exc
+
+    def release(self) -> None:
+        """Release the lock. Idempotent."""
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+
+# ====================================================================== verify
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :meth:`Workspace.verify` found.
+
+    Attributes:
+        ok: no invariant is broken.
+        problems: broken invariants (``crossscale repair`` fixes those of the index; store problems need care).
+        notes: states that are normal but worth knowing (index file behind, leftover temp files).
+        parents, chunks, indexed: counts in the store and in the index.
+        generation: the store generation checked.
+    """
+
+    ok: bool
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+    parents: int
+    chunks: int
+    indexed: int
+    generation: int
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+# ====================================================================== the workspace
+Configure = Callable[["WorkspaceConfig | None"], WorkspaceConfig]
+"""Called under the lock with the stored config (``None`` for a new workspace); returns the config to use."""
+
+
+@dataclass(eq=False)
+class Workspace:
+    """A workspace directory opened for reading, or for writing by the one process holding its lock.
+
+    Build it with :meth:`open`. The store is the source of truth; :attr:`index` is derived from it and always
+    reflects store generation :attr:`generation`.
+    """
+
+    path: Path
+    config: WorkspaceConfig
+    store: RootStore = field(repr=False)
+    index: ChunkIndex = field(repr=False)
+    _generation: int
+    _lock: WorkspaceLock | None = field(repr=False)
+    _dirty: bool = field(default=False, init=False, repr=False)
+    _closed: bool = field(default=False, init=False)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        configure: Configure,
+        *,
+        readonly: bool = False,
+        device: str = "auto",
+        map_size: int = 64 << 20,
+    ) -> Workspace:
+        """Create the workspace at ``path`` or reopen it.
+
+        ``configure`` is called under the writer's lock with the stored config, or ``None`` when there is none
+        yet; it checks compatibility and returns the config to use. A new one is written before anything else.
+
+        Raises:
+            WorkspaceError: ``path`` is a file, a non-empty folder that is no workspace, or absent when ``readonly``.
+            WorkspaceLockedError: another process holds the writer's lock.
+            WorkspaceFormatError: the workspace is of a newer or unknown format.
+        """
+        root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(f"{root}: exists and is not a directory")
+        config_path = root / CONFIG_FILE
+        if readonly and not config_path.exists():
+            raise WorkspaceError(f"{root}: no workspace to open read-only")
+        if not config_path.exists() and root.exists() and not _is_unfinished(root):
+            raise WorkspaceError(f"{root}: directory is not empty and is not a crossscale workspace")
+        root.mkdir(parents=True, exist_ok=True)
+        lock = None if readonly else WorkspaceLock(root / LOCK_FILE)
+        try:
+            if lock is not None:  # a writer killed mid-save leaves its temporary file behind
+                for leftover in root.glob("*" + TEMP_SUFFIX):
+                    leftover.unlink(missing_ok=True)
+            stored = _read_config(config_path) if config_path.exists() else None  # decided under the lock
+            config = configure(stored)
+            if stored is None:
+                ChunkIndex(config.dim, config.index_factory, device="cpu")  # a bad factory fails before any write
+                atomic_write(config_path, json.dumps(config.to_json(), indent=2, sort_keys=True).encode())
+            store = RootStore(root / STORE_DIR, dim=config.dim, readonly=readonly, map_size=map_size)
+            try:
+                index, generation = _load_index(root, store, config, device, readonly)
+            except BaseException:
+                store.close()
+                raise
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return cls(root, config, store, index, generation, lock)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def readonly(self) -> bool:
+        return self._lock is None
+
+    @property
+    def generation(self) -> int:
+        """The store generation the in-memory index reflects."""
+        return self._generation
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_open(self, *, write: bool = False) -> None:
+        """Raise :class:`WorkspaceError` if closed, or (``write``) open read-only."""
+        if self._closed:
+            raise WorkspaceError(f"{self.path}: workspace is closed")
+        if write and self._lock is None:
+            raise WorkspaceError(f"{self.path}: workspace is open read-only")
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        self.check_open()
+        return len(self.store)
+
+    def __contains__(self, parent_id: object) -> bool:
+        self.check_open()
+        return parent_id in self.store
+
+    def parent_ids(self) -> Iterator[str]:
+        self.check_open()
+        return self.store.parent_ids()
+
+    def record(self, parent_id: str) -> ParentRecord:
+        self.check_open()
+        return self.store.parent(parent_id)
+
+    def image(self, parent_id: str) -> Image.Image:
+        """The parent image, decoded as it was when indexed (the pixels its boxes and vectors refer to)."""
+        self.check_open()
+        return decode_stored(self.store.image_bytes(parent_id), f"parent {parent_id!r}")
+
+    def image_if_present(self, parent_id: str) -> Image.Image | None:
+        """:meth:`image`, or ``None`` if a writer deleted the parent since a search ranked it."""
+        try:
+            return self.image(parent_id)
+        except ParentNotFoundError:
+            return None
+
+    def records(self, chunk_ids: Iterable[int]) -> dict[int, ChunkRecord]:
+        """The records of the given chunk ids; ids no longer stored are left out."""
+        return self.store.chunk_records(chunk_ids)
+
+    def searchable_index(self) -> ChunkIndex:
+        """The index, first rebuilt from the store if an interrupted update left it half-applied."""
+        self.check_open()
+        self._clean()
+        return self.index
+
+    def info(self) -> dict[str, Any]:
+        """A summary, JSON-ready."""
+        self.check_open()
+        return {
+            "path": str(self.path),
+            "format": self.config.format,
+            "parents": len(self.store),
+            "chunks": self.store.chunk_count(),
+            "indexed_vectors": len(self.index),
+            "encoder": self.config.encoder_name,
+            "dim": self.config.dim,
+            "segmenter": self.config.segmenter_name,
+            "index_factory": self.config.index_factory,
+            "index_device": self.index.device,
+            "store_bytes": self.store.disk_bytes(),
+            "generation": self._generation,
+        }
+
+    # ------------------------------------------------------------------ writing
+    def add(self, parents: Sequence[NewParent]) -> list[list[int]]:
+        """Store ``parents`` in one transaction and add their vectors to the index; returns their chunk ids.
+
+        Raises:
+            ConfigurationError, WorkspaceError: from the store; then nothing was stored.
+        """
+        self.check_open(write=True)
+        assigned = self.store.add_parents(parents)
+        with self._mutation():
+            for parent, chunk_ids in zip(parents, assigned, strict=True):
+                self.index.add(parent.vectors, chunk_ids)
+        return assigned
+
+    def delete(self, parent_id: str) -> None:
+        """Remove a parent, its chunk records and its vectors. Raises :class:`ParentNotFoundError`."""
+        self.check_open(write=True)
+        removed = self.store.delete_parent(parent_id)
+        with self._mutation():
+            self.index.remove(removed)
+
+    @contextlib.contextmanager
+    def _mutation(self) -> Iterator[None]:
+        """Bring the in-memory index up to a store commit just made (we hold the only write lock).
+
+        Until the block completes the index is *dirty*: half of a batch may be in it (an interrupt, an
+        error). A dirty index is never saved nor searched: it is rebuilt from the store first.
+        """
+        self._dirty = True
+        yield
+        self._generation = self.store.generation
+        self._dirty = False
+
+    def _clean(self) -> None:
+        if self._dirty:
+            logger.warning("the chunk index was left half-updated by an interruption; rebuilding it from the store")
+            with self.store.snapshot() as txn:
+                self._reload(txn)
+            self._dirty = False
+
+    def _reload(self, txn: Any) -> None:
+        """Replace the in-memory index by one rebuilt from the store as ``txn`` sees it."""
+        self.index = _rebuild(self.store, self.config, self.index.device, txn)
+        self._generation = self.store.generation_at(txn)
+
+    def save(self) -> None:
+        """Write the chunk index to disk now (the facade does it after each ``index()`` and on close)."""
+        self.check_open(write=True)
+        self._clean()
+        _save_index(self.path, self.store, self.index, self._generation)
+
+    def rebuild_index(self) -> None:
+        """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``)."""
+        self.check_open(write=True)
+        with self.store.snapshot() as txn:
+            self._reload(txn)
+        self.save()
+
+    def refresh(self) -> int:
+        """Catch a reader's index up with what writers committed since; returns the store generation now seen.
+
+        A workspace opened read-only searches the snapshot it loaded; this shows it newer parents. For the
+        writer it is a no-op: its index is always current.
+        """
+        self.check_open()
+        with self.store.snapshot() as txn:
+            generation = self.store.generation_at(txn)
+            if generation != self._generation:
+                if _catch_up(self.store, self.index, self._generation, txn):
+                    self._generation = generation
+                else:
+                    self._reload(txn)
+        return self._generation
+
+    def verify(self) -> VerifyReport:
+        """Check every invariant (``crossscale verify``); changes nothing.
+
+        The store is checked in one snapshot; the index in memory must hold exactly the stored chunks; the
+        index file must be readable and not ahead of the store.
+        """
+        self.check_open()
+        self._clean()
+        problems: list[str] = []
+        notes: list[str] = []
+        with self.store.snapshot() as txn:
+            problems += self.store.check(txn)
+            stored = self.store.chunk_ids(txn)
+            generation = self.store.generation_at(txn)
+            parents = self.store.parent_count(txn)
+        if generation == self._generation:
+            in_index = {int(i) for i in self.index.ids()}
+            if in_index != stored:
+                problems.append(
+                    f"chunk index disagrees with the store: {len(in_index - stored)} vector(s) of no stored chunk, "
+                    f"{len(stored - in_index)} stored chunk(s) not indexed"
+                )
+        else:
+            notes.append(f"a writer committed since this reader loaded (generation {self._generation} -> {generation})")
+        file = self.path / INDEX_FILE
+        if not file.exists():
+            notes.append("no index file: it is rebuilt from the store on open")
+        else:
+            try:
+                _, meta = ChunkIndex.load(file, device="cpu")
+                saved = int(meta.get("generation", -1))
+                if saved > generation:
+                    problems.append(f"index file is ahead of the store (generation {saved} > {generation})")
+                elif saved < generation:
+                    notes.append(f"index file is {generation - saved} change(s) behind: caught up on open")
+            except (WorkspaceFormatError, OSError, ValueError) as exc:
+                problems.append(f"index file is unreadable ({exc}); `crossscale repair` rewrites it")
+        leftovers = sorted(p.name for p in self.path.glob("*" + TEMP_SUFFIX))
+        if leftovers:
+            notes.append(f"leftover temporary files (removed by the next writer): {', '.join(leftovers)}")
+        return VerifyReport(
+            ok=not problems,
+            problems=tuple(problems),
+            notes=tuple(notes),
+            parents=parents,
+            chunks=len(stored),
+            indexed=len(self.index),
+            generation=generation,
+        )
+
+    # ------------------------------------------------------------------ closing
+    def close(self) -> None:
+        """Save the index (writer), close the store and release the lock. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._lock is not None:
+                self._clean()
+                _save_index(self.path, self.store, self.index, self._generation)
+        finally:
+            self.store.close()
+            if self._lock is not None:
+                self._lock.release()
+            self._closed = True
+
+
+# ====================================================================== persistence of the derived index
+def _is_unfinished(root: Path) -> bool:
+    """Empty, or holding only what a creation killed before writing workspace.json leaves behind."""
+    return all(p.name == LOCK_FILE or p.name.endswith(TEMP_SUFFIX) for p in root.iterdir())
+
+
+def _read_config(path: Path) -> WorkspaceConfig:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise WorkspaceFormatError(f"{path}: unreadable workspace config: {exc}") from exc
+    return WorkspaceConfig.from_json(doc, str(path))
+
+
+def _rebuild(store: RootStore, config: WorkspaceConfig, device: str, txn: Any) -> ChunkIndex:
+    """A new index of every vector in the store as ``txn`` sees it."""
+    index = ChunkIndex(config.dim, config.index_factory, device=device)
+    batches: Iterable[tuple[np.ndarray, np.ndarray]] = store.iter_vectors(txn=txn)
+    if not index.is_trained:  # IVF/PQ: train on everything stored (a sample would do for huge stores)
+        batches = list(batches)
+        if batches:
+            index.train(np.concatenate([v for _, v in batches]))
+    for ids, vecs in batches:
+        index.add(vecs, ids)
+    return index
+
+
+def _catch_up(store: RootStore, index: ChunkIndex, base: int, txn: Any) -> bool:
+    """Replay the store's changes after generation ``base`` into ``index``; False if the log is gone."""
+    changes = store.changes_since(base, txn=txn)
+    if changes is None:
+        return False
+    for _, added, removed in changes:
+        index.remove(removed)
+        ids, vecs = store.vectors(added, txn=txn)
+        index.add(vecs, ids)
+    if changes:
+        logger.info("caught the chunk index up by %d store change(s)", len(changes))
+    return True
+
+
+def _load_index(
+    root: Path, store: RootStore, config: WorkspaceConfig, device: str, readonly: bool
+) -> tuple[ChunkIndex, int]:
+    """The chunk index, consistent with the store at one point in time, and that store generation.
+
+    Everything is read in one LMDB snapshot, so a writer in another process cannot make it mix states.
+    """
+    file = root / INDEX_FILE
+    index: ChunkIndex | None = None
+    base = 0
+    if file.exists():
+        try:
+            index, meta = ChunkIndex.load(file, device=device)
+            base = int(meta.get("generation", -1))
+        except (WorkspaceFormatError, OSError, ValueError, KeyError) as exc:
+            logger.warning("%s is unreadable (%s); rebuilding it from the store", file, exc)
+            index = None
+    else:
+        index = ChunkIndex(config.dim, config.index_factory, device=device)
+    with store.snapshot() as txn:
+        generation = store.generation_at(txn)
+        current = index is not None and 0 <= base <= generation and _catch_up(store, index, base, txn)
+        if not current or index is None:
+            logger.info("rebuilding the chunk index of %s from the store", root)
+            index = _rebuild(store, config, device, txn)
+        elif len(index) != store.chunk_count(txn):
+            logger.warning("chunk index holds %d vectors, the store %d; rebuilding", len(index), store.chunk_count(txn))
+            index = _rebuild(store, config, device, txn)
+            current = False
+    if not readonly and (not current or base != generation):
+        _save_index(root, store, index, generation)
+    return index, generation
+
+
+def _save_index(root: Path, store: RootStore, index: ChunkIndex, generation: int) -> None:
+    try:
+        index.save(root / INDEX_FILE, {"generation": generation})
+    except OSError as exc:
+        raise WorkspaceError(
+            f"{root}: cannot save the chunk index ({exc.strerror or exc}); the store is intact and "
+            "the index will be caught up from it when the workspace is next opened"
+        ) from exc
+    store.prune_log(generation)
+
+
+def new_config(
+    *,
+    encoder_name: str,
+    dim: int,
+    encoder_spec: ComponentSpec | None,
+    segmenter_name: str | None,
+    segmenter_spec: ComponentSpec | None,
+    index_factory: str,
+) -> WorkspaceConfig:
+    """The config of a workspace created now."""
+    if not isinstance(index_factory, str) or not index_factory.strip():
+        raise ConfigurationError(f"index_factory must be a faiss factory string, got {index_factory!r}")
+    return WorkspaceConfig(
+        encoder_name=encoder_name,
+        dim=int(dim),
+        encoder_spec=encoder_spec,
+        segmenter_name=segmenter_name,
+        segmenter_spec=segmenter_spec,
+        index_factory=index_factory,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )

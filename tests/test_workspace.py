@@ -1,0 +1,193 @@
+"""The workspace: one decoder for indexed and stored pixels, workspaces of earlier releases, the typed config."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossscale import Box, Chunk, CrossScaleSearch
+
+DATA = Path(__file__).parent / "data"
+
+
+def _png(im: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def _parents() -> dict[str, bytes]:
+    """Image files in the modes whose conversion to RGB is not obvious, as bytes."""
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:, :16, 3] = 0  # left half fully transparent red
+    rgba[:, 16:, 3] = 128
+    la = np.zeros((24, 32, 2), np.uint8)
+    la[..., 0] = 40
+    la[:12, :, 1] = 0
+    la[12:, :, 1] = 255
+    palette = Image.new("P", (32, 24), 1)
+    palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    palette.paste(0, (0, 0, 10, 24))
+    sixteen = Image.fromarray(np.full((24, 32), 30000, np.uint16))
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (32, 24), (0, 255, 0, 40)).save(cmyk, format="JPEG")
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (24, 1))).convert("RGB").save(
+        rotated, format="JPEG", exif=exif.tobytes()
+    )
+    return {
+        "rgba": _png(Image.fromarray(rgba, "RGBA")),
+        "la": _png(Image.fromarray(la, "LA")),
+        "p-transparency": _png(palette, transparency=0),
+        "sixteen-bit": _png(sixteen),
+        "cmyk": cmyk.getvalue(),
+        "exif-rotated": rotated.getvalue(),
+    }
+
+
+class RecordingSegmenter:
+    """The whole image as one chunk, remembering the pixels it was given: the pixels that were indexed."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def segment(self, images: Sequence[Image.Image]) -> list[list[Chunk]]:
+        self.seen += [np.asarray(im).copy() for im in images]
+        return [[Chunk(Box(0, 0, im.width, im.height), im, "whole")] for im in images]
+
+
+def test_image_gives_back_exactly_the_pixels_that_were_indexed(tmp_path: Path) -> None:
+    """Failed on crossscale 0.1: ``image()`` decoded stored bytes another way than indexing did."""
+    segmenter = RecordingSegmenter()
+    parents = _parents()
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter=segmenter, progress=False, device="cpu", batch_size=1
+    ) as cs:
+        report = cs.index(list(parents.items()))
+        assert report.added == tuple(parents)
+        for pid, indexed in zip(parents, segmenter.seen, strict=True):
+            stored = np.asarray(cs.image(pid))
+            assert stored.shape == indexed.shape and np.array_equal(stored, indexed), pid
+        [match] = cs.search(Image.fromarray(segmenter.seen[0]), top_k=1)
+        assert np.array_equal(np.asarray(match.image()), segmenter.seen[0])
+    assert segmenter.seen[0][0, 0].tolist() == [255, 255, 255]  # transparent: on white
+    assert segmenter.seen[3][0, 0].tolist() == [117] * 3  # 30000 of 65535, not clipped to 255
+    assert segmenter.seen[5].shape[:2] == (32, 24)  # EXIF orientation applied
+
+
+# ---------------------------------------------------------------------- workspaces of earlier releases
+@pytest.fixture
+def v0_1(tmp_path: Path) -> Path:
+    """A copy of the workspace crossscale 0.1.0 wrote (tests/data/make_workspace_v0_1.py); never opened in place."""
+    target = tmp_path / "ws"
+    shutil.copytree(DATA / "workspace-v0.1", target)
+    return target
+
+
+def test_a_workspace_written_by_0_1_opens_searches_and_verifies(v0_1: Path) -> None:
+    expected = json.loads((DATA / "workspace-v0.1.expected.json").read_text())
+    queries = {name: Image.open(DATA / f"workspace-v0.1.query-{name}.png").convert("RGB") for name in expected}
+    with CrossScaleSearch.open(v0_1, readonly=True, progress=False, device="cpu", refine=False) as reader:
+        assert reader.verify().ok, reader.verify().problems
+        assert sorted(reader.parent_ids()) == ["gradient-jpeg", "rgba-memory", "sixteen-bit"]
+        assert reader.record("rgba-memory").metadata == {"made_by": "crossscale 0.1.0"}
+        for name, query in queries.items():
+            got = [m.to_dict() for m in reader.search(query, top_k=3)]
+            assert [g["parent_id"] for g in got] == [e["parent_id"] for e in expected[name]]
+            assert [g["box"] for g in got] == [e["box"] for e in expected[name]]
+            np.testing.assert_allclose([g["score"] for g in got], [e["score"] for e in expected[name]], rtol=1e-5)
+        assert reader.image("sixteen-bit").size == (64, 64)
+
+
+def test_a_workspace_written_by_0_1_takes_new_parents_and_deletions(v0_1: Path, photos: dict[str, Image.Image]) -> None:
+    with CrossScaleSearch.open(v0_1, progress=False, device="cpu") as cs:  # the recorded encoder and segmenter
+        assert cs.config.encoder_name == "color-histogram(8)" and cs.config.format == 1
+        report = cs.index([("coffee", photos["coffee"])])
+        assert report.added == ("coffee",)
+        cs.delete("gradient-jpeg")
+        assert cs.search(photos["coffee"], top_k=1)[0].parent_id == "coffee"
+    with CrossScaleSearch.open(v0_1, readonly=True, progress=False, device="cpu") as reader:
+        assert reader.verify().ok and sorted(reader.parent_ids()) == ["coffee", "rgba-memory", "sixteen-bit"]
+
+
+# ---------------------------------------------------------------------- config and files
+def test_the_config_is_typed_and_round_trips(tmp_path: Path) -> None:
+    from crossscale.workspace import WorkspaceConfig
+
+    doc = json.loads((DATA / "workspace-v0.1" / "workspace.json").read_text())
+    config = WorkspaceConfig.from_json(doc)
+    assert config.dim == 512 and config.encoder_spec is not None and config.encoder_spec.name == "color-histogram"
+    assert config.segmenter_spec is not None and config.segmenter_spec.kwargs == {"tiles": {"scales": [0.5]}}
+    assert config.to_json() == doc  # what 0.1 wrote is what this version writes
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.pop("encoder"), "malformed.*encoder"),
+        (lambda d: d["encoder"].update(dim="512"), "encoder.dim"),
+        (lambda d: d["encoder"].update(dim=0), "encoder.dim must be positive"),
+        (lambda d: d.update(index_factory=None), "index_factory"),
+        (lambda d: d["segmenter"].update(spec={"name": "tiles"}), "malformed"),
+        (lambda d: d.update(format=99), "newer"),
+        (lambda d: d.clear(), "not a crossscale workspace config"),
+    ],
+)
+def test_a_malformed_config_is_refused_naming_the_field(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    from crossscale import WorkspaceFormatError
+
+    target = tmp_path / "ws"
+    shutil.copytree(DATA / "workspace-v0.1", target)
+    doc = json.loads((target / "workspace.json").read_text())
+    change(doc)
+    (target / "workspace.json").write_text(json.dumps(doc))
+    with pytest.raises(WorkspaceFormatError, match=message):
+        CrossScaleSearch.open(target, progress=False, device="cpu")
+
+
+def test_workspace_files_are_readable_by_others_as_the_umask_allows(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with CrossScaleSearch.open(tmp_path / "ws", encoder="color-histogram", segmenter="whole", progress=False) as cs:
+            cs.index([("x", Image.new("RGB", (8, 8)))])
+    finally:
+        os.umask(old)
+    for name in ("workspace.json", "chunks.index"):
+        assert (tmp_path / "ws" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path: Path) -> None:
+    from crossscale._files import atomic_write
+
+    def parts():  # type: ignore[no-untyped-def]
+        yield b"half"
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "f").write_bytes(b"old")
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(tmp_path / "f", parts())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"] and (tmp_path / "f").read_bytes() == b"old"
+
+
+def test_the_lock_is_released_on_close_and_when_opening_fails(tmp_path: Path) -> None:
+    from crossscale import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        CrossScaleSearch.open(tmp_path / "ws", encoder="no-such-encoder", progress=False)
+    cs = CrossScaleSearch.open(tmp_path / "ws", encoder="color-histogram", segmenter="whole", progress=False)
+    cs.close()
+    cs.close()  # idempotent
+    CrossScaleSearch.open(tmp_path / "ws", progress=False).close()
