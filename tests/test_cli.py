@@ -79,3 +79,38 @@ def test_verify_and_repair(tmp_path: Path, photos: dict[str, Image.Image], capsy
     assert main(["repair", "-w", ws]) == 0
     assert main(["verify", "-w", ws]) == 0
     assert "ok: 2 parents" in capsys.readouterr().out
+
+
+def test_search_show_writes_the_grid_and_text_queries_need_a_text_tower(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = _index_photos(tmp_path, photos, ("coffee", "rocket"), "whole+tiles")
+    photos["rocket"].crop((100, 100, 300, 300)).save(tmp_path / "q.png")
+    argv = ["search", str(tmp_path / "q.png"), "-w", ws, "-k", "2", "--no-refine", "--device", "cpu"]
+    assert main([*argv, "--show", str(tmp_path / "grid.png")]) == 0
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.width > grid.height > 0  # the query and two parents, side by side
+    capsys.readouterr()
+    assert main([*argv, "--show", str(tmp_path / "grid.nope")]) == 2
+    assert "--show" in capsys.readouterr().err
+    assert main(["search", "--text", "a rocket", "-w", ws, "--device", "cpu"]) == 2
+    assert "embeds images only" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "q.png"), "--text", "a rocket", "-w", ws]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_text_search_from_the_command_line(
+    tmp_path: Path, tiny_clip_dir: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("coffee", "rocket"):
+        photos[name].save(folder / f"{name}.png")
+    ws = str(tmp_path / "ws")
+    base = ["-w", ws, "--no-progress", "--device", "cpu"]
+    clip = ["--encoder", "clip", "--encoder-path", str(tiny_clip_dir), "--segmenter", "whole+tiles"]
+    assert main(["index", str(folder), *clip, *base]) == 0
+    capsys.readouterr()
+    assert main(["search", "--text", "a rocket", "--json", "-k", "2", *base[:2], "--device", "cpu"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["parent_id"] for r in rows} and len(rows) == 2

@@ -3,6 +3,7 @@ import builtins
 from pathlib import Path
 
 import crossscale
+import crossscale.display
 import crossscale.encode
 import crossscale.index
 import crossscale.ingest
@@ -24,6 +25,7 @@ MODULES = (
     crossscale.workspace,
     crossscale.ingest,
     crossscale.query,
+    crossscale.display,
 )
 ROOT = Path(crossscale.__file__).parent
 STAGES = {"segment", "encode", "index", "rank"}
@@ -68,7 +70,8 @@ def test_stages_import_neither_each_other_nor_the_facade() -> None:
 
 
 def test_shared_modules_import_no_stage() -> None:
-    for name in ("types", "protocols", "errors", "_checks", "_vectors", "_images", "_files", "_device", "_registry"):
+    shared = ("types", "protocols", "errors", "display", "_checks", "_vectors", "_images", "_files", "_forward")
+    for name in (*shared, "_device", "_registry"):
         wrong = _imported(ROOT / f"{name}.py") & (STAGES | FACADE)
         assert not wrong, f"{name}.py imports crossscale.{sorted(wrong)}"
 

@@ -420,3 +420,79 @@ def test_a_refiner_and_ranker_of_ones_own_are_used(tmp_path: Path, photos: dict[
     assert query.image is not None and query.image.size == photos["coffee"].size
     assert np.linalg.norm(query.vector) == pytest.approx(1.0, abs=1e-5)
     assert ranked == ["c", "r"] and [m.parent_id for m in out] == ["r", "c"]  # the refiner's order is final
+
+
+# ---------------------------------------------------------- text queries (tiny random CLIP: the contract, not quality)
+def test_text_search_ranks_parents_by_their_best_chunk_with_boxes(
+    tmp_path: Path, tiny_clip_dir: Path, photos: dict[str, Image.Image]
+) -> None:
+    from crossscale import SearchResult
+    from crossscale.encode import CLIPEncoder
+
+    encoder = CLIPEncoder(tiny_clip_dir, device="cpu")
+    names = ("coffee", "rocket", "chelsea", "astronaut")
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder=encoder, segmenter="whole+tiles", progress=False, device="cpu", refine=False
+    ) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        result = cs.search_text("a red kite in the sky", top_k=3)
+        assert isinstance(result, SearchResult) and result.query == "a red kite in the sky"
+        assert len(result) == 3 == len({m.parent_id for m in result})
+        # brute force: each parent's best chunk against the text, from the stored vectors
+        text = encoder.encode_text(["a red kite in the sky"])[0]
+        best = {}
+        for pid in names:
+            _, vectors = cs.store.vectors(cs.record(pid).chunk_ids)
+            best[pid] = float((vectors @ text).max())
+        assert [m.parent_id for m in result] == sorted(best, key=lambda p: -best[p])[:3]
+        np.testing.assert_allclose([m.score for m in result], sorted(best.values(), reverse=True)[:3], rtol=1e-5)
+        for m in result:
+            w, h = cs.record(m.parent_id).width, cs.record(m.parent_id).height
+            assert 0 <= m.box.x0 < m.box.x1 <= w and 0 <= m.box.y0 < m.box.y1 <= h
+        batch = cs.search_text_batch(["a red kite in the sky", "dog"], 3)
+        assert [m.parent_id for m in batch[0]] == [m.parent_id for m in result] and cs.search_text_batch([]) == []
+
+
+def test_text_search_is_refined_like_image_search(
+    tmp_path: Path, tiny_clip_dir: Path, photos: dict[str, Image.Image]
+) -> None:
+    from crossscale import Query
+
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder="clip", encoder_kwargs={"name_or_path": str(tiny_clip_dir)}, segmenter="whole+tiles",
+        progress=False, device="cpu",
+    ) as cs:  # fmt: skip
+        cs.index([(n, photos[n]) for n in ("coffee", "rocket", "chelsea")])
+        region_refiner, queries = cs.refiner, []
+        assert isinstance(region_refiner, RegionRefiner)
+
+        class Spy:
+            def refine(self, query: Query, matches, load):  # type: ignore[no-untyped-def]
+                queries.append(query)
+                return region_refiner.refine(query, matches, load)
+
+        cs.refiner = Spy()
+        refined = cs.search_text("a cup of coffee", top_k=3)
+        cs.refiner = None
+        plain = cs.search_text("a cup of coffee", top_k=3)
+    [query] = queries
+    assert query.image is None and query.text == "a cup of coffee"
+    before = {m.parent_id: m.score for m in plain}
+    assert {m.parent_id for m in refined} == set(before)
+    assert all(m.score >= before[m.parent_id] - 1e-6 for m in refined)  # a crop only replaces a worse chunk
+
+
+def test_text_search_needs_a_text_tower_and_real_texts(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    from crossscale import CapabilityError
+
+    with _hist(tmp_path / "ws") as cs:
+        cs.index([("c", photos["coffee"])])
+        with pytest.raises(CapabilityError, match=r"color-histogram.*embeds images only.*clip"):
+            cs.search_text("a cup of coffee")
+        for bad in ("", "  ", None, 5):
+            with pytest.raises(ConfigurationError, match="text query 0 must be a non-empty string"):
+                cs.search_text(bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="search_text_batch takes a sequence"):
+            cs.search_text_batch("a cup")
+        with pytest.raises(CapabilityError):
+            cs.search_text_batch([])  # no text can be searched here, not even none

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from crossscale.display import show
 from crossscale.encode import (
     BackboneEncoder,
     CLIPEncoder,
@@ -25,6 +26,7 @@ from crossscale.encode import (
     register_encoder,
 )
 from crossscale.errors import (
+    CapabilityError,
     ChunkIndexError,
     ConfigurationError,
     CrossScaleError,
@@ -40,7 +42,7 @@ from crossscale.errors import (
     WorkspaceMismatchError,
 )
 from crossscale.index import ChunkIndex, RootStore
-from crossscale.protocols import Refiner, VectorIndex
+from crossscale.protocols import Refiner, TextEncoder, VectorIndex
 from crossscale.rank import ParentRanker, Ranker, RegionRefiner
 from crossscale.search import CrossScaleSearch
 from crossscale.segment import (
@@ -53,7 +55,7 @@ from crossscale.segment import (
     list_segmenters,
     register_segmenter,
 )
-from crossscale.types import Box, Chunk, ChunkRecord, Hit, IndexFailure, IndexReport, ParentMatch, Query
+from crossscale.types import Box, Chunk, ChunkRecord, Hit, IndexFailure, IndexReport, ParentMatch, Query, SearchResult
 from crossscale.workspace import VerifyReport, Workspace, WorkspaceConfig
 
 __version__ = "0.2.0.dev0"
@@ -64,6 +66,7 @@ __all__ = [
     "BackboneEncoder",
     "Box",
     "CLIPEncoder",
+    "CapabilityError",
     "Chunk",
     "ChunkIndex",
     "ChunkIndexError",
@@ -89,7 +92,9 @@ __all__ = [
     "Refiner",
     "RegionRefiner",
     "RootStore",
+    "SearchResult",
     "Segmenter",
+    "TextEncoder",
     "TileSegmenter",
     "VectorError",
     "VectorIndex",
@@ -109,4 +114,5 @@ __all__ = [
     "list_segmenters",
     "register_encoder",
     "register_segmenter",
+    "show",
 ]

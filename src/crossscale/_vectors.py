@@ -12,9 +12,9 @@ from crossscale.errors import VectorError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from crossscale.protocols import Encoder
+    from crossscale.protocols import Encoder, TextEncoder
 
-__all__ = ["embed", "l2_normalize"]
+__all__ = ["embed", "embed_text", "l2_normalize"]
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -46,9 +46,18 @@ def embed(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
     Raises:
         VectorError: the encoder returned the wrong shape, NaN/inf or a zero row.
     """
-    vectors = np.asarray(encoder.encode(list(images)))
-    if vectors.shape != (len(images), encoder.dim):
+    return _checked(encoder, encoder.encode(list(images)), len(images), "images")
+
+
+def embed_text(encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
+    """``encoder.encode_text(texts)`` as unit float32 rows, checked as :func:`embed` checks images."""
+    return _checked(encoder, encoder.encode_text(list(texts)), len(texts), "texts")
+
+
+def _checked(encoder: Encoder, output: object, n: int, what: str) -> np.ndarray:
+    vectors = np.asarray(output)
+    if vectors.shape != (n, encoder.dim):
         raise VectorError(
-            f"encoder {encoder.name!r} returned shape {vectors.shape} for {len(images)} images of dim {encoder.dim}"
+            f"encoder {encoder.name!r} returned shape {vectors.shape} for {n} {what} of dim {encoder.dim}"
         )
     return l2_normalize(vectors)

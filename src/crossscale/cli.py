@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from crossscale.errors import CrossScaleError
+from crossscale.errors import ConfigurationError, CrossScaleError
 
 if TYPE_CHECKING:
     from crossscale.workspace import VerifyReport
@@ -50,11 +50,21 @@ def _cmd_index(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
 
+    if (args.query is None) == (args.text is None):
+        raise ConfigurationError("give a query image or --text, not both or neither")
     with CrossScaleSearch.open(
         args.workspace, readonly=True, device=args.device, progress=False, refine=not args.no_refine
     ) as cs:
-        matches = cs.search(args.query, top_k=args.top_k, min_score=args.min_score)
+        if args.text is not None:
+            matches = cs.search_text(args.text, top_k=args.top_k, min_score=args.min_score)
+        else:
+            matches = cs.search(args.query, top_k=args.top_k, min_score=args.min_score)
         rows = [{**m.to_dict(), "source": cs.record(m.parent_id).source} for m in matches]
+        if args.show:  # drawn while the workspace is open: the parents are read from it
+            try:
+                matches.show().save(args.show)
+            except (ValueError, OSError) as exc:
+                raise ConfigurationError(f"--show {args.show}: cannot write the picture: {exc}") from exc
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -137,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, components=True)
     p.set_defaults(func=_cmd_index)
 
-    p = sub.add_parser("search", help="find the indexed images that contain IMAGE")
-    p.add_argument("query", help="the small image")
+    p = sub.add_parser("search", help="find the indexed images that contain IMAGE (or show what --text describes)")
+    p.add_argument("query", nargs="?", help="the small image")
+    p.add_argument("--text", help="search by a description instead (needs an image-text encoder: clip, siglip)")
     p.add_argument("--workspace", "-w", required=True)
     p.add_argument("--top-k", "-k", type=int, default=5)
     p.add_argument("--min-score", type=float, default=None)
@@ -149,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/benchmarks.md)",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--show", metavar="PNG", help="also draw the query and the ranked parents with their boxes into this image"
+    )
     common(p)
     p.set_defaults(func=_cmd_search)
 

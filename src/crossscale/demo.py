@@ -34,7 +34,8 @@ DEMO_PHOTOS = (
 DEMO_QUERY = ("astronaut", Box(150, 40, 330, 220), 0.6)  # the astronaut's face and helmet
 
 
-def _photos() -> dict[str, Image.Image]:
+def demo_photos() -> dict[str, Image.Image]:
+    """The demo's large images: photos that ship with scikit-image, by name (RGB)."""
     try:
         from skimage import data
     except ImportError as exc:
@@ -61,7 +62,7 @@ def run_demo(*, workspace: str | None = None, device: str = "auto", progress: bo
     """Build a workspace, index the photos, search for the query; print what it finds. Returns 0 on success."""
     from crossscale.search import CrossScaleSearch
 
-    photos = _photos()
+    photos = demo_photos()
     query, true_parent, true_box = make_query(photos)
     with ExitStack() as stack:
         root = Path(workspace) if workspace else Path(stack.enter_context(tempfile.TemporaryDirectory())) / "ws"

@@ -10,7 +10,8 @@ name.
 
     CrossScaleError
     ├── ConfigurationError (ValueError)     bad parameter, unknown component name
-    │   └── DeviceError                     device string invalid or not available
+    │   ├── DeviceError                     device string invalid or not available
+    │   └── CapabilityError                 a stage cannot do what was asked (text queries, image-only encoder)
     ├── MissingDependencyError (ImportError) an optional extra is not installed
     ├── ModelLoadError                      weights/config cannot be loaded
     ├── ImageLoadError (ValueError)         an input image cannot be read or decoded
@@ -26,6 +27,7 @@ name.
 from __future__ import annotations
 
 __all__ = [
+    "CapabilityError",
     "ChunkIndexError",
     "ConfigurationError",
     "CrossScaleError",
@@ -52,6 +54,10 @@ class ConfigurationError(CrossScaleError, ValueError):
 
 class DeviceError(ConfigurationError):
     """A ``device=`` string is invalid, or names hardware that is not present."""
+
+
+class CapabilityError(ConfigurationError):
+    """The configured stage cannot do what was asked, e.g. a text query with an encoder that has no text tower."""
 
 
 class MissingDependencyError(CrossScaleError, ImportError):

@@ -28,6 +28,7 @@ __all__ = [
     "RecordLookup",
     "Refiner",
     "Segmenter",
+    "TextEncoder",
     "VectorIndex",
     "check_stage",
 ]
@@ -79,6 +80,16 @@ class Encoder(Protocol):
         ...
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TextEncoder(Encoder, Protocol):
+    """An :class:`Encoder` that also embeds texts into the same space (CLIP, SigLIP): text queries need one.
+
+    ``encode_text`` returns float32 rows of shape ``(len(texts), dim)``, comparable with ``encode``'s.
+    """
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 @runtime_checkable

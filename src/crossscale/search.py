@@ -21,16 +21,17 @@ from crossscale._checks import int_at_least, positive_int
 from crossscale._device import validate_device
 from crossscale._forward import Forward
 from crossscale._images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from crossscale._vectors import embed_text
 from crossscale.encode import create_encoder
-from crossscale.errors import ConfigurationError, WorkspaceMismatchError
+from crossscale.errors import CapabilityError, ConfigurationError, WorkspaceMismatchError
 from crossscale.index import ChunkIndex, RootStore
 from crossscale.index.root_store import ParentRecord
 from crossscale.ingest import ingest, iter_inputs, json_ready
-from crossscale.protocols import Encoder, Ranker, Refiner, Segmenter, check_stage
+from crossscale.protocols import Encoder, Ranker, Refiner, Segmenter, TextEncoder, check_stage
 from crossscale.query import embed_queries, search_parents
 from crossscale.rank import ParentRanker, RegionRefiner
 from crossscale.segment import create_segmenter
-from crossscale.types import IndexReport, ParentMatch
+from crossscale.types import IndexReport, Query, SearchResult
 from crossscale.workspace import WORKSPACE_FORMAT, ComponentSpec, VerifyReport, Workspace, WorkspaceConfig, new_config
 
 logger = logging.getLogger(__name__)
@@ -250,13 +251,17 @@ class CrossScaleSearch:
         self.workspace.delete(parent_id)
 
     # ================================================================== searching
-    def search(self, query: ImageInput, top_k: int = 5, *, min_score: float | None = None) -> list[ParentMatch]:
+    def search(self, query: ImageInput, top_k: int = 5, *, min_score: float | None = None) -> SearchResult:
         """The parents that best contain ``query``, best first.
 
         Args:
             query: the small image (path, bytes, PIL image or array), embedded whole.
             top_k: how many parents (fewer only if the workspace holds fewer).
             min_score: drop parents scoring below this.
+
+        Returns:
+            A :class:`~crossscale.types.SearchResult`: a list of :class:`ParentMatch` that draws itself in a
+            notebook (``result.show()`` for a PIL picture).
 
         Raises:
             ImageLoadError: the query cannot be read.
@@ -265,17 +270,55 @@ class CrossScaleSearch:
 
     def search_batch(
         self, queries: Sequence[ImageInput], top_k: int = 5, *, min_score: float | None = None
-    ) -> list[list[ParentMatch]]:
+    ) -> list[SearchResult]:
         """:meth:`search` for many queries at once (one encoder pass, one index search)."""
-        index = self.workspace.searchable_index()
-        positive_int("top_k", top_k)
-        if isinstance(queries, str | os.PathLike | bytes | Image.Image | np.ndarray):
-            raise ConfigurationError("search_batch takes a sequence of queries; use search() for one")
+        self._check_batch("search_batch", queries, top_k, one=str | os.PathLike | bytes | Image.Image | np.ndarray)
         images = [load_image(q, max_pixels=self.max_pixels).image for q in queries]
-        if not images:
+        return self._search(embed_queries(self.encoder, images) if images else [], top_k, min_score)
+
+    def search_text(self, text: str, top_k: int = 5, *, min_score: float | None = None) -> SearchResult:
+        """The parents that best show what ``text`` describes, and where, best first.
+
+        Needs an encoder with a text tower (:class:`~crossscale.protocols.TextEncoder`: CLIP, SigLIP); the
+        boxes come from the same chunks, ranker and refiner as image queries. Text-to-image scores are on another
+        scale than image-to-image ones (far lower for CLIP), so a ``min_score`` does not carry over between them.
+
+        Raises:
+            CapabilityError: the workspace's encoder embeds images only.
+            ConfigurationError: ``text`` is not a non-empty string.
+        """
+        return self.search_text_batch([text], top_k, min_score=min_score)[0]
+
+    def search_text_batch(
+        self, texts: Sequence[str], top_k: int = 5, *, min_score: float | None = None
+    ) -> list[SearchResult]:
+        """:meth:`search_text` for many texts at once."""
+        self._check_batch("search_text_batch", texts, top_k, one=str)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigurationError(f"text query {i} must be a non-empty string, got {text!r}")
+        if not isinstance(self.encoder, TextEncoder):
+            raise CapabilityError(
+                f"encoder {self.encoder.name!r} embeds images only, so it cannot search by text; build the "
+                "workspace with an image-text encoder such as encoder='clip' or 'siglip'"
+            )
+        if not texts:
             return []
+        vectors = embed_text(self.encoder, texts)
+        return self._search([Query(v, None, text) for v, text in zip(vectors, texts, strict=True)], top_k, min_score)
+
+    def _check_batch(self, method: str, items: object, top_k: object, *, one: Any) -> None:
+        """The checks every search makes first: open, a valid ``top_k``, and a sequence rather than one item."""
+        self.workspace.check_open()
+        positive_int("top_k", top_k)
+        if isinstance(items, one):
+            single = method.removesuffix("_batch")
+            raise ConfigurationError(f"{method} takes a sequence of queries; use {single}() for one")
+
+    def _search(self, queries: list[Query], top_k: int, min_score: float | None) -> list[SearchResult]:
+        index = self.workspace.searchable_index()
         results = search_parents(
-            embed_queries(self.encoder, images),
+            queries,
             top_k,
             index=index,
             records=self.workspace.records,
@@ -284,7 +327,13 @@ class CrossScaleSearch:
             load_parent=self.workspace.image_if_present,
             min_score=min_score,
         )
-        return [[dataclasses.replace(m, _loader=self.image) for m in row] for row in results]
+        return [
+            SearchResult(
+                [dataclasses.replace(m, _loader=self.image) for m in row],
+                query.image if query.image is not None else query.text,
+            )
+            for query, row in zip(queries, results, strict=True)
+        ]
 
     # ================================================================== the workspace, delegated
     path = Forward[Path]("workspace")

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +31,7 @@ __all__ = [
     "IndexReport",
     "ParentMatch",
     "Query",
+    "SearchResult",
 ]
 
 ChunkKind = Literal["whole", "detection", "tile"]
@@ -227,15 +228,17 @@ class Hit:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Query:
-    """A query as the search path sees it: its unit vector, and its image when it has one.
+    """A query as the search path sees it: its unit vector, and its image or text.
 
     Attributes:
         vector: the query's embedding, a 1-D float32 unit vector.
-        image: the query image (RGB) as decoded; ``None`` for queries that are not images (e.g. text).
+        image: the query image (RGB) as decoded; ``None`` for a text query.
+        text: the query text, for a text query.
     """
 
     vector: np.ndarray
     image: Image.Image | None = None
+    text: str | None = None
 
     @property
     def aspect(self) -> float | None:
@@ -282,6 +285,12 @@ class ParentMatch:
         """The region of the parent image where the query was found."""
         return self.image().crop(self.box.as_tuple())
 
+    def _repr_html_(self) -> str:
+        """The parent with its box, for notebooks (never raises)."""
+        from crossscale.display import results_html
+
+        return results_html([self])
+
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
         return {
@@ -294,6 +303,32 @@ class ParentMatch:
             "chunk_id": self.chunk_id,
             "n_hits": self.n_hits,
         }
+
+
+class SearchResult(list["ParentMatch"]):
+    """The ranked parents of one query, best first: a ``list`` of :class:`ParentMatch` that also knows its query.
+
+    In a notebook it draws itself: the query beside each parent with its box, rank, score and id. ``show()``
+    returns the same picture as a PIL image (:func:`crossscale.display.show`).
+
+    Attributes:
+        query: the query image or text, when known.
+    """
+
+    def __init__(self, matches: Iterable[ParentMatch] = (), query: Image.Image | str | None = None) -> None:
+        super().__init__(matches)
+        self.query = query
+
+    def show(self, *, cell: int = 256, columns: int | None = None) -> Image.Image:
+        """The results as a picture (see :func:`crossscale.display.show`)."""
+        from crossscale.display import show
+
+        return show(self, cell=cell, columns=columns)
+
+    def _repr_html_(self) -> str:
+        from crossscale.display import results_html
+
+        return results_html(self)
 
 
 @dataclass(frozen=True, slots=True)

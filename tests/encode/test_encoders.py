@@ -147,3 +147,66 @@ def test_clip_hub_id_without_offline_mode_fails_fast_when_unreachable(monkeypatc
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(ModelLoadError, match="unreachable"):
         CLIPEncoder("openai/clip-vit-base-patch32", device="cpu")
+
+
+# ---------------------------------------------------------------- text towers (CLIP, SigLIP), tiny random checkpoints
+def test_clip_embeds_text_into_the_image_space(tiny_clip_dir: Path) -> None:
+    from crossscale.protocols import TextEncoder
+
+    enc = CLIPEncoder(tiny_clip_dir, device="cpu", batch_size=2)
+    assert isinstance(enc, TextEncoder)
+    texts = ["a red kite", "a photo of a cat in the sky", "dog"]
+    v = enc.encode_text(texts)
+    _check_rows(v, 3, enc.dim)
+    np.testing.assert_allclose(enc.encode_text(texts[:1]), v[:1], atol=1e-5)  # batching does not change vectors
+    assert not np.allclose(v[0], v[1])
+    assert enc.encode_text([]).shape == (0, enc.dim)
+    long = enc.encode_text([" ".join(["kite"] * 500)])  # past the 16-token context: truncated, not an error
+    _check_rows(long, 1, enc.dim)
+
+
+def test_clip_text_matches_transformers_directly(tiny_clip_dir: Path) -> None:
+    from transformers import AutoTokenizer, CLIPModel
+
+    model, tok = CLIPModel.from_pretrained(tiny_clip_dir), AutoTokenizer.from_pretrained(tiny_clip_dir)
+    with torch.inference_mode():
+        out = model.get_text_features(**tok(["a blue car"], return_tensors="pt"))
+    ref = (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(CLIPEncoder(tiny_clip_dir, device="cpu").encode_text(["a blue car"]), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 3])
+def test_text_must_be_non_empty_strings(tiny_clip_dir: Path, bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"texts\[1\] must be a non-empty string"):
+        CLIPEncoder(tiny_clip_dir, device="cpu").encode_text(["ok", bad])  # type: ignore[list-item]
+
+
+def test_a_checkpoint_without_tokenizer_embeds_images_but_says_why_not_text(
+    tiny_clip_dir: Path, tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    import shutil
+
+    bare = tmp_path / "bare-clip"
+    shutil.copytree(tiny_clip_dir, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
+    enc = CLIPEncoder(bare, device="cpu")
+    _check_rows(enc.encode([photos["coffee"]]), 1, enc.dim)
+    with pytest.raises(ModelLoadError, match="no usable tokenizer"):
+        enc.encode_text(["a cat"])
+
+
+def test_siglip_embeds_images_and_text(tiny_siglip_dir: Path, photos: dict[str, Image.Image]) -> None:
+    enc = create_encoder("siglip", name_or_path=str(tiny_siglip_dir), device="cpu")
+    assert isinstance(enc, CLIPEncoder) and enc.name == f"siglip:{tiny_siglip_dir.name}" and enc.dim == 16
+    _check_rows(enc.encode([photos["coffee"], photos["rocket"]]), 2, 16)
+    _check_rows(enc.encode_text(["a cup of coffee", "a rocket"]), 2, 16)
+
+
+def test_a_model_that_is_not_a_dual_encoder_is_refused(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelLoadError, match="bert"):
+        CLIPEncoder(tmp_path / "bert", device="cpu")

@@ -3,6 +3,7 @@
 Build one by name with :func:`create_encoder`::
 
     create_encoder("clip", name_or_path="/models/clip-vit-base-patch32", device="cuda")
+    create_encoder("siglip", name_or_path="/models/siglip-base-patch16-224")
     create_encoder("efficientnet-lite0")        # real ImageNet weights, installs offline
     create_encoder("color-histogram")           # no model: a baseline
 
@@ -17,25 +18,28 @@ from typing import Any
 from crossscale._registry import Registry
 from crossscale._vectors import embed, l2_normalize
 from crossscale.encode.backbone import BackboneEncoder, efficientnet_lite0
-from crossscale.encode.clip import CLIPEncoder
+from crossscale.encode.clip import CLIPEncoder, siglip
 from crossscale.encode.histogram import ColorHistogramEncoder
-from crossscale.protocols import Encoder
+from crossscale.protocols import Encoder, TextEncoder
 
 __all__ = [
     "BackboneEncoder",
     "CLIPEncoder",
     "ColorHistogramEncoder",
     "Encoder",
+    "TextEncoder",
     "create_encoder",
     "efficientnet_lite0",
     "embed",
     "l2_normalize",
     "list_encoders",
     "register_encoder",
+    "siglip",
 ]
 
 _REGISTRY: Registry[Encoder] = Registry("encoder")
 _REGISTRY.register("clip")(CLIPEncoder)
+_REGISTRY.register("siglip")(siglip)
 _REGISTRY.register("efficientnet-lite0")(efficientnet_lite0)
 _REGISTRY.register("color-histogram")(ColorHistogramEncoder)
 

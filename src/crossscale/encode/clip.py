@@ -1,4 +1,4 @@
-"""CLIP image embeddings through Hugging Face ``transformers``."""
+"""CLIP-style image and text embeddings (CLIP, SigLIP) through Hugging Face ``transformers``."""
 
 from __future__ import annotations
 
@@ -8,19 +8,45 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from PIL import Image
 
+from crossscale._vectors import l2_normalize
 from crossscale.encode._torch import TorchImageEncoder
-from crossscale.errors import ModelLoadError
+from crossscale.errors import ConfigurationError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLIPEncoder"]
+__all__ = ["CLIPEncoder", "siglip"]
 
 HUB_PROBE_TIMEOUT_S = 2.0
+_HINT = (
+    "With no network, download it elsewhere (model.save_pretrained(DIR) and processor.save_pretrained(DIR)) "
+    "and pass that local directory as name_or_path"
+)
+
+
+def _features(out: Any) -> torch.Tensor:
+    """The embeddings of ``get_image_features``/``get_text_features``: transformers >= 5 returns an output object."""
+    import torch
+
+    feats: torch.Tensor = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return feats
+
+
+def _text_config(config: Any) -> Any:
+    return getattr(config, "text_config", config)
+
+
+def _embedding_dim(config: Any) -> int:
+    """The length of the shared image-text embedding: CLIP's ``projection_dim``, else the towers' width."""
+    projection = getattr(config, "projection_dim", None)
+    if projection:
+        return int(projection)
+    return int(getattr(config, "vision_config", config).hidden_size)
 
 
 def _hub_unreachable_reason(name_or_path: str, local_files_only: bool) -> str | None:
@@ -54,10 +80,15 @@ def _hub_unreachable_reason(name_or_path: str, local_files_only: bool) -> str | 
 
 
 class CLIPEncoder(TorchImageEncoder):
-    """Embeds images with the vision tower of a CLIP (or CLIP-compatible) checkpoint.
+    """Embeds images, and texts, with a CLIP-style dual encoder from ``transformers`` (CLIP, SigLIP, ...).
+
+    Images go through the vision tower (:meth:`encode`), texts through the text tower (:meth:`encode_text`), into
+    the one space, so a text can search images. The tokenizer is loaded from the same checkpoint on the first
+    text; a checkpoint saved without one embeds images only.
 
     Args:
-        name_or_path: a Hugging Face hub id or a local directory saved with ``save_pretrained``.
+        name_or_path: a Hugging Face hub id or a local directory saved with ``save_pretrained`` (model, image
+            processor and, for text queries, tokenizer: ``CLIPProcessor.save_pretrained`` saves both).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         batch_size: images per forward pass.
         precision: ``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"fp16"`` or ``"bf16"``.
@@ -77,39 +108,93 @@ class CLIPEncoder(TorchImageEncoder):
         local_files_only: bool = False,
     ) -> None:
         super().__init__(device=device, batch_size=batch_size, precision=precision)
-        from transformers import CLIPImageProcessor, CLIPModel
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPImageProcessor
 
         self.name_or_path = os.fspath(name_or_path)
-        hint = (
-            "With no network, download it elsewhere (model.save_pretrained(DIR) and "
-            "processor.save_pretrained(DIR)) and pass that local directory as name_or_path"
-        )
+        self.local_files_only = local_files_only
         reason = _hub_unreachable_reason(self.name_or_path, local_files_only)
         if reason is not None:
-            raise ModelLoadError(f"cannot load CLIP checkpoint {self.name_or_path!r}: {reason}. {hint}")
+            raise ModelLoadError(f"cannot load CLIP checkpoint {self.name_or_path!r}: {reason}. {_HINT}")
         try:
-            model: Any = CLIPModel.from_pretrained(self.name_or_path, local_files_only=local_files_only)
-            self.processor: Any = CLIPImageProcessor.from_pretrained(
-                self.name_or_path, local_files_only=local_files_only
+            model_type = AutoConfig.from_pretrained(self.name_or_path, local_files_only=local_files_only).model_type
+            model: Any = AutoModel.from_pretrained(self.name_or_path, local_files_only=local_files_only)
+            # CLIP keeps the processor it always had, so that vectors of existing workspaces stay comparable
+            processor_class: Any = CLIPImageProcessor if model_type == "clip" else AutoImageProcessor
+            self.processor: Any = processor_class.from_pretrained(self.name_or_path, local_files_only=local_files_only)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load CLIP checkpoint {self.name_or_path!r}: {exc}. {_HINT}") from exc
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise ModelLoadError(
+                f"{self.name_or_path!r} is a {model_type!r} model, not a dual image-text encoder like CLIP or SigLIP"
             )
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load CLIP checkpoint {self.name_or_path!r}: {exc}. {hint}") from exc
         self.model = model.to(self.device, dtype=self.dtype).eval()
-        self.dim = int(model.config.projection_dim)
-        self.name = f"clip:{Path(self.name_or_path.rstrip('/')).name}"
-        logger.info("loaded CLIP %s (dim %d) on %s", self.name_or_path, self.dim, self.device)
+        self.model_type = str(model_type)
+        self.dim = _embedding_dim(model.config)
+        self.name = f"{self.model_type}:{Path(self.name_or_path.rstrip('/')).name}"
+        self._tokenizer: Any = None
+        logger.info("loaded %s %s (dim %d) on %s", self.model_type, self.name_or_path, self.dim, self.device)
 
     def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels: torch.Tensor = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
         return pixels
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixels))
+
+    def _load_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            hint = "Save one beside the model: AutoTokenizer.from_pretrained(HUB_ID).save_pretrained(DIR)"
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, local_files_only=self.local_files_only)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ModelLoadError(
+                    f"{self.name_or_path!r} has no usable tokenizer, so it cannot embed text ({exc}). {hint}"
+                ) from exc
+            # transformers >= 5 makes an empty tokenizer when a checkpoint has none: it must not pass silently
+            size, vocab = len(tokenizer), int(_text_config(self.model.config).vocab_size)
+            if size <= len(set(tokenizer.all_special_ids)) + 1 or size > vocab:
+                raise ModelLoadError(
+                    f"{self.name_or_path!r} has no usable tokenizer, so it cannot embed text: it has {size} tokens "
+                    f"for a text tower of {vocab}. {hint}"
+                )
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` with the text tower, in batches of ``batch_size``; unit float32 rows ``(n, dim)``.
+
+        Texts longer than the model's context are truncated (CLIP: 77 tokens).
+
+        Raises:
+            ConfigurationError: a text is not a non-empty string.
+            ModelLoadError: the checkpoint has no tokenizer.
+        """
         import torch
 
-        out = self.model.get_image_features(pixel_values=pixels)
-        # transformers >= 5 returns an output object; older versions a tensor.
-        feats: torch.Tensor = out if isinstance(out, torch.Tensor) else out.pooler_output
-        return feats
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigurationError(f"texts[{i}] must be a non-empty string, got {text!r}")
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        tokenizer = self._load_tokenizer()
+        # SigLIP was trained on texts padded to its full length; CLIP pads to the longest text of the batch
+        padding: str | bool = "max_length" if self.model_type == "siglip" else True
+        limit = int(getattr(_text_config(self.model.config), "max_position_embeddings", 77))
+        parts: list[np.ndarray] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = list(texts[start : start + self.batch_size])
+                tokens = tokenizer(batch, padding=padding, truncation=True, max_length=limit, return_tensors="pt")
+                tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+                parts.append(_features(self.model.get_text_features(**tokens)).float().cpu().numpy())
+        return l2_normalize(np.concatenate(parts, axis=0))
 
     def __repr__(self) -> str:
         return f"CLIPEncoder({self.name_or_path!r}, device={str(self.device)!r}, batch_size={self.batch_size})"
+
+
+def siglip(name_or_path: str | os.PathLike[str] = "google/siglip-base-patch16-224", **kwargs: Any) -> CLIPEncoder:
+    """A SigLIP checkpoint as a :class:`CLIPEncoder` (the ``"siglip"`` name of :func:`create_encoder`)."""
+    return CLIPEncoder(name_or_path, **kwargs)
