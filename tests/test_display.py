@@ -60,7 +60,12 @@ def test_columns_wrap_the_grid_and_the_query_comes_from_the_result() -> None:
 
 @pytest.mark.parametrize(
     ("size", "box"),
-    [((2, 2), Box(0, 0, 1, 1)), ((20_000, 200), Box(19_000, 50, 19_400, 150)), ((200, 20_000), Box(0, 0, 200, 10))],
+    [
+        ((1, 1), Box(0, 0, 1, 1)),
+        ((2, 2), Box(0, 0, 1, 1)),
+        ((20_000, 200), Box(19_000, 50, 19_400, 150)),
+        ((200, 20_000), Box(0, 0, 200, 10)),
+    ],
 )
 def test_extreme_parents_give_a_picture(size: tuple[int, int], box: Box) -> None:
     parent = Image.new("RGB", size, (50, 60, 70))
