@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from crossscale.encode import ColorHistogramEncoder, Encoder, create_encoder, embed
+from crossscale.encode import ColorHistogramEncoder, Encoder, RegionEncoder, create_encoder, embed, embed_regions
 from crossscale.index import ChunkIndex
 from crossscale.query import search_parents
 from crossscale.rank import ParentRanker, RegionRefiner
@@ -270,7 +270,11 @@ class Config:
 
 
 class VectorCache:
-    """Chunk and query vectors per encoder, so configurations sharing chunks encode them once."""
+    """Chunk and query vectors per encoder, so configurations sharing chunks encode them once.
+
+    It also keeps what encoding cost: seconds per encoder call unit (an image for crop encoders, a parent's one
+    pass for region encoders), so each configuration is charged for all its chunks, cached or not.
+    """
 
     def __init__(self) -> None:
         self.chunks: dict[tuple[str, str, tuple[int, int, int, int]], np.ndarray] = {}
@@ -278,12 +282,20 @@ class VectorCache:
         self.encode_seconds: dict[str, float] = {}
         self.encoded: dict[str, int] = {}
 
-    def encode(self, key: str, encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
+    def _timed(self, key: str, units: int, run: Callable[[], np.ndarray]) -> np.ndarray:
         start = time.perf_counter()
-        out = embed(encoder, images)  # as indexing and queries do: checked, unit rows
+        out = run()
         self.encode_seconds[key] = self.encode_seconds.get(key, 0.0) + time.perf_counter() - start
-        self.encoded[key] = self.encoded.get(key, 0) + len(images)
+        self.encoded[key] = self.encoded.get(key, 0) + units
         return out
+
+    def encode(self, key: str, encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images encoded whole (crops or queries), as indexing and queries do: checked, unit rows."""
+        return self._timed(key, len(images), lambda: embed(encoder, images))
+
+    def encode_regions(self, key: str, encoder: RegionEncoder, image: Image.Image, boxes: Sequence[Box]) -> np.ndarray:
+        """The boxes of one parent from one pass, as indexing does with a region encoder."""
+        return self._timed(key + ":pass", 1, lambda: embed_regions(encoder, image, boxes))
 
     def seconds_per_image(self, key: str) -> float:
         return self.encode_seconds.get(key, 0.0) / max(1, self.encoded.get(key, 0))
@@ -296,6 +308,8 @@ class Result:
     index_seconds_per_parent: float
     query_ms: float
     metrics: dict[str, dict[str, float]]
+    passes_per_parent: float = 0.0  # encoder forward passes per indexed parent (one per crop, or one per parent)
+    query_p95_ms: float = float("nan")
     # split -> one (rank of the right parent or None, box IoU at rank 1, top score) per query
     per_query: dict[str, list[tuple[int | None, float, float]]] = field(default_factory=dict)
 
@@ -313,13 +327,18 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     records: list[ChunkRecord] = []  # chunk id = position
     vectors: list[np.ndarray] = []
     seg_seconds = 0.0
+    regions = isinstance(encoder, RegionEncoder)  # as indexing decides: one pass per parent, or a crop per chunk
     for pid, image in dataset.parents.items():
         start = time.perf_counter()
         chunks = segmenter.segment([image])[0]
         seg_seconds += time.perf_counter() - start
         missing = [c for c in chunks if (config.encoder, pid, c.box.as_tuple()) not in cache.chunks]
         if missing:
-            vecs = cache.encode(config.encoder, encoder, [c.image for c in missing])
+            if isinstance(encoder, RegionEncoder):
+                vecs = cache.encode_regions(config.encoder, encoder, image, [c.box for c in missing])
+            else:
+                crops = [c.image if c.image is not None else image.crop(c.box.as_tuple()) for c in missing]
+                vecs = cache.encode(config.encoder, encoder, crops)
             for c, v in zip(missing, vecs, strict=True):
                 cache.chunks[(config.encoder, pid, c.box.as_tuple())] = v
         for c in chunks:
@@ -330,13 +349,19 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     ranker = ParentRanker(config.aggregator, box=config.box)
     refiner = config.refiner(encoder) if config.refiner is not None else None
     n_parents = len(dataset.parents)
-    per_chunk = cache.seconds_per_image(config.encoder)
+    if regions:
+        passes = float(n_parents)
+        encode_seconds = cache.seconds_per_image(config.encoder + ":pass") * n_parents
+    else:
+        passes = float(len(records))
+        encode_seconds = cache.seconds_per_image(config.encoder) * len(records)
 
     todo = [q for q in dataset.queries if (config.encoder, q.query_id) not in cache.queries]
     if todo:
         for q, v in zip(todo, cache.encode(f"{config.encoder}:q", encoder, [q.image for q in todo]), strict=True):
             cache.queries[(config.encoder, q.query_id)] = v
-    rank_seconds = 0.0
+    query_encode = cache.seconds_per_image(f"{config.encoder}:q")
+    latencies: list[float] = []
     per_split: dict[str, list[tuple[int | None, float, float]]] = {}
     for q in dataset.queries:
         query = Query(cache.queries[(config.encoder, q.query_id)], q.image)
@@ -350,7 +375,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             refiner=refiner,
             load_parent=dataset.parents.get,
         )
-        rank_seconds += time.perf_counter() - start
+        latencies.append(query_encode + time.perf_counter() - start)
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
         iou = matches[0].box.iou(q.box) if q.box is not None and rank == 1 else float("nan")
         per_split.setdefault(q.split, []).append((rank, iou, matches[0].score if matches else float("-inf")))
@@ -367,18 +392,20 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             "r@10": float(np.mean([r is not None and r <= 10 for r in ranks])),
             "mrr": float(np.mean([1 / r if r else 0.0 for r in ranks])),
             "iou50": float(np.mean([i >= 0.5 for i in ious])) if ious else float("nan"),
+            "iou_median": float(np.median(ious)) if ious else float("nan"),
         }
     present = [s for _, _, s in per_split.get("transformed", [])]
     absent = [s for _, _, s in per_split.get("absent", [])]
     metrics["absent"] = {"n": len(absent), "auc": _auc(present, absent)}
-    query_seconds = cache.seconds_per_image(f"{config.encoder}:q") + rank_seconds / max(1, len(dataset.queries))
     return Result(
         config,
         chunks_per_parent=len(records) / n_parents,
-        index_seconds_per_parent=(seg_seconds + per_chunk * len(records)) / n_parents,
-        query_ms=1000 * query_seconds,
+        index_seconds_per_parent=(seg_seconds + encode_seconds) / n_parents,
+        query_ms=1000 * float(np.median(latencies)),
         metrics=metrics,
         per_query=per_split,
+        passes_per_parent=passes / n_parents,
+        query_p95_ms=1000 * float(np.percentile(latencies, 95)),
     )
 
 
@@ -440,6 +467,19 @@ def default_configs() -> list[Config]:
             refiner=RegionRefiner,
         ),
         Config("lite0, whole+tiles(.5,.25,.18,.12)", "lite0", tiles((0.5, 0.25, 0.18, 0.12))),
+        Config(
+            "lite0 regions (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion",
+            "lite0-regions",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+        ),
+        Config(
+            "lite0 regions (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, refine top 3",
+            "lite0-regions",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            refiner=RegionRefiner,
+        ),
         Config("lite0, whole+tiles(.5,.35,.25) mean_top3", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="mean_top3"),
         Config("lite0, whole+tiles(.5,.35,.25) sum", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="sum"),
     ]
@@ -447,20 +487,20 @@ def default_configs() -> list[Config]:
 
 def table(results: Sequence[Result]) -> str:
     head = (
-        "| configuration | chunks/parent | index s/parent | query ms | easy r@1 | transformed r@1 | r@5 | MRR "
-        "| hard r@1 | r@5 | MRR | box IoU>=.5 (hard/transf.) | absent AUC |"
+        "| configuration | chunks/parent | passes/parent | index s/parent | query ms p50 / p95 | easy r@1 | easy IoU "
+        "| transformed r@1 | r@5 | MRR | hard r@1 | r@5 | MRR | box IoU>=.5 (hard/transf.) | absent AUC |"
     )
-    lines = [head, "|" + " --- |" * 13]
+    lines = [head, "|" + " --- |" * 15]
+    nan = float("nan")
     for r in results:
         e, t, h, a = (r.metrics.get(k, {}) for k in ("easy", "transformed", "hard", "absent"))
         name = f"*{r.config.name}* (baseline)" if r.config.baseline else r.config.name
         lines.append(
-            f"| {name} | {r.chunks_per_parent:.1f} | {r.index_seconds_per_parent:.2f} | {r.query_ms:.0f} "
-            f"| {e.get('r@1', float('nan')):.2f} | {t.get('r@1', float('nan')):.2f} | {t.get('r@5', float('nan')):.2f} "
-            f"| {t.get('mrr', float('nan')):.2f} | {h.get('r@1', float('nan')):.2f} | {h.get('r@5', float('nan')):.2f} "
-            f"| {h.get('mrr', float('nan')):.2f} "
-            f"| {h.get('iou50', float('nan')):.2f} / {t.get('iou50', float('nan')):.2f} "
-            f"| {a.get('auc', float('nan')):.2f} |"
+            f"| {name} | {r.chunks_per_parent:.1f} | {r.passes_per_parent:.1f} | {r.index_seconds_per_parent:.2f} "
+            f"| {r.query_ms:.0f} / {r.query_p95_ms:.0f} | {e.get('r@1', nan):.2f} | {e.get('iou_median', nan):.2f} "
+            f"| {t.get('r@1', nan):.2f} | {t.get('r@5', nan):.2f} | {t.get('mrr', nan):.2f} "
+            f"| {h.get('r@1', nan):.2f} | {h.get('r@5', nan):.2f} | {h.get('mrr', nan):.2f} "
+            f"| {h.get('iou50', nan):.2f} / {t.get('iou50', nan):.2f} | {a.get('auc', nan):.2f} |"
         )
     return "\n".join(lines)
 
@@ -496,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoders: dict[str, Encoder] = {
         "hist": ColorHistogramEncoder(),
         "lite0": create_encoder("efficientnet-lite0", device="cpu"),
+        "lite0-regions": create_encoder("efficientnet-lite0-regions", device="cpu"),
     }
     cache = VectorCache()
     results = []

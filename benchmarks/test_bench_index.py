@@ -41,8 +41,9 @@ def raw_index(load: Callable[[int, int], list[Image.Image]], n: int) -> int:
     index = faiss.IndexIDMap(faiss.IndexFlatIP(enc.dim))
     next_id = 0
     for start in range(0, n, 16):
-        for chunks in seg.segment(load(start, start + 16)):
-            vecs = enc.encode([c.image for c in chunks])
+        batch = load(start, start + 16)
+        for image, chunks in zip(batch, seg.segment(batch), strict=True):
+            vecs = enc.encode([image.crop(c.box.as_tuple()) if c.image is None else c.image for c in chunks])
             index.add_with_ids(vecs, np.arange(next_id, next_id + len(vecs)))
             next_id += len(vecs)
     return int(index.ntotal)

@@ -458,10 +458,8 @@ def test_text_search_is_refined_like_image_search(
 ) -> None:
     from crossscale import Query
 
-    with CrossScaleSearch.open(
-        tmp_path / "ws", encoder="clip", encoder_kwargs={"name_or_path": str(tiny_clip_dir)}, segmenter="whole+tiles",
-        progress=False, device="cpu",
-    ) as cs:  # fmt: skip
+    clip = {"encoder": "clip", "encoder_kwargs": {"name_or_path": str(tiny_clip_dir)}}
+    with CrossScaleSearch.open(tmp_path / "ws", segmenter="whole+tiles", progress=False, device="cpu", **clip) as cs:
         cs.index([(n, photos[n]) for n in ("coffee", "rocket", "chelsea")])
         region_refiner, queries = cs.refiner, []
         assert isinstance(region_refiner, RegionRefiner)

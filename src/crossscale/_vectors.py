@@ -12,9 +12,10 @@ from crossscale.errors import VectorError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from crossscale.protocols import Encoder, TextEncoder
+    from crossscale.protocols import Encoder, RegionEncoder, TextEncoder
+    from crossscale.types import Box
 
-__all__ = ["embed", "embed_text", "l2_normalize"]
+__all__ = ["embed", "embed_regions", "embed_text", "l2_normalize"]
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -47,6 +48,11 @@ def embed(encoder: Encoder, images: Sequence[Image.Image]) -> np.ndarray:
         VectorError: the encoder returned the wrong shape, NaN/inf or a zero row.
     """
     return _checked(encoder, encoder.encode(list(images)), len(images), "images")
+
+
+def embed_regions(encoder: RegionEncoder, image: Image.Image, boxes: Sequence[Box]) -> np.ndarray:
+    """``encoder.encode_regions(image, boxes)`` as unit float32 rows, checked as :func:`embed` checks images."""
+    return _checked(encoder, encoder.encode_regions(image, list(boxes)), len(boxes), "regions")
 
 
 def embed_text(encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:

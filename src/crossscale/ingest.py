@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 
 from crossscale._images import ImageInput, LoadedImage, describe, iter_image_files, load_image
-from crossscale._vectors import embed
+from crossscale._vectors import embed, embed_regions
 from crossscale.errors import ConfigurationError, CrossScaleError
 from crossscale.index.root_store import NewParent, validate_parent_id
-from crossscale.protocols import Encoder, Segmenter
+from crossscale.protocols import Encoder, RegionEncoder, Segmenter
 from crossscale.types import Box, Chunk, IndexFailure, IndexReport
 from crossscale.workspace import Workspace
 
@@ -218,22 +218,38 @@ def _crops(segmented: Segmented) -> list[Image.Image]:
     return [c.image if c.image is not None else image.crop(c.box.as_tuple()) for c in segmented.chunks]
 
 
-def encode_batch(encoder: Encoder, batch: Sequence[Segmented]) -> tuple[list[NewParent], list[IndexFailure]]:
-    """Embed every chunk of the batch in one encoder call; if it fails, image by image, so the bad one alone fails."""
+def _embed_each(encoder: Encoder, batch: Sequence[Segmented]) -> list[np.ndarray | Exception]:
+    """The chunk vectors of each image, one encoder call per image; an image that fails gets its exception."""
     vectors: list[np.ndarray | Exception] = []
-    try:
-        flat = embed(encoder, [crop for s in batch for crop in _crops(s)])
-        offset = 0
-        for s in batch:
-            vectors.append(flat[offset : offset + len(s.chunks)])
-            offset += len(s.chunks)
-    except Exception:  # noqa: BLE001 - retried per image to isolate the bad one
-        vectors = []
-        for s in batch:
-            try:
+    for s in batch:
+        try:
+            if isinstance(encoder, RegionEncoder):  # one pass over the image for all its boxes
+                vectors.append(embed_regions(encoder, s.loaded.image.image, [c.box for c in s.chunks]))
+            else:
                 vectors.append(embed(encoder, _crops(s)))
-            except Exception as exc:  # noqa: BLE001 - reported per image
-                vectors.append(exc)
+        except Exception as exc:  # noqa: BLE001 - reported per image
+            vectors.append(exc)
+    return vectors
+
+
+def encode_batch(encoder: Encoder, batch: Sequence[Segmented]) -> tuple[list[NewParent], list[IndexFailure]]:
+    """Embed every chunk of the batch; a bad image fails alone.
+
+    A :class:`~crossscale.protocols.RegionEncoder` embeds each image's boxes in one call (one forward pass);
+    any other encoder gets the crops of the whole batch in one call (retried image by image if it fails).
+    """
+    vectors: list[np.ndarray | Exception] = []
+    if isinstance(encoder, RegionEncoder):
+        vectors = _embed_each(encoder, batch)
+    else:
+        try:
+            flat = embed(encoder, [crop for s in batch for crop in _crops(s)])
+            offset = 0
+            for s in batch:
+                vectors.append(flat[offset : offset + len(s.chunks)])
+                offset += len(s.chunks)
+        except Exception:  # noqa: BLE001 - retried per image to isolate the bad one
+            vectors = _embed_each(encoder, batch)
     parents: list[NewParent] = []
     failed: list[IndexFailure] = []
     for s, vecs in zip(batch, vectors, strict=True):

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from crossscale.errors import ConfigurationError
-from crossscale.types import Chunk, ChunkRecord, Hit, ParentMatch, Query
+from crossscale.types import Box, Chunk, ChunkRecord, Hit, ParentMatch, Query
 
 __all__ = [
     "Encoder",
@@ -27,6 +27,7 @@ __all__ = [
     "Ranker",
     "RecordLookup",
     "Refiner",
+    "RegionEncoder",
     "Segmenter",
     "TextEncoder",
     "VectorIndex",
@@ -80,6 +81,18 @@ class Encoder(Protocol):
         ...
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class RegionEncoder(Encoder, Protocol):
+    """An :class:`Encoder` that embeds many boxes of one image at once, e.g. pooled from one feature map.
+
+    ``encode_regions(image, boxes)`` returns float32 rows of shape ``(len(boxes), dim)``, comparable with the
+    vectors ``encode`` gives queries. When a workspace's encoder has it, indexing calls it once per image with
+    the segmenter's boxes instead of encoding a crop per box: the segmenter only proposes boxes.
+    """
+
+    def encode_regions(self, image: Image.Image, boxes: Sequence[Box]) -> np.ndarray: ...
 
 
 @runtime_checkable

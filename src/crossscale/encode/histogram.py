@@ -10,6 +10,7 @@ from PIL import Image
 from crossscale._checks import int_at_least, positive_int
 from crossscale._vectors import l2_normalize
 from crossscale.errors import ConfigurationError
+from crossscale.types import Box
 
 __all__ = ["ColorHistogramEncoder"]
 
@@ -51,6 +52,10 @@ class ColorHistogramEncoder:
             codes = (q[..., 0] * self.bins + q[..., 1]) * self.bins + q[..., 2]
             out[i] = np.sqrt(np.bincount(codes.ravel(), minlength=self.dim))
         return l2_normalize(out) if len(images) else out
+
+    def encode_regions(self, image: Image.Image, boxes: Sequence[Box]) -> np.ndarray:
+        """The histogram of each box of ``image`` (a histogram of a region is that of its crop)."""
+        return self.encode([image.crop(b.as_tuple()) for b in boxes])
 
     def __repr__(self) -> str:
         return f"ColorHistogramEncoder(bins={self.bins}, size={self.size})"

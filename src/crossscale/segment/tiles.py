@@ -72,12 +72,15 @@ class TileSegmenter:
         return f"tiles({scales};overlap={self.overlap:g})"
 
     def segment(self, images: Sequence[Image.Image]) -> list[list[Chunk]]:
-        """Return the tiles of each image."""
-        out: list[list[Chunk]] = []
-        for im in images:
-            boxes = tile_boxes(im.width, im.height, self.scales, self.overlap, self.min_size)
-            out.append([Chunk(box=b, image=im.crop(b.as_tuple()), kind="tile") for b in boxes])
-        return out
+        """Return the tiles of each image, as boxes: ``Chunk.image`` is ``None``, and indexing crops a tile only
+        for an encoder that needs the pixels (one that pools regions from a feature map does not)."""
+        return [
+            [
+                Chunk(box=b, image=None, kind="tile")
+                for b in tile_boxes(im.width, im.height, self.scales, self.overlap, self.min_size)
+            ]
+            for im in images
+        ]
 
     def __repr__(self) -> str:
         return f"TileSegmenter(scales={self.scales!r}, overlap={self.overlap!r}, min_size={self.min_size!r})"

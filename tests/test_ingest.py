@@ -1,0 +1,107 @@
+"""The ingest path: region encoders get one call per image, crop encoders the crops, bad images fail alone."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from crossscale import Box, CrossScaleSearch
+from crossscale.encode import ColorHistogramEncoder
+from crossscale.ingest import encode_batch, iter_inputs, load_batch, segment_batch
+from crossscale.segment import TileSegmenter
+
+
+class CropSpy(ColorHistogramEncoder):
+    """A crop encoder (no encode_regions) that records what it was given."""
+
+    encode_regions = None  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__(bins=4)
+        self.calls: list[list[tuple[int, int]]] = []
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        self.calls.append([im.size for im in images])
+        return super().encode(images)
+
+
+class RegionSpy(ColorHistogramEncoder):
+    """A region encoder that records each call and fails on images 77 pixels wide."""
+
+    def __init__(self) -> None:
+        super().__init__(bins=4)
+        self.calls: list[tuple[tuple[int, int], list[Box]]] = []
+
+    def encode_regions(self, image: Image.Image, boxes: Sequence[Box]) -> np.ndarray:
+        if image.width == 77:
+            raise RuntimeError("cannot do width 77")
+        self.calls.append((image.size, list(boxes)))
+        return super().encode_regions(image, boxes)
+
+
+def _segmented(images: list[Image.Image]):  # type: ignore[no-untyped-def]
+    loaded, _, failed = load_batch(list(iter_inputs(images)), max_pixels=10**8, is_known=lambda _: False)
+    assert not failed
+    done, failed = segment_batch(TileSegmenter(scales=(0.5,)), loaded)
+    assert not failed
+    return done
+
+
+def test_a_region_encoder_is_called_once_per_image_with_the_segmenter_boxes(photos: dict[str, Image.Image]) -> None:
+    images = [photos["coffee"], photos["rocket"]]
+    segmented = _segmented(images)
+    spy = RegionSpy()
+    parents, failed = encode_batch(spy, segmented)
+    assert not failed and len(parents) == 2
+    assert [size for size, _ in spy.calls] == [im.size for im in images]
+    for (_, boxes), s, parent in zip(spy.calls, segmented, parents, strict=True):
+        assert boxes == [c.box for c in s.chunks] and parent.vectors.shape == (len(boxes), spy.dim)
+
+
+def test_a_crop_encoder_gets_every_crop_of_the_batch_at_once(photos: dict[str, Image.Image]) -> None:
+    images = [photos["coffee"], photos["rocket"]]
+    segmented = _segmented(images)
+    spy = CropSpy()
+    parents, failed = encode_batch(spy, segmented)
+    assert not failed and len(spy.calls) == 1
+    assert spy.calls[0] == [c.box.as_tuple()[2:] and (c.box.width, c.box.height) for s in segmented for c in s.chunks]
+    image, chunk = images[0], segmented[0].chunks[1]
+    expected = ColorHistogramEncoder(bins=4).encode([image.crop(chunk.box.as_tuple())])[0]
+    np.testing.assert_allclose(parents[0].vectors[1], expected, atol=1e-6)  # the crop of the box, made lazily
+
+
+def test_a_region_encoder_failing_on_one_image_fails_it_alone(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder=RegionSpy(), segmenter="whole+tiles", progress=False, device="cpu"
+    ) as cs:
+        report = cs.index([("good", photos["coffee"]), ("bad", Image.new("RGB", (77, 60))), ("also", photos["rocket"])])
+        assert report.added == ("good", "also") and len(report.failed) == 1
+        assert "encoder failed: cannot do width 77" in report.failed[0].reason
+        assert cs.verify().ok
+
+
+def test_region_and_crop_paths_index_the_same_histograms(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    vectors = {}
+    for name, encoder in (("regions", RegionSpy()), ("crops", CropSpy())):
+        encoder.name  # noqa: B018 - both are "color-histogram(4)"
+        with CrossScaleSearch.open(
+            tmp_path / name, encoder=encoder, segmenter="whole+tiles", progress=False, device="cpu"
+        ) as cs:
+            cs.index([("c", photos["coffee"])])
+            vectors[name] = cs.store.vectors(cs.record("c").chunk_ids)[1]
+    np.testing.assert_allclose(vectors["regions"], vectors["crops"], atol=1e-6)
+
+
+def test_tile_chunks_carry_no_crop_and_are_found(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    scene = photos["astronaut"].resize((600, 600))
+    scene.paste(photos["coffee"].resize((150, 150)), (400, 400))
+    tiles = TileSegmenter(scales=(0.25,))
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter=tiles, progress=False, device="cpu", refine=False
+    ) as cs:
+        cs.index([("scene", scene), ("rocket", photos["rocket"])])
+        best = cs.search(photos["coffee"], top_k=1)[0]
+        assert best.parent_id == "scene" and best.box.iou(Box(400, 400, 550, 550)) > 0.3
