@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -39,7 +40,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from crossscale.encode import ColorHistogramEncoder, Encoder, RegionEncoder, create_encoder, embed, embed_regions
 from crossscale.index import ChunkIndex
 from crossscale.query import search_parents
-from crossscale.rank import ParentRanker, RegionRefiner
+from crossscale.rank import GeometricVerifier, ParentRanker, RegionRefiner, Verifier
 from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
 from crossscale.types import Box, ChunkRecord, Query
 
@@ -267,6 +268,7 @@ class Config:
     baseline: bool = False
     box: str = "best"
     refiner: Callable[[Encoder], RegionRefiner] | None = None  # re-scores the top parents after ranking
+    verifier: Callable[[], Verifier] | None = None  # checks the top parents geometrically, before refining
 
 
 class VectorCache:
@@ -281,6 +283,7 @@ class VectorCache:
         self.queries: dict[tuple[str, str], np.ndarray] = {}
         self.encode_seconds: dict[str, float] = {}
         self.encoded: dict[str, int] = {}
+        self.local: dict[tuple[str, str], Any] = {}
 
     def _timed(self, key: str, units: int, run: Callable[[], np.ndarray]) -> np.ndarray:
         start = time.perf_counter()
@@ -299,6 +302,14 @@ class VectorCache:
 
     def seconds_per_image(self, key: str) -> float:
         return self.encode_seconds.get(key, 0.0) / max(1, self.encoded.get(key, 0))
+
+    def local_features(self, verifier: Verifier, parents: dict[str, Image.Image]) -> dict[str, bytes]:
+        """What ``verifier`` extracts of each parent, as indexing keeps it (timed per parent under its name)."""
+        key = "verifier:" + verifier.name
+        for pid, image in parents.items():
+            if (key, pid) not in self.local:
+                self.local[(key, pid)] = self._timed(key, 1, lambda image=image: verifier.extract(image))
+        return {pid: self.local[(key, pid)] for pid in parents}
 
 
 @dataclass
@@ -348,6 +359,9 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     index.add(np.stack(vectors), np.arange(len(vectors)))
     ranker = ParentRanker(config.aggregator, box=config.box)
     refiner = config.refiner(encoder) if config.refiner is not None else None
+    verifier = config.verifier() if config.verifier is not None else None
+    local = cache.local_features(verifier, dataset.parents) if verifier is not None else {}
+    extract_seconds = cache.seconds_per_image("verifier:" + verifier.name) if verifier is not None else 0.0
     n_parents = len(dataset.parents)
     if regions:
         passes = float(n_parents)
@@ -374,6 +388,8 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             ranker=ranker,
             refiner=refiner,
             load_parent=dataset.parents.get,
+            verifier=verifier,
+            load_features=local.get,
         )
         latencies.append(query_encode + time.perf_counter() - start)
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
@@ -400,7 +416,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     return Result(
         config,
         chunks_per_parent=len(records) / n_parents,
-        index_seconds_per_parent=(seg_seconds + encode_seconds) / n_parents,
+        index_seconds_per_parent=(seg_seconds + encode_seconds) / n_parents + extract_seconds,
         query_ms=1000 * float(np.median(latencies)),
         metrics=metrics,
         per_query=per_split,
@@ -478,6 +494,29 @@ def default_configs() -> list[Config]:
             "lite0-regions",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
+            refiner=RegionRefiner,
+        ),
+        Config(
+            "lite0 regions (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift)",
+            "lite0-regions",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=GeometricVerifier,
+        ),
+        Config(
+            "lite0 regions (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3",
+            "lite0-regions",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=GeometricVerifier,
+            refiner=RegionRefiner,
+        ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3 (the default + verification)",
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=GeometricVerifier,
             refiner=RegionRefiner,
         ),
         Config("lite0, whole+tiles(.5,.35,.25) mean_top3", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="mean_top3"),

@@ -114,3 +114,22 @@ def test_text_search_from_the_command_line(
     assert main(["search", "--text", "a rocket", "--json", "-k", "2", *base[:2], "--device", "cpu"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["parent_id"] for r in rows} and len(rows) == 2
+
+
+def test_a_workspace_with_a_verifier_from_the_command_line(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("astronaut", "rocket"):
+        photos[name].save(folder / f"{name}.png")
+    ws = str(tmp_path / "ws")
+    opts = ["--encoder", "color-histogram", "--segmenter", "whole+tiles", "--verifier", "sift", "--no-progress"]
+    assert main(["index", str(folder), "-w", ws, *opts, "--device", "cpu"]) == 0
+    photos["astronaut"].crop((150, 40, 330, 220)).resize((120, 120)).save(tmp_path / "q.png")
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "q.png"), "-w", ws, "-k", "2", "--no-refine", "--device", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "astronaut.png" in first and "verified (" in first
+    assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--json", "--no-verify", "--device", "cpu"]) == 0
+    assert all(r["inliers"] is None for r in json.loads(capsys.readouterr().out))

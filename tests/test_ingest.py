@@ -29,7 +29,7 @@ class CropSpy(ColorHistogramEncoder):
 
 
 class RegionSpy(ColorHistogramEncoder):
-    """A region encoder that records each call and fails on images 77 pixels wide."""
+    """A region encoder that records each call, fails on images 77 pixels wide and returns NaN for 78."""
 
     def __init__(self) -> None:
         super().__init__(bins=4)
@@ -38,6 +38,8 @@ class RegionSpy(ColorHistogramEncoder):
     def encode_regions(self, image: Image.Image, boxes: Sequence[Box]) -> np.ndarray:
         if image.width == 77:
             raise RuntimeError("cannot do width 77")
+        if image.width == 78:
+            return np.full((len(boxes), self.dim), np.nan, np.float32)
         self.calls.append((image.size, list(boxes)))
         return super().encode_regions(image, boxes)
 
@@ -81,6 +83,16 @@ def test_a_region_encoder_failing_on_one_image_fails_it_alone(tmp_path: Path, ph
         assert report.added == ("good", "also") and len(report.failed) == 1
         assert "encoder failed: cannot do width 77" in report.failed[0].reason
         assert cs.verify().ok
+
+
+def test_nan_region_vectors_fail_their_image_alone(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder=RegionSpy(), segmenter="whole+tiles", progress=False, device="cpu"
+    ) as cs:
+        report = cs.index([("good", photos["coffee"]), ("nan", Image.new("RGB", (78, 60)))])
+        assert report.added == ("good",) and [f.parent_id for f in report.failed] == ["nan"]
+        assert "NaN" in report.failed[0].reason
+        assert cs.verify().ok and len(cs.chunk_index) == cs.store.chunk_count()
 
 
 def test_region_and_crop_paths_index_the_same_histograms(tmp_path: Path, photos: dict[str, Image.Image]) -> None:

@@ -24,6 +24,8 @@ def _components(args: argparse.Namespace) -> dict[str, Any]:
         kw["encoder"] = args.encoder
         if args.encoder_path:
             kw["encoder_kwargs"] = {"name_or_path": args.encoder_path}
+    if getattr(args, "verifier", None):
+        kw["verifier"] = args.verifier
     if args.segmenter:
         kw["segmenter"] = args.segmenter
         if args.yolo_model:
@@ -53,7 +55,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.text is None):
         raise ConfigurationError("give a query image or --text, not both or neither")
     with CrossScaleSearch.open(
-        args.workspace, readonly=True, device=args.device, progress=False, refine=not args.no_refine
+        args.workspace,
+        readonly=True,
+        device=args.device,
+        progress=False,
+        refine=not args.no_refine,
+        verify_matches=not args.no_verify,
     ) as cs:
         if args.text is not None:
             matches = cs.search_text(args.text, top_k=args.top_k, min_score=args.min_score)
@@ -70,7 +77,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     else:
         for rank, row in enumerate(rows, 1):
             where = f" {row['source']}" if row["source"] else ""
-            print(f"{rank:>3}. {row['score']:.4f}  {row['parent_id']}{where}  box={row['box']} {row['kind']}")
+            checked = f"  verified ({row['inliers']} inliers)" if row["inliers"] is not None else ""
+            print(f"{rank:>3}. {row['score']:.4f}  {row['parent_id']}{where}  box={row['box']} {row['kind']}{checked}")
         if not rows:
             print("no matches")
     return 0
@@ -138,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--encoder-path", help="CLIP checkpoint: hub id or local directory")
             p.add_argument("--segmenter", help="segmenter name, e.g. whole+yolo+tiles, whole+tiles")
             p.add_argument("--yolo-model", help="YOLO weights: local path or ultralytics name")
+            p.add_argument(
+                "--verifier", help="a new workspace keeps local features to verify matches with: sift (default: none)"
+            )
 
     p = sub.add_parser("index", help="index images (a folder or files) into a workspace")
     p.add_argument("inputs", nargs="+", help="image files or folders")
@@ -159,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip re-scoring the top parents at the query's scale: much faster, coarser boxes, lower recall "
         "(docs/benchmarks.md)",
     )
+    p.add_argument("--no-verify", action="store_true", help="skip the workspace's geometric verification")
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--show", metavar="PNG", help="also draw the query and the ranked parents with their boxes into this image"

@@ -24,7 +24,7 @@ from crossscale._images import ImageInput, LoadedImage, describe, iter_image_fil
 from crossscale._vectors import embed, embed_regions
 from crossscale.errors import ConfigurationError, CrossScaleError
 from crossscale.index.root_store import NewParent, validate_parent_id
-from crossscale.protocols import Encoder, RegionEncoder, Segmenter
+from crossscale.protocols import Encoder, RegionEncoder, Segmenter, Verifier
 from crossscale.types import Box, Chunk, IndexFailure, IndexReport
 from crossscale.workspace import Workspace
 
@@ -34,6 +34,7 @@ __all__ = [
     "InputItem",
     "Segmented",
     "encode_batch",
+    "extract_local",
     "ingest",
     "iter_inputs",
     "json_ready",
@@ -232,8 +233,25 @@ def _embed_each(encoder: Encoder, batch: Sequence[Segmented]) -> list[np.ndarray
     return vectors
 
 
-def encode_batch(encoder: Encoder, batch: Sequence[Segmented]) -> tuple[list[NewParent], list[IndexFailure]]:
-    """Embed every chunk of the batch; a bad image fails alone.
+def extract_local(verifier: Verifier, loaded: Loaded) -> bytes | None:
+    """What ``verifier`` keeps of the image, or ``None`` (logged) if it fails: the parent is indexed all the same,
+    it just cannot be verified."""
+    try:
+        data = verifier.extract(loaded.image.image)
+        if not isinstance(data, bytes):
+            raise TypeError(f"extract() returned {type(data).__name__}, not bytes")
+        return data
+    except Exception as exc:  # noqa: BLE001 - verification fails soft
+        logger.warning(
+            "%s: no local features (%s: %s); it will not be verified", loaded.image.source, type(exc).__name__, exc
+        )
+        return None
+
+
+def encode_batch(
+    encoder: Encoder, batch: Sequence[Segmented], verifier: Verifier | None = None
+) -> tuple[list[NewParent], list[IndexFailure]]:
+    """Embed every chunk of the batch, and keep what ``verifier`` extracts of each image; a bad image fails alone.
 
     A :class:`~crossscale.protocols.RegionEncoder` embeds each image's boxes in one call (one forward pass);
     any other encoder gets the crops of the whole batch in one call (retried image by image if it fails).
@@ -268,6 +286,7 @@ def encode_batch(encoder: Encoder, batch: Sequence[Segmented]) -> tuple[list[New
                 vectors=vecs,
                 source=x.image.source,
                 metadata=x.metadata,
+                local=extract_local(verifier, x) if verifier is not None else None,
             )
         )
     return parents, failed
@@ -294,6 +313,7 @@ def ingest(
     batch_size: int,
     max_pixels: int,
     progress: bool,
+    verifier: Verifier | None = None,
 ) -> IndexReport:
     """Load, segment, encode and store ``items`` in batches of ``batch_size``; the index is saved at the end.
 
@@ -318,7 +338,7 @@ def ingest(
             present += known
             seen.update(x.parent_id for x in loaded)
             segmented, seg_errors = segment_batch(segmenter, loaded)
-            new, enc_errors = encode_batch(encoder, segmented)
+            new, enc_errors = encode_batch(encoder, segmented, verifier)
             errors += seg_errors + enc_errors
             if new:
                 try:

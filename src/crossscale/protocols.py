@@ -22,6 +22,7 @@ from crossscale.types import Box, Chunk, ChunkRecord, Hit, ParentMatch, Query
 
 __all__ = [
     "Encoder",
+    "FeatureLoader",
     "FetchHits",
     "ParentLoader",
     "Ranker",
@@ -31,6 +32,7 @@ __all__ = [
     "Segmenter",
     "TextEncoder",
     "VectorIndex",
+    "Verifier",
     "check_stage",
 ]
 
@@ -42,6 +44,9 @@ ParentLoader = Callable[[str], "Image.Image | None"]
 
 RecordLookup = Callable[[Iterable[int]], Mapping[int, ChunkRecord]]
 """``records(chunk_ids)`` returns the stored record of each id; ids with no record are left out."""
+
+FeatureLoader = Callable[[str], "bytes | None"]
+"""``features(parent_id)`` returns what a :class:`Verifier` extracted from the parent, or ``None``."""
 
 
 @runtime_checkable
@@ -150,6 +155,24 @@ class Refiner(Protocol):
     """
 
     def refine(self, query: Query, matches: Sequence[ParentMatch], load: ParentLoader) -> list[ParentMatch]: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Checks the ranked parents of one query geometrically (``parents → verified parents``).
+
+    It has an indexing half and a query half. ``extract(image)`` returns what to keep of each parent (e.g. its
+    local features), stored with the parent in the same transaction; ``verify(query, matches, features)`` checks
+    the matches against it (``features(parent_id)`` gives those bytes back, or ``None``) and returns them
+    re-sorted. ``name`` is recorded in the workspace, since what was stored depends on it.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def extract(self, image: Image.Image) -> bytes: ...
+
+    def verify(self, query: Query, matches: Sequence[ParentMatch], features: FeatureLoader) -> list[ParentMatch]: ...
 
 
 def check_stage(stage: object, protocol: type, what: str) -> None:

@@ -15,7 +15,16 @@ from PIL import Image
 from crossscale._checks import optional_finite, positive_int
 from crossscale._vectors import embed
 from crossscale.errors import ConfigurationError
-from crossscale.protocols import Encoder, ParentLoader, Ranker, RecordLookup, Refiner, VectorIndex
+from crossscale.protocols import (
+    Encoder,
+    FeatureLoader,
+    ParentLoader,
+    Ranker,
+    RecordLookup,
+    Refiner,
+    VectorIndex,
+    Verifier,
+)
 from crossscale.types import Hit, ParentMatch, Query
 
 __all__ = ["embed_queries", "search_parents"]
@@ -44,12 +53,16 @@ def search_parents(
     refiner: Refiner | None = None,
     load_parent: ParentLoader | None = None,
     min_score: float | None = None,
+    verifier: Verifier | None = None,
+    load_features: FeatureLoader | None = None,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
     One index search serves the whole batch (``top_k * ranker.overfetch`` chunks per query); the ranker asks
-    for more, one query at a time, only when those hold too few distinct parents. The refiner, if any, then
-    re-scores each query's parents, reading them with ``load_parent``; ``min_score`` drops parents below it.
+    for more, one query at a time, only when those hold too few distinct parents. The verifier, if any, then
+    checks the parents geometrically against their stored local features (``load_features``); the refiner, if
+    any, re-scores the parents the verifier did not confirm, reading them with ``load_parent``. ``min_score``
+    drops parents below it, last.
 
     Args:
         queries: the embedded queries (their vectors must be unit length and of the index's dimension).
@@ -60,6 +73,8 @@ def search_parents(
         refiner: re-scores the ranked parents; needs ``load_parent``.
         load_parent: parent id → its image, or ``None`` if it is gone.
         min_score: drop parents scoring below this, after refining.
+        verifier: checks the ranked parents; needs ``load_features``.
+        load_features: parent id → what the verifier stored of it, or ``None``.
 
     Raises:
         ConfigurationError: a bad ``top_k`` or ``min_score``, or a refiner without ``load_parent``.
@@ -68,6 +83,8 @@ def search_parents(
     min_score = optional_finite("min_score", min_score)
     if refiner is not None and load_parent is None:
         raise ConfigurationError("a refiner needs load_parent to read the parents it re-scores")
+    if verifier is not None and load_features is None:
+        raise ConfigurationError("a verifier needs load_features to read what it stored of the parents")
     if not queries:
         return []
     vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
@@ -84,8 +101,11 @@ def search_parents(
             return _hits(more_scores[0], more_ids[0], records)
 
         matches = ranker.rank(fetch, top_k, available=available)
+        if verifier is not None and load_features is not None:
+            matches = verifier.verify(query, matches, load_features)
         if refiner is not None and load_parent is not None:
-            matches = refiner.refine(query, matches, load_parent)
+            verified = [m for m in matches if m.inliers is not None]  # exact boxes, ranked first: nothing to refine
+            matches = verified + refiner.refine(query, [m for m in matches if m.inliers is None], load_parent)
         if min_score is not None:
             matches = [m for m in matches if m.score >= min_score]
         results.append(matches)

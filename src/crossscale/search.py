@@ -27,9 +27,9 @@ from crossscale.errors import CapabilityError, ConfigurationError, WorkspaceMism
 from crossscale.index import ChunkIndex, RootStore
 from crossscale.index.root_store import ParentRecord
 from crossscale.ingest import ingest, iter_inputs, json_ready
-from crossscale.protocols import Encoder, Ranker, Refiner, Segmenter, TextEncoder, check_stage
+from crossscale.protocols import Encoder, Ranker, Refiner, Segmenter, TextEncoder, Verifier, check_stage
 from crossscale.query import embed_queries, search_parents
-from crossscale.rank import ParentRanker, RegionRefiner
+from crossscale.rank import ParentRanker, RegionRefiner, create_verifier
 from crossscale.segment import create_segmenter
 from crossscale.types import IndexReport, Query, SearchResult
 from crossscale.workspace import WORKSPACE_FORMAT, ComponentSpec, VerifyReport, Workspace, WorkspaceConfig, new_config
@@ -56,6 +56,8 @@ class CrossScaleSearch:
         encoder, ranker, refiner: the stages in use; ``ranker`` and ``refiner`` may be replaced at any time by
             any object satisfying :class:`~crossscale.protocols.Ranker` / :class:`~crossscale.protocols.Refiner`
             (``refiner = None`` turns refining off).
+        verifier: the workspace's :class:`~crossscale.protocols.Verifier` (recorded; ``None`` if it has none);
+            ``verify_matches = False`` stops searches from using it.
         workspace: the :class:`~crossscale.workspace.Workspace` on disk.
     """
 
@@ -67,6 +69,8 @@ class CrossScaleSearch:
         segmenter: Segmenter | None,
         ranker: Ranker,
         refiner: Refiner | None,
+        verifier: Verifier | None = None,
+        verify_matches: bool = True,
         device: str,
         batch_size: int,
         progress: bool,
@@ -77,6 +81,8 @@ class CrossScaleSearch:
         self._segmenter = segmenter
         self.ranker = ranker
         self.refiner = refiner
+        self.verifier = verifier
+        self.verify_matches = verify_matches
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
@@ -101,6 +107,9 @@ class CrossScaleSearch:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         map_size: int = 64 << 20,
         refine: bool | Refiner = True,
+        verifier: str | Verifier | None = None,
+        verifier_kwargs: Mapping[str, Any] | None = None,
+        verify_matches: bool = True,
     ) -> CrossScaleSearch:
         """Create the workspace at ``path``, or reopen it.
 
@@ -127,9 +136,16 @@ class CrossScaleSearch:
                 and grow each box to the match's extent (:class:`~crossscale.rank.RegionRefiner`; better order
                 and boxes for some 60 more encoder passes per query, see docs/benchmarks.md). ``False``: the
                 fastest searches. Or any :class:`~crossscale.protocols.Refiner`, e.g. a tuned ``RegionRefiner``.
+            verifier: for a new workspace, a :class:`~crossscale.protocols.Verifier` or a name for
+                :func:`~crossscale.rank.create_verifier` (``"sift"``: :class:`~crossscale.rank.GeometricVerifier`):
+                it keeps local features of each parent when indexing, and checks the top matches of each search
+                against them (a verified match gets the exact box and ranks first). ``None``: none for a new
+                workspace, the recorded one when reopening. Recorded, with ``verifier_kwargs``, like the encoder.
+            verify_matches: use the workspace's verifier when searching (``False``: skip it; indexing still keeps
+                the local features).
 
         Raises:
-            WorkspaceMismatchError: reopened with an encoder other than the one that built it.
+            WorkspaceMismatchError: reopened with an encoder (or verifier) other than the one that built it.
             WorkspaceLockedError: another process has the workspace open for writing.
             WorkspaceFormatError: the workspace is of a newer or unknown format.
             ConfigurationError, ModelLoadError: bad arguments, unavailable model weights.
@@ -140,56 +156,28 @@ class CrossScaleSearch:
             raise ConfigurationError(
                 f"refine must be True, False or a Refiner (an object with refine(query, matches, load)), got {refine!r}"
             )
+        if not isinstance(verify_matches, bool):
+            raise ConfigurationError(f"verify_matches must be True or False, got {verify_matches!r}")
         if ranker is not None:
             check_stage(ranker, Ranker, "ranker")
-        for kind, given in ((_ENCODERS, encoder), (_SEGMENTERS, segmenter)):
-            if given is not None and not isinstance(given, str):
-                check_stage(given, kind.protocol, kind.what)
-        validate_device(device)
-        built: dict[str, Any] = {}
-
-        def configure(stored: WorkspaceConfig | None) -> WorkspaceConfig:
-            reopening = stored is not None
-            recorded = (stored.encoder_spec, stored.segmenter_spec) if stored else (None, None)
-            enc, enc_spec = _resolve_stage(
-                _ENCODERS, encoder, encoder_kwargs, recorded[0], reopening=reopening, build_now=True, device=device
-            )
-            if enc is None:
-                name = stored.encoder_name if stored else "?"
-                raise ConfigurationError(
-                    f"this workspace was built with encoder {name!r} passed as an object; pass the same encoder= "
-                    "to reopen it"
-                )
-            seg, seg_spec = _resolve_stage(  # a reader never segments; a writer builds it on first use
-                _SEGMENTERS,
-                segmenter,
-                segmenter_kwargs,
-                recorded[1],
-                reopening=reopening,
-                build_now=not readonly,
-                device=device,
-            )
-            built.update(encoder=enc, segmenter=seg)
-            if stored is None:
-                return new_config(
-                    encoder_name=enc.name,
-                    dim=int(enc.dim),
-                    encoder_spec=enc_spec,
-                    segmenter_name=seg.name if seg is not None else None,
-                    segmenter_spec=seg_spec,
-                    index_factory=index_factory or "Flat",
-                )
-            _check_compatible(Path(path), stored, enc, seg, index_factory)
-            return stored
-
-        workspace = Workspace.open(path, configure, readonly=readonly, device=device, map_size=map_size)
-        enc = built["encoder"]
+        request = _Request(
+            {_ENCODERS: encoder, _SEGMENTERS: segmenter, _VERIFIERS: verifier},
+            {_ENCODERS: encoder_kwargs, _SEGMENTERS: segmenter_kwargs, _VERIFIERS: verifier_kwargs},
+            index_factory,
+            readonly,
+            validate_device(device),
+            Path(path),
+        )
+        workspace = Workspace.open(path, request.configure, readonly=readonly, device=device, map_size=map_size)
+        enc = request.built[_ENCODERS]
         return cls(
             workspace,
             encoder=enc,
-            segmenter=built["segmenter"],
+            segmenter=request.built[_SEGMENTERS],
             ranker=ranker or ParentRanker(),
             refiner=RegionRefiner(enc) if refine is True else None if refine is False else refine,
+            verifier=request.built[_VERIFIERS],
+            verify_matches=verify_matches,
             device=device,
             batch_size=batch_size,
             progress=progress,
@@ -240,6 +228,7 @@ class CrossScaleSearch:
             batch_size=self.batch_size,
             max_pixels=self.max_pixels,
             progress=self.progress if progress is None else progress,
+            verifier=self.verifier,
         )
 
     def delete(self, parent_id: str) -> None:
@@ -326,6 +315,8 @@ class CrossScaleSearch:
             refiner=self.refiner,
             load_parent=self.workspace.image_if_present,
             min_score=min_score,
+            verifier=self.verifier if self.verify_matches else None,
+            load_features=self.workspace.local_features,
         )
         return [
             SearchResult(
@@ -403,16 +394,86 @@ class CrossScaleSearch:
 # ====================================================================== building the stages a workspace records
 @dataclass(frozen=True)
 class _StageKind:
-    """A kind of stage a workspace records: its name in arguments, its default, its factory and protocol."""
+    """A kind of stage a workspace records: its name in arguments, its default, how to build it, its protocol."""
 
     what: str
-    default: str
-    create: Callable[..., Any]
+    default: str | None
+    create: Callable[[str, str, Mapping[str, Any]], Any]  # (name, device, kwargs) -> stage
     protocol: type
 
 
-_ENCODERS = _StageKind("encoder", DEFAULT_ENCODER, create_encoder, Encoder)
-_SEGMENTERS = _StageKind("segmenter", DEFAULT_SEGMENTER, create_segmenter, Segmenter)
+_ENCODERS = _StageKind("encoder", DEFAULT_ENCODER, lambda n, d, kw: create_encoder(n, device=d, **kw), Encoder)
+_SEGMENTERS = _StageKind(
+    "segmenter", DEFAULT_SEGMENTER, lambda n, d, kw: create_segmenter(n, device=d, **kw), Segmenter
+)
+_VERIFIERS = _StageKind("verifier", None, lambda n, d, kw: create_verifier(n, **kw), Verifier)
+
+
+class _Request:
+    """What ``open()`` was asked for; :meth:`configure` turns it, and the stored config, into stages and a config."""
+
+    def __init__(
+        self,
+        given: dict[_StageKind, Any],
+        kwargs: dict[_StageKind, Mapping[str, Any] | None],
+        index_factory: str | None,
+        readonly: bool,
+        device: str,
+        path: Path,
+    ) -> None:
+        for kind, stage in given.items():  # refused before anything touches the disk
+            if stage is not None and not isinstance(stage, str):
+                check_stage(stage, kind.protocol, kind.what)
+        self.given, self.kwargs = given, kwargs
+        self.index_factory, self.readonly, self.device, self.path = index_factory, readonly, device, path
+        self.built: dict[_StageKind, Any] = {}
+
+    def _stage(self, kind: _StageKind, recorded: ComponentSpec | None, reopening: bool, build_now: bool) -> Any:
+        stage, spec = _resolve_stage(
+            kind,
+            self.given[kind],
+            self.kwargs[kind],
+            recorded,
+            reopening=reopening,
+            build_now=build_now,
+            device=self.device,
+        )
+        self.built[kind] = stage
+        return spec
+
+    def configure(self, stored: WorkspaceConfig | None) -> WorkspaceConfig:
+        """Called by :meth:`Workspace.open` under the lock with the stored config (``None``: a new workspace)."""
+        reopening = stored is not None
+        if stored is not None and stored.verifier_name is None and self.given[_VERIFIERS] is not None:
+            raise ConfigurationError(
+                f"{self.path}: this workspace keeps no local features; verifier= only applies to new workspaces"
+            )
+        enc_spec = self._stage(_ENCODERS, stored.encoder_spec if stored else None, reopening, True)
+        seg_spec = self._stage(_SEGMENTERS, stored.segmenter_spec if stored else None, reopening, not self.readonly)
+        ver_spec = self._stage(_VERIFIERS, stored.verifier_spec if stored else None, reopening, True)
+        enc, seg, ver = (self.built[k] for k in (_ENCODERS, _SEGMENTERS, _VERIFIERS))
+        for kind, stage in ((_ENCODERS, enc), (_VERIFIERS, ver)):
+            recorded_name = (
+                None if stored is None else stored.encoder_name if kind is _ENCODERS else stored.verifier_name
+            )
+            if stage is None and recorded_name is not None:
+                raise ConfigurationError(
+                    f"this workspace was built with {kind.what} {recorded_name!r} passed as an object; pass the "
+                    f"same {kind.what}= to reopen it"
+                )
+        if stored is None:
+            return new_config(
+                encoder_name=enc.name,
+                dim=int(enc.dim),
+                encoder_spec=enc_spec,
+                segmenter_name=seg.name if seg is not None else None,
+                segmenter_spec=seg_spec,
+                index_factory=self.index_factory or "Flat",
+                verifier_name=ver.name if ver is not None else None,
+                verifier_spec=ver_spec,
+            )
+        _check_compatible(self.path, stored, enc, seg, ver, self.index_factory)
+        return stored
 
 
 def _resolve_stage(
@@ -426,27 +487,41 @@ def _resolve_stage(
     device: str,
 ) -> tuple[Any, ComponentSpec | None]:
     """A stage and how to rebuild it: from a name, an object, or (``given`` None, ``reopening``) the workspace's
-    record. ``(None, recorded)`` when reopening without one and it is not to be built now, or cannot be."""
+    record. ``(None, recorded)`` when reopening without one and it is not to be built now, or cannot be; and
+    ``(None, None)`` for a new workspace asked for none of a kind that has no default."""
     if given is None and reopening:
         if recorded is None or not build_now:
             return None, recorded
-        return kind.create(recorded.name, device=device, **recorded.kwargs), recorded
+        return kind.create(recorded.name, device, recorded.kwargs), recorded
+    if given is None and kind.default is None:
+        return None, None
     if given is None or isinstance(given, str):
-        spec = ComponentSpec(given or kind.default, json_ready(dict(kwargs or {}), f"{kind.what}_kwargs"))
-        return kind.create(spec.name, device=device, **spec.kwargs), spec
+        name = given or kind.default
+        spec = ComponentSpec(str(name), json_ready(dict(kwargs or {}), f"{kind.what}_kwargs"))
+        return kind.create(spec.name, device, spec.kwargs), spec
     if kwargs:
         raise ConfigurationError(f"{kind.what}_kwargs only applies when {kind.what} is given by name")
-    return given, None  # checked against kind.protocol by open()
+    return given, None  # checked against kind.protocol by _Request
 
 
 def _check_compatible(
-    root: Path, config: WorkspaceConfig, enc: Encoder, seg: Segmenter | None, index_factory: str | None
+    root: Path,
+    config: WorkspaceConfig,
+    enc: Encoder,
+    seg: Segmenter | None,
+    ver: Verifier | None,
+    index_factory: str | None,
 ) -> None:
     if enc.name != config.encoder_name or int(enc.dim) != config.dim:
         raise WorkspaceMismatchError(
             f"{root}: built with encoder {config.encoder_name!r} (dim {config.dim}), "
             f"opened with {enc.name!r} (dim {enc.dim}); vectors of different encoders cannot be compared. "
             "Open it with the same encoder, or index into a new workspace"
+        )
+    if ver is not None and ver.name != config.verifier_name:
+        raise WorkspaceMismatchError(
+            f"{root}: its parents keep the local features of verifier {config.verifier_name!r}; "
+            f"{ver.name!r} cannot read them. Open it with the same verifier"
         )
     if index_factory is not None and index_factory != config.index_factory:
         raise ConfigurationError(

@@ -259,6 +259,8 @@ class ParentMatch:
         chunk_score: similarity of the best chunk alone.
         chunk_id: id of the best chunk.
         n_hits: how many of the parent's chunks were among the retrieved hits.
+        inliers: for a match a verifier confirmed, the local-feature correspondences that agree on where the query
+            lies (its box is then the query's projected outline); ``None`` when not verified.
     """
 
     parent_id: str
@@ -269,6 +271,7 @@ class ParentMatch:
     chunk_id: int
     n_hits: int = 1
     label: str | None = None
+    inliers: int | None = None
     _loader: Callable[[str], Image.Image] | None = field(default=None, repr=False, compare=False)
 
     def image(self) -> Image.Image:
@@ -302,6 +305,7 @@ class ParentMatch:
             "chunk_score": self.chunk_score,
             "chunk_id": self.chunk_id,
             "n_hits": self.n_hits,
+            "inliers": self.inliers,
         }
 
 

@@ -56,8 +56,9 @@ __all__ = [
     "new_config",
 ]
 
-#: the layout version this crossscale writes and the newest it reads.
-WORKSPACE_FORMAT = 1
+#: the newest layout version this crossscale reads. Format 2 (0.2) adds a verifier and the parents' local features;
+#: a workspace without a verifier is still written as format 1, which crossscale 0.1 can open.
+WORKSPACE_FORMAT = 2
 CONFIG_FILE = "workspace.json"
 STORE_DIR = "store"
 INDEX_FILE = "chunks.index"
@@ -87,7 +88,9 @@ class WorkspaceConfig:
         segmenter_spec: how to rebuild the segmenter by name, or ``None`` if it was passed as an object.
         index_factory: the faiss factory string of the chunk index.
         created: when the workspace was created (ISO 8601).
-        format: the layout version (:data:`WORKSPACE_FORMAT`).
+        verifier_name: the verifier whose features each parent keeps (format 2), or ``None``.
+        verifier_spec: how to rebuild the verifier by name, or ``None`` if none or passed as an object.
+        format: the layout version: 1, or 2 for a workspace with a verifier.
     """
 
     encoder_name: str
@@ -97,11 +100,13 @@ class WorkspaceConfig:
     segmenter_spec: ComponentSpec | None
     index_factory: str = "Flat"
     created: str = ""
-    format: int = WORKSPACE_FORMAT
+    verifier_name: str | None = None
+    verifier_spec: ComponentSpec | None = None
+    format: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        """The ``workspace.json`` document (the layout of format 1)."""
-        return {
+        """The ``workspace.json`` document."""
+        doc: dict[str, Any] = {
             "format": self.format,
             "encoder": {
                 "name": self.encoder_name,
@@ -115,6 +120,12 @@ class WorkspaceConfig:
             "index_factory": self.index_factory,
             "created": self.created,
         }
+        if self.verifier_name is not None:
+            doc["verifier"] = {
+                "name": self.verifier_name,
+                "spec": self.verifier_spec.to_json() if self.verifier_spec else None,
+            }
+        return doc
 
     @classmethod
     def from_json(cls, doc: object, source: str = CONFIG_FILE) -> WorkspaceConfig:
@@ -131,7 +142,7 @@ class WorkspaceConfig:
                 f"({WORKSPACE_FORMAT}); upgrade crossscale"
             )
         try:
-            encoder, segmenter = doc["encoder"], doc["segmenter"]
+            encoder, segmenter, verifier = doc["encoder"], doc["segmenter"], doc.get("verifier") or {}
             config = cls(
                 encoder_name=_typed(encoder["name"], str, "encoder.name"),
                 dim=_typed(encoder["dim"], int, "encoder.dim"),
@@ -140,6 +151,8 @@ class WorkspaceConfig:
                 segmenter_spec=_spec(segmenter.get("spec"), "segmenter.spec"),
                 index_factory=_typed(doc["index_factory"], str, "index_factory"),
                 created=_typed(doc.get("created", ""), str, "created"),
+                verifier_name=_typed(verifier.get("name"), (str, type(None)), "verifier.name"),
+                verifier_spec=_spec(verifier.get("spec"), "verifier.spec"),
                 format=doc["format"],
             )
         except (KeyError, TypeError, AttributeError) as exc:
@@ -343,6 +356,10 @@ class Workspace:
         """The records of the given chunk ids; ids no longer stored are left out."""
         return self.store.chunk_records(chunk_ids)
 
+    def local_features(self, parent_id: str) -> bytes | None:
+        """What the workspace's verifier extracted from the parent when it was indexed, or ``None``."""
+        return self.store.local_features(parent_id)
+
     def searchable_index(self) -> ChunkIndex:
         """The index, first rebuilt from the store if an interrupted update left it half-applied."""
         self.check_open()
@@ -364,6 +381,8 @@ class Workspace:
             "index_factory": self.config.index_factory,
             "index_device": self.index.device,
             "store_bytes": self.store.disk_bytes(),
+            "verifier": self.config.verifier_name,
+            "parents_with_local_features": self.store.local_count(),
             "generation": self._generation,
         }
 
@@ -478,6 +497,11 @@ class Workspace:
                     notes.append(f"index file is {generation - saved} change(s) behind: caught up on open")
             except (WorkspaceFormatError, OSError, ValueError) as exc:
                 problems.append(f"index file is unreadable ({exc}); `crossscale repair` rewrites it")
+        if self.config.verifier_name is not None:
+            with self.store.snapshot() as txn:
+                missing = self.store.parent_count(txn) - self.store.local_count(txn)
+            if missing:
+                notes.append(f"{missing} parent(s) have no local features (extraction failed): they are never verified")
         leftovers = sorted(p.name for p in self.path.glob("*" + TEMP_SUFFIX))
         if leftovers:
             notes.append(f"leftover temporary files (removed by the next writer): {', '.join(leftovers)}")
@@ -601,8 +625,10 @@ def new_config(
     segmenter_name: str | None,
     segmenter_spec: ComponentSpec | None,
     index_factory: str,
+    verifier_name: str | None = None,
+    verifier_spec: ComponentSpec | None = None,
 ) -> WorkspaceConfig:
-    """The config of a workspace created now."""
+    """The config of a workspace created now: format 2 with a verifier, else format 1."""
     if not isinstance(index_factory, str) or not index_factory.strip():
         raise ConfigurationError(f"index_factory must be a faiss factory string, got {index_factory!r}")
     return WorkspaceConfig(
@@ -613,4 +639,7 @@ def new_config(
         segmenter_spec=segmenter_spec,
         index_factory=index_factory,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        verifier_name=verifier_name,
+        verifier_spec=verifier_spec,
+        format=1 if verifier_name is None else 2,
     )

@@ -55,6 +55,8 @@ def _check(ws: Path) -> int:
         report = cs.verify()
         assert report.ok, report.problems
         assert len(cs.chunk_index) == cs.store.chunk_count()
+        # with a verifier: every parent's local features, none left over; without one: none at all
+        assert cs.store.local_count() == (len(cs) if cs.verifier is not None else 0)
         for pid in cs.parent_ids():
             assert set(cs.record(pid).chunk_ids) <= set(cs.chunk_index.ids().tolist())
         return len(cs)

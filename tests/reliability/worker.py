@@ -37,6 +37,8 @@ def main() -> int:
         encoder="color-histogram",
         segmenter="whole+tiles",
         segmenter_kwargs={"tiles": {"scales": [0.5]}},
+        verifier="sift",  # local features too: in the same transactions, so covered by every kill
+        verifier_kwargs={"max_keypoints": 200},
         batch_size=4,
         progress=False,
         device="cpu",

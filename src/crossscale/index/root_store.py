@@ -137,7 +137,7 @@ class NewParent:
     """A parent to add: its bytes, what to record, its chunks and one vector per chunk.
 
     Of each :class:`~crossscale.types.Chunk` the store keeps the box, kind, label and confidence (not the
-    crop); chunk ids are assigned by the store.
+    crop); chunk ids are assigned by the store. ``local``: what a verifier extracted from the image, if any.
     """
 
     parent_id: str
@@ -149,6 +149,7 @@ class NewParent:
     vectors: np.ndarray
     source: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    local: bytes | None = None
 
     def __post_init__(self) -> None:
         if any(isinstance(c, tuple) for c in self.chunks):
@@ -172,7 +173,9 @@ class RootStore:
         map_size: initial memory map size in bytes; it doubles whenever a write needs more.
     """
 
-    _DBS = ("roots", "parents", "chunks", "vectors", "info", "log")
+    _DBS = ("roots", "parents", "chunks", "vectors", "info", "log", "local")
+    #: tables a store written by an earlier crossscale may lack; a reader sees them as empty.
+    _OPTIONAL = frozenset({"local"})
 
     def __init__(
         self, path: str | os.PathLike[str], *, dim: int, readonly: bool = False, map_size: int = _INITIAL_MAP
@@ -186,11 +189,19 @@ class RootStore:
             raise WorkspaceError(f"{self.path}: no store to open read-only")
         try:
             self._env = _ENVS.acquire(self.path, max(map_size, _INITIAL_MAP), len(self._DBS))
-            self._db = {name: self._env.open_db(name.encode(), create=not readonly) for name in self._DBS}
+            self._db = {name: self._open_db(name, readonly) for name in self._DBS}
         except lmdb.Error as exc:
             _ENVS.release(self.path)
             raise WorkspaceError(f"{self.path}: cannot open LMDB store: {exc}") from exc
         self._closed = False
+
+    def _open_db(self, name: str, readonly: bool) -> Any:
+        try:
+            return self._env.open_db(name.encode(), create=not readonly)
+        except lmdb.NotFoundError:
+            if name not in self._OPTIONAL:
+                raise
+            return None  # a table this store was written without: read as empty
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -344,6 +355,8 @@ class RootStore:
                     f"parent {p.parent_id!r}: vectors must be float32 of shape ({len(p.chunks)}, {self.dim}), "
                     f"got {vec.dtype} {vec.shape}"
                 )
+            if p.local is not None and not isinstance(p.local, bytes):
+                raise ConfigurationError(f"parent {p.parent_id!r}: local features must be bytes, got {p.local!r:.40}")
             for chunk in p.chunks:
                 if not isinstance(chunk, Chunk):
                     raise ConfigurationError(f"parent {p.parent_id!r}: chunks must be Chunk objects, got {chunk!r}")
@@ -370,6 +383,8 @@ class RootStore:
                 )
                 txn.put(key, record_p.to_json(), db=self._db["parents"])
                 txn.put(key, p.data, db=self._db["roots"])
+                if p.local is not None:
+                    txn.put(key, p.local, db=self._db["local"])
                 assigned.append(ids)
             txn.put(b"next_chunk_id", str(next_id).encode(), db=self._db["info"])
             self._bump(txn, [i for ids in assigned for i in ids], [])
@@ -395,12 +410,28 @@ class RootStore:
                 txn.delete(_U64.pack(cid), db=self._db["vectors"])
             txn.delete(key, db=self._db["parents"])
             txn.delete(key, db=self._db["roots"])
+            txn.delete(key, db=self._db["local"])
             self._bump(txn, [], ids)
             return ids
 
         if not isinstance(parent_id, str):
             raise ParentNotFoundError(str(parent_id))
         return self._write(write)
+
+    def local_features(self, parent_id: str, *, txn: lmdb.Transaction | None = None) -> bytes | None:
+        """What a verifier extracted from ``parent_id`` when it was indexed, or ``None``."""
+        if self._db["local"] is None:
+            return None
+        with self._view(txn) as t:
+            raw = t.get(parent_id.encode(), db=self._db["local"])
+        return None if raw is None else bytes(raw)
+
+    def local_count(self, txn: lmdb.Transaction | None = None) -> int:
+        """How many parents have local features stored."""
+        if self._db["local"] is None:
+            return 0
+        with self._view(txn) as t:
+            return int(t.stat(self._db["local"])["entries"])
 
     # ------------------------------------------------------------------ chunks and vectors
     def chunk_records(self, chunk_ids: Iterable[int], *, txn: lmdb.Transaction | None = None) -> dict[int, ChunkRecord]:
@@ -504,6 +535,10 @@ class RootStore:
                     problems.append(f"parent {pid!r}: has no chunks (unsearchable)")
                 for cid in record.chunk_ids:
                     owners[cid] = pid
+            if self._db["local"] is not None:
+                for key in t.cursor(db=self._db["local"]).iternext(keys=True, values=False):
+                    if t.get(bytes(key), db=self._db["parents"]) is None:
+                        problems.append(f"local features of {bytes(key).decode()!r} have no parent record")
             for key in t.cursor(db=self._db["roots"]).iternext(keys=True, values=False):
                 if t.get(bytes(key), db=self._db["parents"]) is None:
                     problems.append(f"image bytes of {bytes(key).decode()!r} have no parent record")

@@ -1,0 +1,127 @@
+"""A workspace with a verifier: local features stored with each parent, verified matches with exact boxes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossscale import (
+    Box,
+    ConfigurationError,
+    CrossScaleSearch,
+    WorkspaceMismatchError,
+)
+from crossscale.rank import VERIFIED_BONUS, GeometricVerifier
+
+
+def _open(path: Path, **kw: object) -> CrossScaleSearch:
+    kw.setdefault("encoder", "color-histogram")
+    kw.setdefault("segmenter", "whole+tiles")
+    kw.setdefault("refine", False)
+    return CrossScaleSearch.open(path, progress=False, device="cpu", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def scenes(photos: dict[str, Image.Image]) -> tuple[dict[str, Image.Image], Image.Image, Box]:
+    """Three parents; the astronaut photo pasted into one of them; the query is a rescaled part of it."""
+    scene = photos["coffee"].resize((1200, 900))
+    scene.paste(photos["astronaut"].resize((400, 400)), (650, 300))
+    region = Box(700, 350, 950, 600)
+    parents = {"scene": scene, "rocket": photos["rocket"], "chelsea": photos["chelsea"]}
+    return parents, scene.crop(region.as_tuple()).resize((160, 160)), region
+
+
+def test_verified_matches_come_first_with_exact_boxes(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
+    parents, query, region = scenes
+    with _open(tmp_path / "ws", verifier="sift", verifier_kwargs={"max_keypoints": 800}) as cs:
+        cs.index(list(parents.items()))
+        assert cs.store.local_count() == 3 and cs.info()["verifier"] == "sift(keypoints=800,side=1024)"
+        [best, *rest] = cs.search(query, top_k=3)
+        assert best.parent_id == "scene" and best.inliers is not None and best.score > VERIFIED_BONUS
+        assert best.box.iou(region) > 0.9 and all(m.inliers is None and m.score <= 1 for m in rest)
+        assert [m.parent_id for m in cs.search(query, top_k=3, min_score=VERIFIED_BONUS)] == ["scene"]
+        assert best.to_dict()["inliers"] == best.inliers
+        assert cs.verify().ok
+        cs.delete("scene")
+        assert cs.store.local_count() == 2 and cs.verify().ok
+    config = json.loads((tmp_path / "ws" / "workspace.json").read_text())
+    assert config["format"] == 2 and config["verifier"]["spec"] == {"name": "sift", "kwargs": {"max_keypoints": 800}}
+
+
+def test_reopening_rebuilds_the_recorded_verifier_and_verification_can_be_skipped(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
+    parents, query, _ = scenes
+    with _open(tmp_path / "ws", verifier="sift") as cs:
+        cs.index(list(parents.items()))
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False, device="cpu", refine=False) as reader:
+        assert isinstance(reader.verifier, GeometricVerifier)
+        assert reader.search(query, top_k=1)[0].inliers is not None
+    with CrossScaleSearch.open(tmp_path / "ws", progress=False, device="cpu", verify_matches=False) as cs:
+        assert all(m.inliers is None for m in cs.search(query, top_k=3))
+        cs.verify_matches = True
+        assert cs.search(query, top_k=1)[0].inliers is not None
+    with pytest.raises(WorkspaceMismatchError, match="local features of verifier"):
+        _open(tmp_path / "ws", verifier="sift", verifier_kwargs={"max_keypoints": 10})
+
+
+def test_a_verifier_only_applies_to_new_workspaces(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with _open(tmp_path / "ws") as cs:
+        cs.index([("c", photos["coffee"])])
+        assert cs.verifier is None and cs.store.local_count() == 0
+    with pytest.raises(ConfigurationError, match="keeps no local features"):
+        _open(tmp_path / "ws", verifier="sift")
+    config = json.loads((tmp_path / "ws" / "workspace.json").read_text())
+    assert config["format"] == 1 and "verifier" not in config  # readable by crossscale 0.1
+
+
+def test_a_failed_extraction_indexes_the_parent_unverifiable(tmp_path: Path, scenes, caplog) -> None:  # type: ignore[no-untyped-def]
+    parents, query, _ = scenes
+
+    class Picky(GeometricVerifier):
+        def extract(self, image: Image.Image) -> bytes:
+            if image.size == (1200, 900):
+                raise RuntimeError("cannot read this one")
+            return super().extract(image)
+
+    with _open(tmp_path / "ws", verifier=Picky()) as cs:
+        report = cs.index(list(parents.items()))
+        assert report.ok and len(report.added) == 3 and "cannot read this one" in caplog.text
+        assert cs.store.local_count() == 2
+        [best] = cs.search(query, top_k=1)
+        assert best.parent_id == "scene" and best.inliers is None  # found by its vectors, just not verified
+        report_v = cs.verify()
+        assert report_v.ok and any("no local features" in n for n in report_v.notes)
+    with pytest.raises(ConfigurationError, match="passed as an object"):
+        _open(tmp_path / "ws")
+
+
+def test_a_verifier_object_must_have_its_members(tmp_path: Path) -> None:
+    class NoExtract:
+        name = "half"
+
+        def verify(self, query, matches, features):  # type: ignore[no-untyped-def]
+            return list(matches)
+
+    with pytest.raises(ConfigurationError, match="lacks 'extract'"):
+        _open(tmp_path / "ws", verifier=NoExtract())
+    with pytest.raises(ConfigurationError, match="unknown verifier 'orb'"):
+        _open(tmp_path / "ws2", verifier="orb")
+
+
+def test_verified_matches_are_not_refined_but_the_rest_are(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
+    parents, query, _ = scenes
+    refined: list[list[str]] = []
+
+    class Spy:
+        def refine(self, q, matches, load):  # type: ignore[no-untyped-def]
+            refined.append([m.parent_id for m in matches])
+            return list(matches)
+
+    with _open(tmp_path / "ws", verifier="sift", refine=Spy()) as cs:
+        cs.index(list(parents.items()))
+        out = cs.search(query, top_k=3)
+    assert out[0].parent_id == "scene" and refined == [[m.parent_id for m in out[1:]]]
+    assert np.isfinite([m.score for m in out]).all()
