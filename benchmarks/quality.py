@@ -40,7 +40,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from crossscale.encode import ColorHistogramEncoder, Encoder, RegionEncoder, create_encoder, embed, embed_regions
 from crossscale.index import ChunkIndex
 from crossscale.query import search_parents
-from crossscale.rank import GeometricVerifier, ParentRanker, RegionRefiner, Verifier
+from crossscale.rank import VERIFIED_BONUS, GeometricVerifier, ParentRanker, RegionRefiner, Verifier
 from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
 from crossscale.types import Box, ChunkRecord, Query
 
@@ -321,6 +321,8 @@ class Result:
     metrics: dict[str, dict[str, float]]
     passes_per_parent: float = 0.0  # encoder forward passes per indexed parent (one per crop, or one per parent)
     query_p95_ms: float = float("nan")
+    vector_bytes_per_parent: float = 0.0  # float32 chunk vectors, as the store keeps them (the index holds a copy)
+    local_bytes_per_parent: float = 0.0  # the verifier's stored local features
     # split -> one (rank of the right parent or None, box IoU at rank 1, top score) per query
     per_query: dict[str, list[tuple[int | None, float, float]]] = field(default_factory=dict)
 
@@ -422,6 +424,8 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         per_query=per_split,
         passes_per_parent=passes / n_parents,
         query_p95_ms=1000 * float(np.percentile(latencies, 95)),
+        vector_bytes_per_parent=4 * encoder.dim * len(records) / n_parents,
+        local_bytes_per_parent=float(np.mean([len(b) for b in local.values()])) if local else 0.0,
     )
 
 
@@ -526,16 +530,19 @@ def default_configs() -> list[Config]:
 
 def table(results: Sequence[Result]) -> str:
     head = (
-        "| configuration | chunks/parent | passes/parent | index s/parent | query ms p50 / p95 | easy r@1 | easy IoU "
+        "| configuration | chunks/parent | passes/parent | KB/parent (vectors + local) | index s/parent "
+        "| query ms p50 / p95 | easy r@1 | easy IoU "
         "| transformed r@1 | r@5 | MRR | hard r@1 | r@5 | MRR | box IoU>=.5 (hard/transf.) | absent AUC |"
     )
-    lines = [head, "|" + " --- |" * 15]
+    lines = [head, "|" + " --- |" * 16]
     nan = float("nan")
     for r in results:
         e, t, h, a = (r.metrics.get(k, {}) for k in ("easy", "transformed", "hard", "absent"))
         name = f"*{r.config.name}* (baseline)" if r.config.baseline else r.config.name
         lines.append(
-            f"| {name} | {r.chunks_per_parent:.1f} | {r.passes_per_parent:.1f} | {r.index_seconds_per_parent:.2f} "
+            f"| {name} | {r.chunks_per_parent:.1f} | {r.passes_per_parent:.1f} "
+            f"| {r.vector_bytes_per_parent / 1024:.0f} + {r.local_bytes_per_parent / 1024:.0f} "
+            f"| {r.index_seconds_per_parent:.2f} "
             f"| {r.query_ms:.0f} / {r.query_p95_ms:.0f} | {e.get('r@1', nan):.2f} | {e.get('iou_median', nan):.2f} "
             f"| {t.get('r@1', nan):.2f} | {t.get('r@5', nan):.2f} | {t.get('mrr', nan):.2f} "
             f"| {h.get('r@1', nan):.2f} | {h.get('r@5', nan):.2f} | {h.get('mrr', nan):.2f} "
@@ -544,8 +551,13 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def operating_points(result: Result, thresholds: Sequence[float] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)) -> str:
-    """What a ``min_score`` does: the share of queries still answered right, and of absent queries answered."""
+def operating_points(
+    result: Result, thresholds: Sequence[float] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, VERIFIED_BONUS)
+) -> str:
+    """What a ``min_score`` does: the share of queries still answered right, and of absent queries answered.
+
+    With a verifier, ``min_score=VERIFIED_BONUS`` (1.0) keeps verified matches only.
+    """
     lines = [
         f"`min_score` operating points of *{result.config.name}*:",
         "",
@@ -586,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(evaluate(dataset, config, encoders, cache))
         logger.info("%s: %.0f s", config.name, time.perf_counter() - start)
     print(table(results))
-    chosen = [r for r in results if r.config.name.endswith("(default)")] or results[-1:]
+    chosen = [r for r in results if r.config.name.endswith(("(default)", "verification)"))] or results[-1:]
     for r in chosen:
         print()
         print(operating_points(r))

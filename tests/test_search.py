@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +37,18 @@ def _hist(path: Path, **kw: object) -> CrossScaleSearch:
 @pytest.fixture(scope="module")
 def scene_workspace(tmp_path_factory: pytest.TempPathFactory, lite0: BackboneEncoder, photos: dict[str, Image.Image]):  # type: ignore[no-untyped-def]
     """Large scenes with real objects pasted at known boxes, indexed with EfficientNet-Lite0 + tiles."""
-    names = list(photos)
-    backgrounds = [photos[n].resize((900, 700)) for n in names[:6]]
     objects = {"chelsea": photos["chelsea"], "coffee": photos["coffee"], "rocket": photos["rocket"]}
+    # no other parent holds an object photo: each query has one right parent (a verifier would find any other)
+    others = [n for n in photos if n not in objects]
+    backgrounds = [photos[n].resize((900, 700)) for n in others[:4]]
     scenes, truth = {}, {}
     spots = [(40, 60), (500, 300), (300, 80)]
     for i, (obj_name, obj) in enumerate(objects.items()):
-        scene, box = paste_scene(backgrounds[i + 3], obj, at=spots[i], size=(320, 240))
+        scene, box = paste_scene(backgrounds[i + 1], obj, at=spots[i], size=(320, 240))
         scenes[f"scene-{obj_name}"] = scene
         truth[obj_name] = (f"scene-{obj_name}", Box(*box))
     for i in range(3):
-        scenes[f"plain-{names[i]}"] = backgrounds[i]
+        scenes[f"plain-{others[i]}"] = backgrounds[i]
     path = tmp_path_factory.mktemp("scenes") / "ws"
     cs = CrossScaleSearch.open(
         path, encoder=lite0, segmenter=TileSegmenter(scales=(0.5, 0.35), overlap=0.5), progress=False, device="cpu"
@@ -247,7 +249,7 @@ def test_bad_arguments_are_clear(tmp_path: Path, photos: dict[str, Image.Image])
         with pytest.raises(ConfigurationError, match="sequence"):
             cs.search_batch(photos["coffee"])  # type: ignore[arg-type]
         assert cs.search_batch([]) == []
-        assert cs.search(photos["coffee"], min_score=1.01) == []
+        assert cs.search(photos["coffee"], min_score=2.01) == []  # above any score, verified ones (1 + share) too
     with pytest.raises(WorkspaceError, match="closed"):
         cs.search(photos["coffee"])
     (tmp_path / "file").write_text("x")
@@ -267,7 +269,7 @@ def test_bad_arguments_are_clear(tmp_path: Path, photos: dict[str, Image.Image])
 def test_newer_workspace_format_is_refused(tmp_path: Path) -> None:
     _hist(tmp_path / "ws").close()
     cfg = tmp_path / "ws" / "workspace.json"
-    cfg.write_text(cfg.read_text().replace('"format": 1', '"format": 99'))
+    cfg.write_text(re.sub(r'"format": \d+', '"format": 99', cfg.read_text()))
     with pytest.raises(WorkspaceFormatError, match="newer"):
         _hist(tmp_path / "ws")
 
@@ -412,7 +414,8 @@ def test_a_refiner_and_ranker_of_ones_own_are_used(tmp_path: Path, photos: dict[
             assert all(load(m.parent_id) is not None for m in matches)
             return list(reversed(matches))
 
-    with _hist(tmp_path / "ws", refine=Spy(), ranker=ParentRanker(overfetch=2)) as cs:
+    # no verifier: a verified match would skip the refiner
+    with _hist(tmp_path / "ws", refine=Spy(), ranker=ParentRanker(overfetch=2), verifier=False) as cs:
         cs.index([("c", photos["coffee"]), ("r", photos["rocket"])])
         out = cs.search(photos["coffee"], top_k=2)
         assert cs.ranker.overfetch == 2  # type: ignore[attr-defined]

@@ -67,12 +67,26 @@ def test_reopening_rebuilds_the_recorded_verifier_and_verification_can_be_skippe
         _open(tmp_path / "ws", verifier="sift", verifier_kwargs={"max_keypoints": 10})
 
 
-def test_a_verifier_only_applies_to_new_workspaces(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+def test_new_workspaces_verify_with_sift_by_default(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
     with _open(tmp_path / "ws") as cs:
+        cs.index([("c", photos["coffee"])])
+        assert isinstance(cs.verifier, GeometricVerifier) and cs.store.local_count() == 1
+    config = json.loads((tmp_path / "ws" / "workspace.json").read_text())
+    assert config["format"] == 2 and config["verifier"]["name"].startswith("sift(")
+    with _open(tmp_path / "ws") as cs:  # reopened: the recorded one
+        assert isinstance(cs.verifier, GeometricVerifier)
+    with pytest.raises(ConfigurationError, match="verify_matches=False"):
+        _open(tmp_path / "ws", verifier=False)
+
+
+def test_a_verifier_only_applies_to_new_workspaces(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with _open(tmp_path / "ws", verifier=False) as cs:
         cs.index([("c", photos["coffee"])])
         assert cs.verifier is None and cs.store.local_count() == 0
     with pytest.raises(ConfigurationError, match="keeps no local features"):
         _open(tmp_path / "ws", verifier="sift")
+    with _open(tmp_path / "ws") as cs, _open(tmp_path / "ws2", verifier=False) as other:  # None or False: none
+        assert cs.verifier is None and other.verifier is None
     config = json.loads((tmp_path / "ws" / "workspace.json").read_text())
     assert config["format"] == 1 and "verifier" not in config  # readable by crossscale 0.1
 

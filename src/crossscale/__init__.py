@@ -5,7 +5,8 @@ Pipeline: ``image → chunks → vectors → chunk hits → parents``.
 - :mod:`crossscale.segment`: segmenters cut images into chunks (YOLO detections, tiles, the whole image).
 - :mod:`crossscale.encode`: encoders embed chunks and queries (CLIP, EfficientNet-Lite0, colour histogram).
 - :mod:`crossscale.index`: :class:`ChunkIndex` (FAISS) and :class:`RootStore` (LMDB).
-- :mod:`crossscale.rank`: :class:`ParentRanker` folds chunk hits into parents; :class:`RegionRefiner` re-scores them.
+- :mod:`crossscale.rank`: :class:`ParentRanker` folds chunk hits into parents; :class:`GeometricVerifier` checks
+  the top ones with local features; :class:`RegionRefiner` re-scores the rest.
 - :mod:`crossscale.protocols`: the interface of each stage; :mod:`crossscale.types`: the values they pass on.
 - :class:`CrossScaleSearch` composes them around a :class:`Workspace` on disk, through :mod:`crossscale.ingest`
   and :mod:`crossscale.query`.
@@ -21,6 +22,7 @@ from crossscale.encode import (
     CLIPEncoder,
     ColorHistogramEncoder,
     Encoder,
+    FeatureMapEncoder,
     create_encoder,
     list_encoders,
     register_encoder,
@@ -42,8 +44,8 @@ from crossscale.errors import (
     WorkspaceMismatchError,
 )
 from crossscale.index import ChunkIndex, RootStore
-from crossscale.protocols import Refiner, TextEncoder, VectorIndex
-from crossscale.rank import ParentRanker, Ranker, RegionRefiner
+from crossscale.protocols import Refiner, RegionEncoder, TextEncoder, VectorIndex, Verifier
+from crossscale.rank import GeometricVerifier, ParentRanker, Ranker, RegionRefiner
 from crossscale.search import CrossScaleSearch
 from crossscale.segment import (
     CombinedSegmenter,
@@ -78,6 +80,8 @@ __all__ = [
     "CrossScaleSearch",
     "DeviceError",
     "Encoder",
+    "FeatureMapEncoder",
+    "GeometricVerifier",
     "Hit",
     "ImageLoadError",
     "IndexFailure",
@@ -90,6 +94,7 @@ __all__ = [
     "Query",
     "Ranker",
     "Refiner",
+    "RegionEncoder",
     "RegionRefiner",
     "RootStore",
     "SearchResult",
@@ -98,6 +103,7 @@ __all__ = [
     "TileSegmenter",
     "VectorError",
     "VectorIndex",
+    "Verifier",
     "VerifyReport",
     "WholeSegmenter",
     "Workspace",

@@ -25,7 +25,7 @@ def _components(args: argparse.Namespace) -> dict[str, Any]:
         if args.encoder_path:
             kw["encoder_kwargs"] = {"name_or_path": args.encoder_path}
     if getattr(args, "verifier", None):
-        kw["verifier"] = args.verifier
+        kw["verifier"] = False if args.verifier == "none" else args.verifier
     if args.segmenter:
         kw["segmenter"] = args.segmenter
         if args.yolo_model:
@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--segmenter", help="segmenter name, e.g. whole+yolo+tiles, whole+tiles")
             p.add_argument("--yolo-model", help="YOLO weights: local path or ultralytics name")
             p.add_argument(
-                "--verifier", help="a new workspace keeps local features to verify matches with: sift (default: none)"
+                "--verifier",
+                help="a new workspace keeps local features to verify matches with: sift (the default) or none",
             )
 
     p = sub.add_parser("index", help="index images (a folder or files) into a workspace")

@@ -80,10 +80,16 @@ def run_demo(*, workspace: str | None = None, device: str = "auto", progress: bo
             f"rescaled x{DEMO_QUERY[2]}"
         )
         matches = cs.search(query, top_k=5)
-        print(f"{'rank':>4}  {'score':>6}  {'parent':<22} {'box (x0, y0, x1, y1)':<24} {'kind':<6} IoU with truth")
+        print(
+            f"{'rank':>4}  {'score':>6}  {'parent':<22} {'box (x0, y0, x1, y1)':<24} {'kind':<6} "
+            f"{'IoU with truth':<15} verified"
+        )
         for rank, m in enumerate(matches, 1):
             iou = f"{m.box.iou(true_box):.2f}" if m.parent_id == true_parent else "-"
-            print(f"{rank:>4}  {m.score:6.3f}  {m.parent_id:<22} {m.box.as_tuple()!s:<24} {m.kind:<6} {iou}")
+            checked = f"{m.inliers} inliers" if m.inliers is not None else "-"
+            print(
+                f"{rank:>4}  {m.score:6.3f}  {m.parent_id:<22} {m.box.as_tuple()!s:<24} {m.kind:<6} {iou:<15} {checked}"
+            )
         found = bool(matches) and matches[0].parent_id == true_parent
         print(f"\n{'found' if found else 'did NOT find'} the query in {true_parent!r} at rank 1")
     return 0 if found else 1

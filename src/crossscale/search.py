@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -36,9 +36,18 @@ from crossscale.workspace import WORKSPACE_FORMAT, ComponentSpec, VerifyReport, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ENCODER", "DEFAULT_SEGMENTER", "WORKSPACE_FORMAT", "CrossScaleSearch", "VerifyReport"]
+__all__ = [
+    "DEFAULT_ENCODER",
+    "DEFAULT_SEGMENTER",
+    "DEFAULT_VERIFIER",
+    "WORKSPACE_FORMAT",
+    "CrossScaleSearch",
+    "VerifyReport",
+]
 
 DEFAULT_ENCODER = "clip"
+#: new workspaces keep SIFT features of each parent and verify the top matches (docs/benchmarks.md)
+DEFAULT_VERIFIER = "sift"
 DEFAULT_SEGMENTER = "whole+yolo+tiles"
 
 
@@ -107,7 +116,7 @@ class CrossScaleSearch:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         map_size: int = 64 << 20,
         refine: bool | Refiner = True,
-        verifier: str | Verifier | None = None,
+        verifier: str | Verifier | Literal[False] | None = None,
         verifier_kwargs: Mapping[str, Any] | None = None,
         verify_matches: bool = True,
     ) -> CrossScaleSearch:
@@ -138,9 +147,10 @@ class CrossScaleSearch:
                 fastest searches. Or any :class:`~crossscale.protocols.Refiner`, e.g. a tuned ``RegionRefiner``.
             verifier: for a new workspace, a :class:`~crossscale.protocols.Verifier` or a name for
                 :func:`~crossscale.rank.create_verifier` (``"sift"``: :class:`~crossscale.rank.GeometricVerifier`):
-                it keeps local features of each parent when indexing, and checks the top matches of each search
-                against them (a verified match gets the exact box and ranks first). ``None``: none for a new
-                workspace, the recorded one when reopening. Recorded, with ``verifier_kwargs``, like the encoder.
+                it keeps local features of each parent when indexing (~230 KB per parent for ``"sift"``), and
+                checks the top matches of each search against them (a verified match gets the exact box and
+                ranks first). ``None``: the default (``"sift"``) for a new workspace, the recorded one (or none)
+                when reopening. ``False``: a new workspace without one. Recorded, with ``verifier_kwargs``.
             verify_matches: use the workspace's verifier when searching (``False``: skip it; indexing still keeps
                 the local features).
 
@@ -406,7 +416,7 @@ _ENCODERS = _StageKind("encoder", DEFAULT_ENCODER, lambda n, d, kw: create_encod
 _SEGMENTERS = _StageKind(
     "segmenter", DEFAULT_SEGMENTER, lambda n, d, kw: create_segmenter(n, device=d, **kw), Segmenter
 )
-_VERIFIERS = _StageKind("verifier", None, lambda n, d, kw: create_verifier(n, **kw), Verifier)
+_VERIFIERS = _StageKind("verifier", DEFAULT_VERIFIER, lambda n, d, kw: create_verifier(n, **kw), Verifier)
 
 
 class _Request:
@@ -422,7 +432,7 @@ class _Request:
         path: Path,
     ) -> None:
         for kind, stage in given.items():  # refused before anything touches the disk
-            if stage is not None and not isinstance(stage, str):
+            if stage is not None and stage is not False and not isinstance(stage, str):
                 check_stage(stage, kind.protocol, kind.what)
         self.given, self.kwargs = given, kwargs
         self.index_factory, self.readonly, self.device, self.path = index_factory, readonly, device, path
@@ -444,9 +454,15 @@ class _Request:
     def configure(self, stored: WorkspaceConfig | None) -> WorkspaceConfig:
         """Called by :meth:`Workspace.open` under the lock with the stored config (``None``: a new workspace)."""
         reopening = stored is not None
-        if stored is not None and stored.verifier_name is None and self.given[_VERIFIERS] is not None:
+        asked = self.given[_VERIFIERS]
+        if stored is not None and stored.verifier_name is None and asked not in (None, False):
             raise ConfigurationError(
                 f"{self.path}: this workspace keeps no local features; verifier= only applies to new workspaces"
+            )
+        if stored is not None and stored.verifier_name is not None and asked is False:
+            raise ConfigurationError(
+                f"{self.path}: this workspace keeps the local features of verifier {stored.verifier_name!r} and "
+                "needs it to index; pass verify_matches=False to search without verifying"
             )
         enc_spec = self._stage(_ENCODERS, stored.encoder_spec if stored else None, reopening, True)
         seg_spec = self._stage(_SEGMENTERS, stored.segmenter_spec if stored else None, reopening, not self.readonly)
@@ -489,6 +505,8 @@ def _resolve_stage(
     """A stage and how to rebuild it: from a name, an object, or (``given`` None, ``reopening``) the workspace's
     record. ``(None, recorded)`` when reopening without one and it is not to be built now, or cannot be; and
     ``(None, None)`` for a new workspace asked for none of a kind that has no default."""
+    if given is False:  # "none of this kind" (a kind with a default); configure() refused it where it is recorded
+        return None, None
     if given is None and reopening:
         if recorded is None or not build_now:
             return None, recorded

@@ -1,0 +1,60 @@
+"""Encoding one parent's chunks: a forward pass per crop vs region vectors pooled from one feature map.
+
+Same photo (1024x768), same boxes (the default ``whole+tiles(.5,.25,.18)`` segmenter, ~140 boxes), same
+pretrained EfficientNet-Lite0 weights; the crop path is ``efficientnet-lite0`` (each crop resized to 224 px),
+the region path ``efficientnet-lite0-regions`` (one pass at 1024 px on the long side, GeM per box). Also the
+geometric verifier's per-parent extraction (SIFT, 2,000 keypoints), the other indexing cost it adds.
+
+Run: ``python -m pytest benchmarks/test_bench_encode.py --benchmark-enable``. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossscale.encode import create_encoder, embed, embed_regions
+from crossscale.rank import GeometricVerifier, LocalFeatures
+from crossscale.segment import create_segmenter
+from crossscale.types import Chunk
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[Image.Image, list[Chunk]]:
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut()).convert("RGB").resize((1024, 768))
+    chunks = create_segmenter("whole+tiles").segment([image])[0]
+    return image, chunks
+
+
+@pytest.mark.benchmark(group="encode-one-parent")
+def test_crop_encoding(benchmark, scene) -> None:  # type: ignore[no-untyped-def]
+    image, chunks = scene
+    encoder = create_encoder("efficientnet-lite0", device="cpu")
+    crops = [image.crop(c.box.as_tuple()) for c in chunks]
+    vectors = benchmark.pedantic(embed, args=(encoder, crops), rounds=3, iterations=1, warmup_rounds=1)
+    assert vectors.shape == (len(chunks), encoder.dim)
+    benchmark.extra_info["boxes"] = len(chunks)
+
+
+@pytest.mark.benchmark(group="encode-one-parent")
+def test_region_encoding(benchmark, scene) -> None:  # type: ignore[no-untyped-def]
+    image, chunks = scene
+    encoder = create_encoder("efficientnet-lite0-regions", device="cpu")
+    boxes = [c.box for c in chunks]
+    vectors = benchmark.pedantic(embed_regions, args=(encoder, image, boxes), rounds=5, iterations=1, warmup_rounds=1)
+    assert vectors.shape == (len(chunks), encoder.dim)
+    benchmark.extra_info["boxes"] = len(chunks)
+
+
+@pytest.mark.benchmark(group="encode-one-parent")
+def test_sift_extraction(benchmark, scene) -> None:  # type: ignore[no-untyped-def]
+    image, _ = scene
+    verifier = GeometricVerifier()
+    blob = benchmark.pedantic(verifier.extract, args=(image,), rounds=5, iterations=1, warmup_rounds=1)
+    features = LocalFeatures.from_bytes(blob)
+    assert 500 <= len(features.points) <= verifier.max_keypoints
+    assert np.isfinite(features.descriptors).all()
+    benchmark.extra_info["bytes"] = len(blob)
