@@ -125,7 +125,8 @@ def test_a_workspace_with_a_verifier_from_the_command_line(
         photos[name].save(folder / f"{name}.png")
     ws = str(tmp_path / "ws")
     opts = ["--encoder", "color-histogram", "--segmenter", "whole+tiles", "--verifier", "sift", "--no-progress"]
-    assert main(["index", str(folder), "-w", ws, *opts, "--device", "cpu"]) == 0
+    assert main(["index", str(folder), "-w", ws, *opts, "--device", "cpu", "--max-memory", "1G"]) == 0
+    assert json.loads((tmp_path / "ws" / "workspace.json").read_text())["max_memory"] == 1 << 30
     photos["astronaut"].crop((150, 40, 330, 220)).resize((120, 120)).save(tmp_path / "q.png")
     capsys.readouterr()
     assert main(["search", str(tmp_path / "q.png"), "-w", ws, "-k", "2", "--no-refine", "--device", "cpu"]) == 0
@@ -133,3 +134,19 @@ def test_a_workspace_with_a_verifier_from_the_command_line(
     assert "astronaut.png" in first and "verified (" in first
     assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--json", "--no-verify", "--device", "cpu"]) == 0
     assert all(r["inliers"] is None for r in json.loads(capsys.readouterr().out))
+
+
+def test_index_structure_and_budget_from_the_command_line(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    photos["coffee"].save(folder / "coffee.png")
+    opts = ["--encoder", "color-histogram", "--segmenter", "whole", "--no-progress", "--device", "cpu"]
+    assert (
+        main(["index", str(folder), "-w", str(tmp_path / "flat"), *opts, "--index", "Flat", "--verifier", "none"]) == 0
+    )
+    doc = json.loads((tmp_path / "flat" / "workspace.json").read_text())
+    assert doc["format"] == 1 and doc["index_factory"] == "Flat" and "verifier" not in doc  # as 0.1 wrote them
+    assert main(["index", str(folder), "-w", str(tmp_path / "bad"), *opts, "--max-memory", "plenty"]) == 2
+    assert "max_memory must be a size" in capsys.readouterr().err

@@ -38,7 +38,12 @@ def _components(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_index(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
 
-    with CrossScaleSearch.open(args.workspace, batch_size=args.batch_size, **_components(args)) as cs:
+    kw = _components(args)
+    if args.index:
+        kw["index_factory"] = args.index
+    if args.max_memory:
+        kw["max_memory"] = args.max_memory
+    with CrossScaleSearch.open(args.workspace, batch_size=args.batch_size, **kw) as cs:
         report = cs.index(args.inputs)
         if args.json:
             print(json.dumps(report.to_dict(), indent=2))
@@ -156,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", "-w", required=True)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--index", help="a new workspace's chunk index: auto (the default) or a faiss factory string")
+    p.add_argument("--max-memory", help="RAM budget of an auto index, e.g. 4G (the default), 512M")
     common(p, components=True)
     p.set_defaults(func=_cmd_index)
 

@@ -24,7 +24,7 @@ from crossscale._images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from crossscale._vectors import embed_text
 from crossscale.encode import create_encoder
 from crossscale.errors import CapabilityError, ConfigurationError, WorkspaceMismatchError
-from crossscale.index import ChunkIndex, RootStore
+from crossscale.index import ChunkIndex, RootStore, parse_memory
 from crossscale.index.root_store import ParentRecord
 from crossscale.ingest import ingest, iter_inputs, json_ready
 from crossscale.protocols import Encoder, Ranker, Refiner, Segmenter, TextEncoder, Verifier, check_stage
@@ -32,7 +32,15 @@ from crossscale.query import embed_queries, search_parents
 from crossscale.rank import ParentRanker, RegionRefiner, create_verifier
 from crossscale.segment import create_segmenter
 from crossscale.types import IndexReport, Query, SearchResult
-from crossscale.workspace import WORKSPACE_FORMAT, ComponentSpec, VerifyReport, Workspace, WorkspaceConfig, new_config
+from crossscale.workspace import (
+    AUTO_INDEX,
+    WORKSPACE_FORMAT,
+    ComponentSpec,
+    VerifyReport,
+    Workspace,
+    WorkspaceConfig,
+    new_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +127,7 @@ class CrossScaleSearch:
         verifier: str | Verifier | Literal[False] | None = None,
         verifier_kwargs: Mapping[str, Any] | None = None,
         verify_matches: bool = True,
+        max_memory: str | int | None = None,
     ) -> CrossScaleSearch:
         """Create the workspace at ``path``, or reopen it.
 
@@ -134,7 +143,11 @@ class CrossScaleSearch:
             ranker: a :class:`~crossscale.protocols.Ranker`; default ``ParentRanker()`` (``"max"``, ``box="fusion"``).
             device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``: for named components and the index.
             batch_size: images segmented and encoded per step of :meth:`index`.
-            index_factory: faiss factory string for a new workspace (default ``"Flat"``).
+            index_factory: for a new workspace, ``"auto"`` (the default: Flat while small, then IVF, then IVF-PQ,
+                chosen by size within ``max_memory`` and migrated when the collection outgrows it, at ``save()``)
+                or a faiss factory string (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``), kept as it is.
+            max_memory: the RAM budget of an ``"auto"`` index: ``"4G"`` (default), ``"512M"``, or bytes.
+                Recorded; a writer may give an existing ``"auto"`` workspace another one.
             encoder_kwargs, segmenter_kwargs: arguments for components built by name
                 (e.g. ``encoder_kwargs={"name_or_path": "/models/clip"}``); recorded in the workspace.
             readonly: open for searching only; many readers may run beside one writer.
@@ -174,6 +187,7 @@ class CrossScaleSearch:
             {_ENCODERS: encoder, _SEGMENTERS: segmenter, _VERIFIERS: verifier},
             {_ENCODERS: encoder_kwargs, _SEGMENTERS: segmenter_kwargs, _VERIFIERS: verifier_kwargs},
             index_factory,
+            max_memory,
             readonly,
             validate_device(device),
             Path(path),
@@ -427,6 +441,7 @@ class _Request:
         given: dict[_StageKind, Any],
         kwargs: dict[_StageKind, Mapping[str, Any] | None],
         index_factory: str | None,
+        max_memory: str | int | None,
         readonly: bool,
         device: str,
         path: Path,
@@ -436,6 +451,7 @@ class _Request:
                 check_stage(stage, kind.protocol, kind.what)
         self.given, self.kwargs = given, kwargs
         self.index_factory, self.readonly, self.device, self.path = index_factory, readonly, device, path
+        self.max_memory = parse_memory(max_memory) if max_memory is not None else None
         self.built: dict[_StageKind, Any] = {}
 
     def _stage(self, kind: _StageKind, recorded: ComponentSpec | None, reopening: bool, build_now: bool) -> Any:
@@ -484,11 +500,18 @@ class _Request:
                 encoder_spec=enc_spec,
                 segmenter_name=seg.name if seg is not None else None,
                 segmenter_spec=seg_spec,
-                index_factory=self.index_factory or "Flat",
+                index_factory=self.index_factory or AUTO_INDEX,
                 verifier_name=ver.name if ver is not None else None,
                 verifier_spec=ver_spec,
+                max_memory=self.max_memory,
             )
         _check_compatible(self.path, stored, enc, seg, ver, self.index_factory)
+        if self.max_memory is not None and self.max_memory != stored.max_memory:
+            if stored.index_factory != AUTO_INDEX:
+                raise ConfigurationError(
+                    f"{self.path}: max_memory only applies to an 'auto' index; this one is {stored.index_factory!r}"
+                )
+            return dataclasses.replace(stored, max_memory=self.max_memory)  # recorded by Workspace.open
         return stored
 
 

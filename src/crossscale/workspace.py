@@ -21,6 +21,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from crossscale.errors import (
     WorkspaceFormatError,
     WorkspaceLockedError,
 )
-from crossscale.index import ChunkIndex, RootStore
+from crossscale.index import DEFAULT_MAX_MEMORY, ChunkIndex, IndexPlan, RootStore, choose_index, parse_memory
 from crossscale.index.root_store import NewParent, ParentRecord
 from crossscale.types import ChunkRecord
 
@@ -60,6 +62,8 @@ __all__ = [
 #: a workspace without a verifier is still written as format 1, which crossscale 0.1 can open.
 WORKSPACE_FORMAT = 2
 CONFIG_FILE = "workspace.json"
+#: ``index_factory`` that lets crossscale choose (and migrate) the index by size and memory budget
+AUTO_INDEX = "auto"
 STORE_DIR = "store"
 INDEX_FILE = "chunks.index"
 LOCK_FILE = "lock"
@@ -86,11 +90,14 @@ class WorkspaceConfig:
         encoder_spec: how to rebuild the encoder by name, or ``None`` if it was passed as an object.
         segmenter_name: the segmenter's description (informative: new images may use another segmenter).
         segmenter_spec: how to rebuild the segmenter by name, or ``None`` if it was passed as an object.
-        index_factory: the faiss factory string of the chunk index.
+        index_factory: the faiss factory string of the chunk index, or ``"auto"`` (format 2): chosen by the
+            collection's size within ``max_memory`` (:func:`~crossscale.index.choose_index`), and migrated to a
+            bigger structure at :meth:`Workspace.save` as the collection grows.
+        max_memory: the RAM budget of an ``"auto"`` index, in bytes (``None`` otherwise).
         created: when the workspace was created (ISO 8601).
         verifier_name: the verifier whose features each parent keeps (format 2), or ``None``.
         verifier_spec: how to rebuild the verifier by name, or ``None`` if none or passed as an object.
-        format: the layout version: 1, or 2 for a workspace with a verifier.
+        format: the layout version: 1, or 2 for a workspace with a verifier or an ``"auto"`` index.
     """
 
     encoder_name: str
@@ -103,6 +110,13 @@ class WorkspaceConfig:
     verifier_name: str | None = None
     verifier_spec: ComponentSpec | None = None
     format: int = 1
+    max_memory: int | None = None
+
+    def index_plan(self, n: int) -> IndexPlan:
+        """The index structure for ``n`` vectors: the recorded factory, or ``"auto"``'s choice."""
+        if self.index_factory != AUTO_INDEX:
+            return IndexPlan(self.index_factory, 0, None, 0, "chosen when the workspace was created")
+        return choose_index(n, self.dim, self.max_memory or DEFAULT_MAX_MEMORY)
 
     def to_json(self) -> dict[str, Any]:
         """The ``workspace.json`` document."""
@@ -120,6 +134,8 @@ class WorkspaceConfig:
             "index_factory": self.index_factory,
             "created": self.created,
         }
+        if self.max_memory is not None:
+            doc["max_memory"] = self.max_memory
         if self.verifier_name is not None:
             doc["verifier"] = {
                 "name": self.verifier_name,
@@ -154,6 +170,7 @@ class WorkspaceConfig:
                 verifier_name=_typed(verifier.get("name"), (str, type(None)), "verifier.name"),
                 verifier_spec=_spec(verifier.get("spec"), "verifier.spec"),
                 format=doc["format"],
+                max_memory=_typed(doc.get("max_memory"), (int, type(None)), "max_memory"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise WorkspaceFormatError(f"{source}: malformed workspace config ({exc!r})") from exc
@@ -287,11 +304,19 @@ class Workspace:
                     leftover.unlink(missing_ok=True)
             stored = _read_config(config_path) if config_path.exists() else None  # decided under the lock
             config = configure(stored)
+            config_bytes = json.dumps(config.to_json(), indent=2, sort_keys=True).encode()
             if stored is None:
-                ChunkIndex(config.dim, config.index_factory, device="cpu")  # a bad factory fails before any write
-                atomic_write(config_path, json.dumps(config.to_json(), indent=2, sort_keys=True).encode())
+                ChunkIndex(config.dim, config.index_plan(0).factory, device="cpu")  # a bad factory fails now
+                shutil.rmtree(root / STORE_DIR, ignore_errors=True)  # an empty one of a killed creation
+            elif config != stored and readonly:
+                raise ConfigurationError(f"{root}: a read-only workspace cannot change its config")
             store = RootStore(root / STORE_DIR, dim=config.dim, readonly=readonly, map_size=map_size)
             try:
+                if stored is None:  # written last: a workspace.json means a whole workspace, readers included
+                    atomic_write(config_path, config_bytes)
+                elif config != stored:  # a writer gave an "auto" index another budget
+                    config.index_plan(store.chunk_count())  # one that cannot hold what is stored is refused
+                    atomic_write(config_path, config_bytes)
                 index, generation = _load_index(root, store, config, device, readonly)
             except BaseException:
                 store.close()
@@ -379,6 +404,8 @@ class Workspace:
             "dim": self.config.dim,
             "segmenter": self.config.segmenter_name,
             "index_factory": self.config.index_factory,
+            "index_structure": self.index.factory,
+            "max_memory": self.config.max_memory,
             "index_device": self.index.device,
             "store_bytes": self.store.disk_bytes(),
             "verifier": self.config.verifier_name,
@@ -432,9 +459,26 @@ class Workspace:
         self._generation = self.store.generation_at(txn)
 
     def save(self) -> None:
-        """Write the chunk index to disk now (the facade does it after each ``index()`` and on close)."""
+        """Write the chunk index to disk now (the facade does it after each ``index()`` and on close).
+
+        An ``"auto"`` index that the collection has outgrown is first rebuilt from the store in the structure
+        :func:`~crossscale.index.choose_index` picks now; the file is replaced atomically, so a kill at any
+        point leaves the old index, which opening catches up from the store.
+        """
         self.check_open(write=True)
         self._clean()
+        if self.config.index_factory == AUTO_INDEX:
+            try:
+                plan = self.config.index_plan(len(self.index))
+            except ConfigurationError as exc:  # the parents are stored; never fail a save for the budget
+                logger.warning("%s; keeping the %s index", exc, self.index.factory)
+                plan = IndexPlan(self.index.factory, 0, None, 0, "over budget")
+            if _growth_key(plan.factory) > _growth_key(self.index.factory):
+                logger.info(
+                    "migrating the chunk index from %s to %s (%s)", self.index.factory, plan.factory, plan.reason
+                )
+                with self.store.snapshot() as txn:
+                    self._reload(txn)
         _save_index(self.path, self.store, self.index, self._generation)
 
     def rebuild_index(self) -> None:
@@ -534,7 +578,7 @@ class Workspace:
 # ====================================================================== persistence of the derived index
 def _is_unfinished(root: Path) -> bool:
     """Empty, or holding only what a creation killed before writing workspace.json leaves behind."""
-    return all(p.name == LOCK_FILE or p.name.endswith(TEMP_SUFFIX) for p in root.iterdir())
+    return all(p.name in (LOCK_FILE, STORE_DIR) or p.name.endswith(TEMP_SUFFIX) for p in root.iterdir())
 
 
 def _read_config(path: Path) -> WorkspaceConfig:
@@ -547,12 +591,18 @@ def _read_config(path: Path) -> WorkspaceConfig:
 
 def _rebuild(store: RootStore, config: WorkspaceConfig, device: str, txn: Any) -> ChunkIndex:
     """A new index of every vector in the store as ``txn`` sees it."""
-    index = ChunkIndex(config.dim, config.index_factory, device=device)
+    total = store.chunk_count(txn)
+    plan = config.index_plan(total)
+    index = _new_index(config.dim, plan, device)
     batches: Iterable[tuple[np.ndarray, np.ndarray]] = store.iter_vectors(txn=txn)
-    if not index.is_trained:  # IVF/PQ: train on everything stored (a sample would do for huge stores)
+    if not index.is_trained:  # IVF/PQ: train on a sample of what is stored (all of it without a plan)
         batches = list(batches)
         if batches:
-            index.train(np.concatenate([v for _, v in batches]))
+            everything = np.concatenate([v for _, v in batches])
+            if plan.train_size and len(everything) > plan.train_size:
+                rows = np.random.default_rng(0).choice(len(everything), plan.train_size, replace=False)
+                everything = everything[np.sort(rows)]
+            index.train(everything)
     for ids, vecs in batches:
         index.add(vecs, ids)
     return index
@@ -590,7 +640,7 @@ def _load_index(
             logger.warning("%s is unreadable (%s); rebuilding it from the store", file, exc)
             index = None
     else:
-        index = ChunkIndex(config.dim, config.index_factory, device=device)
+        index = _new_index(config.dim, config.index_plan(0), device)
     with store.snapshot() as txn:
         generation = store.generation_at(txn)
         current = index is not None and 0 <= base <= generation and _catch_up(store, index, base, txn)
@@ -617,6 +667,24 @@ def _save_index(root: Path, store: RootStore, index: ChunkIndex, generation: int
     store.prune_log(generation)
 
 
+def _growth_key(factory: str) -> tuple[int, int, int]:
+    """Orders the structures ``choose_index`` picks by the collection size they serve: Flat < IVF-Flat < IVF-PQ,
+    more lists, fewer PQ bytes. Saving migrates only upwards; ``rebuild_index()`` picks afresh."""
+    m = re.fullmatch(r"IVF(\d+),(?:Flat|PQ(\d+))", factory)
+    if m is None:
+        return (0, 0, 0)
+    if m.group(2) is None:
+        return (1, int(m.group(1)), 0)
+    return (2, int(m.group(1)), -int(m.group(2)))
+
+
+def _new_index(dim: int, plan: IndexPlan, device: str) -> ChunkIndex:
+    index = ChunkIndex(dim, plan.factory, device=device)
+    if plan.nprobe is not None:
+        index.set_search_params(f"nprobe={plan.nprobe}")  # this index's own setting, saved with it
+    return index
+
+
 def new_config(
     *,
     encoder_name: str,
@@ -627,10 +695,14 @@ def new_config(
     index_factory: str,
     verifier_name: str | None = None,
     verifier_spec: ComponentSpec | None = None,
+    max_memory: str | int | None = None,
 ) -> WorkspaceConfig:
-    """The config of a workspace created now: format 2 with a verifier, else format 1."""
+    """The config of a workspace created now: format 2 with a verifier or an ``"auto"`` index, else format 1."""
     if not isinstance(index_factory, str) or not index_factory.strip():
-        raise ConfigurationError(f"index_factory must be a faiss factory string, got {index_factory!r}")
+        raise ConfigurationError(f"index_factory must be a faiss factory string or 'auto', got {index_factory!r}")
+    if max_memory is not None and index_factory != AUTO_INDEX:
+        raise ConfigurationError(f"max_memory only applies to index_factory='auto', not {index_factory!r}")
+    budget = parse_memory(max_memory if max_memory is not None else DEFAULT_MAX_MEMORY)
     return WorkspaceConfig(
         encoder_name=encoder_name,
         dim=int(dim),
@@ -641,5 +713,6 @@ def new_config(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         verifier_name=verifier_name,
         verifier_spec=verifier_spec,
-        format=1 if verifier_name is None else 2,
+        format=1 if verifier_name is None and index_factory != AUTO_INDEX else 2,
+        max_memory=budget if index_factory == AUTO_INDEX else None,
     )

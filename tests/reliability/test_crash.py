@@ -6,13 +6,14 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from crossscale import CrossScaleSearch, WorkspaceError
-from tests.reliability.conftest import run_worker, start_worker
+from crossscale import CrossScaleSearch, RootStore, WorkspaceError
+from tests.reliability.conftest import make_images, run_worker, start_worker
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +67,16 @@ def expected_final(images: Path) -> int:
     return sum("-del" not in p.name for p in images.glob("*.png"))
 
 
-def kill_randomly(ws: Path, images: Path, kills: int, seed: int, per_cycle: int = 10) -> dict[str, int]:
+def kill_randomly(
+    ws: Path, images: Path, kills: int, seed: int, per_cycle: int = 10, extra: Sequence[str] = ()
+) -> dict[str, int]:
     """Kill ingest runs at random moments until ``kills`` kills have landed.
 
     Work goes in cycles: a fresh workspace takes up to ``per_cycle`` kills (the work left shrinks as
     killed runs commit batches), then an uninterrupted run must finish it: all parents, none twice.
     """
     rng = random.Random(seed)
-    probe = start_worker(ws / "probe", images)  # how long the real work takes, from "ready" to the end
+    probe = start_worker(ws / "probe", images, *extra)  # how long the real work takes, from "ready" to the end
     assert probe.stdout is not None and probe.stdout.readline().strip() == "ready"
     start = time.perf_counter()
     probe.communicate(timeout=120)
@@ -83,7 +86,7 @@ def kill_randomly(ws: Path, images: Path, kills: int, seed: int, per_cycle: int 
         target = ws / f"cycle{stats['cycles']}"
         for _ in range(per_cycle):
             sig = signal.SIGINT if rng.random() < 0.15 else signal.SIGKILL
-            proc = start_worker(target, images)
+            proc = start_worker(target, images, *extra)
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "ready"
             time.sleep(rng.uniform(0, work))
@@ -94,7 +97,7 @@ def kill_randomly(ws: Path, images: Path, kills: int, seed: int, per_cycle: int 
                 stats["finished_first"] += 1
             proc.communicate(timeout=60)
             assert_consistent(target)
-        run_worker(target, images)  # finishing the work after those crashes
+        run_worker(target, images, *extra)  # finishing the work after those crashes
         assert assert_consistent(target) == expected_final(images)  # no parent lost or half-done
         with _open(target) as cs:
             sources = [cs.record(pid).source for pid in cs.parent_ids()]
@@ -106,6 +109,17 @@ def kill_randomly(ws: Path, images: Path, kills: int, seed: int, per_cycle: int 
 def test_random_kills_quick(tmp_path: Path, images: Path) -> None:
     stats = kill_randomly(tmp_path, images, kills=6, seed=1, per_cycle=6)
     assert stats["kills"] + stats["sigint"] >= 6
+
+
+def test_random_kills_while_the_index_migrates(tmp_path: Path) -> None:
+    """Bigger images, more chunks, and an "auto" index that leaves Flat at 50 vectors: most saves rebuild it."""
+    images = tmp_path / "images"
+    make_images(images, 24, size=(320, 240))
+    extra = ("--scales", "0.5,0.25", "--flat-max", "50")
+    stats = kill_randomly(tmp_path, images, kills=6, seed=3, per_cycle=6, extra=extra)
+    assert stats["kills"] + stats["sigint"] >= 6
+    with _open(tmp_path / "cycle0") as cs:
+        assert cs.info()["index_structure"].startswith("IVF")  # it did migrate
 
 
 @pytest.mark.slow
@@ -181,8 +195,9 @@ def test_creation_killed_before_the_config_was_written_can_be_resumed(tmp_path: 
     ws.mkdir()
     (ws / "lock").touch()
     (ws / "workspace.json.k2.tmp").write_text('{"form')  # what a kill mid-creation leaves
+    RootStore(ws / "store", dim=3).close()  # the store comes before workspace.json, so it may be there too
     with _open(ws, encoder="color-histogram", segmenter="whole") as cs:
-        assert len(cs) == 0 and cs.verify().ok
+        assert len(cs) == 0 and cs.verify().ok and cs.store.dim == 512
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "lock").touch()
     (tmp_path / "other" / "notes.txt").touch()  # not ours: refused

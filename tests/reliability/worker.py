@@ -1,6 +1,7 @@
 """A writer process for crash, concurrency and disk-full tests.
 
     python -m tests.reliability.worker WORKSPACE IMAGES_DIR [--map-size BYTES] [--fsize-limit BYTES]
+        [--scales 0.5,0.25] [--flat-max N]
 
 Indexes every image of IMAGES_DIR (content-hash ids, 4 per batch), then deletes the parents whose
 file name contains "-del". Prints "ready" once imported and "done" at the end, so a test can kill it
@@ -23,12 +24,18 @@ def main() -> int:
     parser.add_argument("images")
     parser.add_argument("--map-size", type=int, default=64 << 20)
     parser.add_argument("--fsize-limit", type=int, default=0, help="RLIMIT_FSIZE: simulates a full disk")
+    parser.add_argument("--scales", default="0.5", help="tile scales, comma-separated")
+    parser.add_argument("--flat-max", type=int, default=0, help="an 'auto' index leaves Flat above N vectors")
     args = parser.parse_args()
     if args.fsize_limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize_limit, args.fsize_limit))
 
     from crossscale import CrossScaleSearch
+    from crossscale.index import choose
+
+    if args.flat_max:
+        choose.FLAT_MAX = args.flat_max  # saves then migrate the index (Flat -> IVF, more lists) as it grows
 
     files = sorted(Path(args.images).glob("*.png"))
     print("ready", flush=True)
@@ -36,7 +43,7 @@ def main() -> int:
         args.workspace,
         encoder="color-histogram",
         segmenter="whole+tiles",
-        segmenter_kwargs={"tiles": {"scales": [0.5]}},
+        segmenter_kwargs={"tiles": {"scales": [float(s) for s in args.scales.split(",")]}},
         verifier="sift",  # local features too: in the same transactions, so covered by every kill
         verifier_kwargs={"max_keypoints": 200},
         batch_size=4,

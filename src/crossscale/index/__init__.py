@@ -1,6 +1,16 @@
 """Storage: the chunk vector index (FAISS) and the root store (LMDB)."""
 
+from crossscale.index.choose import DEFAULT_MAX_MEMORY, IndexPlan, choose_index, parse_memory
 from crossscale.index.chunk_index import ChunkIndex
 from crossscale.index.root_store import ChunkRecord, ParentRecord, RootStore
 
-__all__ = ["ChunkIndex", "ChunkRecord", "ParentRecord", "RootStore"]
+__all__ = [
+    "ChunkIndex",
+    "ChunkRecord",
+    "DEFAULT_MAX_MEMORY",
+    "IndexPlan",
+    "ParentRecord",
+    "RootStore",
+    "choose_index",
+    "parse_memory",
+]

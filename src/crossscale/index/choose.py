@@ -1,0 +1,149 @@
+"""Choose a faiss index structure from the collection's size and a memory budget (``index_factory="auto"``).
+
+After autofaiss' ``get_optimal_index_keys_v2``, cut down to the structures crossscale supports and migrates between:
+
+- ``Flat`` (exact) while the collection is small (``flat_max`` vectors) and fits;
+- ``IVF{c},Flat`` (exact vectors, ``nprobe`` lists searched) while the vectors fit in the budget;
+- ``IVF{c},PQ{m}`` (``m`` bytes per vector, the largest ``m`` that fits) beyond that.
+
+A budget too small for any of them is an error naming the size needed. Too few vectors to train an IVF
+(faiss wants ~39 per list) stay ``Flat``, with a log line, never a faiss assertion.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+from crossscale.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MAX_MEMORY", "IndexPlan", "choose_index", "format_bytes", "parse_memory"]
+
+#: the budget of a new workspace with ``index_factory="auto"`` when none is given
+DEFAULT_MAX_MEMORY = 4 << 30
+#: vectors under which an exact Flat index is kept (single queries stay ~15 ms at 512-d on 2 cores)
+FLAT_MAX = 100_000
+#: faiss' minimum training points per IVF list (it warns below 39)
+MIN_POINTS_PER_LIST = 39
+_ID_BYTES = 8  # the 64-bit id kept per vector
+_PQ_SIZES = (64, 48, 32, 24, 16, 12, 8, 4)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(value: str | int) -> int:
+    """Bytes from ``"4G"``, ``"512M"``, ``"1.5GB"``, ``"2 GiB"`` or an int (binary units: 1K = 1024).
+
+    Raises:
+        ConfigurationError: not a positive size.
+    """
+    if isinstance(value, bool):
+        raise ConfigurationError(f"max_memory must be a size such as '4G' or a number of bytes, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", value.upper())
+        if m is None:
+            raise ConfigurationError(f"max_memory must be a size such as '4G', '512M' or '1.5GB', got {value!r}")
+        size = int(float(m.group(1)) * _UNITS[m.group(2)])
+    else:
+        raise ConfigurationError(f"max_memory must be a size such as '4G' or a number of bytes, got {value!r}")
+    if size <= 0:
+        raise ConfigurationError(f"max_memory must be more than 0 bytes, got {value!r}")
+    return size
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` → ``"1.5 KiB"``: sizes in messages."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """An index structure for ``n`` vectors: the faiss ``factory`` string, what it needs, how to search it.
+
+    Attributes:
+        factory: for :class:`~crossscale.index.ChunkIndex` (and ``faiss.index_factory``).
+        bytes: the estimated RAM of the index (vectors or codes, ids, centroids, codebooks).
+        nprobe: IVF lists searched per query (``None`` for Flat); set on the index when it is built.
+        train_size: vectors to train on (0: no training).
+        reason: one line on why, for logs and ``info()``.
+    """
+
+    factory: str
+    bytes: int
+    nprobe: int | None
+    train_size: int
+    reason: str
+
+
+def _nlist(n: int) -> int:
+    """IVF lists: a power of two near 4·sqrt(n), with at least MIN_POINTS_PER_LIST training points each."""
+    target = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
+    return int(max(1, min(target, 65536, n // MIN_POINTS_PER_LIST)))
+
+
+def choose_index(
+    n: int, dim: int, max_memory: str | int = DEFAULT_MAX_MEMORY, *, flat_max: int | None = None
+) -> IndexPlan:
+    """The index structure for ``n`` vectors of ``dim`` within ``max_memory`` (see the module docstring).
+
+    ``flat_max``: the most vectors kept in an exact Flat index (default :data:`FLAT_MAX`).
+
+    Raises:
+        ConfigurationError: bad arguments, or no structure fits: the message names the size needed.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigurationError(f"n must be an int >= 0, got {n!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
+    budget = parse_memory(max_memory)
+    flat_max = FLAT_MAX if flat_max is None else flat_max
+    flat = n * (4 * dim + _ID_BYTES)
+    if n <= flat_max and flat <= budget:
+        return IndexPlan("Flat", flat, None, 0, f"{n} vectors: exact search")
+    nlist = _nlist(n)
+    if nlist < 16:
+        if flat <= budget:
+            logger.info("%d vectors are too few to train an IVF index; keeping Flat", n)
+            return IndexPlan("Flat", flat, None, 0, f"{n} vectors: too few to train an IVF index")
+        raise ConfigurationError(
+            f"max_memory={format_bytes(budget)} cannot hold {n} vectors of dim {dim}: a Flat index needs "
+            f"{format_bytes(flat)}, and {n} vectors are too few to train a compressed one"
+        )
+    centroids = nlist * 4 * dim
+    nprobe = int(min(nlist, max(16, nlist // 32)))
+    train = int(min(n, max(MIN_POINTS_PER_LIST * nlist, 64 * nlist)))
+    ivf_flat = flat + centroids
+    if ivf_flat <= budget:
+        return IndexPlan(f"IVF{nlist},Flat", ivf_flat, nprobe, train, f"{n} vectors: IVF, vectors kept exact")
+    if n < 256 * MIN_POINTS_PER_LIST:  # a PQ codebook has 256 centroids per sub-vector
+        raise ConfigurationError(
+            f"max_memory={format_bytes(budget)} cannot hold {n} vectors of dim {dim}: an IVF index with exact "
+            f"vectors needs {format_bytes(ivf_flat)}, and {n} vectors are too few to train product quantisation"
+        )
+    sizes = [m for m in _PQ_SIZES if m <= dim and dim % m == 0]
+    smallest = None
+    for m in sizes:
+        need = n * (m + _ID_BYTES) + centroids + 256 * 4 * dim  # codes + ids, centroids, codebooks
+        smallest = need
+        if need <= budget:
+            return IndexPlan(
+                f"IVF{nlist},PQ{m}",
+                need,
+                nprobe,
+                int(min(n, max(train, 256 * MIN_POINTS_PER_LIST))),
+                f"{n} vectors: IVF-PQ, {m} B each",
+            )
+    needed = smallest if smallest is not None else ivf_flat
+    raise ConfigurationError(
+        f"max_memory={format_bytes(budget)} cannot hold {n} vectors of dim {dim}: the smallest index crossscale "
+        f"builds needs {format_bytes(needed)}; give a bigger max_memory"
+    )

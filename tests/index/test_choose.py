@@ -1,0 +1,174 @@
+"""choose_index: a structure by size within a memory budget; parse_memory; "auto" workspaces that migrate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from crossscale import CrossScaleSearch
+from crossscale.errors import ConfigurationError
+from crossscale.index import ChunkIndex, IndexPlan, choose_index, parse_memory
+from crossscale.index import choose as choose_module
+from crossscale.workspace import _growth_key
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4G", 4 << 30), ("512M", 512 << 20), ("1.5GB", 3 << 29), ("2 GiB", 2 << 30), ("100k", 102400), (4096, 4096)],
+)
+def test_memory_sizes_are_read_in_binary_units(text: str | int, size: int) -> None:
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("bad", ["", "4X", "G", "-1G", 0, -5, True, 1.5, None])
+def test_bad_memory_sizes_are_named(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_memory"):
+        parse_memory(bad)  # type: ignore[arg-type]
+
+
+def test_small_collections_are_exact_then_ivf_then_pq_as_the_budget_shrinks() -> None:
+    assert choose_index(0, 512).factory == "Flat"
+    assert choose_index(50_000, 512).factory == "Flat"
+    ivf = choose_index(1_000_000, 512, "4G")
+    assert ivf.factory == "IVF4096,Flat" and ivf.nprobe == 128 and ivf.bytes <= 4 << 30
+    pq = choose_index(10_000_000, 256, "4G")
+    assert pq.factory.startswith("IVF") and ",PQ" in pq.factory and pq.bytes <= 4 << 30
+    assert pq.train_size <= 10_000_000
+
+
+def test_a_budget_that_holds_nothing_names_the_size_needed() -> None:
+    with pytest.raises(ConfigurationError, match=r"max_memory=1\.0 KiB cannot hold 10000000 vectors.*needs \d"):
+        choose_index(10_000_000, 256, "1K")
+    with pytest.raises(ConfigurationError, match="too few to train"):
+        choose_index(500, 512, "1K")  # Flat needs 1 MiB; 500 vectors cannot train an IVF
+    with pytest.raises(ConfigurationError, match="too few to train product quantisation"):
+        choose_index(5_000, 512, "1M")
+
+
+def test_too_few_vectors_for_an_ivf_stay_flat(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="crossscale.index.choose")
+    plan = choose_index(400, 64, "1G", flat_max=10)
+    assert plan.factory == "Flat" and "too few" in caplog.text
+
+
+def _plan_or_none(n: int, dim: int, budget: int) -> IndexPlan | None:
+    """The plan, or None where the budget holds nothing (then the error says what is needed)."""
+    try:
+        return choose_index(n, dim, budget)
+    except ConfigurationError as exc:
+        message = str(exc)
+    if "needs" not in message and "too few" not in message:
+        raise AssertionError(message)
+    return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 50_000_000),
+    st.sampled_from([64, 128, 256, 384, 512, 768, 1024, 1280]),
+    st.integers(1 << 20, 64 << 30),
+)
+def test_a_plan_fits_its_budget_and_grows_with_the_collection(n: int, dim: int, budget: int) -> None:
+    plan = _plan_or_none(n, dim, budget)
+    if plan is None:
+        return
+    assert plan.bytes <= budget
+    assert plan.train_size <= n
+    if plan.nprobe is not None:
+        nlist = int(plan.factory[3:].split(",")[0])
+        assert 1 <= plan.nprobe <= nlist and n >= 39 * nlist
+    bigger = _plan_or_none(2 * n + 1, dim, budget)
+    if bigger is None:
+        return
+    assert _growth_key(bigger.factory) >= _growth_key(plan.factory)  # never a smaller structure for more vectors
+
+
+@pytest.mark.parametrize("n", [700, 5_000])
+def test_chosen_ivf_structures_build_train_and_find_their_vectors(n: int) -> None:
+    plan = choose_index(n, 32, "1G", flat_max=100)
+    assert plan.factory.startswith("IVF") and plan.factory.endswith(",Flat")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 32)).astype(np.float32)
+    index = ChunkIndex(32, plan.factory, device="cpu")
+    index.train(x[rng.choice(n, plan.train_size, replace=False)])
+    index.add(x, np.arange(n))
+    index.set_search_params(f"nprobe={plan.nprobe}")
+    _, ids = index.search(x[:20], 1)
+    assert (ids[:, 0] == np.arange(20)).mean() >= 0.9
+
+
+# ------------------------------------------------------------------ "auto" workspaces
+def _scenes(k: int) -> list[tuple[str, Image.Image]]:
+    """Images of distinct colours (with some noise), told apart by colour histograms."""
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(k):
+        base = np.array([(i * 70) % 256, (i * 40 + 30) % 256, (255 - i * 20) % 256], dtype=np.float64)
+        pixels = np.clip(base + rng.normal(0, 6, (240, 320, 3)), 0, 255).astype(np.uint8)
+        out.append((f"p{i}", Image.fromarray(pixels)))
+    return out
+
+
+def _open(path: Path, **kw: object) -> CrossScaleSearch:
+    return CrossScaleSearch.open(  # type: ignore[arg-type]
+        path,
+        encoder="color-histogram",
+        segmenter="whole+tiles",
+        refine=False,
+        verifier=False,
+        progress=False,
+        device="cpu",
+        **kw,
+    )
+
+
+def test_new_workspaces_choose_their_index_and_record_the_budget(tmp_path: Path) -> None:
+    with _open(tmp_path / "ws", max_memory="2G") as cs:
+        info = cs.info()
+        assert info["index_factory"] == "auto" and info["index_structure"] == "Flat"
+        assert info["max_memory"] == 2 << 30
+    doc = json.loads((tmp_path / "ws" / "workspace.json").read_text())
+    assert doc["format"] == 2 and doc["index_factory"] == "auto" and doc["max_memory"] == 2 << 30
+    with _open(tmp_path / "ws", max_memory="3G") as cs:  # a writer may change the budget
+        assert cs.info()["max_memory"] == 3 << 30
+    with _open(tmp_path / "flat", index_factory="Flat") as cs:
+        assert cs.info()["index_structure"] == "Flat" and cs.config.format == 1
+    with pytest.raises(ConfigurationError, match="only applies to an 'auto' index"):
+        _open(tmp_path / "flat", max_memory="1G")
+    with pytest.raises(ConfigurationError, match="max_memory"):
+        _open(tmp_path / "bad", max_memory="lots")
+
+
+def test_an_outgrown_index_migrates_at_save_and_stays_searchable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(choose_module, "FLAT_MAX", 500)  # migrate at 500 vectors instead of 100k
+    scenes = _scenes(12)
+    with _open(tmp_path / "ws") as cs:
+        cs.index(scenes[:2])
+        assert cs.info()["index_structure"] == "Flat" and len(cs.chunk_index) < 500
+        cs.index(scenes[2:])
+        structure = cs.info()["index_structure"]
+        assert structure.startswith("IVF") and structure.endswith(",Flat"), structure
+        assert cs.search(scenes[7][1], top_k=1)[0].parent_id == "p7"
+        assert cs.verify().ok
+        cs.delete("p3")
+        assert cs.info()["index_structure"] == structure  # shrinking never migrates down on save
+    with _open(tmp_path / "ws") as cs:  # reopened: the saved IVF, no rebuild
+        assert cs.info()["index_structure"] == structure and cs.verify().ok
+        assert cs.search(scenes[9][1], top_k=1)[0].parent_id == "p9"
+
+
+def test_a_budget_too_small_for_what_is_stored_is_refused_at_open(tmp_path: Path) -> None:
+    with _open(tmp_path / "ws") as cs:
+        cs.index(_scenes(2))
+    with pytest.raises(ConfigurationError, match="cannot hold"):
+        _open(tmp_path / "ws", max_memory="1K")
+    with _open(tmp_path / "ws") as cs:  # the refused budget was not recorded
+        assert cs.info()["max_memory"] == 4 << 30 and len(cs) == 2
