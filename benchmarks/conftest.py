@@ -11,7 +11,7 @@ from PIL import Image
 
 from crossscale import CrossScaleSearch
 from crossscale.index.root_store import NewParent, RootStore
-from crossscale.types import Box
+from crossscale.types import Box, Chunk
 
 DIM = 512
 PARENTS = 2000
@@ -64,14 +64,16 @@ def facade(
     """A workspace holding the corpus (written straight to the store; the facade builds the index)."""
     path: Path = tmp_path_factory.mktemp("bench") / "ws"
     encoder = LookupEncoder()
-    CrossScaleSearch.open(path, encoder=encoder, segmenter="whole", progress=False, device="cpu").close()
+    CrossScaleSearch.open(  # exact Flat and no verifier: the raw baselines do neither
+        path, encoder=encoder, segmenter="whole", progress=False, device="cpu", index_factory="Flat", verifier=False
+    ).close()
     store = RootStore(path / "store", dim=DIM)
     x = corpus["x"]
     box = Box(0, 0, 8, 8)
     batch = []
     for p in range(PARENTS):
         rows = x[p * CHUNKS_PER_PARENT : (p + 1) * CHUNKS_PER_PARENT]
-        batch.append(NewParent(f"p{p:05d}", b"\x89PNG", "PNG", 8, 8, [(box, "tile", None, None)] * len(rows), rows))
+        batch.append(NewParent(f"p{p:05d}", b"\x89PNG", "PNG", 8, 8, [Chunk(box, None, "tile")] * len(rows), rows))
         if len(batch) == 200:
             store.add_parents(batch)
             batch = []

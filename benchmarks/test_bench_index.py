@@ -56,8 +56,13 @@ def test_raw_segment_encode_faiss_add(benchmark, images) -> None:  # type: ignor
 @pytest.mark.benchmark(group="index-48-images")
 def facade_index(root: Path, inputs: object) -> int:
     """Index ``inputs`` into a new workspace under ``root`` through the facade; returns the chunks indexed."""
-    with CrossScaleSearch.open(
-        root / f"ws{next(_RUNS)}", encoder="color-histogram", segmenter="whole+tiles", progress=False, device="cpu"
+    with CrossScaleSearch.open(  # no verifier: the raw side extracts no SIFT features (test_bench_encode times them)
+        root / f"ws{next(_RUNS)}",
+        encoder="color-histogram",
+        segmenter="whole+tiles",
+        verifier=False,
+        progress=False,
+        device="cpu",
     ) as cs:
         assert len(cs.index(inputs).added) == N_IMAGES
         return len(cs.chunk_index)
