@@ -1,4 +1,4 @@
-"""The facade: composes a segmenter, an encoder, a ranker and a refiner around a workspace.
+"""The facade: composes a segmenter, an encoder, a ranker, a verifier and a refiner around a workspace.
 
 It decides nothing itself. Indexing runs :func:`crossscale.ingest.ingest`; searching runs
 :func:`crossscale.query.search_parents`; the workspace owns the files, the lock, the store and the index.
@@ -9,8 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,25 +20,30 @@ from crossscale._checks import int_at_least, positive_int
 from crossscale._device import validate_device
 from crossscale._forward import Forward
 from crossscale._images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from crossscale._stages import (
+    DEFAULT_ENCODER,
+    DEFAULT_SEGMENTER,
+    DEFAULT_VERIFIER,
+    ENCODERS,
+    SEGMENTERS,
+    VERIFIERS,
+    StageRequest,
+)
 from crossscale._vectors import embed_text
-from crossscale.encode import create_encoder
-from crossscale.errors import CapabilityError, ConfigurationError, WorkspaceMismatchError
-from crossscale.index import ChunkIndex, RootStore, parse_memory
+from crossscale.errors import CapabilityError, ConfigurationError
+from crossscale.index import ChunkIndex, RootStore
 from crossscale.index.root_store import ParentRecord
-from crossscale.ingest import ingest, iter_inputs, json_ready
+from crossscale.ingest import ingest, iter_inputs
 from crossscale.protocols import Encoder, Ranker, Refiner, Segmenter, TextEncoder, Verifier, check_stage
 from crossscale.query import embed_queries, search_parents
-from crossscale.rank import ParentRanker, RegionRefiner, create_verifier
+from crossscale.rank import ParentRanker, RegionRefiner
 from crossscale.segment import create_segmenter
 from crossscale.types import IndexReport, Query, SearchResult
 from crossscale.workspace import (
-    AUTO_INDEX,
     WORKSPACE_FORMAT,
-    ComponentSpec,
     VerifyReport,
     Workspace,
     WorkspaceConfig,
-    new_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,11 +56,6 @@ __all__ = [
     "CrossScaleSearch",
     "VerifyReport",
 ]
-
-DEFAULT_ENCODER = "clip"
-#: new workspaces keep SIFT features of each parent and verify the top matches (docs/benchmarks.md)
-DEFAULT_VERIFIER = "sift"
-DEFAULT_SEGMENTER = "whole+yolo+tiles"
 
 
 class CrossScaleSearch:
@@ -183,9 +182,9 @@ class CrossScaleSearch:
             raise ConfigurationError(f"verify_matches must be True or False, got {verify_matches!r}")
         if ranker is not None:
             check_stage(ranker, Ranker, "ranker")
-        request = _Request(
-            {_ENCODERS: encoder, _SEGMENTERS: segmenter, _VERIFIERS: verifier},
-            {_ENCODERS: encoder_kwargs, _SEGMENTERS: segmenter_kwargs, _VERIFIERS: verifier_kwargs},
+        request = StageRequest(
+            {ENCODERS: encoder, SEGMENTERS: segmenter, VERIFIERS: verifier},
+            {ENCODERS: encoder_kwargs, SEGMENTERS: segmenter_kwargs, VERIFIERS: verifier_kwargs},
             index_factory,
             max_memory,
             readonly,
@@ -193,14 +192,14 @@ class CrossScaleSearch:
             Path(path),
         )
         workspace = Workspace.open(path, request.configure, readonly=readonly, device=device, map_size=map_size)
-        enc = request.built[_ENCODERS]
+        enc = request.built[ENCODERS]
         return cls(
             workspace,
             encoder=enc,
-            segmenter=request.built[_SEGMENTERS],
+            segmenter=request.built[SEGMENTERS],
             ranker=ranker or ParentRanker(),
             refiner=RegionRefiner(enc) if refine is True else None if refine is False else refine,
-            verifier=request.built[_VERIFIERS],
+            verifier=request.built[VERIFIERS],
             verify_matches=verify_matches,
             device=device,
             batch_size=batch_size,
@@ -413,161 +412,3 @@ class CrossScaleSearch:
             f"CrossScaleSearch({str(self.path)!r}, parents={len(self.store)}, chunks={len(self.chunk_index)}, "
             f"encoder={self.encoder.name!r})"
         )
-
-
-# ====================================================================== building the stages a workspace records
-@dataclass(frozen=True)
-class _StageKind:
-    """A kind of stage a workspace records: its name in arguments, its default, how to build it, its protocol."""
-
-    what: str
-    default: str | None
-    create: Callable[[str, str, Mapping[str, Any]], Any]  # (name, device, kwargs) -> stage
-    protocol: type
-
-
-_ENCODERS = _StageKind("encoder", DEFAULT_ENCODER, lambda n, d, kw: create_encoder(n, device=d, **kw), Encoder)
-_SEGMENTERS = _StageKind(
-    "segmenter", DEFAULT_SEGMENTER, lambda n, d, kw: create_segmenter(n, device=d, **kw), Segmenter
-)
-_VERIFIERS = _StageKind("verifier", DEFAULT_VERIFIER, lambda n, d, kw: create_verifier(n, **kw), Verifier)
-
-
-class _Request:
-    """What ``open()`` was asked for; :meth:`configure` turns it, and the stored config, into stages and a config."""
-
-    def __init__(
-        self,
-        given: dict[_StageKind, Any],
-        kwargs: dict[_StageKind, Mapping[str, Any] | None],
-        index_factory: str | None,
-        max_memory: str | int | None,
-        readonly: bool,
-        device: str,
-        path: Path,
-    ) -> None:
-        for kind, stage in given.items():  # refused before anything touches the disk
-            if stage is not None and stage is not False and not isinstance(stage, str):
-                check_stage(stage, kind.protocol, kind.what)
-        self.given, self.kwargs = given, kwargs
-        self.index_factory, self.readonly, self.device, self.path = index_factory, readonly, device, path
-        self.max_memory = parse_memory(max_memory) if max_memory is not None else None
-        self.built: dict[_StageKind, Any] = {}
-
-    def _stage(self, kind: _StageKind, recorded: ComponentSpec | None, reopening: bool, build_now: bool) -> Any:
-        stage, spec = _resolve_stage(
-            kind,
-            self.given[kind],
-            self.kwargs[kind],
-            recorded,
-            reopening=reopening,
-            build_now=build_now,
-            device=self.device,
-        )
-        self.built[kind] = stage
-        return spec
-
-    def configure(self, stored: WorkspaceConfig | None) -> WorkspaceConfig:
-        """Called by :meth:`Workspace.open` under the lock with the stored config (``None``: a new workspace)."""
-        reopening = stored is not None
-        asked = self.given[_VERIFIERS]
-        if stored is not None and stored.verifier_name is None and asked not in (None, False):
-            raise ConfigurationError(
-                f"{self.path}: this workspace keeps no local features; verifier= only applies to new workspaces"
-            )
-        if stored is not None and stored.verifier_name is not None and asked is False:
-            raise ConfigurationError(
-                f"{self.path}: this workspace keeps the local features of verifier {stored.verifier_name!r} and "
-                "needs it to index; pass verify_matches=False to search without verifying"
-            )
-        enc_spec = self._stage(_ENCODERS, stored.encoder_spec if stored else None, reopening, True)
-        seg_spec = self._stage(_SEGMENTERS, stored.segmenter_spec if stored else None, reopening, not self.readonly)
-        ver_spec = self._stage(_VERIFIERS, stored.verifier_spec if stored else None, reopening, True)
-        enc, seg, ver = (self.built[k] for k in (_ENCODERS, _SEGMENTERS, _VERIFIERS))
-        for kind, stage in ((_ENCODERS, enc), (_VERIFIERS, ver)):
-            recorded_name = (
-                None if stored is None else stored.encoder_name if kind is _ENCODERS else stored.verifier_name
-            )
-            if stage is None and recorded_name is not None:
-                raise ConfigurationError(
-                    f"this workspace was built with {kind.what} {recorded_name!r} passed as an object; pass the "
-                    f"same {kind.what}= to reopen it"
-                )
-        if stored is None:
-            return new_config(
-                encoder_name=enc.name,
-                dim=int(enc.dim),
-                encoder_spec=enc_spec,
-                segmenter_name=seg.name if seg is not None else None,
-                segmenter_spec=seg_spec,
-                index_factory=self.index_factory or AUTO_INDEX,
-                verifier_name=ver.name if ver is not None else None,
-                verifier_spec=ver_spec,
-                max_memory=self.max_memory,
-            )
-        _check_compatible(self.path, stored, enc, seg, ver, self.index_factory)
-        if self.max_memory is not None and self.max_memory != stored.max_memory:
-            if stored.index_factory != AUTO_INDEX:
-                raise ConfigurationError(
-                    f"{self.path}: max_memory only applies to an 'auto' index; this one is {stored.index_factory!r}"
-                )
-            return dataclasses.replace(stored, max_memory=self.max_memory)  # recorded by Workspace.open
-        return stored
-
-
-def _resolve_stage(
-    kind: _StageKind,
-    given: object,
-    kwargs: Mapping[str, Any] | None,
-    recorded: ComponentSpec | None,
-    *,
-    reopening: bool,
-    build_now: bool,
-    device: str,
-) -> tuple[Any, ComponentSpec | None]:
-    """A stage and how to rebuild it: from a name, an object, or (``given`` None, ``reopening``) the workspace's
-    record. ``(None, recorded)`` when reopening without one and it is not to be built now, or cannot be; and
-    ``(None, None)`` for a new workspace asked for none of a kind that has no default."""
-    if given is False:  # "none of this kind" (a kind with a default); configure() refused it where it is recorded
-        return None, None
-    if given is None and reopening:
-        if recorded is None or not build_now:
-            return None, recorded
-        return kind.create(recorded.name, device, recorded.kwargs), recorded
-    if given is None and kind.default is None:
-        return None, None
-    if given is None or isinstance(given, str):
-        name = given or kind.default
-        spec = ComponentSpec(str(name), json_ready(dict(kwargs or {}), f"{kind.what}_kwargs"))
-        return kind.create(spec.name, device, spec.kwargs), spec
-    if kwargs:
-        raise ConfigurationError(f"{kind.what}_kwargs only applies when {kind.what} is given by name")
-    return given, None  # checked against kind.protocol by _Request
-
-
-def _check_compatible(
-    root: Path,
-    config: WorkspaceConfig,
-    enc: Encoder,
-    seg: Segmenter | None,
-    ver: Verifier | None,
-    index_factory: str | None,
-) -> None:
-    if enc.name != config.encoder_name or int(enc.dim) != config.dim:
-        raise WorkspaceMismatchError(
-            f"{root}: built with encoder {config.encoder_name!r} (dim {config.dim}), "
-            f"opened with {enc.name!r} (dim {enc.dim}); vectors of different encoders cannot be compared. "
-            "Open it with the same encoder, or index into a new workspace"
-        )
-    if ver is not None and ver.name != config.verifier_name:
-        raise WorkspaceMismatchError(
-            f"{root}: its parents keep the local features of verifier {config.verifier_name!r}; "
-            f"{ver.name!r} cannot read them. Open it with the same verifier"
-        )
-    if index_factory is not None and index_factory != config.index_factory:
-        raise ConfigurationError(
-            f"{root}: the index is {config.index_factory!r}; index_factory={index_factory!r} "
-            "only applies to new workspaces"
-        )
-    if seg is not None and seg.name != config.segmenter_name:
-        logger.info("workspace %s was segmented with %s; new images use %s", root, config.segmenter_name, seg.name)
