@@ -269,6 +269,7 @@ class Config:
     box: str = "best"
     refiner: Callable[[Encoder], RegionRefiner] | None = None  # re-scores the top parents after ranking
     verifier: Callable[[], Verifier] | None = None  # checks the top parents geometrically, before refining
+    vector_dtype: str = "float32"  # as the store keeps them ("float16": rounded, as a float16 workspace reads them)
 
 
 class VectorCache:
@@ -357,6 +358,8 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         for c in chunks:
             records.append(ChunkRecord(len(records), pid, c.box, c.kind, c.label, c.confidence))
             vectors.append(cache.chunks[(config.encoder, pid, c.box.as_tuple())])
+    if config.vector_dtype != "float32":
+        vectors = list(np.stack(vectors).astype(config.vector_dtype).astype(np.float32))
     index = ChunkIndex(encoder.dim, device="cpu")
     index.add(np.stack(vectors), np.arange(len(vectors)))
     ranker = ParentRanker(config.aggregator, box=config.box)
@@ -424,7 +427,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         per_query=per_split,
         passes_per_parent=passes / n_parents,
         query_p95_ms=1000 * float(np.percentile(latencies, 95)),
-        vector_bytes_per_parent=4 * encoder.dim * len(records) / n_parents,
+        vector_bytes_per_parent=np.dtype(config.vector_dtype).itemsize * encoder.dim * len(records) / n_parents,
         local_bytes_per_parent=float(np.mean([len(b) for b in local.values()])) if local else 0.0,
     )
 
@@ -522,6 +525,15 @@ def default_configs() -> list[Config]:
             box="fusion",
             verifier=GeometricVerifier,
             refiner=RegionRefiner,
+        ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3, float16 vectors",
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=GeometricVerifier,
+            refiner=RegionRefiner,
+            vector_dtype="float16",
         ),
         Config("lite0, whole+tiles(.5,.35,.25) mean_top3", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="mean_top3"),
         Config("lite0, whole+tiles(.5,.35,.25) sum", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="sum"),

@@ -55,6 +55,7 @@ class StageRequest:
         kwargs: dict[StageKind, Mapping[str, Any] | None],
         index_factory: str | None,
         max_memory: str | int | None,
+        vector_dtype: str | None,
         readonly: bool,
         device: str,
         path: Path,
@@ -65,6 +66,7 @@ class StageRequest:
         self.given, self.kwargs = given, kwargs
         self.index_factory, self.readonly, self.device, self.path = index_factory, readonly, device, path
         self.max_memory = parse_memory(max_memory) if max_memory is not None else None
+        self.vector_dtype = vector_dtype
         self.built: dict[StageKind, Any] = {}
 
     def _stage(self, kind: StageKind, recorded: ComponentSpec | None, reopening: bool, build_now: bool) -> Any:
@@ -117,8 +119,14 @@ class StageRequest:
                 verifier_name=ver.name if ver is not None else None,
                 verifier_spec=ver_spec,
                 max_memory=self.max_memory,
+                vector_dtype=self.vector_dtype or "float32",
             )
         _check_compatible(self.path, stored, enc, seg, ver, self.index_factory)
+        if self.vector_dtype is not None and self.vector_dtype != stored.vector_dtype:
+            raise ConfigurationError(
+                f"{self.path}: the store keeps {stored.vector_dtype} vectors; vector_dtype={self.vector_dtype!r} "
+                "only applies to new workspaces"
+            )
         if self.max_memory is not None and self.max_memory != stored.max_memory:
             if stored.index_factory != AUTO_INDEX:
                 raise ConfigurationError(

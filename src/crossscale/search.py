@@ -127,6 +127,7 @@ class CrossScaleSearch:
         verifier_kwargs: Mapping[str, Any] | None = None,
         verify_matches: bool = True,
         max_memory: str | int | None = None,
+        vector_dtype: str | None = None,
     ) -> CrossScaleSearch:
         """Create the workspace at ``path``, or reopen it.
 
@@ -147,6 +148,8 @@ class CrossScaleSearch:
                 or a faiss factory string (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``), kept as it is.
             max_memory: the RAM budget of an ``"auto"`` index: ``"4G"`` (default), ``"512M"``, or bytes.
                 Recorded; a writer may give an existing ``"auto"`` workspace another one.
+            vector_dtype: how a new workspace stores its vectors: ``"float32"`` (default) or ``"float16"`` (half
+                the bytes in LMDB; cosine scores move by ~1e-3, see docs/benchmarks.md).
             encoder_kwargs, segmenter_kwargs: arguments for components built by name
                 (e.g. ``encoder_kwargs={"name_or_path": "/models/clip"}``); recorded in the workspace.
             readonly: open for searching only; many readers may run beside one writer.
@@ -187,6 +190,7 @@ class CrossScaleSearch:
             {ENCODERS: encoder_kwargs, SEGMENTERS: segmenter_kwargs, VERIFIERS: verifier_kwargs},
             index_factory,
             max_memory,
+            vector_dtype,
             readonly,
             validate_device(device),
             Path(path),

@@ -42,7 +42,7 @@ from crossscale.errors import (
     WorkspaceLockedError,
 )
 from crossscale.index import DEFAULT_MAX_MEMORY, ChunkIndex, IndexPlan, RootStore, choose_index, parse_memory
-from crossscale.index.root_store import NewParent, ParentRecord
+from crossscale.index.root_store import VECTOR_DTYPES, NewParent, ParentRecord
 from crossscale.types import ChunkRecord
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class WorkspaceConfig:
             collection's size within ``max_memory`` (:func:`~crossscale.index.choose_index`), and migrated to a
             bigger structure at :meth:`Workspace.save` as the collection grows.
         max_memory: the RAM budget of an ``"auto"`` index, in bytes (``None`` otherwise).
+        vector_dtype: how the store keeps vectors: ``"float32"``, or ``"float16"`` (format 2; half the bytes).
         created: when the workspace was created (ISO 8601).
         verifier_name: the verifier whose features each parent keeps (format 2), or ``None``.
         verifier_spec: how to rebuild the verifier by name, or ``None`` if none or passed as an object.
@@ -111,6 +112,7 @@ class WorkspaceConfig:
     verifier_spec: ComponentSpec | None = None
     format: int = 1
     max_memory: int | None = None
+    vector_dtype: str = "float32"
 
     def index_plan(self, n: int) -> IndexPlan:
         """The index structure for ``n`` vectors: the recorded factory, or ``"auto"``'s choice."""
@@ -136,6 +138,8 @@ class WorkspaceConfig:
         }
         if self.max_memory is not None:
             doc["max_memory"] = self.max_memory
+        if self.vector_dtype != "float32":
+            doc["vector_dtype"] = self.vector_dtype
         if self.verifier_name is not None:
             doc["verifier"] = {
                 "name": self.verifier_name,
@@ -171,9 +175,12 @@ class WorkspaceConfig:
                 verifier_spec=_spec(verifier.get("spec"), "verifier.spec"),
                 format=doc["format"],
                 max_memory=_typed(doc.get("max_memory"), (int, type(None)), "max_memory"),
+                vector_dtype=_typed(doc.get("vector_dtype", "float32"), str, "vector_dtype"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise WorkspaceFormatError(f"{source}: malformed workspace config ({exc!r})") from exc
+        if config.vector_dtype not in VECTOR_DTYPES:
+            raise WorkspaceFormatError(f"{source}: unknown vector_dtype {config.vector_dtype!r}")
         if config.dim < 1:
             raise WorkspaceFormatError(f"{source}: encoder.dim must be positive, got {config.dim}")
         return config
@@ -310,7 +317,13 @@ class Workspace:
                 shutil.rmtree(root / STORE_DIR, ignore_errors=True)  # an empty one of a killed creation
             elif config != stored and readonly:
                 raise ConfigurationError(f"{root}: a read-only workspace cannot change its config")
-            store = RootStore(root / STORE_DIR, dim=config.dim, readonly=readonly, map_size=map_size)
+            store = RootStore(
+                root / STORE_DIR,
+                dim=config.dim,
+                readonly=readonly,
+                map_size=map_size,
+                vector_dtype=None if readonly else config.vector_dtype,
+            )
             try:
                 if stored is None:  # written last: a workspace.json means a whole workspace, readers included
                     atomic_write(config_path, config_bytes)
@@ -424,7 +437,7 @@ class Workspace:
         assigned = self.store.add_parents(parents)
         with self._mutation():
             for parent, chunk_ids in zip(parents, assigned, strict=True):
-                self.index.add(parent.vectors, chunk_ids)
+                self.index.add(self.store.as_stored(parent.vectors), chunk_ids)  # as a rebuild will read them
         return assigned
 
     def delete(self, parent_id: str) -> None:
@@ -696,6 +709,7 @@ def new_config(
     verifier_name: str | None = None,
     verifier_spec: ComponentSpec | None = None,
     max_memory: str | int | None = None,
+    vector_dtype: str = "float32",
 ) -> WorkspaceConfig:
     """The config of a workspace created now: format 2 with a verifier or an ``"auto"`` index, else format 1."""
     if not isinstance(index_factory, str) or not index_factory.strip():
@@ -703,6 +717,8 @@ def new_config(
     if max_memory is not None and index_factory != AUTO_INDEX:
         raise ConfigurationError(f"max_memory only applies to index_factory='auto', not {index_factory!r}")
     budget = parse_memory(max_memory if max_memory is not None else DEFAULT_MAX_MEMORY)
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ConfigurationError(f"vector_dtype must be one of {sorted(VECTOR_DTYPES)}, got {vector_dtype!r}")
     return WorkspaceConfig(
         encoder_name=encoder_name,
         dim=int(dim),
@@ -713,6 +729,7 @@ def new_config(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         verifier_name=verifier_name,
         verifier_spec=verifier_spec,
-        format=1 if verifier_name is None and index_factory != AUTO_INDEX else 2,
+        format=1 if verifier_name is None and index_factory != AUTO_INDEX and vector_dtype == "float32" else 2,
+        vector_dtype=vector_dtype,
         max_memory=budget if index_factory == AUTO_INDEX else None,
     )

@@ -26,16 +26,24 @@ import lmdb
 import numpy as np
 
 from crossscale._checks import positive_int
-from crossscale.errors import ConfigurationError, ParentNotFoundError, WorkspaceError
+from crossscale.errors import (
+    ConfigurationError,
+    ParentNotFoundError,
+    WorkspaceError,
+    WorkspaceFormatError,
+    WorkspaceMismatchError,
+)
 from crossscale.types import Chunk, ChunkRecord
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkRecord", "NewParent", "ParentRecord", "RootStore", "validate_parent_id"]
+__all__ = ["VECTOR_DTYPES", "ChunkRecord", "NewParent", "ParentRecord", "RootStore", "validate_parent_id"]
 
 _U64 = struct.Struct(">Q")
 _MAX_ID_BYTES = 256
 _INITIAL_MAP = 64 << 20
+#: how a store may keep its vectors (little-endian)
+VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}
 T = TypeVar("T")
 
 
@@ -171,6 +179,12 @@ class RootStore:
         dim: vector length, fixed at creation; checked on every write.
         readonly: open for reading only (many processes may read while one writes).
         map_size: initial memory map size in bytes; it doubles whenever a write needs more.
+        vector_dtype: how vectors are kept: ``"float32"`` (4 bytes per value) or ``"float16"`` (2; cosine scores
+            move by ~1e-3). Recorded in the store when it is created; ``None`` reads what is recorded (a store
+            written before this option is ``"float32"``). Vectors always come back as float32.
+
+    Raises:
+        WorkspaceMismatchError: ``vector_dtype`` differs from the one the store was created with.
     """
 
     _DBS = ("roots", "parents", "chunks", "vectors", "info", "log", "local")
@@ -178,9 +192,17 @@ class RootStore:
     _OPTIONAL = frozenset({"local"})
 
     def __init__(
-        self, path: str | os.PathLike[str], *, dim: int, readonly: bool = False, map_size: int = _INITIAL_MAP
+        self,
+        path: str | os.PathLike[str],
+        *,
+        dim: int,
+        readonly: bool = False,
+        map_size: int = _INITIAL_MAP,
+        vector_dtype: str | None = None,
     ) -> None:
         self.dim = positive_int("dim", dim)
+        if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
+            raise ConfigurationError(f"vector_dtype must be one of {sorted(VECTOR_DTYPES)}, got {vector_dtype!r}")
         self.path = Path(path)
         self.readonly = readonly
         if not readonly:
@@ -194,6 +216,31 @@ class RootStore:
             _ENVS.release(self.path)
             raise WorkspaceError(f"{self.path}: cannot open LMDB store: {exc}") from exc
         self._closed = False
+        try:
+            self.vector_dtype = self._settle_dtype(vector_dtype)
+        except BaseException:
+            self.close()
+            raise
+        self._dtype = np.dtype(VECTOR_DTYPES[self.vector_dtype])
+
+    def as_stored(self, vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` as they will read back (rounded to float16 where the store keeps that), as float32."""
+        return np.asarray(vectors, dtype=self._dtype).astype(np.float32, copy=False)
+
+    def _settle_dtype(self, asked: str | None) -> str:
+        recorded = self.get_info("vector_dtype")
+        if recorded is None:
+            if asked is None or asked == "float32" or self.readonly:
+                return "float32"  # what every store was before the option existed
+            if self.chunk_count():
+                raise WorkspaceMismatchError(f"{self.path}: its vectors are float32; they cannot be read as {asked}")
+            self.set_info("vector_dtype", asked)
+            return asked
+        if recorded not in VECTOR_DTYPES:
+            raise WorkspaceFormatError(f"{self.path}: unknown vector_dtype {recorded!r}")
+        if asked is not None and asked != recorded:
+            raise WorkspaceMismatchError(f"{self.path}: its vectors are {recorded}; they cannot be read as {asked}")
+        return str(recorded)
 
     def _open_db(self, name: str, readonly: bool) -> Any:
         try:
@@ -373,7 +420,7 @@ class RootStore:
                     raise ConfigurationError(f"parent {p.parent_id!r} is already stored")
                 ids = list(range(next_id, next_id + len(p.chunks)))
                 next_id += len(p.chunks)
-                vectors = np.ascontiguousarray(p.vectors, dtype=np.float32)
+                vectors = np.ascontiguousarray(p.vectors, dtype=self._dtype)
                 for cid, chunk, vec in zip(ids, p.chunks, vectors, strict=True):
                     record = ChunkRecord(cid, p.parent_id, chunk.box, chunk.kind, chunk.label, chunk.confidence)
                     txn.put(_U64.pack(cid), record.to_json(), db=self._db["chunks"])
@@ -455,8 +502,8 @@ class RootStore:
                 raw = txn.get(_U64.pack(int(cid)), db=self._db["vectors"])
                 if raw is not None:
                     ids.append(int(cid))
-                    rows.append(np.frombuffer(raw, dtype=np.float32))
-        vecs = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+                    rows.append(np.frombuffer(raw, dtype=self._dtype))
+        vecs = np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, self.dim), np.float32)
         return np.asarray(ids, dtype=np.int64), vecs
 
     def chunk_ids(self, txn: lmdb.Transaction | None = None) -> set[int]:
@@ -474,12 +521,12 @@ class RootStore:
             rows: list[np.ndarray] = []
             for key, raw in txn.cursor(db=self._db["vectors"]):
                 ids.append(_U64.unpack(bytes(key))[0])
-                rows.append(np.frombuffer(raw, dtype=np.float32).copy())
+                rows.append(np.frombuffer(raw, dtype=self._dtype).copy())
                 if len(ids) >= batch_size:
-                    yield np.asarray(ids, dtype=np.int64), np.stack(rows)
+                    yield np.asarray(ids, dtype=np.int64), np.stack(rows).astype(np.float32, copy=False)
                     ids, rows = [], []
             if ids:
-                yield np.asarray(ids, dtype=np.int64), np.stack(rows)
+                yield np.asarray(ids, dtype=np.int64), np.stack(rows).astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ change log
     def changes_since(
@@ -560,8 +607,9 @@ class RootStore:
             for key, raw in t.cursor(db=self._db["vectors"]):
                 cid = _U64.unpack(bytes(key))[0]
                 vector_ids.add(cid)
-                vec = np.frombuffer(bytes(raw), dtype=np.float32)
-                if vec.shape != (self.dim,) or not np.isfinite(vec).all() or abs(float(vec @ vec) - 1.0) > 1e-3:
+                vec = np.frombuffer(bytes(raw), dtype=self._dtype).astype(np.float64)
+                tolerance = 1e-3 if self.vector_dtype == "float32" else 4e-3  # float16: 2^-11 per value
+                if vec.shape != (self.dim,) or not np.isfinite(vec).all() or abs(float(vec @ vec) - 1.0) > tolerance:
                     problems.append(f"vector {cid}: not a finite unit vector of dim {self.dim}")
             if vector_ids != seen:
                 problems.append(
