@@ -144,7 +144,22 @@ def test_index_structure_and_budget_from_the_command_line(
     photos["coffee"].save(folder / "coffee.png")
     opts = ["--encoder", "color-histogram", "--segmenter", "whole", "--no-progress", "--device", "cpu"]
     assert (
-        main(["index", str(folder), "-w", str(tmp_path / "flat"), *opts, "--index", "Flat", "--verifier", "none"]) == 0
+        main(
+            [
+                "index",
+                str(folder),
+                "-w",
+                str(tmp_path / "flat"),
+                *opts,
+                "--index",
+                "Flat",
+                "--verifier",
+                "none",
+                "--vector-dtype",
+                "float32",
+            ]
+        )
+        == 0
     )
     doc = json.loads((tmp_path / "flat" / "workspace.json").read_text())
     assert doc["format"] == 1 and doc["index_factory"] == "Flat" and "verifier" not in doc  # as 0.1 wrote them

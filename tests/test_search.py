@@ -445,8 +445,8 @@ def test_text_search_ranks_parents_by_their_best_chunk_with_boxes(
         text = encoder.encode_text(["a red kite in the sky"])[0]
         best = {}
         for pid in names:
-            _, vectors = cs.store.vectors(cs.record(pid).chunk_ids)
-            best[pid] = float((vectors @ text).max())
+            _, vectors = cs.store.vectors(cs.record(pid).chunk_ids)  # float16, read back: unit again as indexed
+            best[pid] = float((vectors / np.linalg.norm(vectors, axis=1, keepdims=True) @ text).max())
         assert [m.parent_id for m in result] == sorted(best, key=lambda p: -best[p])[:3]
         np.testing.assert_allclose([m.score for m in result], sorted(best.values(), reverse=True)[:3], rtol=1e-5)
         for m in result:

@@ -80,7 +80,7 @@ def test_new_workspaces_verify_with_sift_by_default(tmp_path: Path, photos: dict
 
 
 def test_a_verifier_only_applies_to_new_workspaces(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
-    with _open(tmp_path / "ws", verifier=False, index_factory="Flat") as cs:  # as 0.1 made them: format 1
+    with _open(tmp_path / "ws", verifier=False, index_factory="Flat", vector_dtype="float32") as cs:  # format 1
         cs.index([("c", photos["coffee"])])
         assert cs.verifier is None and cs.store.local_count() == 0
     with pytest.raises(ConfigurationError, match="keeps no local features"):

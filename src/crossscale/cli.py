@@ -43,6 +43,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
         kw["index_factory"] = args.index
     if args.max_memory:
         kw["max_memory"] = args.max_memory
+    if args.vector_dtype:
+        kw["vector_dtype"] = args.vector_dtype
     with CrossScaleSearch.open(args.workspace, batch_size=args.batch_size, **kw) as cs:
         report = cs.index(args.inputs)
         if args.json:
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--index", help="a new workspace's chunk index: auto (the default) or a faiss factory string")
     p.add_argument("--max-memory", help="RAM budget of an auto index, e.g. 4G (the default), 512M")
+    p.add_argument("--vector-dtype", choices=("float16", "float32"), help="how a new workspace stores vectors")
     common(p, components=True)
     p.set_defaults(func=_cmd_index)
 

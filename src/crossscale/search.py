@@ -148,8 +148,9 @@ class CrossScaleSearch:
                 or a faiss factory string (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``), kept as it is.
             max_memory: the RAM budget of an ``"auto"`` index: ``"4G"`` (default), ``"512M"``, or bytes.
                 Recorded; a writer may give an existing ``"auto"`` workspace another one.
-            vector_dtype: how a new workspace stores its vectors: ``"float32"`` (default) or ``"float16"`` (half
-                the bytes in LMDB; cosine scores move by ~1e-3, see docs/benchmarks.md).
+            vector_dtype: how a new workspace stores its vectors: ``"float16"`` (the default: half the bytes in
+                LMDB; cosine scores move by ~1e-3, no quality figure moved, see docs/benchmarks.md) or
+                ``"float32"``. ``None`` when reopening: the recorded one.
             encoder_kwargs, segmenter_kwargs: arguments for components built by name
                 (e.g. ``encoder_kwargs={"name_or_path": "/models/clip"}``); recorded in the workspace.
             readonly: open for searching only; many readers may run beside one writer.

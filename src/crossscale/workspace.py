@@ -605,7 +605,11 @@ def _read_config(path: Path) -> WorkspaceConfig:
 def _rebuild(store: RootStore, config: WorkspaceConfig, device: str, txn: Any) -> ChunkIndex:
     """A new index of every vector in the store as ``txn`` sees it."""
     total = store.chunk_count(txn)
-    plan = config.index_plan(total)
+    try:
+        plan = config.index_plan(total)
+    except ConfigurationError as exc:  # the store outgrew the budget since: still open it, and say so
+        plan = choose_index(total, config.dim, 1 << 62)
+        logger.warning("%s; building %s anyway", exc, plan.factory)
     index = _new_index(config.dim, plan, device)
     batches: Iterable[tuple[np.ndarray, np.ndarray]] = store.iter_vectors(txn=txn)
     if not index.is_trained:  # IVF/PQ: train on a sample of what is stored (all of it without a plan)

@@ -137,7 +137,7 @@ def test_new_workspaces_choose_their_index_and_record_the_budget(tmp_path: Path)
     assert doc["format"] == 2 and doc["index_factory"] == "auto" and doc["max_memory"] == 2 << 30
     with _open(tmp_path / "ws", max_memory="3G") as cs:  # a writer may change the budget
         assert cs.info()["max_memory"] == 3 << 30
-    with _open(tmp_path / "flat", index_factory="Flat") as cs:
+    with _open(tmp_path / "flat", index_factory="Flat", vector_dtype="float32") as cs:
         assert cs.info()["index_structure"] == "Flat" and cs.config.format == 1
     with pytest.raises(ConfigurationError, match="only applies to an 'auto' index"):
         _open(tmp_path / "flat", max_memory="1G")
@@ -172,3 +172,18 @@ def test_a_budget_too_small_for_what_is_stored_is_refused_at_open(tmp_path: Path
         _open(tmp_path / "ws", max_memory="1K")
     with _open(tmp_path / "ws") as cs:  # the refused budget was not recorded
         assert cs.info()["max_memory"] == 4 << 30 and len(cs) == 2
+
+
+def test_an_index_over_budget_is_still_rebuilt_when_the_file_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _open(tmp_path / "ws", max_memory="1M") as cs:  # Flat holds ~500 vectors of 512-d in 1 MiB
+        cs.index(_scenes(2))
+        assert len(cs.chunk_index) < 500
+    monkeypatch.setattr(choose_module, "FLAT_MAX", 10)  # now nothing fits: too few vectors for IVF-PQ
+    with _open(tmp_path / "ws") as cs:
+        cs.index(_scenes(6)[2:])  # stored; the save keeps the Flat index and warns
+        assert "keeping the Flat index" in caplog.text and cs.info()["index_structure"] == "Flat"
+    (tmp_path / "ws" / "chunks.index").unlink()
+    with _open(tmp_path / "ws") as cs:  # rebuilt all the same
+        assert "building" in caplog.text and cs.verify().ok and len(cs) == 6
