@@ -58,8 +58,9 @@ __all__ = [
     "new_config",
 ]
 
-#: the newest layout version this crossscale reads. Format 2 (0.2) adds a verifier and the parents' local features;
-#: a workspace without a verifier is still written as format 1, which crossscale 0.1 can open.
+#: the newest layout version this crossscale reads. Format 2 (0.2) adds a verifier and local features, "auto" indexes
+#: and float16 vectors;
+#: a workspace with no verifier, a faiss factory string and float32 vectors is still written as format 1 (0.1 reads it).
 WORKSPACE_FORMAT = 2
 CONFIG_FILE = "workspace.json"
 #: ``index_factory`` that lets crossscale choose (and migrate) the index by size and memory budget
@@ -715,7 +716,7 @@ def new_config(
     max_memory: str | int | None = None,
     vector_dtype: str = "float32",
 ) -> WorkspaceConfig:
-    """The config of a workspace created now: format 2 with a verifier or an ``"auto"`` index, else format 1."""
+    """A new workspace's config: format 2 with a verifier, an ``"auto"`` index or float16 vectors, else 1."""
     if not isinstance(index_factory, str) or not index_factory.strip():
         raise ConfigurationError(f"index_factory must be a faiss factory string or 'auto', got {index_factory!r}")
     if max_memory is not None and index_factory != AUTO_INDEX:
