@@ -420,6 +420,7 @@ class Workspace:
             "index_factory": self.config.index_factory,
             "index_structure": self.index.factory,
             "max_memory": self.config.max_memory,
+            "vector_dtype": self.store.vector_dtype,
             "index_device": self.index.device,
             "store_bytes": self.store.disk_bytes(),
             "verifier": self.config.verifier_name,

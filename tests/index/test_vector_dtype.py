@@ -78,6 +78,7 @@ def test_a_float16_workspace_searches_the_vectors_it_stored(tmp_path: Path, phot
         after = cs.search(query, top_k=3)
         assert [(m.parent_id, m.score) for m in before] == [(m.parent_id, m.score) for m in after]
         assert before[0].parent_id == "rocket" and cs.verify().ok
+        assert cs.info()["vector_dtype"] == "float16"
     doc = json.loads((tmp_path / "ws" / "workspace.json").read_text())
     assert doc["vector_dtype"] == "float16" and doc["format"] == 2
     with pytest.raises(ConfigurationError, match="only applies to new workspaces"):
