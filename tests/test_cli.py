@@ -9,14 +9,23 @@ from PIL import Image
 from crossscale.cli import main
 
 
-def _index_photos(tmp_path: Path, photos: dict[str, Image.Image], names: tuple[str, ...], segmenter: str) -> str:
-    """Save ``names`` as PNGs in a folder and index it through the CLI; returns the workspace path."""
+def _photo_folder(tmp_path: Path, photos: dict[str, Image.Image], names: tuple[str, ...]) -> Path:
+    """``names`` saved as PNGs in ``tmp_path / "imgs"``."""
     folder = tmp_path / "imgs"
     folder.mkdir()
     for name in names:
         photos[name].save(folder / f"{name}.png")
+    return folder
+
+
+def _index_photos(
+    tmp_path: Path, photos: dict[str, Image.Image], names: tuple[str, ...], segmenter: str, *extra: str
+) -> str:
+    """Save ``names`` as PNGs in a folder and index it through the CLI (``extra``: more flags); returns the
+    workspace path."""
+    folder = _photo_folder(tmp_path, photos, names)
     ws = str(tmp_path / "ws")
-    argv = ["index", str(folder), "-w", ws, "--encoder", "color-histogram", "--segmenter", segmenter]
+    argv = ["index", str(folder), "-w", ws, "--encoder", "color-histogram", "--segmenter", segmenter, *extra]
     assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
     return ws
 
@@ -102,10 +111,7 @@ def test_search_show_writes_the_grid_and_text_queries_need_a_text_tower(
 def test_text_search_from_the_command_line(
     tmp_path: Path, tiny_clip_dir: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for name in ("coffee", "rocket"):
-        photos[name].save(folder / f"{name}.png")
+    folder = _photo_folder(tmp_path, photos, ("coffee", "rocket"))
     ws = str(tmp_path / "ws")
     base = ["-w", ws, "--no-progress", "--device", "cpu"]
     clip = ["--encoder", "clip", "--encoder-path", str(tiny_clip_dir), "--segmenter", "whole+tiles"]
@@ -119,13 +125,9 @@ def test_text_search_from_the_command_line(
 def test_a_workspace_with_a_verifier_from_the_command_line(
     tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for name in ("astronaut", "rocket"):
-        photos[name].save(folder / f"{name}.png")
-    ws = str(tmp_path / "ws")
-    opts = ["--encoder", "color-histogram", "--segmenter", "whole+tiles", "--verifier", "sift", "--no-progress"]
-    assert main(["index", str(folder), "-w", ws, *opts, "--device", "cpu", "--max-memory", "1G"]) == 0
+    ws = _index_photos(
+        tmp_path, photos, ("astronaut", "rocket"), "whole+tiles", "--verifier", "sift", "--max-memory", "1G"
+    )
     assert json.loads((tmp_path / "ws" / "workspace.json").read_text())["max_memory"] == 1 << 30
     photos["astronaut"].crop((150, 40, 330, 220)).resize((120, 120)).save(tmp_path / "q.png")
     capsys.readouterr()
@@ -139,9 +141,7 @@ def test_a_workspace_with_a_verifier_from_the_command_line(
 def test_index_structure_and_budget_from_the_command_line(
     tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    photos["coffee"].save(folder / "coffee.png")
+    folder = _photo_folder(tmp_path, photos, ("coffee",))
     opts = ["--encoder", "color-histogram", "--segmenter", "whole", "--no-progress", "--device", "cpu"]
     assert (
         main(
