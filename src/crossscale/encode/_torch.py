@@ -15,7 +15,25 @@ from crossscale._vectors import l2_normalize
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TorchImageEncoder"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PixelNormaliser", "TorchImageEncoder"]
+
+#: ImageNet channel statistics on the 0-255 scale: the default normalisation of the CNN encoders
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class PixelNormaliser:
+    """Resizes an RGB image (bilinear) and normalises its channels: ``(pixel - mean) / std`` on the 0-255 scale."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+        self._std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+
+    def __call__(self, image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        """``image`` at ``size`` (width, height), normalised: float32 of shape ``(height, width, 3)``."""
+        pixels = np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+        normalised: np.ndarray = (pixels - self._mean) / self._std
+        return normalised
 
 
 class TorchImageEncoder:

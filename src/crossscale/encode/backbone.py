@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from crossscale._checks import int_at_least
-from crossscale.encode._torch import TorchImageEncoder
+from crossscale.encode._torch import IMAGENET_MEAN, IMAGENET_STD, PixelNormaliser, TorchImageEncoder
 from crossscale.errors import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ class BackboneEncoder(TorchImageEncoder):
         name: str,
         dim: int,
         image_size: int = 224,
-        mean: Sequence[float] = (123.675, 116.28, 103.53),
-        std: Sequence[float] = (58.395, 57.12, 57.375),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         device: str = "auto",
         batch_size: int = 32,
         precision: str = "auto",
@@ -60,18 +60,13 @@ class BackboneEncoder(TorchImageEncoder):
         self.name = name
         self.dim = int(dim)
         self.image_size = int(image_size)
-        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
-        self._std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+        self._normalise = PixelNormaliser(mean, std)
 
     def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         import torch
 
         size = (self.image_size, self.image_size)
-        arrays = [
-            (np.asarray(im.resize(size, Image.Resampling.BILINEAR), dtype=np.float32) - self._mean) / self._std
-            for im in images
-        ]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(np.stack([self._normalise(im, size) for im in images])).permute(0, 3, 1, 2).contiguous()
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.features(pixels)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from crossscale._checks import int_at_least, number_in
 from crossscale._vectors import l2_normalize
-from crossscale.encode._torch import TorchImageEncoder
+from crossscale.encode._torch import IMAGENET_MEAN, IMAGENET_STD, PixelNormaliser, TorchImageEncoder
 from crossscale.encode.backbone import load_efficientnet_lite0
 from crossscale.errors import ConfigurationError
 from crossscale.types import Box
@@ -92,8 +92,8 @@ class FeatureMapEncoder(TorchImageEncoder):
         map_size: int = 1024,
         query_size: int = 224,
         p: float = 3.0,
-        mean: Sequence[float] = (123.675, 116.28, 103.53),
-        std: Sequence[float] = (58.395, 57.12, 57.375),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         device: str = "auto",
         batch_size: int = 32,
         precision: str = "auto",
@@ -107,8 +107,7 @@ class FeatureMapEncoder(TorchImageEncoder):
         self.base_name = name
         self.name = f"{name}-regions(map={self.map_size},query={self.query_size},gem={self.p:g})"
         self.dim = int(dim)
-        self._mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
-        self._std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+        self._normalise = PixelNormaliser(mean, std)
 
     def _pixels(self, image: Image.Image, long_side: int) -> torch.Tensor:
         """``image`` resized, aspect kept, to ``long_side`` (each side at least one cell), normalised, ``1x3xHxW``."""
@@ -117,8 +116,7 @@ class FeatureMapEncoder(TorchImageEncoder):
         scale = long_side / max(image.size)
         size = (max(_MIN_SIDE, round(image.width * scale)), max(_MIN_SIDE, round(image.height * scale)))
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        arr = (np.asarray(rgb.resize(size, Image.Resampling.BILINEAR), dtype=np.float32) - self._mean) / self._std
-        return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+        return torch.from_numpy(self._normalise(rgb, size)).permute(2, 0, 1)[None].contiguous()
 
     def _maps(self, pixels: torch.Tensor) -> torch.Tensor:
         maps = self.feature_map(pixels.to(self.device, dtype=self.dtype))
