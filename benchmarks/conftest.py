@@ -40,9 +40,23 @@ class LookupEncoder:
         return np.stack([self.table[im.tobytes()] for im in images]).astype(np.float32)
 
 
+def max_per_parent(scores: np.ndarray, ids: np.ndarray, parent_of: np.ndarray, k: int) -> list[list[int]]:
+    """The raw baselines' fold: per query row of a faiss result, the ``k`` parents with the best chunks, best
+    first (numpy max-per-parent; padding ids of -1 left out)."""
+    out = []
+    for s, i in zip(scores, ids, strict=True):
+        keep = i >= 0
+        parents, s = parent_of[i[keep]], s[keep]
+        _, first = np.unique(parents, return_index=True)  # first = best chunk of each parent (sorted input)
+        best = first[np.argsort(-s[first], kind="stable")][:k]
+        out.append(parents[best].tolist())
+    return out
+
+
 def unit(rng: np.random.Generator, n: int, d: int = DIM) -> np.ndarray:
     x = rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    rows: np.ndarray = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return rows
 
 
 @pytest.fixture(scope="session")

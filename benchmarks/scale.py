@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.conftest import max_per_parent
 from crossscale.index import ChunkIndex, choose_index
 
 logger = logging.getLogger(__name__)
@@ -51,14 +52,7 @@ def make_data(n: int, dim: int, per_parent: int, queries: int, seed: int = 0) ->
 def top_parents(index: ChunkIndex, parent_of: np.ndarray, q: np.ndarray) -> list[list[int]]:
     """Top K_PARENTS parents per query by their best chunk, from one search of K_PARENTS * OVERFETCH chunks."""
     scores, ids = index.search(q, K_PARENTS * OVERFETCH)
-    out = []
-    for s, i in zip(scores, ids, strict=True):
-        keep = i >= 0
-        parents = parent_of[i[keep]]
-        _, first = np.unique(parents, return_index=True)
-        best = first[np.argsort(-s[keep][first], kind="stable")][:K_PARENTS]
-        out.append(parents[best].tolist())
-    return out
+    return max_per_parent(scores, ids, parent_of, K_PARENTS)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from benchmarks.conftest import CHUNKS_PER_PARENT
+from benchmarks.conftest import CHUNKS_PER_PARENT, max_per_parent
 from crossscale.index import ChunkIndex
 
 K_PARENTS = 10
@@ -25,13 +25,7 @@ def raw_flat(x: np.ndarray) -> faiss.IndexFlatIP:
 def raw_parents(index: faiss.IndexFlatIP, parent_of: np.ndarray, q: np.ndarray) -> list[list[int]]:
     """The baseline: faiss search, then numpy max-per-parent, top K_PARENTS parents per query."""
     scores, ids = index.search(q, K_CHUNKS)
-    out = []
-    for s, i in zip(scores, ids, strict=True):
-        parents = parent_of[i]
-        _, first = np.unique(parents, return_index=True)  # first = best chunk of each parent (sorted input)
-        best = first[np.argsort(-s[first], kind="stable")][:K_PARENTS]
-        out.append(parents[best].tolist())
-    return out
+    return max_per_parent(scores, ids, parent_of, K_PARENTS)
 
 
 # ------------------------------------------------------------------ chunk search, 64 queries, k=80
