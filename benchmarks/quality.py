@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from crossscale.encode import ColorHistogramEncoder, Encoder, RegionEncoder, create_encoder, embed, embed_regions
-from crossscale.index import ChunkIndex
+from crossscale.index import ChunkIndex, ParentMap
 from crossscale.query import search_parents
 from crossscale.rank import VERIFIED_BONUS, GeometricVerifier, ParentRanker, RegionRefiner, Verifier
 from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
@@ -362,6 +362,10 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         vectors = list(np.stack(vectors).astype(config.vector_dtype).astype(np.float32))
     index = ChunkIndex(encoder.dim, device="cpu")
     index.add(np.stack(vectors), np.arange(len(vectors)))
+    owners: dict[str, list[int]] = {}
+    for record in records:
+        owners.setdefault(record.parent_id, []).append(record.chunk_id)
+    parents = ParentMap.from_parents(owners.items())
     ranker = ParentRanker(config.aggregator, box=config.box)
     refiner = config.refiner(encoder) if config.refiner is not None else None
     verifier = config.verifier() if config.verifier is not None else None
@@ -390,6 +394,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             10,
             index=index,
             records=lambda ids: {i: records[i] for i in ids},
+            parents=parents,
             ranker=ranker,
             refiner=refiner,
             load_parent=dataset.parents.get,

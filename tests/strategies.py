@@ -33,3 +33,15 @@ def hit_lists(draw: st.DrawFn, max_parents: int = 12, max_hits: int = 60) -> lis
         draw(st.lists(st.floats(-1.0, 1.0, allow_nan=False, width=32), min_size=n, max_size=n)), reverse=True
     )
     return [hit(i, float(s), p) for i, (s, p) in enumerate(zip(scores, parents, strict=True))]
+
+
+@st.composite
+def tied_hit_lists(draw: st.DrawFn, max_parents: int = 10, max_hits: int = 50) -> list[Hit]:
+    """Like :func:`hit_lists`, but with scores on a 1/8 grid (many ties, exact sums), random boxes, and chunk ids
+    in no particular order: what stresses a fold's tie-breaks and box fusion."""
+    n = draw(st.integers(0, max_hits))
+    parents = draw(st.lists(st.sampled_from([f"p{i}" for i in range(max_parents)]), min_size=n, max_size=n))
+    scores = sorted(draw(st.lists(st.integers(-8, 8), min_size=n, max_size=n)), reverse=True)
+    ids = draw(st.permutations(range(n)))
+    found = [draw(boxes(max_side=64)) for _ in range(n)]
+    return [hit(cid, s / 8, p, box) for cid, s, p, box in zip(ids, scores, parents, found, strict=True)]

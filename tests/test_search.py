@@ -12,6 +12,7 @@ from PIL import Image
 
 from crossscale import (
     Box,
+    Chunk,
     ConfigurationError,
     CrossScaleSearch,
     ImageLoadError,
@@ -22,6 +23,8 @@ from crossscale import (
     WorkspaceMismatchError,
 )
 from crossscale.encode import BackboneEncoder, ColorHistogramEncoder
+from crossscale.index.root_store import NewParent
+from crossscale.query import embed_queries, search_parents
 from crossscale.rank import RegionRefiner
 from crossscale.segment import TileSegmenter
 from tests.photos import paste_scene
@@ -497,3 +500,36 @@ def test_text_search_needs_a_text_tower_and_real_texts(tmp_path: Path, photos: d
             cs.search_text_batch("a cup")
         with pytest.raises(CapabilityError):
             cs.search_text_batch([])  # no text can be searched here, not even none
+
+
+def test_the_parent_map_follows_every_change_and_ranks_as_the_records_do(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    """The workspace's in-RAM chunk→parent map (what the numpy fold reads) is kept with the index through adds,
+    deletes, a re-add under the same id, a reader's refresh and a reopen; search ranks with it exactly as with
+    every hit's record read from the store."""
+    names = sorted(photos)
+    with _hist(tmp_path / "ws", verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names[:4]])
+        with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False, device="cpu") as reader:
+            cs.delete(names[0])
+            cs.index([(names[0], photos[names[0]].rotate(90, expand=True))])  # saves: the reader must reload
+            reader.refresh()
+            cs.delete(names[1])  # neither saves: the reader catches these up from the store's log
+            image = photos[names[4]]
+            vector = cs.encoder.encode([image]).astype(np.float32)
+            chunk = Chunk(Box(0, 0, image.width, image.height), None, "whole")
+            cs.workspace.add([NewParent(names[4], b"\x89PNG", "PNG", image.width, image.height, [chunk], vector)])
+            reader.refresh()
+            for ws in (cs.workspace, reader.workspace):
+                assert ws.verify().ok, ws.verify().problems
+                assert len(ws.parents) == 4 and names[1] not in ws.parents
+                queries = embed_queries(cs.encoder, [photos[n].crop((10, 10, 200, 150)) for n in names])
+                common = {"index": ws.searchable_index(), "records": ws.records, "ranker": cs.ranker}
+                with_map = search_parents(queries, 3, parents=ws.parents, **common)  # type: ignore[arg-type]
+                assert with_map == search_parents(queries, 3, **common)  # type: ignore[arg-type]
+                assert all(len(row) == 3 for row in with_map)
+        cs.workspace.parents.remove(names[2])  # break it: verify says so
+        assert any("parent map disagrees" in p for p in cs.verify().problems)
+    with _hist(tmp_path / "ws") as cs:  # rebuilt from the store on open
+        assert cs.verify().ok and len(cs.workspace.parents) == 4

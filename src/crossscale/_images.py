@@ -51,7 +51,8 @@ class LoadedImage:
 
     Attributes:
         image: the RGB image, EXIF orientation applied.
-        data: bytes to store (the original file bytes, or PNG for in-memory images).
+        data: bytes to store (the original file bytes, or PNG for in-memory images; empty for an in-memory
+            image loaded with ``to_store=False``).
         format: format of ``data`` (``"JPEG"``, ``"PNG"``, ...).
         source: a description of the input for messages (a path, ``"<array>"``...).
         path: the file path, when the input was one.
@@ -149,8 +150,10 @@ def _decode(data: bytes, source: str, max_pixels: int) -> tuple[Image.Image, str
     return image, fmt
 
 
-def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS, to_store: bool = True) -> LoadedImage:
     """Read one input into a :class:`LoadedImage`.
+
+    ``to_store=False`` (queries): an in-memory image is not encoded as PNG for storing; ``data`` is then empty.
 
     Raises:
         ImageLoadError: the input cannot be read or decoded, is too small, or is too large.
@@ -196,7 +199,7 @@ def load_image(item: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         raise ImageLoadError(source, f"cannot decode image: {exc}") from exc
     if rgb.width < MIN_SIDE or rgb.height < MIN_SIDE:
         raise ImageLoadError(source, f"image is {rgb.width}x{rgb.height}; both sides must be >= {MIN_SIDE} px")
-    if not data:
+    if not data and to_store:
         buffer = io.BytesIO()
         rgb.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         data = buffer.getvalue()
@@ -210,7 +213,7 @@ def decode_stored(data: bytes, source: str = "<stored image>") -> Image.Image:
     refiner see exactly the pixels that were indexed (alpha on white, 16-bit scaled, EXIF orientation applied).
     They passed the ``max_pixels`` guard when indexed, so no limit is applied again.
     """
-    return load_image(data, max_pixels=sys.maxsize).image
+    return load_image(data, max_pixels=sys.maxsize, to_store=False).image
 
 
 def iter_image_files(folder: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from crossscale.errors import ConfigurationError
 from crossscale.types import Box, Chunk, ChunkRecord, Hit, ParentMatch, Query
 
 __all__ = [
+    "ChunkParents",
     "Encoder",
     "FeatureLoader",
     "FetchHits",
@@ -130,6 +131,20 @@ class VectorIndex(Protocol):
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
     def ids(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ChunkParents(Protocol):
+    """Chunk id → parent for a whole array of ids at once (:class:`~crossscale.index.ParentMap` is one).
+
+    Given to the query path beside the records, it lets the ranker fold a batch's hits with numpy and read
+    records only for the parents it returns. ``parent_codes`` maps ids (any shape) to integer parent codes,
+    ``-1`` for an id of no parent; ``parent_id`` names a code.
+    """
+
+    def parent_codes(self, chunk_ids: np.ndarray) -> np.ndarray: ...
+
+    def parent_id(self, code: int) -> str: ...
 
 
 @runtime_checkable

@@ -290,7 +290,7 @@ class CrossScaleSearch:
     ) -> list[SearchResult]:
         """:meth:`search` for many queries at once (one encoder pass, one index search)."""
         self._check_batch("search_batch", queries, top_k, one=str | os.PathLike | bytes | Image.Image | np.ndarray)
-        images = [load_image(q, max_pixels=self.max_pixels).image for q in queries]
+        images = [load_image(q, max_pixels=self.max_pixels, to_store=False).image for q in queries]
         return self._search(embed_queries(self.encoder, images) if images else [], top_k, min_score)
 
     def search_text(self, text: str, top_k: int = 5, *, min_score: float | None = None) -> SearchResult:
@@ -339,6 +339,7 @@ class CrossScaleSearch:
             top_k,
             index=index,
             records=self.workspace.records,
+            parents=self.workspace.parents,
             ranker=self.ranker,
             refiner=self.refiner,
             load_parent=self.workspace.image_if_present,

@@ -10,15 +10,16 @@ import dataclasses
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import numpy as np
 
 from crossscale._forward import Forward
 from crossscale.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    import numpy as np
     from PIL import Image
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ChunkKind",
     "ChunkRecord",
     "Hit",
+    "HitArrays",
     "IndexFailure",
     "IndexReport",
     "ParentMatch",
@@ -224,6 +226,88 @@ class Hit:
     kind = Forward[ChunkKind]("record")
     label = Forward["str | None"]("record")
     confidence = Forward["float | None"]("record")
+
+
+class HitArrays(Sequence[Hit]):
+    """One query's chunk hits as arrays, best first, whose records are read only when a :class:`Hit` is asked for.
+
+    The query path hands these to the ranker when it knows every chunk's parent in bulk (a
+    :class:`~crossscale.protocols.ChunkParents`, such as a workspace's). :class:`~crossscale.rank.ParentRanker`
+    folds the arrays with numpy and reads records only for the parents it returns; any other ranker sees the
+    ``Sequence[Hit]`` that :data:`~crossscale.protocols.FetchHits` promises (the first access reads every
+    record, and hits whose record is gone are left out, as in a list the query path builds itself).
+
+    Attributes:
+        scores: float32 similarities, best first.
+        chunk_ids: int64 chunk ids.
+        parents: int64 parent codes of the chunks (:meth:`parent_id` names them); all ``>= 0``.
+        fetched: how many hits the index returned for this query (all of them are here).
+    """
+
+    __slots__ = ("_hits", "_parent_id", "_records", "chunk_ids", "parents", "scores")
+
+    def __init__(
+        self,
+        scores: np.ndarray,
+        chunk_ids: np.ndarray,
+        parents: np.ndarray,
+        parent_id: Callable[[int], str],
+        records: Callable[[Iterable[int]], Mapping[int, ChunkRecord]],
+    ) -> None:
+        if not scores.shape == chunk_ids.shape == parents.shape or scores.ndim != 1:
+            raise ConfigurationError(
+                f"HitArrays needs three 1-D arrays of one length, got {scores.shape}, {chunk_ids.shape}, "
+                f"{parents.shape}"
+            )
+        self.scores = scores
+        self.chunk_ids = chunk_ids
+        self.parents = parents
+        self._parent_id = parent_id
+        self._records = records
+        self._hits: list[Hit] | None = None
+
+    @property
+    def fetched(self) -> int:
+        return int(self.scores.shape[0])
+
+    def parent_id(self, code: int) -> str:
+        """The parent id of a code in :attr:`parents`."""
+        return self._parent_id(int(code))
+
+    def hits_at(self, positions: Sequence[int]) -> dict[int, Hit]:
+        """The hits at these positions, read in one lookup; a position whose record is gone is left out."""
+        ids = self.chunk_ids[list(positions)].tolist()
+        scores = self.scores[list(positions)].tolist()
+        found = self._records(ids)
+        return {
+            p: Hit(record, score)
+            for p, cid, score in zip(positions, ids, scores, strict=True)
+            if (record := found.get(cid)) is not None
+        }
+
+    def _all(self) -> list[Hit]:
+        if self._hits is None:
+            found = self.hits_at(range(self.fetched))
+            self._hits = [found[p] for p in range(self.fetched) if p in found]
+        return self._hits
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @overload
+    def __getitem__(self, item: int) -> Hit: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> Sequence[Hit]: ...
+
+    def __getitem__(self, item: int | slice) -> Hit | Sequence[Hit]:
+        return self._all()[item]
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self._all())
+
+    def __repr__(self) -> str:
+        return f"HitArrays(fetched={self.fetched}, best={float(self.scores[0]) if self.fetched else None})"
 
 
 @dataclass(frozen=True, slots=True, eq=False)

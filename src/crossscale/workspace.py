@@ -41,7 +41,15 @@ from crossscale.errors import (
     WorkspaceFormatError,
     WorkspaceLockedError,
 )
-from crossscale.index import DEFAULT_MAX_MEMORY, ChunkIndex, IndexPlan, RootStore, choose_index, parse_memory
+from crossscale.index import (
+    DEFAULT_MAX_MEMORY,
+    ChunkIndex,
+    IndexPlan,
+    ParentMap,
+    RootStore,
+    choose_index,
+    parse_memory,
+)
 from crossscale.index.root_store import VECTOR_DTYPES, NewParent, ParentRecord
 from crossscale.types import ChunkRecord
 
@@ -270,6 +278,7 @@ class Workspace:
     config: WorkspaceConfig
     store: RootStore = field(repr=False)
     index: ChunkIndex = field(repr=False)
+    parents: ParentMap = field(repr=False)
     _generation: int
     _lock: WorkspaceLock | None = field(repr=False)
     _dirty: bool = field(default=False, init=False, repr=False)
@@ -331,7 +340,7 @@ class Workspace:
                 elif config != stored:  # a writer gave an "auto" index another budget
                     config.index_plan(store.chunk_count())  # one that cannot hold what is stored is refused
                     atomic_write(config_path, config_bytes)
-                index, generation = _load_index(root, store, config, device, readonly)
+                index, parents, generation = _load_index(root, store, config, device, readonly)
             except BaseException:
                 store.close()
                 raise
@@ -339,7 +348,7 @@ class Workspace:
             if lock is not None:
                 lock.release()
             raise
-        return cls(root, config, store, index, generation, lock)
+        return cls(root, config, store, index, parents, generation, lock)
 
     # ------------------------------------------------------------------ state
     @property
@@ -440,6 +449,7 @@ class Workspace:
         with self._mutation():
             for parent, chunk_ids in zip(parents, assigned, strict=True):
                 self.index.add(self.store.as_stored(parent.vectors), chunk_ids)  # as a rebuild will read them
+            self.parents.add_many((p.parent_id, ids) for p, ids in zip(parents, assigned, strict=True))
         return assigned
 
     def delete(self, parent_id: str) -> None:
@@ -448,10 +458,11 @@ class Workspace:
         removed = self.store.delete_parent(parent_id)
         with self._mutation():
             self.index.remove(removed)
+            self.parents.remove(parent_id)
 
     @contextlib.contextmanager
     def _mutation(self) -> Iterator[None]:
-        """Bring the in-memory index up to a store commit just made (we hold the only write lock).
+        """Bring the in-memory index and parent map up to a store commit just made (we hold the only write lock).
 
         Until the block completes the index is *dirty*: half of a batch may be in it (an interrupt, an
         error). A dirty index is never saved nor searched: it is rebuilt from the store first.
@@ -469,8 +480,9 @@ class Workspace:
             self._dirty = False
 
     def _reload(self, txn: Any) -> None:
-        """Replace the in-memory index by one rebuilt from the store as ``txn`` sees it."""
+        """Replace the in-memory index and parent map by ones rebuilt from the store as ``txn`` sees it."""
         self.index = _rebuild(self.store, self.config, self.index.device, txn)
+        self.parents = ParentMap.from_parents(self.store.parent_chunks(txn))
         self._generation = self.store.generation_at(txn)
 
     def save(self) -> None:
@@ -513,7 +525,7 @@ class Workspace:
         with self.store.snapshot() as txn:
             generation = self.store.generation_at(txn)
             if generation != self._generation:
-                if _catch_up(self.store, self.index, self._generation, txn):
+                if _catch_up(self.store, self.index, self.parents, self._generation, txn):
                     self._generation = generation
                 else:
                     self._reload(txn)
@@ -541,6 +553,7 @@ class Workspace:
                     f"chunk index disagrees with the store: {len(in_index - stored)} vector(s) of no stored chunk, "
                     f"{len(stored - in_index)} stored chunk(s) not indexed"
                 )
+            problems += _check_parent_map(self.parents, self.store)
         else:
             notes.append(f"a writer committed since this reader loaded (generation {self._generation} -> {generation})")
         file = self.path / INDEX_FILE
@@ -591,6 +604,26 @@ class Workspace:
 
 
 # ====================================================================== persistence of the derived index
+def _check_parent_map(parents: ParentMap, store: RootStore) -> list[str]:
+    """Problems of the in-memory parent map against the store: it must map every stored chunk to its parent."""
+    unmapped = misplaced = known = 0
+    with store.snapshot() as txn:
+        for parent_id, chunk_ids in store.parent_chunks(txn):
+            known += parent_id in parents
+            codes = parents.parent_codes(np.asarray(chunk_ids, np.int64))
+            if (codes < 0).any():
+                unmapped += 1
+            elif any(parents.parent_id(int(code)) != parent_id for code in np.unique(codes)):
+                misplaced += 1
+    gone = len(parents) - known
+    if not (unmapped or misplaced or gone):
+        return []
+    return [
+        f"parent map disagrees with the store: {unmapped} parent(s) with unmapped chunks, {misplaced} with chunks "
+        f"mapped to another parent, {gone} mapped parent(s) no longer stored"
+    ]
+
+
 def _is_unfinished(root: Path) -> bool:
     """Empty, or holding only what a creation killed before writing workspace.json leaves behind."""
     return all(p.name in (LOCK_FILE, STORE_DIR) or p.name.endswith(TEMP_SUFFIX) for p in root.iterdir())
@@ -627,8 +660,9 @@ def _rebuild(store: RootStore, config: WorkspaceConfig, device: str, txn: Any) -
     return index
 
 
-def _catch_up(store: RootStore, index: ChunkIndex, base: int, txn: Any) -> bool:
-    """Replay the store's changes after generation ``base`` into ``index``; False if the log is gone."""
+def _catch_up(store: RootStore, index: ChunkIndex, parents: ParentMap | None, base: int, txn: Any) -> bool:
+    """Replay the store's changes after generation ``base`` into ``index`` and ``parents`` (if given); False if
+    the log is gone (then both must be rebuilt)."""
     changes = store.changes_since(base, txn=txn)
     if changes is None:
         return False
@@ -636,6 +670,15 @@ def _catch_up(store: RootStore, index: ChunkIndex, base: int, txn: Any) -> bool:
         index.remove(removed)
         ids, vecs = store.vectors(added, txn=txn)
         index.add(vecs, ids)
+        if parents is None:
+            continue
+        for code in np.unique(parents.parent_codes(np.asarray(removed, np.int64))):
+            if code >= 0:  # a parent's chunks leave together: its deletion
+                parents.remove(parents.parent_id(int(code)))
+        owners: dict[str, list[int]] = {}
+        for cid, record in store.chunk_records(added, txn=txn).items():
+            owners.setdefault(record.parent_id, []).append(cid)
+        parents.add_many(owners.items())
     if changes:
         logger.info("caught the chunk index up by %d store change(s)", len(changes))
     return True
@@ -643,8 +686,8 @@ def _catch_up(store: RootStore, index: ChunkIndex, base: int, txn: Any) -> bool:
 
 def _load_index(
     root: Path, store: RootStore, config: WorkspaceConfig, device: str, readonly: bool
-) -> tuple[ChunkIndex, int]:
-    """The chunk index, consistent with the store at one point in time, and that store generation.
+) -> tuple[ChunkIndex, ParentMap, int]:
+    """The chunk index and the parent map, consistent with the store at one point in time, and that generation.
 
     Everything is read in one LMDB snapshot, so a writer in another process cannot make it mix states.
     """
@@ -662,7 +705,8 @@ def _load_index(
         index = _new_index(config.dim, config.index_plan(0), device)
     with store.snapshot() as txn:
         generation = store.generation_at(txn)
-        current = index is not None and 0 <= base <= generation and _catch_up(store, index, base, txn)
+        parents = ParentMap.from_parents(store.parent_chunks(txn))
+        current = index is not None and 0 <= base <= generation and _catch_up(store, index, None, base, txn)
         if not current or index is None:
             logger.info("rebuilding the chunk index of %s from the store", root)
             index = _rebuild(store, config, device, txn)
@@ -672,7 +716,7 @@ def _load_index(
             current = False
     if not readonly and (not current or base != generation):
         _save_index(root, store, index, generation)
-    return index, generation
+    return index, parents, generation
 
 
 def _save_index(root: Path, store: RootStore, index: ChunkIndex, generation: int) -> None:

@@ -2,6 +2,7 @@
 
 from crossscale.index.choose import DEFAULT_MAX_MEMORY, IndexPlan, choose_index, parse_memory
 from crossscale.index.chunk_index import ChunkIndex
+from crossscale.index.parent_map import ParentMap
 from crossscale.index.root_store import ChunkRecord, ParentRecord, RootStore
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "ChunkRecord",
     "DEFAULT_MAX_MEMORY",
     "IndexPlan",
+    "ParentMap",
     "ParentRecord",
     "RootStore",
     "choose_index",

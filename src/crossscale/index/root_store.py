@@ -369,6 +369,12 @@ class RootStore:
             for key in txn.cursor(db=self._db["parents"]).iternext(keys=True, values=False):
                 yield bytes(key).decode()
 
+    def parent_chunks(self, txn: lmdb.Transaction | None = None) -> Iterator[tuple[str, list[int]]]:
+        """``(parent_id, chunk_ids)`` of every parent (what a :class:`~crossscale.index.ParentMap` is built of)."""
+        with self._view(txn) as t:
+            for key, raw in t.cursor(db=self._db["parents"]):
+                yield bytes(key).decode(), json.loads(bytes(raw).decode())["c"]
+
     def parent(self, parent_id: str, *, txn: lmdb.Transaction | None = None) -> ParentRecord:
         """The record of ``parent_id``. Raises :class:`ParentNotFoundError`."""
         with self._view(txn) as t:

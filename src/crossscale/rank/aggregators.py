@@ -9,7 +9,14 @@ import numpy as np
 from crossscale._checks import positive_int
 from crossscale.errors import ConfigurationError
 
-__all__ = ["Aggregator", "MaxAggregator", "MeanTopNAggregator", "SumAggregator", "create_aggregator"]
+__all__ = [
+    "Aggregator",
+    "GroupedAggregator",
+    "MaxAggregator",
+    "MeanTopNAggregator",
+    "SumAggregator",
+    "create_aggregator",
+]
 
 
 @runtime_checkable
@@ -22,6 +29,22 @@ class Aggregator(Protocol):
     def __call__(self, scores: np.ndarray) -> float: ...
 
 
+@runtime_checkable
+class GroupedAggregator(Aggregator, Protocol):
+    """An :class:`Aggregator` that also scores many parents at once (what the ranker's numpy fold uses).
+
+    ``over_groups(scores, starts)``: ``scores`` holds each parent's chunk scores, best first, one parent after
+    the other, starting at the offsets ``starts`` (ascending, first 0); returns one float64 score per parent,
+    equal to calling the aggregator on each group.
+    """
+
+    def over_groups(self, scores: np.ndarray, starts: np.ndarray) -> np.ndarray: ...
+
+
+def _group_sizes(scores: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return np.diff(np.append(starts, len(scores)))
+
+
 class MaxAggregator:
     """The best chunk decides: right for "is the query somewhere in this image"."""
 
@@ -29,6 +52,9 @@ class MaxAggregator:
 
     def __call__(self, scores: np.ndarray) -> float:
         return float(scores[0])
+
+    def over_groups(self, scores: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return np.asarray(scores[starts], dtype=np.float64)
 
 
 class MeanTopNAggregator:
@@ -47,6 +73,13 @@ class MeanTopNAggregator:
         top = scores[: self.n]
         return float(top.sum() / self.n) if self.strict else float(top.mean())
 
+    def over_groups(self, scores: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        sizes = _group_sizes(scores, starts)
+        rank = np.arange(len(scores)) - np.repeat(starts, sizes)
+        top = np.where(rank < self.n, scores, 0.0).astype(np.float64)
+        totals = np.add.reduceat(top, starts)
+        return totals / (self.n if self.strict else np.minimum(sizes, self.n))
+
 
 class SumAggregator:
     """Sum of all retrieved chunk scores: favours parents with many matching chunks."""
@@ -55,6 +88,9 @@ class SumAggregator:
 
     def __call__(self, scores: np.ndarray) -> float:
         return float(scores.sum())
+
+    def over_groups(self, scores: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(np.asarray(scores, dtype=np.float64), starts)
 
 
 def create_aggregator(spec: str | Aggregator) -> Aggregator:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -12,12 +14,13 @@ from crossscale.errors import ConfigurationError
 from crossscale.protocols import FetchHits
 from crossscale.rank.aggregators import (
     Aggregator,
+    GroupedAggregator,
     MaxAggregator,
     MeanTopNAggregator,
     SumAggregator,
     create_aggregator,
 )
-from crossscale.types import Box, Hit, ParentMatch
+from crossscale.types import Box, Hit, HitArrays, ParentMatch
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class ParentRanker:
         self.box = box
         self.box_margin = number_in("box_margin", box_margin, 0.0, 2.0)
         self.aggregator = create_aggregator(aggregator)
+        self._grouped = self.aggregator if isinstance(self.aggregator, GroupedAggregator) else None
         self.overfetch = positive_int("overfetch", overfetch)
         self.min_score = optional_finite("min_score", min_score)
 
@@ -69,8 +73,11 @@ class ParentRanker:
     def fold(self, hits: Sequence[Hit], top_k: int | None = None) -> list[ParentMatch]:
         """Group hits by parent, score each parent, and sort (score desc, then parent id).
 
-        Pure: the same hits give the same list. ``top_k=None`` keeps all parents.
+        Pure: the same hits give the same list. ``top_k=None`` keeps all parents. :class:`HitArrays` are
+        folded with numpy, reading records only for the parents returned; the result is the same.
         """
+        if isinstance(hits, HitArrays):
+            return self._matches_of_arrays(hits, self._scored_arrays(hits), top_k)
         return self._matches(self._scored(hits), top_k)
 
     def _scored(self, hits: Sequence[Hit]) -> list[tuple[float, str, list[Hit]]]:
@@ -90,18 +97,74 @@ class ParentRanker:
     def _matches(self, scored: list[tuple[float, str, list[Hit]]], top_k: int | None) -> list[ParentMatch]:
         """ParentMatches of the first ``top_k`` scored parents (boxes are computed only for those)."""
         return [
-            ParentMatch(
-                parent_id=parent_id,
-                score=score,
-                box=self._box(group),
-                kind=group[0].kind,
-                label=group[0].label,
-                chunk_score=group[0].score,
-                chunk_id=group[0].chunk_id,
-                n_hits=len(group),
-            )
+            self._match(score, parent_id, group, len(group))
             for score, parent_id, group in (scored if top_k is None else scored[:top_k])
         ]
+
+    def _match(self, score: float, parent_id: str, group: list[Hit], n_hits: int) -> ParentMatch:
+        best = group[0]
+        return ParentMatch(
+            parent_id=parent_id,
+            score=score,
+            box=self._box(group),
+            kind=best.kind,
+            label=best.label,
+            chunk_score=best.score,
+            chunk_id=best.chunk_id,
+            n_hits=n_hits,
+        )
+
+    # ------------------------------------------------------------------ the numpy fold of HitArrays
+    def _scored_arrays(self, hits: HitArrays) -> _Folded:
+        """The parents of ``hits`` passing ``min_score``, ranked as :meth:`_scored` ranks them, without records."""
+        if hits.fetched == 0:
+            return _Folded([], [], [], [], [], [])
+        scores = hits.scores.astype(np.float64)
+        order = np.lexsort((hits.chunk_ids, -scores, hits.parents))  # by parent; best first, then lower id
+        grouped = hits.parents[order]
+        in_order = scores[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        sizes = np.diff(np.append(starts, len(order)))
+        if self._grouped is not None:
+            parent_scores = self._grouped.over_groups(in_order, starts)
+        else:
+            bounds = np.append(starts, len(order))
+            parent_scores = np.array([self.aggregator(in_order[a:b]) for a, b in itertools.pairwise(bounds)])
+        if self.box == "best":
+            near = np.ones(len(starts), np.int64)
+        else:  # within a group (best first) the hits near the best one are a prefix
+            close = in_order >= np.repeat(in_order[starts], sizes) - self.box_margin
+            near = np.add.reduceat(close.astype(np.int64), starts)
+        candidates = np.arange(len(starts))
+        if self.min_score is not None:
+            candidates = candidates[parent_scores >= self.min_score]
+        ranked = candidates[np.argsort(-parent_scores[candidates], kind="stable")]
+        ranking = ranked.tolist()
+        ranked_scores = parent_scores[ranked]
+        if np.any(ranked_scores[1:] == ranked_scores[:-1]):  # equal scores: the parent id decides, as in _scored
+            ranking.sort(key=lambda g: (-parent_scores[g], hits.parent_id(int(grouped[starts[g]]))))
+        return _Folded(order.tolist(), starts.tolist(), sizes.tolist(), near.tolist(), parent_scores.tolist(), ranking)
+
+    def _matches_of_arrays(self, hits: HitArrays, folded: _Folded, top_k: int | None) -> list[ParentMatch]:
+        """ParentMatches of the first ``top_k`` ranked parents, reading the records of their near-best chunks only.
+
+        A parent whose best chunk's record is gone (deleted since the index was loaded) is skipped for the next.
+        """
+        want = len(folded.ranking) if top_k is None else top_k
+        order = folded.order
+        matches: list[ParentMatch] = []
+        done = 0
+        while done < len(folded.ranking) and len(matches) < want:
+            take = folded.ranking[done : done + want - len(matches)]
+            done += len(take)
+            spans = [(folded.starts[g], folded.starts[g] + folded.near[g]) for g in take]
+            found = hits.hits_at([p for a, b in spans for p in order[a:b]])
+            for g, (a, b) in zip(take, spans, strict=True):
+                if order[a] not in found:
+                    continue
+                group = [found[p] for p in order[a:b] if p in found]
+                matches.append(self._match(folded.parent_scores[g], group[0].parent_id, group, folded.sizes[g]))
+        return matches
 
     def _box(self, group: list[Hit]) -> Box:
         """Where the query is in the parent: the best chunk's box, or a fusion of the near-best chunks.
@@ -111,21 +174,24 @@ class ParentRanker:
         those chunks (docs/benchmarks.md).
         """
         best = group[0]
+        best_box = best.box
         if self.box == "best":
-            return best.box
-        near = [h for h in group if h.score >= best.score - self.box_margin and h.box.intersection_area(best.box) > 0]
+            return best_box
+        floor = best.score - self.box_margin
+        near = [h for h in group if h.score >= floor and h.box.intersection_area(best_box) > 0]
+        if len(near) == 1:  # the best chunk alone (it is always near itself): its box
+            return best_box
         weights = [max(h.score, 1e-6) for h in near]
+        boxes = [h.box.as_tuple() for h in near]
         total = sum(weights)
-        x0, y0, x1, y1 = (
-            sum(w * h.box.as_tuple()[i] for w, h in zip(weights, near, strict=True)) / total for i in range(4)
-        )
+        x0, y0, x1, y1 = (sum(w * b[i] for w, b in zip(weights, boxes, strict=True)) / total for i in range(4))
         return Box(round(x0), round(y0), max(round(x1), round(x0) + 1), max(round(y1), round(y0) + 1))
 
     def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]:
         """The ``top_k`` best parents, fetching more chunks until enough distinct parents are seen.
 
         Args:
-            fetch: returns the best ``k`` chunk hits for the query.
+            fetch: returns the best ``k`` chunk hits for the query (a list of :class:`Hit` or :class:`HitArrays`).
             top_k: parents wanted.
             available: chunks in the index (upper bound for ``k``).
         """
@@ -135,20 +201,45 @@ class ParentRanker:
         k = min(available, top_k * self.overfetch)
         while True:
             hits = fetch(k)
-            scored = self._scored(hits)
-            if len(scored) >= top_k or k >= available or len(hits) < k or self._below_floor(hits):
+            if isinstance(hits, HitArrays):
+                folded = self._scored_arrays(hits)
+                seen, got = len(folded.ranking), hits.fetched
+                last = float(hits.scores[-1]) if got else None
+            else:
+                scored = self._scored(hits)
+                seen, got = len(scored), len(hits)
+                last = hits[-1].score if hits else None
+            if seen >= top_k or k >= available or got < k or self._below_floor(last):
+                if isinstance(hits, HitArrays):
+                    return self._matches_of_arrays(hits, folded, top_k)
                 return self._matches(scored, top_k)
-            logger.debug("only %d parents in %d chunks; fetching %d", len(scored), k, min(available, 2 * k))
+            logger.debug("only %d parents in %d chunks; fetching %d", seen, k, min(available, 2 * k))
             k = min(available, 2 * k)
 
-    def _below_floor(self, hits: Sequence[Hit]) -> bool:
+    def _below_floor(self, last_score: float | None) -> bool:
         """True when no unseen parent can reach ``min_score``.
 
         Unseen chunks score at most the last hit's score, and max and mean-of-top-n
         never exceed a parent's best chunk; a sum can, so it never stops early.
         """
-        if self.min_score is None or not hits or isinstance(self.aggregator, SumAggregator):
+        if self.min_score is None or last_score is None or isinstance(self.aggregator, SumAggregator):
             return False
         if not isinstance(self.aggregator, (MaxAggregator, MeanTopNAggregator)):
             return False
-        return hits[-1].score < self.min_score
+        return last_score < self.min_score
+
+
+class _Folded(NamedTuple):
+    """The numpy fold of one query's :class:`HitArrays`, as lists (they are read item by item).
+
+    ``order``: hit positions grouped by parent, best first within each group; per group: ``starts`` (where it
+    begins in ``order``), ``sizes``, ``near`` (how many of its first hits the box needs), ``parent_scores``;
+    ``ranking``: the groups passing ``min_score``, best first.
+    """
+
+    order: list[int]
+    starts: list[int]
+    sizes: list[int]
+    near: list[int]
+    parent_scores: list[float]
+    ranking: list[int]
