@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from crossscale import Box, CrossScaleSearch
+from crossscale import Box, ConfigurationError, CrossScaleSearch
 from crossscale.encode import ColorHistogramEncoder
 from crossscale.ingest import encode_batch, iter_inputs, load_batch, segment_batch
 from crossscale.segment import TileSegmenter
@@ -117,3 +119,114 @@ def test_tile_chunks_carry_no_crop_and_are_found(tmp_path: Path, photos: dict[st
         cs.index([("scene", scene), ("rocket", photos["rocket"])])
         best = cs.search(photos["coffee"], top_k=1)[0]
         assert best.parent_id == "scene" and best.box.iou(Box(400, 400, 550, 550)) > 0.3
+
+
+# ------------------------------------------------------------------ the overlapped driver (prefetch)
+class FlakyEncoder(ColorHistogramEncoder):
+    """Fails the first time it sees an image 79 pixels wide (after a pause that lets the preparing thread run
+    ahead), and checks that the driver never read more than ``bound`` inputs ahead of it."""
+
+    def __init__(self, pulled: list[int] | None = None, bound: int = 0, delay: float = 0.0) -> None:
+        super().__init__(bins=4)
+        self.failed_once = False
+        self.pulled, self.bound, self.delay, self.images = pulled, bound, delay, 0
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        time.sleep(self.delay)
+        if self.pulled is not None:  # streaming: the driver never reads far ahead of the encoder
+            assert self.pulled[0] - self.images <= self.bound, (self.pulled[0], self.images)
+        if any(im.width == 79 for im in images) and not self.failed_once:
+            self.failed_once = True
+            time.sleep(0.5)  # the preparing thread reads the copy meanwhile (prefetch 3)
+            raise RuntimeError("first 79 fails")
+        self.images += 1
+        return super().encode(images)
+
+
+def _inputs(photos: dict[str, Image.Image]) -> list[object]:
+    """Good photos, copies, an unreadable input, a tuple of the wrong shape and a copy after a failure."""
+    names = sorted(photos)
+    odd = Image.new("RGB", (79, 60), "teal")
+    return [
+        photos[names[0]],
+        b"not an image",
+        (names[1], photos[names[1]]),
+        photos[names[0]],  # a copy: present
+        odd,  # the encoder fails on it the first time...
+        ("x", "y", "z", "w"),
+        photos[names[2]].rotate(90, expand=True),
+        odd.copy(),  # ...and takes this copy: read while the first was still to fail
+        photos[names[3]],
+    ]
+
+
+def _snapshot(cs: CrossScaleSearch) -> dict[str, object]:
+    store = cs.store
+    parents = {pid: store.parent(pid) for pid in store.parent_ids()}
+    ids = sorted(c for p in parents.values() for c in p.chunk_ids)
+    return {
+        "parents": {pid: (p.chunk_ids, p.width, p.height) for pid, p in parents.items()},
+        "records": store.chunk_records(ids),
+        "vectors": store.vectors(ids)[1].tolist(),
+    }
+
+
+def test_prefetch_gives_the_same_workspace_and_report_as_no_thread(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    results = []
+    for prefetch in (0, 1, 3):
+        with CrossScaleSearch.open(
+            tmp_path / f"ws{prefetch}",
+            encoder=FlakyEncoder(),
+            segmenter="whole+tiles",
+            progress=False,
+            device="cpu",
+            batch_size=1,
+        ) as cs:
+            report = cs.index(iter(_inputs(photos)), prefetch=prefetch)  # a generator: no length
+            assert cs.verify().ok
+            results.append((report.added, report.present, [(f.source, f.reason) for f in report.failed], _snapshot(cs)))
+    assert results[0] == results[1] == results[2]
+    added, present, failed, _ = results[0]
+    assert len(added) == 5 and len(present) == 1 and len(failed) == 3  # the 79-wide one is added at its copy
+    assert any("first 79 fails" in reason for _, reason in failed)
+
+
+def test_a_long_generator_is_read_only_a_few_batches_ahead(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    pulled = [0]
+    image = photos[sorted(photos)[0]].resize((64, 48))
+
+    def many():  # type: ignore[no-untyped-def]
+        for n in range(60):
+            pulled[0] += 1
+            yield (f"p{n}", image)
+
+    prefetch, batch_size = 2, 3
+    encoder = FlakyEncoder(pulled, bound=(prefetch + 2) * batch_size, delay=0.01)
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder=encoder, segmenter="whole", progress=False, device="cpu", batch_size=batch_size
+    ) as cs:
+        report = cs.index(many(), prefetch=prefetch)
+    assert len(report.added) == 60 and report.ok
+
+
+def test_an_input_generator_that_raises_stops_the_thread_and_keeps_what_was_added(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    import threading
+
+    def broken():  # type: ignore[no-untyped-def]
+        yield ("a", photos[sorted(photos)[0]])
+        yield ("b", photos[sorted(photos)[1]])
+        raise OSError("the source went away")
+
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter="whole", progress=False, device="cpu", batch_size=1
+    ) as cs:
+        with pytest.raises(OSError, match="went away"):
+            cs.index(broken(), prefetch=2)
+        assert not [t for t in threading.enumerate() if t.name == "crossscale-ingest-prepare"]
+        assert sorted(cs.workspace.parent_ids()) == ["a", "b"] and cs.verify().ok
+        with pytest.raises(ConfigurationError, match="prefetch"):
+            cs.index([photos[sorted(photos)[2]]], prefetch=-1)

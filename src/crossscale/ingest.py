@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
+from crossscale._checks import int_at_least
 from crossscale._images import ImageInput, LoadedImage, describe, iter_image_files, load_image
 from crossscale._vectors import embed, embed_regions
 from crossscale.errors import ConfigurationError, CrossScaleError
@@ -73,10 +76,14 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Segmented:
-    """A loaded input and its chunks (never empty: the whole image stands in when the segmenter finds none)."""
+    """A loaded input and its chunks (never empty: the whole image stands in when the segmenter finds none).
+
+    ``local``: what a verifier extracted of the image, when that was done before encoding (see :func:`ingest`).
+    """
 
     loaded: Loaded
     chunks: Sequence[Chunk]
+    local: bytes | None = None
 
 
 def json_ready(value: Any, what: str) -> Any:
@@ -145,8 +152,16 @@ def load_batch(
     ``is_known(parent_id)`` says whether a parent is stored already or earlier in the run; such inputs are
     reported as present, not read twice.
     """
+    loaded, present, failed = _load(batch, max_pixels=max_pixels, is_known=is_known)
+    return loaded, [parent_id for parent_id, _ in present], failed
+
+
+def _load(
+    batch: Sequence[InputItem], *, max_pixels: int, is_known: Callable[[str], bool]
+) -> tuple[list[Loaded], list[tuple[str, InputItem]], list[IndexFailure]]:
+    """:func:`load_batch`, with each present id's input (the driver may need to read it after all)."""
     loaded: list[Loaded] = []
-    present: list[str] = []
+    present: list[tuple[str, InputItem]] = []
     failed: list[IndexFailure] = []
     for entry in batch:
         if entry.error is not None:
@@ -160,7 +175,7 @@ def load_batch(
             failed.append(IndexFailure(entry.source, str(exc), type(exc).__name__))
             continue
         if is_known(parent_id) or any(x.parent_id == parent_id for x in loaded):
-            present.append(parent_id)
+            present.append((parent_id, entry))
             continue
         loaded.append(Loaded(parent_id, image, meta))
     return loaded, present, failed
@@ -255,6 +270,7 @@ def encode_batch(
 
     A :class:`~crossscale.protocols.RegionEncoder` embeds each image's boxes in one call (one forward pass);
     any other encoder gets the crops of the whole batch in one call (retried image by image if it fails).
+    Without a ``verifier``, each parent keeps the ``local`` features its :class:`Segmented` carries.
     """
     vectors: list[np.ndarray | Exception] = []
     if isinstance(encoder, RegionEncoder):
@@ -286,7 +302,7 @@ def encode_batch(
                 vectors=vecs,
                 source=x.image.source,
                 metadata=x.metadata,
-                local=extract_local(verifier, x) if verifier is not None else None,
+                local=extract_local(verifier, x) if verifier is not None else s.local,
             )
         )
     return parents, failed
@@ -304,6 +320,94 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 # ====================================================================== the driver
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch read, segmented and (with a verifier) its local features extracted: all but the encoder's work.
+
+    ``present``: inputs whose id was known when read, with the input (its earlier copy may fail after all).
+    """
+
+    size: int
+    segmented: list[Segmented]
+    present: list[tuple[str, InputItem]]
+    failed: list[IndexFailure]
+
+
+def _prepare(
+    batch: Sequence[InputItem],
+    *,
+    segmenter: Segmenter,
+    verifier: Verifier | None,
+    max_pixels: int,
+    is_known: Callable[[str], bool],
+    seen: set[str],
+) -> _Prepared:
+    loaded, present, failed = _load(batch, max_pixels=max_pixels, is_known=is_known)
+    seen.update(x.parent_id for x in loaded)
+    segmented, seg_errors = segment_batch(segmenter, loaded)
+    if verifier is not None:
+        segmented = [Segmented(s.loaded, s.chunks, extract_local(verifier, s.loaded)) for s in segmented]
+    return _Prepared(len(batch), segmented, present, failed + seg_errors)
+
+
+class _Raised:
+    """An exception of the preparing thread, handed to the driver to raise."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def _prepared_ahead(
+    batches: Iterator[list[InputItem]], prepare: Callable[[list[InputItem]], _Prepared], prefetch: int
+) -> Generator[_Prepared, None, None]:
+    """``prepare(batch)`` of each batch in order, up to ``prefetch`` batches ahead in one background thread.
+
+    Decoding, segmenting and feature extraction of the next batches then overlap the encoder's work on this one
+    (PIL, OpenCV and torch release the GIL); at most ``prefetch + 2`` batches are in memory, whatever the input
+    size. ``prefetch=0`` prepares each batch in the caller's thread. An exception of the thread (e.g. from the
+    caller's input generator) is raised here, in order; closing this generator stops the thread and waits for it.
+    """
+    if prefetch == 0:
+        for batch in batches:
+            yield prepare(batch)
+        return
+    ready: queue.Queue[object] = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                if not put(prepare(batch)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver, which raises it
+            put(_Raised(exc))
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=work, name="crossscale-ingest-prepare", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield cast(_Prepared, item)
+    finally:
+        stop.set()
+        thread.join()
+
+
 def ingest(
     workspace: Workspace,
     items: list[InputItem] | Iterator[InputItem],
@@ -314,32 +418,52 @@ def ingest(
     max_pixels: int,
     progress: bool,
     verifier: Verifier | None = None,
+    prefetch: int = 1,
 ) -> IndexReport:
     """Load, segment, encode and store ``items`` in batches of ``batch_size``; the index is saved at the end.
 
-    Each batch is one store transaction. A failure of one input (unreadable, a segmenter or encoder error on
-    it) is reported and never stops the others; a failed store write reports its whole batch.
+    Each batch is one store transaction, written by the calling thread. While the encoder works on one batch, a
+    background thread reads, segments and extracts local features of up to ``prefetch`` next batches
+    (``prefetch=0``: none; the result is the same). A failure of one input (unreadable, a segmenter or encoder
+    error on it) is reported and never stops the others; a failed store write reports its whole batch. A
+    generator of inputs is consumed lazily: memory stays bounded whatever its length.
     """
     from tqdm.auto import tqdm
 
+    prefetch = int_at_least("prefetch", prefetch, 0)
     started = time.perf_counter()
     added: list[str] = []
     present: list[str] = []
     failed: list[IndexFailure] = []
+    failed_ids: set[str] = set()  # ids whose every copy so far failed: a later copy is read after all
     chunks_added = 0
-    seen: set[str] = set()
+    seen: set[str] = set()  # ids read in this run and not failed (the preparing thread reads it)
+
+    def prepare(batch: Sequence[InputItem]) -> _Prepared:
+        return _prepare(
+            batch,
+            segmenter=segmenter,
+            verifier=verifier,
+            max_pixels=max_pixels,
+            is_known=lambda p: p in seen or p in workspace,
+            seen=seen,
+        )
+
     total = len(items) if isinstance(items, list) else None
-    bar = tqdm(total=total, unit="img", disable=not progress, desc="indexing")
+    bar = tqdm(total=total, unit="img", disable=not progress, desc="indexing", smoothing=0.1)
+    prepared = _prepared_ahead(_batched(items, batch_size), prepare, prefetch)
     try:
-        for batch in _batched(items, batch_size):
-            loaded, known, errors = load_batch(
-                batch, max_pixels=max_pixels, is_known=lambda p: p in seen or p in workspace
-            )
-            present += known
-            seen.update(x.parent_id for x in loaded)
-            segmented, seg_errors = segment_batch(segmenter, loaded)
-            new, enc_errors = encode_batch(encoder, segmented, verifier)
-            errors += seg_errors + enc_errors
+        for batch in prepared:
+            segmented, errors = list(batch.segmented), list(batch.failed)
+            retry = [entry for pid, entry in batch.present if pid in failed_ids]
+            present += [pid for pid, _ in batch.present if pid not in failed_ids]
+            if retry:  # read while an earlier copy was still to fail
+                again = prepare(retry)
+                segmented += again.segmented
+                errors += again.failed
+                present += [pid for pid, _ in again.present]
+            new, enc_errors = encode_batch(encoder, segmented)  # local features were extracted with the batch
+            errors += enc_errors
             if new:
                 try:
                     assigned = workspace.add(new)
@@ -349,11 +473,15 @@ def ingest(
                     ]
                 else:
                     added += [p.parent_id for p in new]
+                    failed_ids.difference_update(p.parent_id for p in new)
                     chunks_added += sum(len(ids) for ids in assigned)
             failed += errors
-            seen.difference_update(f.parent_id for f in errors if f.parent_id)  # a later copy may succeed
-            bar.update(len(batch))
+            lost = {f.parent_id for f in errors if f.parent_id}
+            failed_ids.update(lost)
+            seen.difference_update(lost)  # a later copy may succeed
+            bar.update(batch.size)
     finally:
+        prepared.close()  # stops the preparing thread before anything else touches the workspace
         bar.close()
         if chunks_added:
             try:

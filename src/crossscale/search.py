@@ -232,6 +232,7 @@ class CrossScaleSearch:
         ids: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        prefetch: int = 1,
     ) -> IndexReport:
         """Add images to the workspace.
 
@@ -242,6 +243,8 @@ class CrossScaleSearch:
                 indexing the same image again does nothing.
             metadata: JSON-serialisable metadata stored with every parent of this call.
             progress: show a progress bar (default: the workspace's setting).
+            prefetch: batches read, segmented and verifier-extracted ahead in a background thread while the
+                encoder works on the current one (0: none; the result is the same either way).
 
         Returns:
             An :class:`IndexReport`: added ids, ids already present, failures with their reasons.
@@ -257,6 +260,7 @@ class CrossScaleSearch:
             max_pixels=self.max_pixels,
             progress=self.progress if progress is None else progress,
             verifier=self.verifier,
+            prefetch=prefetch,
         )
 
     def delete(self, parent_id: str) -> None:

@@ -459,6 +459,12 @@ class IndexReport:
         """True when no input failed."""
         return not self.failed
 
+    @property
+    def images_per_second(self) -> float:
+        """Throughput: inputs handled (added, present or failed) per second of wall time."""
+        handled = len(self.added) + len(self.present) + len(self.failed)
+        return handled / self.seconds if self.seconds > 0 else 0.0
+
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
         return {
@@ -467,10 +473,12 @@ class IndexReport:
             "failed": [f.to_dict() for f in self.failed],
             "chunks_added": self.chunks_added,
             "seconds": self.seconds,
+            "images_per_second": self.images_per_second,
         }
 
     def __str__(self) -> str:
         return (
             f"added {len(self.added)}, already present {len(self.present)}, "
-            f"failed {len(self.failed)}, chunks {self.chunks_added} in {self.seconds:.1f}s"
+            f"failed {len(self.failed)}, chunks {self.chunks_added} in {self.seconds:.1f}s "
+            f"({self.images_per_second:.2f} img/s)"
         )

@@ -131,3 +131,34 @@ def test_the_0_1_chunk_tuples_still_work_with_a_deprecation_warning(tmp_path: Pa
     [[cid]] = store.add_parents([old])
     record = store.chunk_records([cid])[cid]
     assert (record.box, record.kind, record.label, record.confidence) == (Box(0, 0, 5, 5), "detection", "cat", 0.5)
+
+
+def test_the_map_grows_only_when_no_other_thread_is_reading(tmp_path: Path) -> None:
+    """LMDB remaps on a resize: a read transaction another thread holds must end first (ingest reads the store
+    from its preparing thread while the writer grows the map)."""
+    import threading
+    import time
+
+    store = RootStore(tmp_path / "s", dim=4, map_size=1 << 20)
+    store.add_parents([_parent("first")])
+    reading, events = threading.Event(), []
+
+    def reader() -> None:
+        with store.snapshot() as txn:
+            reading.set()
+            time.sleep(0.5)
+            events.append(("read", store.parent("first", txn=txn).parent_id))  # the old mapping is still valid
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    reading.wait()
+    before = store._env.info()["map_size"]
+    store.add_parents([_parent("big", data=b"x" * before)])  # outgrows the map: a resize
+    events.append(("grown", store._env.info()["map_size"] > before))
+    thread.join()
+    assert events == [("read", "first"), ("grown", True)]
+    before = store._env.info()["map_size"]
+    with store.snapshot():  # a thread's own reader does not block its resize (LMDB allows it; no deadlock)
+        store.add_parents([_parent("bigger", data=b"x" * before)])
+    assert store._env.info()["map_size"] > before and "bigger" in store
+    store.close()

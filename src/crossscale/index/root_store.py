@@ -47,6 +47,51 @@ VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}
 T = TypeVar("T")
 
 
+class _MapGate:
+    """Lets one thread grow an environment's memory map while no other thread of this process reads it.
+
+    LMDB remaps on ``set_mapsize``; a read transaction another thread holds meanwhile would point into the old
+    mapping. Readers register for the life of their transaction; a resize waits until every *other* thread's
+    readers are done (a thread's own reader cannot be waited for; LMDB lets it be, as before), and new readers
+    wait while it runs. Ingest reads the store from its preparing thread while the writer grows the map.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers: dict[int, int] = {}
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers[me] = self._readers.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers[me] -= 1
+                if not self._readers[me]:
+                    del self._readers[me]
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def resizing(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            while self._resizing or any(thread != me for thread in self._readers):
+                self._cond.wait()
+            self._resizing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
 class _SharedEnvironments:
     """One LMDB environment per path and process, reference-counted.
 
@@ -59,7 +104,13 @@ class _SharedEnvironments:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._envs: dict[str, lmdb.Environment] = {}
+        self._gates: dict[str, _MapGate] = {}
         self._users: dict[str, int] = {}
+
+    def gate(self, path: Path) -> _MapGate:
+        """The resize gate of the environment of ``path`` (acquired)."""
+        with self._lock:
+            return self._gates[os.path.realpath(path)]
 
     def acquire(self, path: Path, map_size: int, max_dbs: int) -> lmdb.Environment:
         key = os.path.realpath(path)
@@ -80,6 +131,7 @@ class _SharedEnvironments:
                 max_readers=256,
             )
             self._envs[key] = env
+            self._gates[key] = _MapGate()
             self._users[key] = 1
             return env
 
@@ -91,7 +143,7 @@ class _SharedEnvironments:
             self._users[key] -= 1
             if self._users[key] == 0:
                 self._envs.pop(key).close()
-                del self._users[key]
+                del self._users[key], self._gates[key]
 
 
 _ENVS = _SharedEnvironments()
@@ -211,6 +263,7 @@ class RootStore:
             raise WorkspaceError(f"{self.path}: no store to open read-only")
         try:
             self._env = _ENVS.acquire(self.path, max(map_size, _INITIAL_MAP), len(self._DBS))
+            self._gate = _ENVS.gate(self.path)
             self._db = {name: self._open_db(name, readonly) for name in self._DBS}
         except lmdb.Error as exc:
             _ENVS.release(self.path)
@@ -274,9 +327,11 @@ class RootStore:
             except lmdb.MapFullError:
                 size = self._env.info()["map_size"] * 2
                 logger.info("LMDB map full; growing to %d MiB", size >> 20)
-                self._env.set_mapsize(size)
+                with self._gate.resizing():
+                    self._env.set_mapsize(size)
             except lmdb.MapResizedError:  # grown by another process since we opened it
-                self._env.set_mapsize(0)
+                with self._gate.resizing():
+                    self._env.set_mapsize(0)
             except lmdb.Error as exc:
                 raise WorkspaceError(
                     f"{self.path}: write failed, nothing was committed: {exc} ({self._space_hint()})"
@@ -304,13 +359,18 @@ class RootStore:
 
         Pass it as ``txn=`` to the read methods to see them all at one point in time.
         """
-        try:
-            txn = self._env.begin()
-        except lmdb.MapResizedError:  # another process grew the map: adopt its size
-            self._env.set_mapsize(0)
-            txn = self._env.begin()
-        with txn:
-            yield txn
+        while True:
+            with self._gate.reading():
+                try:
+                    txn = self._env.begin()
+                except lmdb.MapResizedError:  # another process grew the map: adopt its size, then begin again
+                    txn = None
+                if txn is not None:
+                    with txn:
+                        yield txn
+                    return
+            with self._gate.resizing():  # not as a reader: two threads adopting at once must not wait on each other
+                self._env.set_mapsize(0)
 
     def _view(self, txn: lmdb.Transaction | None) -> contextlib.AbstractContextManager[lmdb.Transaction]:
         return contextlib.nullcontext(txn) if txn is not None else self.snapshot()
