@@ -1,0 +1,118 @@
+"""Overlapped ingest: the prefetch thread vs the same batches one stage after another, and vs the sum of the
+stage times measured alone (issue #12's target: throughput >= 0.9 x 1 / sum of stage times).
+
+12 JPEG files (scikit-image photos at 1024x768, rotated to be distinct), the one-pass configuration where the
+non-encoder stages weigh most: ``efficientnet-lite0-regions`` (pretrained, one forward pass per image),
+``whole+tiles`` boxes, the SIFT verifier, batches of 4. Stage rows time each stage over the same images alone;
+the ingest rows index them into a fresh workspace.
+
+Run: ``python -m pytest benchmarks/test_bench_ingest.py --benchmark-enable``. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from crossscale import CrossScaleSearch
+from crossscale.encode import create_encoder
+from crossscale.ingest import encode_batch, extract_local, iter_inputs, load_batch, segment_batch
+from crossscale.rank import GeometricVerifier
+from crossscale.segment import create_segmenter
+
+N_IMAGES = 12
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("ingest-photos")
+    names = ("astronaut", "chelsea", "coffee", "rocket")
+    base = [Image.fromarray(getattr(data, n)()).convert("RGB").resize((1024, 768)) for n in names]
+    out = []
+    for i, im in zip(range(N_IMAGES), itertools.cycle(base), strict=False):
+        path = folder / f"{i:03d}.jpg"
+        im.rotate(i * 5).save(path, quality=90)
+        out.append(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Any]:
+    return {
+        "encoder": create_encoder("efficientnet-lite0-regions", device="cpu"),
+        "segmenter": create_segmenter("whole+tiles"),
+        "verifier": GeometricVerifier(),
+    }
+
+
+def _batches(files: list[Path]) -> list[list[Path]]:
+    return [files[i : i + BATCH] for i in range(0, len(files), BATCH)]
+
+
+@pytest.mark.benchmark(group="ingest-stages")
+def test_stage_load(benchmark, files) -> None:  # type: ignore[no-untyped-def]
+    def run() -> int:
+        return sum(
+            len(load_batch(list(iter_inputs(b)), max_pixels=10**9, is_known=lambda _: False)[0])
+            for b in _batches(files)
+        )
+
+    assert benchmark.pedantic(run, rounds=3, iterations=1) == N_IMAGES
+
+
+@pytest.mark.benchmark(group="ingest-stages")
+def test_stage_segment_and_extract(benchmark, files, stages) -> None:  # type: ignore[no-untyped-def]
+    loaded = [load_batch(list(iter_inputs(b)), max_pixels=10**9, is_known=lambda _: False)[0] for b in _batches(files)]
+
+    def run() -> int:
+        n = 0
+        for batch in loaded:
+            done, _ = segment_batch(stages["segmenter"], batch)
+            n += sum(extract_local(stages["verifier"], s.loaded) is not None for s in done)
+        return n
+
+    assert benchmark.pedantic(run, rounds=3, iterations=1) == N_IMAGES
+
+
+@pytest.mark.benchmark(group="ingest-stages")
+def test_stage_encode(benchmark, files, stages) -> None:  # type: ignore[no-untyped-def]
+    loaded = [load_batch(list(iter_inputs(b)), max_pixels=10**9, is_known=lambda _: False)[0] for b in _batches(files)]
+    segmented = [segment_batch(stages["segmenter"], batch)[0] for batch in loaded]
+
+    def run() -> int:
+        return sum(len(encode_batch(stages["encoder"], batch)[0]) for batch in segmented)
+
+    assert benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1) == N_IMAGES
+
+
+def _ingest(files: list[Path], stages: dict[str, Any], root: Path, prefetch: int) -> int:
+    shutil.rmtree(root, ignore_errors=True)
+    with CrossScaleSearch.open(
+        root,
+        encoder=stages["encoder"],
+        segmenter=stages["segmenter"],
+        verifier=stages["verifier"],
+        batch_size=BATCH,
+        progress=False,
+        device="cpu",
+        refine=False,
+    ) as cs:
+        return len(cs.index(files, prefetch=prefetch).added)
+
+
+@pytest.mark.benchmark(group="ingest")
+@pytest.mark.parametrize("prefetch", [0, 1, 2])
+def test_ingest(benchmark, files, stages, tmp_path, prefetch) -> None:  # type: ignore[no-untyped-def]
+    """Everything: the stages above plus the LMDB writes (one transaction per batch) and the index file."""
+    added = benchmark.pedantic(
+        _ingest, args=(files, stages, tmp_path / "ws", prefetch), rounds=3, iterations=1, warmup_rounds=1
+    )
+    assert added == N_IMAGES
