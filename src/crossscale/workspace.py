@@ -546,6 +546,8 @@ class Workspace:
             stored = self.store.chunk_ids(txn)
             generation = self.store.generation_at(txn)
             parents = self.store.parent_count(txn)
+            if generation == self._generation:  # the map against the very snapshot the index is compared with
+                problems += _check_parent_map(self.parents, self.store, txn)
         if generation == self._generation:
             in_index = {int(i) for i in self.index.ids()}
             if in_index != stored:
@@ -553,7 +555,6 @@ class Workspace:
                     f"chunk index disagrees with the store: {len(in_index - stored)} vector(s) of no stored chunk, "
                     f"{len(stored - in_index)} stored chunk(s) not indexed"
                 )
-            problems += _check_parent_map(self.parents, self.store)
         else:
             notes.append(f"a writer committed since this reader loaded (generation {self._generation} -> {generation})")
         file = self.path / INDEX_FILE
@@ -604,17 +605,17 @@ class Workspace:
 
 
 # ====================================================================== persistence of the derived index
-def _check_parent_map(parents: ParentMap, store: RootStore) -> list[str]:
-    """Problems of the in-memory parent map against the store: it must map every stored chunk to its parent."""
+def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[str]:
+    """Problems of the in-memory parent map against the store as ``txn`` sees it: it must map every stored chunk
+    to its parent."""
     unmapped = misplaced = known = 0
-    with store.snapshot() as txn:
-        for parent_id, chunk_ids in store.parent_chunks(txn):
-            known += parent_id in parents
-            codes = parents.parent_codes(np.asarray(chunk_ids, np.int64))
-            if (codes < 0).any():
-                unmapped += 1
-            elif any(parents.parent_id(int(code)) != parent_id for code in np.unique(codes)):
-                misplaced += 1
+    for parent_id, chunk_ids in store.parent_chunks(txn):
+        known += parent_id in parents
+        codes = parents.parent_codes(np.asarray(chunk_ids, np.int64))
+        if (codes < 0).any():
+            unmapped += 1
+        elif any(parents.parent_id(int(code)) != parent_id for code in np.unique(codes)):
+            misplaced += 1
     gone = len(parents) - known
     if not (unmapped or misplaced or gone):
         return []
