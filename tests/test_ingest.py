@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crossscale import Box, ConfigurationError, CrossScaleSearch
+from crossscale import Box, Chunk, ConfigurationError, CrossScaleSearch
 from crossscale.encode import ColorHistogramEncoder
 from crossscale.ingest import encode_batch, iter_inputs, load_batch, segment_batch
-from crossscale.segment import TileSegmenter
+from crossscale.segment import TileSegmenter, create_segmenter
 
 
 class CropSpy(ColorHistogramEncoder):
@@ -171,25 +172,45 @@ def _snapshot(cs: CrossScaleSearch) -> dict[str, object]:
     }
 
 
+class OneAtATimeSegmenter:
+    """``whole+tiles`` that fails an image if two threads segment at once (segmenters need not be thread-safe),
+    slowly enough that the preparing thread is busy when the driver retries a copy."""
+
+    name = "whole+tiles"
+
+    def __init__(self) -> None:
+        self.inner, self.busy = create_segmenter("whole+tiles"), threading.Lock()
+
+    def segment(self, images: Sequence[Image.Image]) -> list[list[Chunk]]:
+        if not self.busy.acquire(blocking=False):
+            raise RuntimeError("segmented by two threads at once")
+        try:
+            time.sleep(0.05)
+            return self.inner.segment(images)
+        finally:
+            self.busy.release()
+
+
 def test_prefetch_gives_the_same_workspace_and_report_as_no_thread(
     tmp_path: Path, photos: dict[str, Image.Image]
 ) -> None:
+    more = [photos[n].rotate(angle, expand=True) for n in sorted(photos)[:3] for angle in (30, 60)]
     results = []
     for prefetch in (0, 1, 3):
         with CrossScaleSearch.open(
             tmp_path / f"ws{prefetch}",
             encoder=FlakyEncoder(),
-            segmenter="whole+tiles",
+            segmenter=OneAtATimeSegmenter(),
             progress=False,
             device="cpu",
             batch_size=1,
         ) as cs:
-            report = cs.index(iter(_inputs(photos)), prefetch=prefetch)  # a generator: no length
+            report = cs.index(iter(_inputs(photos) + more), prefetch=prefetch)  # a generator: no length
             assert cs.verify().ok
             results.append((report.added, report.present, [(f.source, f.reason) for f in report.failed], _snapshot(cs)))
     assert results[0] == results[1] == results[2]
     added, present, failed, _ = results[0]
-    assert len(added) == 5 and len(present) == 1 and len(failed) == 3  # the 79-wide one is added at its copy
+    assert len(added) == 5 + len(more) and len(present) == 1 and len(failed) == 3  # the 79-wide one: at its copy
     assert any("first 79 fails" in reason for _, reason in failed)
 
 
@@ -214,7 +235,6 @@ def test_a_long_generator_is_read_only_a_few_batches_ahead(tmp_path: Path, photo
 def test_an_input_generator_that_raises_stops_the_thread_and_keeps_what_was_added(
     tmp_path: Path, photos: dict[str, Image.Image]
 ) -> None:
-    import threading
 
     def broken():  # type: ignore[no-untyped-def]
         yield ("a", photos[sorted(photos)[0]])

@@ -438,16 +438,18 @@ def ingest(
     failed_ids: set[str] = set()  # ids whose every copy so far failed: a later copy is read after all
     chunks_added = 0
     seen: set[str] = set()  # ids read in this run and not failed (the preparing thread reads it)
+    one_at_a_time = threading.Lock()  # segmenters and verifiers need not be thread-safe (SIFT, YOLO are not)
 
     def prepare(batch: Sequence[InputItem]) -> _Prepared:
-        return _prepare(
-            batch,
-            segmenter=segmenter,
-            verifier=verifier,
-            max_pixels=max_pixels,
-            is_known=lambda p: p in seen or p in workspace,
-            seen=seen,
-        )
+        with one_at_a_time:  # a retry in this thread waits for the preparing thread's batch
+            return _prepare(
+                batch,
+                segmenter=segmenter,
+                verifier=verifier,
+                max_pixels=max_pixels,
+                is_known=lambda p: p in seen or p in workspace,
+                seen=seen,
+            )
 
     total = len(items) if isinstance(items, list) else None
     bar = tqdm(total=total, unit="img", disable=not progress, desc="indexing", smoothing=0.1)
