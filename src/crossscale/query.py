@@ -114,10 +114,11 @@ def search_parents(
                 row_codes = None if codes is None else codes[row, :k]
             else:
                 more_scores, more_ids = index.search(vectors[row : row + 1], k)
-                row_scores, row_ids = more_scores[0], more_ids[0]
-                row_codes = None if parents is None else parents.parent_codes(row_ids)
-            if parents is None or row_codes is None:
+                row_scores, row_ids, row_codes = more_scores[0], more_ids[0], None
+            if parents is None:
                 return _hits(row_scores, row_ids, records)
+            if row_codes is None:
+                row_codes = parents.parent_codes(row_ids)
             return _hit_arrays(row_scores, row_ids, row_codes, parents, records)
 
         matches = ranker.rank(fetch, top_k, available=available)

@@ -276,8 +276,9 @@ class HitArrays(Sequence[Hit]):
 
     def hits_at(self, positions: Sequence[int]) -> dict[int, Hit]:
         """The hits at these positions, read in one lookup; a position whose record is gone is left out."""
-        ids = self.chunk_ids[list(positions)].tolist()
-        scores = self.scores[list(positions)].tolist()
+        at = list(positions)
+        ids = self.chunk_ids[at].tolist()
+        scores = self.scores[at].tolist()
         found = self._records(ids)
         return {
             p: Hit(record, score)
