@@ -47,6 +47,10 @@ class TorchImageEncoder:
         self.device = resolve_torch_device(device)
         self.dtype = model_dtype(self.device, precision)
 
+    def _placed(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` on this encoder's device and dtype, in eval mode: the one place an encoder's model is moved."""
+        return model.to(self.device, dtype=self.dtype).eval()
+
     def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         raise NotImplementedError
 

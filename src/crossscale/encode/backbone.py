@@ -55,7 +55,7 @@ class BackboneEncoder(TorchImageEncoder):
     ) -> None:
         super().__init__(device=device, batch_size=batch_size, precision=precision)
         image_size = int_at_least("image_size", image_size, 16)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.model = self._placed(model)
         self.features = features
         self.name = name
         self.dim = int(dim)

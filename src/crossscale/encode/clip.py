@@ -127,7 +127,7 @@ class CLIPEncoder(TorchImageEncoder):
             raise ModelLoadError(
                 f"{self.name_or_path!r} is a {model_type!r} model, not a dual image-text encoder like CLIP or SigLIP"
             )
-        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.model: Any = self._placed(model)
         self.model_type = str(model_type)
         self.dim = _embedding_dim(model.config)
         self.name = f"{self.model_type}:{Path(self.name_or_path.rstrip('/')).name}"

@@ -102,7 +102,7 @@ class FeatureMapEncoder(TorchImageEncoder):
         self.map_size = int_at_least("map_size", map_size, _MIN_SIDE)
         self.query_size = int_at_least("query_size", query_size, _MIN_SIDE)
         self.p = number_in("p", p, 1.0, 16.0)
-        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.model = self._placed(model)
         self.feature_map = feature_map
         self.base_name = name
         self.name = f"{name}-regions(map={self.map_size},query={self.query_size},gem={self.p:g})"
