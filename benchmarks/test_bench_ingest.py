@@ -21,7 +21,7 @@ from PIL import Image
 
 from crossscale import CrossScaleSearch
 from crossscale.encode import create_encoder
-from crossscale.ingest import encode_batch, extract_local, iter_inputs, load_batch, segment_batch
+from crossscale.ingest import Loaded, encode_batch, extract_local, iter_inputs, load_batch, segment_batch
 from crossscale.rank import GeometricVerifier
 from crossscale.segment import create_segmenter
 
@@ -57,20 +57,21 @@ def _batches(files: list[Path]) -> list[list[Path]]:
     return [files[i : i + BATCH] for i in range(0, len(files), BATCH)]
 
 
+def _loaded(batch: list[Path]) -> list[Loaded]:
+    return load_batch(list(iter_inputs(batch)), max_pixels=10**9, is_known=lambda _: False)[0]
+
+
 @pytest.mark.benchmark(group="ingest-stages")
 def test_stage_load(benchmark, files) -> None:  # type: ignore[no-untyped-def]
     def run() -> int:
-        return sum(
-            len(load_batch(list(iter_inputs(b)), max_pixels=10**9, is_known=lambda _: False)[0])
-            for b in _batches(files)
-        )
+        return sum(len(_loaded(batch)) for batch in _batches(files))
 
     assert benchmark.pedantic(run, rounds=3, iterations=1) == N_IMAGES
 
 
 @pytest.mark.benchmark(group="ingest-stages")
 def test_stage_segment_and_extract(benchmark, files, stages) -> None:  # type: ignore[no-untyped-def]
-    loaded = [load_batch(list(iter_inputs(b)), max_pixels=10**9, is_known=lambda _: False)[0] for b in _batches(files)]
+    loaded = [_loaded(batch) for batch in _batches(files)]
 
     def run() -> int:
         n = 0
@@ -84,7 +85,7 @@ def test_stage_segment_and_extract(benchmark, files, stages) -> None:  # type: i
 
 @pytest.mark.benchmark(group="ingest-stages")
 def test_stage_encode(benchmark, files, stages) -> None:  # type: ignore[no-untyped-def]
-    loaded = [load_batch(list(iter_inputs(b)), max_pixels=10**9, is_known=lambda _: False)[0] for b in _batches(files)]
+    loaded = [_loaded(batch) for batch in _batches(files)]
     segmented = [segment_batch(stages["segmenter"], batch)[0] for batch in loaded]
 
     def run() -> int:
