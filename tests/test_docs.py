@@ -30,3 +30,15 @@ def test_there_is_an_example_for_every_protocol() -> None:
 def test_write_your_own_stage_examples_run(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "docs/concepts.md", "exec"), {"__name__": "docs_example"})  # our own docs
+
+
+SCALING = _section_blocks(DOCS / "scaling.md", "The chunk index in Milvus")
+
+
+def test_the_milvus_worked_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+    pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
+    example = next(code for code in SCALING if "milvus-ws" in code)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/scaling.md", "exec"), {"__name__": "docs_example"})  # our own docs
+    assert (tmp_path / "milvus-ws" / "milvus.db").exists()

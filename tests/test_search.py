@@ -38,8 +38,8 @@ def _hist(path: Path, **kw: object) -> CrossScaleSearch:
 
 # ------------------------------------------------------------------ the real thing: pretrained encoder
 @pytest.fixture(scope="module")
-def scene_workspace(tmp_path_factory: pytest.TempPathFactory, lite0: BackboneEncoder, photos: dict[str, Image.Image]):  # type: ignore[no-untyped-def]
-    """Large scenes with real objects pasted at known boxes, indexed with EfficientNet-Lite0 + tiles."""
+def scene_source(tmp_path_factory: pytest.TempPathFactory, lite0: BackboneEncoder, photos: dict[str, Image.Image]):  # type: ignore[no-untyped-def]
+    """Large scenes with real objects pasted at known boxes, indexed with EfficientNet-Lite0 + tiles (closed)."""
     objects = {"chelsea": photos["chelsea"], "coffee": photos["coffee"], "rocket": photos["rocket"]}
     # no other parent holds an object photo: each query has one right parent (a verifier would find any other)
     others = [n for n in photos if n not in objects]
@@ -58,6 +58,24 @@ def scene_workspace(tmp_path_factory: pytest.TempPathFactory, lite0: BackboneEnc
     )
     report = cs.index(list(scenes.items()))
     assert report.ok and len(report.added) == 6
+    cs.close()
+    return path, objects, truth
+
+
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def scene_workspace(
+    request: pytest.FixtureRequest, scene_source, lite0: BackboneEncoder, tmp_path_factory: pytest.TempPathFactory
+):  # type: ignore[no-untyped-def]
+    """The scenes' workspace with its faiss index, and a copy whose chunk index is a Milvus Lite collection: the
+    retrieval tests below run unchanged against both (issue #13)."""
+    path, objects, truth = scene_source
+    if request.param == "milvus":
+        pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+        pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
+        from tests.copies import milvus_copy
+
+        path = milvus_copy(path, tmp_path_factory.mktemp("scenes-milvus") / "ws")
+    cs = CrossScaleSearch.open(path, encoder=lite0, progress=False, device="cpu")
     yield cs, objects, truth
     cs.close()
 

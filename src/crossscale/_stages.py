@@ -16,7 +16,7 @@ from typing import Any
 
 from crossscale.encode import create_encoder
 from crossscale.errors import ConfigurationError, WorkspaceMismatchError
-from crossscale.index import parse_memory
+from crossscale.index import is_milvus_factory, parse_memory, parse_milvus_factory
 from crossscale.ingest import json_ready
 from crossscale.protocols import Encoder, Segmenter, Verifier, check_stage
 from crossscale.rank import create_verifier
@@ -187,10 +187,21 @@ def _check_compatible(
             f"{root}: its parents keep the local features of verifier {config.verifier_name!r}; "
             f"{ver.name!r} cannot read them. Open it with the same verifier"
         )
-    if index_factory is not None and index_factory != config.index_factory:
+    if index_factory is not None and not _same_index(index_factory, config.index_factory):
         raise ConfigurationError(
             f"{root}: the index is {config.index_factory!r}; index_factory={index_factory!r} "
             "only applies to new workspaces"
         )
     if seg is not None and seg.name != config.segmenter_name:
         logger.info("workspace %s was segmented with %s; new images use %s", root, config.segmenter_name, seg.name)
+
+
+def _same_index(given: str, recorded: str) -> bool:
+    """``index_factory=given`` names the recorded index: the same string, or the same Milvus URI (a new workspace
+    records the collection name it picked, which the caller need not repeat)."""
+    if given == recorded:
+        return True
+    if not (is_milvus_factory(given) and is_milvus_factory(recorded)):
+        return False
+    ours, theirs = parse_milvus_factory(given), parse_milvus_factory(recorded)
+    return ours.uri == theirs.uri and ours.collection in (None, theirs.collection)

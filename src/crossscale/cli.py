@@ -163,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", "-w", required=True)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--index", help="a new workspace's chunk index: auto (the default) or a faiss factory string")
+    p.add_argument(
+        "--index",
+        help="a new workspace's chunk index: auto (the default), a faiss factory string, milvus (Milvus Lite in the "
+        "workspace) or milvus://HOST:PORT (a Milvus server; needs crossscale[milvus])",
+    )
     p.add_argument("--max-memory", help="RAM budget of an auto index, e.g. 4G (the default), 512M")
     p.add_argument("--vector-dtype", choices=("float16", "float32"), help="how a new workspace stores vectors")
     common(p, components=True)
@@ -198,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("repair", help="rebuild a workspace's chunk index from its store, then verify")
+    p = sub.add_parser("repair", help="rebuild a workspace's chunk index (FAISS or Milvus) from its store, then verify")
     p.add_argument("--workspace", "-w", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_repair)

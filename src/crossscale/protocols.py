@@ -25,6 +25,7 @@ __all__ = [
     "Encoder",
     "FeatureLoader",
     "FetchHits",
+    "GroupedVectorIndex",
     "ParentLoader",
     "Ranker",
     "RecordLookup",
@@ -134,6 +135,20 @@ class VectorIndex(Protocol):
 
 
 @runtime_checkable
+class GroupedVectorIndex(VectorIndex, Protocol):
+    """A :class:`VectorIndex` that also finds the best chunks of the ``groups`` best distinct parents of each query
+    (Milvus' ``group_by_field``; :class:`~crossscale.index.MilvusChunkIndex` is one).
+
+    ``search_grouped(vectors, groups, group_size)`` ranks parents by their best chunk and returns up to
+    ``group_size`` chunks of each, flattened and sorted best first, as ``(scores, ids)`` of shape
+    ``(n, groups * group_size)`` padded like ``search``. The query path uses it for a ranker whose
+    ``group_size`` is set: one search then returns ``top_k`` distinct parents however alike their chunks are.
+    """
+
+    def search_grouped(self, vectors: np.ndarray, groups: int, group_size: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
 class ChunkParents(Protocol):
     """Chunk id → parent for a whole array of ids at once (:class:`~crossscale.index.ParentMap` is one).
 
@@ -153,6 +168,10 @@ class Ranker(Protocol):
 
     ``overfetch`` is how many chunks per wanted parent the query path fetches up front for a whole batch of
     queries; ``rank`` may ask ``fetch`` for more.
+
+    Optionally, a ``group_size`` attribute (int or ``None``): a ranker whose parent order depends on each
+    parent's best chunk only (as ``"max"`` does) sets it to the chunks it wants per parent, and against a
+    :class:`GroupedVectorIndex` the first fetch is then a grouped search for ``top_k`` distinct parents.
     """
 
     @property

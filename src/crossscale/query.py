@@ -19,6 +19,7 @@ from crossscale.protocols import (
     ChunkParents,
     Encoder,
     FeatureLoader,
+    GroupedVectorIndex,
     ParentLoader,
     Ranker,
     RecordLookup,
@@ -52,6 +53,78 @@ def _hit_arrays(
     return HitArrays(scores[keep], ids[keep], codes[keep], parents.parent_id, records)
 
 
+def _distinct_parents(ids: np.ndarray, codes: np.ndarray | None, records: RecordLookup) -> int:
+    """How many distinct parents the chunk ids of one result row belong to (padding and unknown ids left out)."""
+    if codes is not None:
+        return len(np.unique(codes[codes >= 0]))
+    return len({record.parent_id for record in records(int(i) for i in ids if i >= 0).values()})
+
+
+_Fetched = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+"""One search's hits for one query as ``(scores, ids, parent codes or None)``, best first."""
+
+
+def _first_fetch(
+    vectors: np.ndarray,
+    top_k: int,
+    *,
+    index: VectorIndex,
+    ranker: Ranker,
+    parents: ChunkParents | None,
+    records: RecordLookup,
+) -> list[list[_Fetched]]:
+    """The hits each query's ranking starts from, searched for the whole batch at once: per query, the result of
+    each search made for it, shallowest first.
+
+    A grouped search when the index and the ranker allow it, else ``top_k * overfetch`` chunks per query. Then,
+    with a parent map, the queries whose hits hold fewer than ``top_k`` parents (a parent's chunks are alike) are
+    searched again together, twice as deep each round, so that the ranker seldom asks for more one query at a
+    time: one batched search per doubling instead of one per query.
+    """
+    n, available = len(vectors), len(index)
+    if available <= 0:
+        return [[] for _ in range(n)]  # nothing to search (the ranker asks for nothing either)
+    k = max(1, min(available, top_k * ranker.overfetch))
+    group_size = getattr(ranker, "group_size", None)
+    plain: set[int] = set()  # rows whose hits are the top of a plain search (not a grouped one)
+    if isinstance(index, GroupedVectorIndex) and isinstance(group_size, int) and group_size > 0:
+        scores, ids = index.search_grouped(vectors, top_k, group_size)
+    else:
+        scores, ids = index.search(vectors, k)
+        plain.update(range(n))
+    codes = None if parents is None else parents.parent_codes(ids)
+    fetched = [[(scores[r], ids[r], None if codes is None else codes[r])] for r in range(n)]
+
+    def search_again(rows: list[int], depth: int, *, replace: bool = False) -> None:
+        more_scores, more_ids = index.search(vectors[rows], depth)
+        more_codes = None if parents is None else parents.parent_codes(more_ids)
+        for j, r in enumerate(rows):
+            view = (more_scores[j], more_ids[j], None if more_codes is None else more_codes[j])
+            fetched[r] = [view] if replace else [*fetched[r], view]
+        plain.update(rows)
+
+    # a grouped search may return fewer parents than asked although more exist (Milvus Lite does)
+    short = [
+        r for r in range(n) if r not in plain and _distinct_parents(fetched[r][0][1], fetched[r][0][2], records) < top_k
+    ]
+    if short:
+        search_again(short, k, replace=True)
+    if parents is None:
+        return fetched  # counting parents would read every hit's record: the ranker asks for more itself
+
+    def needs_more(r: int) -> bool:
+        row_ids, row_codes = fetched[r][-1][1], fetched[r][-1][2]
+        full = int((row_ids >= 0).sum()) >= len(row_ids)  # fewer hits than asked: the index has no more
+        return full and row_codes is not None and len(np.unique(row_codes[row_codes >= 0])) < top_k
+
+    short = [r for r in sorted(plain) if needs_more(r)]
+    while short and k < available:
+        k = min(available, 2 * k)
+        search_again(short, k)
+        short = [r for r in short if needs_more(r)]
+    return fetched
+
+
 def search_parents(
     queries: Sequence[Query],
     top_k: int,
@@ -68,11 +141,14 @@ def search_parents(
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
-    One index search serves the whole batch (``top_k * ranker.overfetch`` chunks per query); the ranker asks
-    for more, one query at a time, only when those hold too few distinct parents. The verifier, if any, then
-    checks the parents geometrically against their stored local features (``load_features``); the refiner, if
-    any, re-scores the parents the verifier did not confirm, reading them with ``load_parent``. ``min_score``
-    drops parents below it, last.
+    One index search serves the whole batch (``top_k * ranker.overfetch`` chunks per query). With ``parents``,
+    the queries whose chunks hold too few distinct parents are searched again together, twice as deep each round;
+    without it, the ranker asks for more one query at a time. Against a
+    :class:`~crossscale.protocols.GroupedVectorIndex`, with a ranker that sets ``group_size``, the first search is a
+    grouped one: the best ``group_size`` chunks of each of the ``top_k`` best distinct parents. The verifier, if
+    any, then checks the parents geometrically against their stored local features (``load_features``); the
+    refiner, if any, re-scores the parents the verifier did not confirm, reading them with ``load_parent``.
+    ``min_score`` drops parents below it, last.
 
     Args:
         queries: the embedded queries (their vectors must be unit length and of the index's dimension).
@@ -102,16 +178,16 @@ def search_parents(
         return []
     vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
     available = len(index)
-    first_k = max(1, min(available, top_k * ranker.overfetch))
-    scores, ids = index.search(vectors, first_k)
-    codes = None if parents is None else parents.parent_codes(ids)
+    fetched = _first_fetch(vectors, top_k, index=index, ranker=ranker, parents=parents, records=records)
     results: list[list[ParentMatch]] = []
     for row, query in enumerate(queries):
 
         def fetch(k: int, row: int = row) -> Sequence[Hit]:
-            if k <= first_k:
-                row_scores, row_ids = scores[row, :k], ids[row, :k]
-                row_codes = None if codes is None else codes[row, :k]
+            deep_enough = [view for view in fetched[row] if len(view[1]) >= k]
+            if deep_enough:  # the shallowest search that holds k hits: as if searched for k (ties stay put)
+                row_scores, row_ids, row_codes = min(deep_enough, key=lambda view: len(view[1]))
+                row_scores, row_ids = row_scores[:k], row_ids[:k]
+                row_codes = None if row_codes is None else row_codes[:k]
             else:
                 more_scores, more_ids = index.search(vectors[row : row + 1], k)
                 row_scores, row_ids, row_codes = more_scores[0], more_ids[0], None

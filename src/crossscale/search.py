@@ -31,7 +31,7 @@ from crossscale._stages import (
 )
 from crossscale._vectors import embed_text
 from crossscale.errors import CapabilityError, ConfigurationError
-from crossscale.index import ChunkIndex, RootStore
+from crossscale.index import RootStore
 from crossscale.index.root_store import ParentRecord
 from crossscale.ingest import ingest, iter_inputs
 from crossscale.protocols import Encoder, Ranker, Refiner, Segmenter, TextEncoder, Verifier, check_stage
@@ -41,6 +41,7 @@ from crossscale.segment import create_segmenter
 from crossscale.types import IndexReport, Query, SearchResult
 from crossscale.workspace import (
     WORKSPACE_FORMAT,
+    AnyChunkIndex,
     VerifyReport,
     Workspace,
     WorkspaceConfig,
@@ -145,7 +146,10 @@ class CrossScaleSearch:
             batch_size: images segmented and encoded per step of :meth:`index`.
             index_factory: for a new workspace, ``"auto"`` (the default: Flat while small, then IVF, then IVF-PQ,
                 chosen by size within ``max_memory`` and migrated when the collection outgrows it, at ``save()``)
-                or a faiss factory string (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``), kept as it is.
+                or a faiss factory string (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``), kept as it is; or a Milvus
+                collection (``pip install "crossscale[milvus]"``): ``"milvus"`` (Milvus Lite, a file in the
+                workspace), ``"milvus://host:19530"`` (a server), see :func:`~crossscale.index.parse_milvus_factory`
+                and docs/scaling.md.
             max_memory: the RAM budget of an ``"auto"`` index: ``"4G"`` (default), ``"512M"``, or bytes.
                 Recorded; a writer may give an existing ``"auto"`` workspace another one.
             vector_dtype: how a new workspace stores its vectors: ``"float16"`` (the default: half the bytes in
@@ -369,7 +373,7 @@ class CrossScaleSearch:
     path = Forward[Path]("workspace")
     config = Forward[WorkspaceConfig]("workspace")  # what the workspace was built with (workspace.json)
     store = Forward[RootStore]("workspace")
-    chunk_index = Forward[ChunkIndex]("workspace", "index")
+    chunk_index = Forward[AnyChunkIndex]("workspace", "index")
     generation = Forward[int]("workspace")  # the store generation this object's index reflects (see refresh())
 
     def __len__(self) -> int:

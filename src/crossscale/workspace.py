@@ -6,11 +6,15 @@ A workspace is a directory::
       workspace.json   format version and the configuration that built it (written once)
       store/           LMDB: parents' image bytes, metadata, chunk records, chunk vectors, change log
       chunks.index     FAISS index, derived from the store; records the store generation it reflects
+      milvus.db/       (instead of chunks.index, with index_factory="milvus") the Milvus Lite chunk collection
       lock             held by the one process that may write
 
 The store is the source of truth. The index is saved atomically with the generation it reflects; on open it
 is caught up from the store's change log, or rebuilt from the stored vectors if it is missing, corrupt or
-inconsistent. :class:`Workspace` knows nothing of segmenters, encoders or rankers: the facade
+inconsistent. A Milvus chunk index (:class:`~crossscale.index.MilvusChunkIndex`, a Lite file or a server) is
+derived the same way: the generation it reflects is a property of its collection.
+
+:class:`Workspace` knows nothing of segmenters, encoders or rankers: the facade
 (:class:`~crossscale.CrossScaleSearch`) composes those around it.
 """
 
@@ -35,6 +39,7 @@ from PIL import Image
 from crossscale._files import TEMP_SUFFIX, atomic_write
 from crossscale._images import decode_stored
 from crossscale.errors import (
+    ChunkIndexError,
     ConfigurationError,
     ParentNotFoundError,
     WorkspaceError,
@@ -50,12 +55,20 @@ from crossscale.index import (
     choose_index,
     parse_memory,
 )
+from crossscale.index.milvus import (
+    DEFAULT_LITE_FILE,
+    MILVUS_TOKEN_ENV,
+    MilvusChunkIndex,
+    is_milvus_factory,
+    parse_milvus_factory,
+)
 from crossscale.index.root_store import VECTOR_DTYPES, NewParent, ParentRecord
 from crossscale.types import ChunkRecord
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AnyChunkIndex",
     "ComponentSpec",
     "Configure",
     "VerifyReport",
@@ -67,7 +80,7 @@ __all__ = [
 ]
 
 #: the newest layout version this crossscale reads. Format 2 (0.2) adds a verifier and local features, "auto" indexes
-#: and float16 vectors;
+#: float16 vectors and Milvus chunk indexes;
 #: a workspace with no verifier, a faiss factory string and float32 vectors is still written as format 1 (0.1 reads it).
 WORKSPACE_FORMAT = 2
 CONFIG_FILE = "workspace.json"
@@ -76,6 +89,9 @@ AUTO_INDEX = "auto"
 STORE_DIR = "store"
 INDEX_FILE = "chunks.index"
 LOCK_FILE = "lock"
+
+AnyChunkIndex = ChunkIndex | MilvusChunkIndex
+"""The chunk index a workspace derives from its store: FAISS in memory, or a Milvus collection."""
 
 
 # ====================================================================== config
@@ -101,7 +117,8 @@ class WorkspaceConfig:
         segmenter_spec: how to rebuild the segmenter by name, or ``None`` if it was passed as an object.
         index_factory: the faiss factory string of the chunk index, or ``"auto"`` (format 2): chosen by the
             collection's size within ``max_memory`` (:func:`~crossscale.index.choose_index`), and migrated to a
-            bigger structure at :meth:`Workspace.save` as the collection grows.
+            bigger structure at :meth:`Workspace.save` as the collection grows; or a Milvus collection
+            (format 2), recorded as ``milvus:<uri>#<collection>`` (:func:`~crossscale.index.parse_milvus_factory`).
         max_memory: the RAM budget of an ``"auto"`` index, in bytes (``None`` otherwise).
         vector_dtype: how the store keeps vectors: ``"float32"``, or ``"float16"`` (format 2; half the bytes).
         created: when the workspace was created (ISO 8601).
@@ -277,7 +294,7 @@ class Workspace:
     path: Path
     config: WorkspaceConfig
     store: RootStore = field(repr=False)
-    index: ChunkIndex = field(repr=False)
+    index: AnyChunkIndex = field(repr=False)
     parents: ParentMap = field(repr=False)
     _generation: int
     _lock: WorkspaceLock | None = field(repr=False)
@@ -315,6 +332,8 @@ class Workspace:
             raise WorkspaceError(f"{root}: directory is not empty and is not a crossscale workspace")
         root.mkdir(parents=True, exist_ok=True)
         lock = None if readonly else WorkspaceLock(root / LOCK_FILE)
+        backend: MilvusChunkIndex | None = None
+        index: AnyChunkIndex
         try:
             if lock is not None:  # a writer killed mid-save leaves its temporary file behind
                 for leftover in root.glob("*" + TEMP_SUFFIX):
@@ -322,8 +341,9 @@ class Workspace:
             stored = _read_config(config_path) if config_path.exists() else None  # decided under the lock
             config = configure(stored)
             config_bytes = json.dumps(config.to_json(), indent=2, sort_keys=True).encode()
-            if stored is None:
+            if stored is None and not is_milvus_factory(config.index_factory):
                 ChunkIndex(config.dim, config.index_plan(0).factory, device="cpu")  # a bad factory fails now
+            if stored is None:
                 shutil.rmtree(root / STORE_DIR, ignore_errors=True)  # an empty one of a killed creation
             elif config != stored and readonly:
                 raise ConfigurationError(f"{root}: a read-only workspace cannot change its config")
@@ -335,14 +355,21 @@ class Workspace:
                 vector_dtype=None if readonly else config.vector_dtype,
             )
             try:
+                if is_milvus_factory(config.index_factory):  # reached before a new workspace exists
+                    backend = _open_backend(root, config, new=stored is None, readonly=readonly)
                 if stored is None:  # written last: a workspace.json means a whole workspace, readers included
                     atomic_write(config_path, config_bytes)
                 elif config != stored:  # a writer gave an "auto" index another budget
                     config.index_plan(store.chunk_count())  # one that cannot hold what is stored is refused
                     atomic_write(config_path, config_bytes)
-                index, parents, generation = _load_index(root, store, config, device, readonly)
+                if backend is not None:
+                    index, parents, generation = _load_backend(root, store, backend, readonly)
+                else:
+                    index, parents, generation = _load_index(root, store, config, device, readonly)
             except BaseException:
                 store.close()
+                if backend is not None:
+                    backend.close()
                 raise
         except BaseException:
             if lock is not None:
@@ -408,7 +435,7 @@ class Workspace:
         """What the workspace's verifier extracted from the parent when it was indexed, or ``None``."""
         return self.store.local_features(parent_id)
 
-    def searchable_index(self) -> ChunkIndex:
+    def searchable_index(self) -> AnyChunkIndex:
         """The index, first rebuilt from the store if an interrupted update left it half-applied."""
         self.check_open()
         self._clean()
@@ -447,8 +474,13 @@ class Workspace:
         self.check_open(write=True)
         assigned = self.store.add_parents(parents)
         with self._mutation():
-            for parent, chunk_ids in zip(parents, assigned, strict=True):
-                self.index.add(self.store.as_stored(parent.vectors), chunk_ids)  # as a rebuild will read them
+            if assigned:  # one write for the batch (a Milvus round trip each otherwise)
+                _index_add(
+                    self.index,
+                    np.concatenate([self.store.as_stored(p.vectors) for p in parents]),  # as a rebuild reads them
+                    np.concatenate([np.asarray(ids, np.int64) for ids in assigned]),
+                    [p.parent_id for p, ids in zip(parents, assigned, strict=True) for _ in ids],
+                )
             self.parents.add_many((p.parent_id, ids) for p, ids in zip(parents, assigned, strict=True))
         return assigned
 
@@ -479,9 +511,18 @@ class Workspace:
                 self._reload(txn)
             self._dirty = False
 
-    def _reload(self, txn: Any) -> None:
-        """Replace the in-memory index and parent map by ones rebuilt from the store as ``txn`` sees it."""
-        self.index = _rebuild(self.store, self.config, self.index.device, txn)
+    def _reload(self, txn: Any, *, full: bool = False) -> None:
+        """Replace the in-memory index and parent map by ones rebuilt from the store as ``txn`` sees it.
+
+        A Milvus collection is caught up from its last commit (writes are idempotent), or refilled if that fails
+        or ``full``; a reader never writes to it.
+        """
+        if not isinstance(self.index, MilvusChunkIndex):
+            self.index = _rebuild(self.store, self.config, self.index.device, txn)
+        elif self.readonly:
+            self.index.recount()
+        else:
+            _sync_backend(self.store, self.index, txn, full=full)
         self.parents = ParentMap.from_parents(self.store.parent_chunks(txn))
         self._generation = self.store.generation_at(txn)
 
@@ -512,7 +553,7 @@ class Workspace:
         """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``)."""
         self.check_open(write=True)
         with self.store.snapshot() as txn:
-            self._reload(txn)
+            self._reload(txn, full=True)
         self.save()
 
     def refresh(self) -> int:
@@ -525,7 +566,10 @@ class Workspace:
         with self.store.snapshot() as txn:
             generation = self.store.generation_at(txn)
             if generation != self._generation:
-                if _catch_up(self.store, self.index, self.parents, self._generation, txn):
+                shared = isinstance(self.index, MilvusChunkIndex)  # the writer keeps it current; never write to it
+                if _catch_up(self.store, None if shared else self.index, self.parents, self._generation, txn):
+                    if isinstance(self.index, MilvusChunkIndex):
+                        self.index.recount()
                     self._generation = generation
                 else:
                     self._reload(txn)
@@ -548,17 +592,36 @@ class Workspace:
             parents = self.store.parent_count(txn)
             if generation == self._generation:  # the map against the very snapshot the index is compared with
                 problems += _check_parent_map(self.parents, self.store, txn)
+        shared = isinstance(self.index, MilvusChunkIndex)
         if generation == self._generation:
             in_index = {int(i) for i in self.index.ids()}
             if in_index != stored:
-                problems.append(
+                found = (
                     f"chunk index disagrees with the store: {len(in_index - stored)} vector(s) of no stored chunk, "
                     f"{len(stored - in_index)} stored chunk(s) not indexed"
                 )
+                if shared and self.readonly:  # the writer updates the collection just after each store commit
+                    notes.append(f"{found} (a writer may be between the two; verify from the writer to be sure)")
+                else:
+                    problems.append(found)
         else:
             notes.append(f"a writer committed since this reader loaded (generation {self._generation} -> {generation})")
         file = self.path / INDEX_FILE
-        if not file.exists():
+        if isinstance(self.index, MilvusChunkIndex):
+            committed = self.index.committed_generation()
+            if committed > generation:
+                problems.append(
+                    f"the Milvus collection records generation {committed}, ahead of the store's {generation}; "
+                    "`crossscale repair` rebuilds it"
+                )
+            elif committed < 0:
+                notes.append("the Milvus collection records no generation: a writer rebuilds it from the store")
+            elif committed < generation:
+                notes.append(
+                    f"the Milvus collection's recorded generation is {generation - committed} change(s) behind: "
+                    "a writer catches it up (or records it) when it saves"
+                )
+        elif not file.exists():
             notes.append("no index file: it is rebuilt from the store on open")
         else:
             try:
@@ -598,10 +661,14 @@ class Workspace:
                 self._clean()
                 _save_index(self.path, self.store, self.index, self._generation)
         finally:
-            self.store.close()
-            if self._lock is not None:
-                self._lock.release()
-            self._closed = True
+            try:
+                self.store.close()
+                if isinstance(self.index, MilvusChunkIndex):
+                    self.index.close()
+            finally:
+                if self._lock is not None:
+                    self._lock.release()
+                self._closed = True
 
 
 # ====================================================================== persistence of the derived index
@@ -627,7 +694,9 @@ def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[st
 
 def _is_unfinished(root: Path) -> bool:
     """Empty, or holding only what a creation killed before writing workspace.json leaves behind."""
-    return all(p.name in (LOCK_FILE, STORE_DIR) or p.name.endswith(TEMP_SUFFIX) for p in root.iterdir())
+    return all(
+        p.name in (LOCK_FILE, STORE_DIR, DEFAULT_LITE_FILE) or p.name.endswith(TEMP_SUFFIX) for p in root.iterdir()
+    )
 
 
 def _read_config(path: Path) -> WorkspaceConfig:
@@ -661,24 +730,40 @@ def _rebuild(store: RootStore, config: WorkspaceConfig, device: str, txn: Any) -
     return index
 
 
-def _catch_up(store: RootStore, index: ChunkIndex, parents: ParentMap | None, base: int, txn: Any) -> bool:
-    """Replay the store's changes after generation ``base`` into ``index`` and ``parents`` (if given); False if
-    the log is gone (then both must be rebuilt)."""
+def _index_add(index: AnyChunkIndex, vectors: np.ndarray, ids: np.ndarray, parent_ids: Sequence[str]) -> None:
+    """Add vectors to either kind of index; a Milvus collection keeps each one's parent id for grouped search."""
+    if isinstance(index, MilvusChunkIndex):
+        index.add(vectors, ids, groups=parent_ids)
+    else:
+        index.add(vectors, ids)
+
+
+def _catch_up(store: RootStore, index: AnyChunkIndex | None, parents: ParentMap | None, base: int, txn: Any) -> bool:
+    """Replay the store's changes after generation ``base`` into ``index`` and ``parents`` (each if given); False
+    if the log is gone (then both must be rebuilt)."""
     changes = store.changes_since(base, txn=txn)
     if changes is None:
         return False
     for _, added, removed in changes:
-        index.remove(removed)
-        ids, vecs = store.vectors(added, txn=txn)
-        index.add(vecs, ids)
+        owner_of: dict[int, str] = {}
+        if parents is not None or isinstance(index, MilvusChunkIndex):
+            owner_of = {cid: record.parent_id for cid, record in store.chunk_records(added, txn=txn).items()}
+        if index is not None:
+            index.remove(removed)
+            ids, vecs = store.vectors(added, txn=txn)
+            if isinstance(index, MilvusChunkIndex):  # a vector whose record is unreadable has no parent to group by
+                known = np.asarray([int(i) in owner_of for i in ids], dtype=bool)
+                index.add(vecs[known], ids[known], groups=[owner_of[int(i)] for i in ids[known]])
+            else:
+                index.add(vecs, ids)
         if parents is None:
             continue
         for code in np.unique(parents.parent_codes(np.asarray(removed, np.int64))):
             if code >= 0:  # a parent's chunks leave together: its deletion
                 parents.remove(parents.parent_id(int(code)))
         owners: dict[str, list[int]] = {}
-        for cid, record in store.chunk_records(added, txn=txn).items():
-            owners.setdefault(record.parent_id, []).append(cid)
+        for cid, parent_id in owner_of.items():
+            owners.setdefault(parent_id, []).append(cid)
         parents.add_many(owners.items())
     if changes:
         logger.info("caught the chunk index up by %d store change(s)", len(changes))
@@ -720,7 +805,98 @@ def _load_index(
     return index, parents, generation
 
 
-def _save_index(root: Path, store: RootStore, index: ChunkIndex, generation: int) -> None:
+def _open_backend(root: Path, config: WorkspaceConfig, *, new: bool, readonly: bool) -> MilvusChunkIndex:
+    """Connect to the workspace's Milvus collection; a writer creates it if absent, a reader never does.
+
+    Raises:
+        MissingDependencyError: pymilvus (or milvus-lite) is not installed.
+        WorkspaceError: Milvus cannot be reached, the Lite file is in use by another process, the collection is
+            not a chunk index or is missing (reader), or a *new* workspace names a collection that holds vectors
+            (another workspace's, most likely: it is never overwritten).
+    """
+    target = parse_milvus_factory(config.index_factory)
+    if target.collection is None:
+        raise WorkspaceFormatError(f"{root}: the Milvus index factory {config.index_factory!r} names no collection")
+    try:
+        index = MilvusChunkIndex(
+            config.dim,
+            target.connect_uri(root),
+            target.collection,
+            token=os.environ.get(MILVUS_TOKEN_ENV, ""),
+            create=not readonly,
+        )
+    except ChunkIndexError as exc:
+        hint = " (open the workspace for writing, or run `crossscale repair`, to rebuild it)" if readonly else ""
+        raise WorkspaceError(f"{root}: cannot open its chunk index: {exc}{hint}") from exc
+    if new and len(index):
+        index.close()
+        raise WorkspaceError(
+            f"{root}: Milvus collection {target.collection!r} at {target.uri} already holds vectors, perhaps of "
+            "another workspace; name another collection (index_factory='milvus...#name') or drop that one"
+        )
+    return index
+
+
+def _sync_backend(store: RootStore, index: MilvusChunkIndex, txn: Any, *, full: bool = False) -> bool:
+    """Bring a Milvus collection to the store as ``txn`` sees it (the writer only): replay the changes since its
+    last commit, or refill it from the stored vectors when the log does not reach back, the counts disagree
+    after, or ``full``. True if it was caught up, False if refilled."""
+    generation = store.generation_at(txn)
+    base = index.committed_generation()
+    current = not full and 0 <= base <= generation and _catch_up(store, index, None, base, txn)
+    if current and len(index) == store.chunk_count(txn):
+        return True
+    if current:  # the log replayed, yet the counts disagree: someone else changed the collection
+        logger.warning(
+            "the Milvus collection %s holds %d vectors, the store %d; rebuilding it",
+            index.collection,
+            len(index),
+            store.chunk_count(txn),
+        )
+    elif not full:
+        logger.info("rebuilding the Milvus collection %s from the store", index.collection)
+    index.reset()
+    parents = ParentMap.from_parents(store.parent_chunks(txn))
+    for ids, vecs in store.iter_vectors(txn=txn):
+        codes = parents.parent_codes(ids)
+        keep = codes >= 0
+        index.add(vecs[keep], ids[keep], groups=[parents.parent_id(int(c)) for c in codes[keep]])
+    return False
+
+
+def _load_backend(
+    root: Path, store: RootStore, index: MilvusChunkIndex, readonly: bool
+) -> tuple[MilvusChunkIndex, ParentMap, int]:
+    """A Milvus collection made current with the store (by a writer), the parent map, and the store generation.
+
+    A reader never writes to the collection: one left behind by a killed writer is searched as it is, with a
+    warning, until a writer opens the workspace.
+    """
+    with store.snapshot() as txn:
+        generation = store.generation_at(txn)
+        parents = ParentMap.from_parents(store.parent_chunks(txn))
+        base = index.committed_generation()
+        if readonly:
+            if base != generation:
+                logger.warning(
+                    "%s: the Milvus collection records store generation %d, the store is at %d; searches may miss "
+                    "or skip recent changes until a writer opens the workspace",
+                    root,
+                    base,
+                    generation,
+                )
+            return index, parents, generation
+        caught_up = _sync_backend(store, index, txn)
+    if not caught_up or base != generation:
+        _save_index(root, store, index, generation)
+    return index, parents, generation
+
+
+def _save_index(root: Path, store: RootStore, index: AnyChunkIndex, generation: int) -> None:
+    if isinstance(index, MilvusChunkIndex):
+        index.commit(generation)  # a ChunkIndexError leaves the log unpruned: the next writer catches up from it
+        store.prune_log(generation)
+        return
     try:
         index.save(root / INDEX_FILE, {"generation": generation})
     except OSError as exc:
@@ -764,7 +940,13 @@ def new_config(
 ) -> WorkspaceConfig:
     """A new workspace's config: format 2 with a verifier, an ``"auto"`` index or float16 vectors, else 1."""
     if not isinstance(index_factory, str) or not index_factory.strip():
-        raise ConfigurationError(f"index_factory must be a faiss factory string or 'auto', got {index_factory!r}")
+        raise ConfigurationError(
+            f"index_factory must be 'auto', a faiss factory string or a Milvus URI ('milvus', 'milvus://host:port'), "
+            f"got {index_factory!r}"
+        )
+    milvus = is_milvus_factory(index_factory)
+    if milvus:  # recorded with its collection name, so that many workspaces can share one server
+        index_factory = parse_milvus_factory(index_factory).named().factory
     if max_memory is not None and index_factory != AUTO_INDEX:
         raise ConfigurationError(f"max_memory only applies to index_factory='auto', not {index_factory!r}")
     budget = parse_memory(max_memory if max_memory is not None else DEFAULT_MAX_MEMORY)
@@ -780,7 +962,9 @@ def new_config(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         verifier_name=verifier_name,
         verifier_spec=verifier_spec,
-        format=1 if verifier_name is None and index_factory != AUTO_INDEX and vector_dtype == "float32" else 2,
+        format=1
+        if verifier_name is None and index_factory != AUTO_INDEX and not milvus and vector_dtype == "float32"
+        else 2,
         vector_dtype=vector_dtype,
         max_memory=budget if index_factory == AUTO_INDEX else None,
     )

@@ -1,7 +1,8 @@
-"""Storage: the chunk vector index (FAISS) and the root store (LMDB)."""
+"""Storage: the chunk vector index (FAISS, or Milvus with the ``milvus`` extra) and the root store (LMDB)."""
 
 from crossscale.index.choose import DEFAULT_MAX_MEMORY, IndexPlan, choose_index, parse_memory
 from crossscale.index.chunk_index import ChunkIndex
+from crossscale.index.milvus import MilvusChunkIndex, MilvusTarget, is_milvus_factory, parse_milvus_factory
 from crossscale.index.parent_map import ParentMap
 from crossscale.index.root_store import ChunkRecord, ParentRecord, RootStore
 
@@ -10,9 +11,13 @@ __all__ = [
     "ChunkRecord",
     "DEFAULT_MAX_MEMORY",
     "IndexPlan",
+    "MilvusChunkIndex",
+    "MilvusTarget",
     "ParentMap",
     "ParentRecord",
     "RootStore",
     "choose_index",
+    "is_milvus_factory",
     "parse_memory",
+    "parse_milvus_factory",
 ]

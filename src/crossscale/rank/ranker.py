@@ -64,6 +64,15 @@ class ParentRanker:
         self.overfetch = positive_int("overfetch", overfetch)
         self.min_score = optional_finite("min_score", min_score)
 
+    @property
+    def group_size(self) -> int | None:
+        """Chunks per parent for a grouped index search (Milvus): ``overfetch`` with ``"max"``, ``None`` otherwise.
+
+        A parent's ``"max"`` score is its best chunk's, so the ``top_k`` parents a grouped search finds are
+        exactly the ones this ranker would pick from a plain search; sums and means need the plain search.
+        """
+        return self.overfetch if isinstance(self.aggregator, MaxAggregator) else None
+
     def __repr__(self) -> str:
         return (
             f"ParentRanker(aggregator={self.aggregator.name!r}, overfetch={self.overfetch}, "

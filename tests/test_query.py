@@ -1,0 +1,120 @@
+"""The query path: one batched search per doubling when parents' chunks are alike, grouped indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crossscale.index import ChunkIndex, ParentMap
+from crossscale.query import search_parents
+from crossscale.rank import ParentRanker
+from crossscale.types import Box, ChunkRecord, Query
+
+PARENTS, ALIKE, DIM = 30, 40, 16
+
+
+class CountingIndex:
+    """A ChunkIndex that records the shape of every search (and can pretend to group, badly)."""
+
+    def __init__(self, index: ChunkIndex) -> None:
+        self.index = index
+        self.dim = index.dim
+        self.searches: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.searches.append((len(vectors), k))
+        return self.index.search(vectors, k)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        self.index.add(vectors, ids)
+
+    def remove(self, ids: Iterable[int]) -> int:
+        return self.index.remove(ids)
+
+    def ids(self) -> np.ndarray:
+        return self.index.ids()
+
+
+@pytest.fixture
+def alike(rng: np.random.Generator) -> dict[str, Any]:
+    """30 parents of 40 nearly identical chunks each: k chunks hold about k / 40 parents."""
+    centres = rng.standard_normal((PARENTS, DIM)).astype(np.float32)
+    x = np.repeat(centres, ALIKE, axis=0) + 0.01 * rng.standard_normal((PARENTS * ALIKE, DIM)).astype(np.float32)
+    parent_of = np.repeat(np.arange(PARENTS), ALIKE)
+    index = ChunkIndex(DIM, device="cpu")
+    index.add(x, np.arange(len(x)))
+    box = Box(0, 0, 4, 4)
+    records = {i: ChunkRecord(i, f"p{parent_of[i]:02d}", box, "tile") for i in range(len(x))}
+    parents = ParentMap.from_parents((f"p{p:02d}", range(p * ALIKE, (p + 1) * ALIKE)) for p in range(PARENTS))
+    queries = [Query(v, None) for v in rng.standard_normal((25, DIM)).astype(np.float32)]
+    return {"index": index, "records": records, "parents": parents, "queries": queries}
+
+
+def _lookup(records: dict[int, ChunkRecord]) -> Any:
+    return lambda ids: {int(i): records[int(i)] for i in ids if int(i) in records}
+
+
+def test_alike_chunks_grow_the_whole_batch_together(alike: dict[str, Any]) -> None:
+    counting = CountingIndex(alike["index"])
+    ranker = ParentRanker(box="best")
+    common = {"records": _lookup(alike["records"]), "ranker": ranker}
+    got = search_parents(alike["queries"], 5, index=counting, parents=alike["parents"], **common)
+    # 40 chunks first (5 x overfetch 8: about one parent), then 80, 160, 320: one batched search per doubling
+    assert counting.searches[0] == (25, 40)
+    assert [k for _, k in counting.searches] == [40, 80, 160, 320]
+    assert all(n > 1 for n, _ in counting.searches)  # never one query at a time
+    assert all(len(row) == 5 for row in got)
+    counting.searches.clear()
+    want = search_parents(alike["queries"], 5, index=counting, **common)  # no parent map: the ranker grows each row
+    assert sum(n == 1 for n, _ in counting.searches) >= 25
+    for a, b in zip(want, got, strict=True):
+        assert [m.parent_id for m in a] == [m.parent_id for m in b]
+        np.testing.assert_allclose([m.score for m in a], [m.score for m in b], rtol=1e-6)
+        assert [m.box for m in a] == [m.box for m in b]
+
+
+def test_the_ranker_sees_each_depth_as_if_searched_for_it(alike: dict[str, Any]) -> None:
+    """The ranker's first look holds the first search's hits, not a slice of a deeper search (ties stay put)."""
+    counting = CountingIndex(alike["index"])
+    seen: list[int] = []
+
+    class Recording(ParentRanker):
+        def rank(self, fetch, top_k, *, available):  # type: ignore[no-untyped-def]
+            def recorded(k: int):  # type: ignore[no-untyped-def]
+                hits = fetch(k)
+                seen.append(len(hits))
+                return hits
+
+            return super().rank(recorded, top_k, available=available)
+
+    search_parents(
+        alike["queries"][:3],
+        5,
+        index=counting,
+        records=_lookup(alike["records"]),
+        ranker=Recording(box="best"),
+        parents=alike["parents"],
+    )
+    assert seen[:4] == [40, 80, 160, 320] and len(counting.searches) == 4
+
+
+def test_a_grouped_index_that_returns_too_few_parents_is_searched_plainly(alike: dict[str, Any]) -> None:
+    class BadlyGrouped(CountingIndex):
+        """Groups a window of the nearest chunks only, as Milvus Lite does."""
+
+        def search_grouped(self, vectors: np.ndarray, groups: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+            self.searches.append((len(vectors), -1))
+            return self.index.search(vectors, groups * group_size)
+
+    grouped = BadlyGrouped(alike["index"])
+    common = {"records": _lookup(alike["records"]), "ranker": ParentRanker(box="best"), "parents": alike["parents"]}
+    got = search_parents(alike["queries"], 5, index=grouped, **common)
+    want = search_parents(alike["queries"], 5, index=alike["index"], **common)
+    assert grouped.searches[0] == (25, -1) and (25, 40) in grouped.searches
+    assert [[m.parent_id for m in row] for row in got] == [[m.parent_id for m in row] for row in want]
