@@ -4,6 +4,7 @@ from pathlib import Path
 
 import crossscale
 import crossscale.display
+import crossscale.distributed
 import crossscale.encode
 import crossscale.index
 import crossscale.ingest
@@ -26,11 +27,12 @@ MODULES = (
     crossscale.ingest,
     crossscale.query,
     crossscale.display,
+    crossscale.distributed,
 )
 ROOT = Path(crossscale.__file__).parent
 STAGES = {"segment", "encode", "index", "rank"}
 #: the layer above the stages: only these compose them.
-FACADE = {"workspace", "ingest", "query", "search", "_stages", "cli", "demo"}
+FACADE = {"workspace", "ingest", "query", "search", "_stages", "cli", "demo", "distributed"}
 
 
 def test_all_exports_exist_and_are_sorted() -> None:

@@ -36,7 +36,7 @@ _STARTED: list[subprocess.Popen[str]] = []
 def start_worker(workspace: Path, images: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.worker", str(workspace), str(images), *extra],
+        [sys.executable, "-X", "faulthandler", "-m", "tests.reliability.worker", str(workspace), str(images), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,7 +97,12 @@ def kill_randomly(
                 stats["sigint" if sig == signal.SIGINT else "kills"] += 1
             else:
                 stats["finished_first"] += 1
-            proc.communicate(timeout=60)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # show where it hangs (the worker runs with -X faulthandler)
+                proc.send_signal(signal.SIGABRT)
+                _, err = proc.communicate(timeout=30)
+                pytest.fail(f"a worker did not end within 60 s of {sig!r}:\n{err[-6000:]}")
             assert_consistent(target)
         run_worker(target, images, *extra)  # finishing the work after those crashes
         assert assert_consistent(target) == expected_final(images)  # no parent lost or half-done

@@ -213,19 +213,24 @@ class MilvusChunkIndex:
         self._window_hint = 1  # chunks per parent the last grouped search asked for
         self._owns_client = client is None
         if client is None:
+            lite = None if self.uri.startswith(_SERVER_SCHEMES) else os.path.abspath(self.uri)
+            if lite is not None:  # counted first: an interrupt inside the connection still stops the server
+                _lite_acquire(lite)
             try:
                 client = pymilvus.MilvusClient(uri=self.uri, token=token)
-            except self._errors as exc:
+            except BaseException as exc:
+                if lite is not None:
+                    _lite_release(lite)
+                if not isinstance(exc, self._errors):
+                    raise
                 hint = ""
-                if not self.uri.startswith(_SERVER_SCHEMES):
+                if lite is not None:
                     hint = (
                         " (Milvus Lite serves one process per file: is another process using it? Searching beside "
                         "a writer in another process needs a Milvus server URI)"
                     )
                 raise ChunkIndexError(f"cannot open Milvus at {self.uri}: {_message(exc)}{hint}") from exc
-            if not self.uri.startswith(_SERVER_SCHEMES):
-                self._lite_path = os.path.abspath(self.uri)
-                _lite_acquire(self._lite_path)
+            self._lite_path = lite
         self._client = client
         self._closed = False
         try:
@@ -493,14 +498,14 @@ class MilvusChunkIndex:
         if self._closed:
             return
         self._closed = True
-        if not self._owns_client:
-            return
         try:
-            self._client.close()
+            if self._owns_client:
+                self._client.close()
         except self._errors as exc:  # closing must never mask what the caller is doing
             logger.warning("closing Milvus at %s: %s", self.uri, _message(exc))
-        if self._lite_path is not None:
-            _lite_release(self._lite_path)
+        finally:
+            if self._lite_path is not None:  # even when interrupted: a running Lite server keeps the file
+                _lite_release(self._lite_path)
 
 
 def _message(exc: BaseException) -> str:
