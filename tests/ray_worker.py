@@ -1,12 +1,13 @@
 """Runs Ray ingest on a 2-node local Ray cluster, for tests/test_distributed.py (inside ``unshare -n``).
 
-    python -m tests.ray_worker WORKSPACE IMAGES_DIR [--kill-encoder-after SECONDS] [--dataset]
+    python -m tests.ray_worker WORKSPACE IMAGES_DIR [--kill-encoder-after SECONDS] [--dataset | --as-bytes]
 
 Starts a head node and a second node of one CPU each (``ray.cluster_utils.Cluster``), indexes IMAGES_DIR into
 WORKSPACE with :func:`crossscale.distributed.index_with_ray` (2 prepare and 2 encode actors, 0.4 CPU each: Ray
 Data needs some CPU left), and prints the report as JSON on the last line. With ``--kill-encoder-after``, a
 thread SIGKILLs one encode actor's process that many seconds after it starts work on a batch: Ray restarts it and
-retries the batch. With ``--dataset`` the images go in as a ``ray.data.Dataset`` of paths.
+retries the batch. With ``--dataset`` the images go in as a ``ray.data.Dataset`` of paths, with ``--as-bytes``
+as a list of their files' bytes.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> int:
     parser.add_argument("images")
     parser.add_argument("--kill-encoder-after", type=float, default=None)
     parser.add_argument("--dataset", action="store_true", help="pass the images as a ray.data.Dataset of paths")
+    parser.add_argument("--as-bytes", action="store_true", help="pass the images as a list of their files' bytes")
     args = parser.parse_args()
 
     import ray
@@ -85,8 +87,11 @@ def main() -> int:
             device="cpu",
         ) as cs:
             inputs: object = Path(args.images)
+            files = sorted(Path(args.images).glob("*.png"))
             if args.dataset:
-                inputs = ray.data.from_items([{"path": str(p)} for p in sorted(Path(args.images).glob("*.png"))])
+                inputs = ray.data.from_items([{"path": str(p)} for p in files])
+            elif args.as_bytes:
+                inputs = [p.read_bytes() for p in files]
             report = index_with_ray(
                 cs, inputs, prepare_actors=2, prepare_num_cpus=0.4, encode_actors=2, encode_num_cpus=0.4
             )

@@ -108,7 +108,8 @@ def test_two_nodes_give_the_workspace_index_gives(fifty: tuple[Path, Path], tmp_
     report = out["report"]
     assert isinstance(report, dict) and len(report["added"]) == 50 and not report["failed"]
     assert_same_workspace(tmp_path / "ws", plain)
-    again = run_on_ray(tmp_path / "ws", images, tmp_path)  # a rerun adds nothing: every parent is present
+    # a rerun adds nothing: every parent is present (given as bytes this time: the same content-hash ids)
+    again = run_on_ray(tmp_path / "ws", images, tmp_path, "--as-bytes")
     assert isinstance(again["report"], dict) and len(again["report"]["present"]) == 50
     assert not again["report"]["added"]
 
@@ -181,3 +182,16 @@ def test_actor_pools_that_would_take_every_cpu_are_refused(tmp_path: Path, monke
                 index_with_ray(cs, tmp_path, **kw)  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="encode_num_gpus must be a number >= 0"):
             index_with_ray(cs, tmp_path, encode_num_gpus=-1)
+
+
+def test_inputs_become_rows_of_paths_or_bytes_and_decoded_images_are_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from crossscale.distributed import _input_rows
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(path)
+    rows = _input_rows([path, ("b", path.read_bytes()), Image.new("RGB", (4, 4))], None, {"batch": 1})
+    assert rows[0]["path"] == str(path) and json.loads(rows[0]["metadata"]) == {"batch": 1, "source": str(path)}
+    assert rows[1]["bytes"] == path.read_bytes() and rows[1]["parent_id"] == "b" and not rows[1]["error"]
+    assert "not decoded images" in rows[2]["error"]

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from crossscale.ingest import (
 )
 from crossscale.types import Box, Chunk, IndexFailure, IndexReport
 from crossscale.workspace import ComponentSpec
+
+if TYPE_CHECKING:
+    from crossscale.search import CrossScaleSearch
 
 logger = logging.getLogger(__name__)
 
@@ -161,15 +164,20 @@ class EncodeActor:
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[Any]]:
         rows = _rows(batch)
         todo: list[Segmented] = []
+        lost: dict[str | None, IndexFailure] = {}
         for r in rows:
             if r["status"] != _OK:
                 continue
-            image = decode_stored(r["data"], r["source"])  # the pixels the prepare actor segmented
+            try:
+                image = decode_stored(r["data"], r["source"])  # the pixels the prepare actor segmented
+            except CrossScaleError as exc:  # read once already: a failure here is the transfer's, report it
+                lost[r["parent_id"]] = IndexFailure(r["source"], str(exc), type(exc).__name__, r["parent_id"])
+                continue
             loaded = Loaded(r["parent_id"], LoadedImage(image, r["data"], r["format"], r["source"]), {})
             todo.append(Segmented(loaded, _chunks_of(r["chunks"])))
         parents, failed = encode_batch(self.encoder, todo)
         vectors = {p.parent_id: np.ascontiguousarray(p.vectors, dtype=np.float32).tobytes() for p in parents}
-        lost = {f.parent_id: f for f in failed}
+        lost.update((f.parent_id, f) for f in failed)
         out = []
         for r in rows:
             if r["status"] == _OK and r["parent_id"] in lost:
@@ -201,14 +209,14 @@ def _new_parent(row: Mapping[str, Any], dim: int) -> NewParent:
 def _input_rows(inputs: Any, ids: Sequence[str] | None, metadata: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     rows = []
     for item in iter_inputs(inputs, ids, metadata):
-        if item.error is None and not isinstance(item.item, str | os.PathLike):
-            reason = "Ray ingest reads files: pass paths"
+        if item.error is None and not isinstance(item.item, str | os.PathLike | bytes):
+            reason = "Ray ingest takes image files (paths) or their bytes, not decoded images"
             item = InputItem(item.source, item.item, item.parent_id, item.metadata, reason)
         rows.append(
             {
                 "source": item.source,
                 "path": os.fspath(item.item) if isinstance(item.item, str | os.PathLike) else "",
-                "bytes": b"",
+                "bytes": item.item if isinstance(item.item, bytes) else b"",
                 "parent_id": item.parent_id or "",
                 "metadata": json.dumps(dict(item.metadata), default=str),
                 "error": item.error or "",
@@ -247,7 +255,7 @@ def _metadata_json(value: Any) -> str:
 
 
 def index_with_ray(
-    cs: Any,
+    cs: CrossScaleSearch,
     inputs: str | os.PathLike[str] | Iterable[Any] | Any,
     *,
     ids: Sequence[str] | None = None,
@@ -268,9 +276,10 @@ def index_with_ray(
 
     Args:
         cs: the open, writable facade; it stores each finished batch (one transaction each) and saves at the end.
-        inputs: a folder, a path, or an iterable of paths or ``(id, path)`` / ``(id, path, metadata)`` tuples; or
-            a ``ray.data.Dataset`` whose rows have ``path`` (a file every node can read) or ``bytes`` (the image
-            file's bytes), and optionally ``parent_id`` and ``metadata`` (a dict or a JSON string).
+        inputs: a folder, a path, or an iterable of paths (or image files' bytes) or of ``(id, path)`` /
+            ``(id, path, metadata)`` tuples; or a ``ray.data.Dataset`` whose rows have ``path`` (a file every
+            node can read) or ``bytes`` (an image file's bytes), and optionally ``parent_id`` and ``metadata``
+            (a dict or a JSON string).
         ids, metadata: as for :meth:`~crossscale.CrossScaleSearch.index`.
         batch_size: images per Ray batch and per store transaction (default: the facade's).
         prepare_actors, prepare_num_cpus: size of the read+segment actor pool, and the CPUs each reserves.
