@@ -197,6 +197,13 @@ def test_another_dimension_or_foreign_collection_is_refused(tmp_path: Path) -> N
     client.create_collection("theirs", schema=schema)
     with pytest.raises(ChunkIndexError, match="not a crossscale chunk index"):
         MilvusChunkIndex(16, str(tmp_path / "m.db"), "theirs", client=client)
+    schema = client.create_schema(auto_id=False)  # the right vector field, but no parent to group by
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=16)
+    schema.add_field("note", DataType.VARCHAR, max_length=64)
+    client.create_collection("almost", schema=schema)
+    with pytest.raises(ChunkIndexError, match="not a crossscale chunk index"):
+        MilvusChunkIndex(16, str(tmp_path / "m.db"), "almost", client=client)
     client.close()
 
 

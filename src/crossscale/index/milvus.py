@@ -274,7 +274,7 @@ class MilvusChunkIndex:
         fields = {f["name"]: f for f in described.get("fields", [])}
         vector = fields.get("vector", {})
         dim = vector.get("params", {}).get("dim")
-        if set(fields) < {"id", "parent", "vector"} or dim is None:
+        if not {"id", "parent", "vector"} <= set(fields) or dim is None:
             raise ChunkIndexError(
                 f"Milvus collection {self.collection!r} at {self.uri} exists and is not a crossscale chunk index "
                 f"(fields {sorted(fields)})"
