@@ -55,6 +55,22 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
     return arr
 
 
+def _unit_rows(vectors: Any, dim: int) -> np.ndarray:
+    """``vectors`` (one row, or ``(n, dim)``) as unit float32 rows: what every chunk index stores and searches.
+
+    Raises:
+        VectorError: wrong shape, not numeric, NaN/inf or zero rows.
+    """
+    arr = np.asarray(vectors)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise VectorError(f"expected vectors of shape (n, {dim}), got {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise VectorError(f"vectors must be numeric, got dtype {arr.dtype}")
+    return l2_normalize(arr)
+
+
 class ChunkIndex:
     """Chunk vectors in a FAISS index, searched by inner product (cosine on unit vectors).
 
@@ -151,14 +167,7 @@ class ChunkIndex:
 
     # ------------------------------------------------------------------ mutation
     def _prepare(self, vectors: Any) -> np.ndarray:
-        arr = np.asarray(vectors)
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise VectorError(f"expected vectors of shape (n, {self.dim}), got {arr.shape}")
-        if arr.dtype.kind not in "fiu":
-            raise VectorError(f"vectors must be numeric, got dtype {arr.dtype}")
-        return l2_normalize(arr)
+        return _unit_rows(vectors, self.dim)
 
     def train(self, vectors: Any) -> None:
         """Train the index (IVF, PQ) on a representative sample; a no-op for Flat and HNSW."""

@@ -35,9 +35,8 @@ from typing import Any
 import numpy as np
 
 from crossscale._checks import positive_int
-from crossscale._vectors import l2_normalize
-from crossscale.errors import ChunkIndexError, ConfigurationError, MissingDependencyError, VectorError
-from crossscale.index.chunk_index import _check_ids
+from crossscale.errors import ChunkIndexError, ConfigurationError, MissingDependencyError
+from crossscale.index.chunk_index import _check_ids, _unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -304,14 +303,7 @@ class MilvusChunkIndex:
         return int(rows[0]["count(*)"])
 
     def _prepare(self, vectors: Any) -> np.ndarray:
-        arr = np.asarray(vectors)
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise VectorError(f"expected vectors of shape (n, {self.dim}), got {arr.shape}")
-        if arr.dtype.kind not in "fiu":
-            raise VectorError(f"vectors must be numeric, got dtype {arr.dtype}")
-        return l2_normalize(arr)
+        return _unit_rows(vectors, self.dim)
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:
