@@ -36,9 +36,12 @@ from crossscale.ingest import (
     Segmented,
     encode_batch,
     extract_local,
+    ingest_report,
     iter_inputs,
     load_batch,
+    save_after_ingest,
     segment_batch,
+    store_batch,
 )
 from crossscale.types import Box, Chunk, IndexFailure, IndexReport
 from crossscale.workspace import ComponentSpec
@@ -391,22 +394,12 @@ def index_with_ray(
                     run_ids.add(r["parent_id"])
             if not new:
                 continue
-            try:
-                assigned = workspace.add(new)
-            except CrossScaleError as exc:
-                reason, kind = str(exc), type(exc).__name__
-                failed += [IndexFailure(p.source or p.parent_id, reason, kind, p.parent_id) for p in new]
+            assigned, refused = store_batch(workspace, new)
+            failed += refused
+            if refused:
                 run_ids.difference_update(p.parent_id for p in new)
             else:
                 added += [p.parent_id for p in new]
                 chunks_added += sum(len(a) for a in assigned)
-    if chunks_added:
-        try:
-            workspace.save()
-        except CrossScaleError as exc:  # the store committed; only the index is stale
-            logger.error("%s", exc)
-    report = IndexReport(tuple(added), tuple(present), tuple(failed), chunks_added, time.perf_counter() - started)
-    for failure in failed:
-        logger.warning("not indexed: %s: %s", failure.source, failure.reason)
-    logger.info("%s (Ray)", report)
-    return report
+    save_after_ingest(workspace, chunks_added)
+    return ingest_report(added, present, failed, chunks_added, started, how=" (Ray)")

@@ -39,10 +39,13 @@ __all__ = [
     "encode_batch",
     "extract_local",
     "ingest",
+    "ingest_report",
     "iter_inputs",
     "json_ready",
     "load_batch",
+    "save_after_ingest",
     "segment_batch",
+    "store_batch",
 ]
 
 
@@ -319,6 +322,46 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
+# ====================================================================== the writer
+def store_batch(workspace: Workspace, parents: Sequence[NewParent]) -> tuple[list[list[int]], list[IndexFailure]]:
+    """Store ``parents`` in one transaction: ``(chunk ids of each, [])``, or ``([], a failure for each)`` when the
+    store refuses the batch (nothing of it is then stored)."""
+    try:
+        return workspace.add(parents), []
+    except CrossScaleError as exc:
+        reason, kind = str(exc), type(exc).__name__
+        return [], [IndexFailure(p.source or p.parent_id, reason, kind, p.parent_id) for p in parents]
+
+
+def save_after_ingest(workspace: Workspace, chunks_added: int) -> None:
+    """Save the index if the run added chunks; a failed save is logged, not raised (the store has committed, and
+    the index is caught up from it on the next open)."""
+    if not chunks_added:
+        return
+    try:
+        workspace.save()
+    except CrossScaleError as exc:
+        logger.error("%s", exc)
+
+
+def ingest_report(
+    added: Sequence[str],
+    present: Sequence[str],
+    failed: Sequence[IndexFailure],
+    chunks_added: int,
+    started: float,
+    *,
+    how: str = "",
+) -> IndexReport:
+    """The run's :class:`~crossscale.types.IndexReport` (``started``: its ``time.perf_counter()``), logged: each
+    failure as a warning, the summary (followed by ``how``) as info."""
+    report = IndexReport(tuple(added), tuple(present), tuple(failed), chunks_added, time.perf_counter() - started)
+    for failure in failed:
+        logger.warning("not indexed: %s: %s", failure.source, failure.reason)
+    logger.info("%s%s", report, how)
+    return report
+
+
 # ====================================================================== the driver
 @dataclass(frozen=True)
 class _Prepared:
@@ -467,13 +510,9 @@ def ingest(
             new, enc_errors = encode_batch(encoder, segmented)  # local features were extracted with the batch
             errors += enc_errors
             if new:
-                try:
-                    assigned = workspace.add(new)
-                except CrossScaleError as exc:
-                    errors += [
-                        IndexFailure(p.source or p.parent_id, str(exc), type(exc).__name__, p.parent_id) for p in new
-                    ]
-                else:
+                assigned, refused = store_batch(workspace, new)
+                errors += refused
+                if not refused:
                     added += [p.parent_id for p in new]
                     failed_ids.difference_update(p.parent_id for p in new)
                     chunks_added += sum(len(ids) for ids in assigned)
@@ -485,13 +524,5 @@ def ingest(
     finally:
         prepared.close()  # stops the preparing thread before anything else touches the workspace
         bar.close()
-        if chunks_added:
-            try:
-                workspace.save()
-            except CrossScaleError as exc:  # the store committed; only the index file is stale
-                logger.error("%s", exc)
-    report = IndexReport(tuple(added), tuple(present), tuple(failed), chunks_added, time.perf_counter() - started)
-    for failure in failed:
-        logger.warning("not indexed: %s: %s", failure.source, failure.reason)
-    logger.info("%s", report)
-    return report
+        save_after_ingest(workspace, chunks_added)
+    return ingest_report(added, present, failed, chunks_added, started)
