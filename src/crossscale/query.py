@@ -113,9 +113,9 @@ def _first_fetch(
         return fetched  # counting parents would read every hit's record: the ranker asks for more itself
 
     def needs_more(r: int) -> bool:
-        row_ids, row_codes = fetched[r][-1][1], fetched[r][-1][2]
+        _, row_ids, row_codes = fetched[r][-1]
         full = int((row_ids >= 0).sum()) >= len(row_ids)  # fewer hits than asked: the index has no more
-        return full and row_codes is not None and len(np.unique(row_codes[row_codes >= 0])) < top_k
+        return full and _distinct_parents(row_ids, row_codes, records) < top_k
 
     short = [r for r in sorted(plain) if needs_more(r)]
     while short and k < available:
