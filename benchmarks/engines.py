@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.scale import make_data
-from crossscale.index import ChunkIndex, ParentMap, choose_index
+from benchmarks.scale import build_index, make_data
+from crossscale.index import ParentMap, choose_index
 from crossscale.query import search_parents
 from crossscale.rank import ParentRanker
 from crossscale.types import Box, ChunkRecord, Query
@@ -188,14 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = choose_index(len(x), x.shape[1], "4G")
     for factory, nprobe in ((plan.factory, plan.nprobe), ("Flat", None)):
         start = time.perf_counter()
-        index = ChunkIndex(x.shape[1], factory, device="cpu")
-        if nprobe is not None:
-            index.set_search_params(f"nprobe={nprobe}")
-        if not index.is_trained:
-            sample = np.random.default_rng(1).choice(len(x), min(len(x), plan.train_size), replace=False)
-            index.train(x[np.sort(sample)])
-        for s in range(0, len(x), 100_000):
-            index.add(x[s : s + 100_000], np.arange(s, min(len(x), s + 100_000)))
+        index = build_index(factory, nprobe, plan.train_size, x)
         run(
             f"crossscale, {factory}" + (f" nprobe {nprobe}" if nprobe else ""),
             time.perf_counter() - start,

@@ -66,9 +66,9 @@ class Run:
     parents: list[list[int]]
 
 
-def measure(factory: str, nprobe: int | None, train_size: int, data: dict[str, np.ndarray]) -> Run:
-    x, q = data["x"], data["q"]
-    start = time.perf_counter()
+def build_index(factory: str, nprobe: int | None, train_size: int, x: np.ndarray) -> ChunkIndex:
+    """A CPU ChunkIndex of ``x`` (ids = row numbers): trained on a fixed sample of ``train_size`` rows if it needs
+    training, filled in slices of 100k."""
     index = ChunkIndex(x.shape[1], factory, device="cpu")
     if nprobe is not None:
         index.set_search_params(f"nprobe={nprobe}")
@@ -77,6 +77,13 @@ def measure(factory: str, nprobe: int | None, train_size: int, data: dict[str, n
         index.train(x[np.sort(rows)])
     for s in range(0, len(x), 100_000):
         index.add(x[s : s + 100_000], np.arange(s, min(len(x), s + 100_000)))
+    return index
+
+
+def measure(factory: str, nprobe: int | None, train_size: int, data: dict[str, np.ndarray]) -> Run:
+    x, q = data["x"], data["q"]
+    start = time.perf_counter()
+    index = build_index(factory, nprobe, train_size, x)
     build = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:  # the serialised index: what faiss holds in RAM, give or take
         index.save(Path(tmp) / "index")
