@@ -385,11 +385,14 @@ class MilvusChunkIndex:
         self._count = 0
 
     # ------------------------------------------------------------------ search
-    def _pad(self, results: Any, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _pad(rows: Iterable[Iterable[tuple[Any, ...]]], n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)`` of shape ``(n, width)`` from each row's ``(score, id, ...)`` hits: best first (equal
+        scores: lower id first), padded with ``-inf`` / ``-1``."""
         scores = np.full((n, width), -np.inf, dtype=np.float32)
         ids = np.full((n, width), -1, dtype=np.int64)
-        for row, hits in enumerate(results):
-            pairs = sorted(((float(h["distance"]), int(h["id"])) for h in hits), key=lambda p: (-p[0], p[1]))[:width]
+        for row, hits in enumerate(rows):
+            pairs = sorted(((h[0], h[1]) for h in hits), key=lambda p: (-p[0], p[1]))[:width]
             if pairs:
                 scores[row, : len(pairs)] = [s for s, _ in pairs]
                 ids[row, : len(pairs)] = [i for _, i in pairs]
@@ -415,7 +418,7 @@ class MilvusChunkIndex:
             output_fields=["id"],  # not the vectors, which Milvus returns by default
             search_params={"metric_type": "IP"},
         )
-        return self._pad(results, len(q), k)
+        return self._pad(([(float(h["distance"]), int(h["id"])) for h in hits] for hits in results), len(q), k)
 
     def search_grouped(self, vectors: Any, groups: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
         """The best chunks of the ``groups`` best distinct parents of each query row, by Milvus' grouped search.
@@ -449,7 +452,7 @@ class MilvusChunkIndex:
                 rows[r] = _best_per_group(hits, group_size)
             todo = [r for r in todo if len({p for _, _, p in rows[r]}) < limit]
         self._window_hint = ask  # alike chunks stay alike: the next search starts with this window
-        return self._pad([[{"distance": s, "id": i} for s, i, _ in hits] for hits in rows], len(q), width)
+        return self._pad(rows, len(q), width)
 
     def _grouped(self, q: np.ndarray, limit: int, group_size: int) -> list[list[tuple[float, int, str]]]:
         """One grouped search: per row, ``(score, id, parent)`` of each hit."""
