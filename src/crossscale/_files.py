@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["TEMP_SUFFIX", "atomic_write"]
+__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_write_with"]
 
 #: suffix of the temporary files :func:`atomic_write` makes; a crash can leave one behind.
 TEMP_SUFFIX = ".tmp"
@@ -31,12 +32,23 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Iterable[bytes | me
     ``mkstemp``'s private ``0o600``: readers in other processes or accounts may need it. On any failure
     (full disk, an interrupt) the temporary file is removed and ``path`` is left as it was.
     """
+    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
+
+    def write(f: BinaryIO) -> None:
+        for part in parts:
+            f.write(part)
+
+    atomic_write_with(path, write)
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """:func:`atomic_write` of what ``write`` writes to the (temporary) file it is given: for data streamed out
+    piece by piece, e.g. a faiss index, without a copy of it all in memory."""
     target = Path(path)
     fd, tmp = _create_temp(target)
     try:
         with os.fdopen(fd, "wb") as f:
-            for part in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
-                f.write(part)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -144,7 +144,7 @@ class CrossScaleSearch:
             ranker: a :class:`~crossscale.protocols.Ranker`; default ``ParentRanker()`` (``"max"``, ``box="fusion"``).
             device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``: for named components and the index.
             batch_size: images segmented and encoded per step of :meth:`index`.
-            index_factory: for a new workspace, ``"auto"`` (the default: Flat while small, then IVF, then IVF-PQ,
+            index_factory: for a new workspace, ``"auto"`` (the default: Flat while small, then IVF, IVF-SQ8, IVF-PQ,
                 chosen by size within ``max_memory`` and migrated when the collection outgrows it, at ``save()``)
                 or a faiss factory string (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``), kept as it is; or a Milvus
                 collection (``pip install "crossscale[milvus]"``): ``"milvus"`` (Milvus Lite, a file in the

@@ -716,18 +716,27 @@ def _rebuild(store: RootStore, config: WorkspaceConfig, device: str, txn: Any) -
         plan = choose_index(total, config.dim, 1 << 62)
         logger.warning("%s; building %s anyway", exc, plan.factory)
     index = _new_index(config.dim, plan, device)
-    batches: Iterable[tuple[np.ndarray, np.ndarray]] = store.iter_vectors(txn=txn)
-    if not index.is_trained:  # IVF/PQ: train on a sample of what is stored (all of it without a plan)
-        batches = list(batches)
-        if batches:
-            everything = np.concatenate([v for _, v in batches])
-            if plan.train_size and len(everything) > plan.train_size:
-                rows = np.random.default_rng(0).choice(len(everything), plan.train_size, replace=False)
-                everything = everything[np.sort(rows)]
-            index.train(everything)
-    for ids, vecs in batches:
+    if not index.is_trained and total:  # IVF/PQ: train on a sample of what is stored, read in a pass of its own
+        index.train(_training_sample(store, txn, total, plan.train_size))
+    for ids, vecs in store.iter_vectors(txn=txn):  # then filled batch by batch: memory bounded by the index
         index.add(vecs, ids)
     return index
+
+
+def _training_sample(store: RootStore, txn: Any, total: int, size: int) -> np.ndarray:
+    """``size`` of the ``total`` stored vectors (a fixed random choice; all of them for ``size`` 0 or more than
+    ``total``), read batch by batch so that only the sample is held."""
+    if size and total > size:
+        rows = np.sort(np.random.default_rng(0).choice(total, size, replace=False))
+    else:
+        rows = np.arange(total)
+    parts: list[np.ndarray] = []
+    seen = 0
+    for _, vecs in store.iter_vectors(txn=txn):
+        lo, hi = np.searchsorted(rows, [seen, seen + len(vecs)])
+        parts.append(vecs[rows[lo:hi] - seen])
+        seen += len(vecs)
+    return np.concatenate(parts) if parts else np.zeros((0, store.dim), np.float32)
 
 
 def _index_add(index: AnyChunkIndex, vectors: np.ndarray, ids: np.ndarray, parent_ids: Sequence[str]) -> None:
@@ -908,20 +917,20 @@ def _save_index(root: Path, store: RootStore, index: AnyChunkIndex, generation: 
 
 
 def _growth_key(factory: str) -> tuple[int, int, int]:
-    """Orders the structures ``choose_index`` picks by the collection size they serve: Flat < IVF-Flat < IVF-PQ,
-    more lists, fewer PQ bytes. Saving migrates only upwards; ``rebuild_index()`` picks afresh."""
-    m = re.fullmatch(r"IVF(\d+),(?:Flat|PQ(\d+))", factory)
+    """Orders the structures ``choose_index`` picks by the collection size they serve: Flat < IVF-Flat < IVF-SQ8 <
+    IVF-PQ, more lists, fewer PQ bytes. Saving migrates only upwards; ``rebuild_index()`` picks afresh."""
+    m = re.fullmatch(r"IVF(\d+)(?:_HNSW32)?,(Flat|SQ8|PQ(\d+))", factory)
     if m is None:
         return (0, 0, 0)
-    if m.group(2) is None:
-        return (1, int(m.group(1)), 0)
-    return (2, int(m.group(1)), -int(m.group(2)))
+    if m.group(3) is not None:
+        return (3, int(m.group(1)), -int(m.group(3)))
+    return (1 if m.group(2) == "Flat" else 2, int(m.group(1)), 0)
 
 
 def _new_index(dim: int, plan: IndexPlan, device: str) -> ChunkIndex:
     index = ChunkIndex(dim, plan.factory, device=device)
-    if plan.nprobe is not None:
-        index.set_search_params(f"nprobe={plan.nprobe}")  # this index's own setting, saved with it
+    if plan.search_params is not None:
+        index.set_search_params(plan.search_params)  # this index's own setting, saved with it
     return index
 
 

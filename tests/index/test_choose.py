@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,17 @@ def test_bad_memory_sizes_are_named(bad: object) -> None:
         parse_memory(bad)  # type: ignore[arg-type]
 
 
-def test_small_collections_are_exact_then_ivf_then_pq_as_the_budget_shrinks() -> None:
+def test_small_collections_are_exact_then_ivf_then_sq8_then_pq_as_the_budget_shrinks() -> None:
     assert choose_index(0, 512).factory == "Flat"
     assert choose_index(50_000, 512).factory == "Flat"
     ivf = choose_index(1_000_000, 512, "4G")
     assert ivf.factory == "IVF4096,Flat" and ivf.nprobe == 128 and ivf.bytes <= 4 << 30
-    pq = choose_index(10_000_000, 256, "4G")
-    assert pq.factory.startswith("IVF") and ",PQ" in pq.factory and pq.bytes <= 4 << 30
+    sq8 = choose_index(10_000_000, 256, "4G")  # 10.3 GB of float32 do not fit; 2.6 GB of bytes do
+    assert sq8.factory == "IVF16384_HNSW32,SQ8" and 2.6e9 < sq8.bytes <= 4 << 30
+    pq = choose_index(10_000_000, 256, "2G")
+    assert pq.factory.startswith("IVF16384_HNSW32,PQ") and pq.bytes <= 2 << 30
     assert pq.train_size <= 10_000_000
+    assert choose_index(1_000_000, 256, "400M").factory == "IVF4096,SQ8"  # the flat quantizer below 8192 lists
 
 
 def test_a_budget_that_holds_nothing_names_the_size_needed() -> None:
@@ -81,7 +85,8 @@ def test_a_plan_fits_its_budget_and_grows_with_the_collection(n: int, dim: int, 
     assert plan.bytes <= budget
     assert plan.train_size <= n
     if plan.nprobe is not None:
-        nlist = int(plan.factory[3:].split(",")[0])
+        nlist = int(re.match(r"IVF(\d+)", plan.factory).group(1))  # type: ignore[union-attr]
+        assert ("_HNSW32," in plan.factory) == (nlist >= choose_module.HNSW_QUANTIZER_LISTS)
         assert 1 <= plan.nprobe <= nlist and n >= 39 * nlist
     bigger = _plan_or_none(2 * n + 1, dim, budget)
     if bigger is None:
@@ -101,6 +106,65 @@ def test_chosen_ivf_structures_build_train_and_find_their_vectors(n: int) -> Non
     index.set_search_params(f"nprobe={plan.nprobe}")
     _, ids = index.search(x[:20], 1)
     assert (ids[:, 0] == np.arange(20)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("budget", ["1M", "400K"])  # IVF-SQ8, then IVF-PQ
+def test_compressed_structures_with_an_hnsw_quantizer_build_and_find_their_vectors(
+    budget: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(choose_module, "HNSW_QUANTIZER_LISTS", 16)
+    n = 12_000
+    plan = choose_index(n, 32, budget, flat_max=100)
+    assert "_HNSW32," in plan.factory and plan.factory.endswith("SQ8" if budget == "1M" else "PQ8")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 32)).astype(np.float32)
+    index = ChunkIndex(32, plan.factory, device="cpu")
+    index.train(x[np.sort(rng.choice(n, plan.train_size, replace=False))])
+    index.add(x, np.arange(n))
+    assert plan.search_params == f"nprobe={plan.nprobe},quantizer_efSearch={2 * plan.nprobe}"
+    index.set_search_params(plan.search_params)
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index._index)
+    assert ivf.nprobe == plan.nprobe and faiss.downcast_index(ivf.quantizer).hnsw.efSearch == 2 * plan.nprobe
+    _, ids = index.search(x[:50], 5)
+    assert (ids == np.arange(50)[:, None]).any(axis=1).mean() >= 0.9  # each vector among its own 5 nearest
+    assert index.remove([0, 1]) == 2 and len(index) == n - 2 and 0 not in set(index.ids()[:5].tolist())
+
+
+def test_an_hnsw_quantizer_returns_every_list_asked_for() -> None:
+    """faiss' HNSW left at efSearch 16 returned 170-340 of 512 lists asked for (10M clustered vectors, 16,384
+    lists); here ~100 of 512 without search_params. It sets the quantizer's efSearch with nprobe."""
+    import faiss
+
+    from crossscale.index import search_params
+
+    rng = np.random.default_rng(1)
+    clusters = rng.standard_normal((64, 64)).astype(np.float32)
+    centroids = clusters[rng.integers(0, 64, 4096)] + 0.6 * rng.standard_normal((4096, 64)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    quantizer = faiss.IndexHNSWFlat(64, 32, faiss.METRIC_INNER_PRODUCT)
+    quantizer.add(centroids)
+    index = faiss.IndexIVFFlat(quantizer, 64, 4096, faiss.METRIC_INNER_PRODUCT)
+    faiss.ParameterSpace().set_index_parameters(index, search_params("IVF4096_HNSW32,Flat", 512))
+    queries = centroids[:20] + 0.1 * rng.standard_normal((20, 64)).astype(np.float32)
+    _, lists = quantizer.search(queries, index.nprobe)
+    assert index.nprobe == 512 and (lists >= 0).all()
+    assert search_params("IVF4096,Flat", 128) == "nprobe=128"
+
+
+def test_the_structures_grow_in_one_order() -> None:
+    order = [
+        "Flat",
+        "IVF1024,Flat",
+        "IVF4096,Flat",
+        "IVF4096,SQ8",
+        "IVF16384_HNSW32,SQ8",
+        "IVF16384_HNSW32,PQ64",
+        "IVF16384_HNSW32,PQ32",
+    ]
+    keys = [_growth_key(f) for f in order]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
 
 
 # ------------------------------------------------------------------ "auto" workspaces
@@ -165,6 +229,24 @@ def test_an_outgrown_index_migrates_at_save_and_stays_searchable(
         assert cs.search(scenes[9][1], top_k=1)[0].parent_id == "p9"
 
 
+def test_a_workspace_grows_into_ivf_sq8_with_an_hnsw_quantizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 10M plan's structure at test size: 2,048 vectors of 512-d in 2 MiB (IVF-Flat needs 4 MiB)."""
+    import faiss
+
+    monkeypatch.setattr(choose_module, "FLAT_MAX", 10)
+    monkeypatch.setattr(choose_module, "HNSW_QUANTIZER_LISTS", 16)
+    scenes = _scenes(16)
+    with _open(tmp_path / "ws", max_memory="2M") as cs:
+        cs.index(scenes)
+        structure = cs.info()["index_structure"]
+        assert re.fullmatch(r"IVF\d+_HNSW32,SQ8", structure), structure
+    with _open(tmp_path / "ws", readonly=True) as cs:  # the saved index, with its search settings
+        assert cs.info()["index_structure"] == structure and cs.verify().ok
+        ivf = faiss.extract_index_ivf(cs.chunk_index._index)  # type: ignore[union-attr]
+        assert faiss.downcast_index(ivf.quantizer).hnsw.efSearch == 2 * ivf.nprobe
+        assert [cs.search(scenes[i][1], top_k=1)[0].parent_id for i in (0, 7, 15)] == ["p0", "p7", "p15"]
+
+
 def test_a_budget_too_small_for_what_is_stored_is_refused_at_open(tmp_path: Path) -> None:
     with _open(tmp_path / "ws") as cs:
         cs.index(_scenes(2))
@@ -180,10 +262,28 @@ def test_an_index_over_budget_is_still_rebuilt_when_the_file_is_lost(
     with _open(tmp_path / "ws", max_memory="1M") as cs:  # Flat holds ~500 vectors of 512-d in 1 MiB
         cs.index(_scenes(2))
         assert len(cs.chunk_index) < 500
-    monkeypatch.setattr(choose_module, "FLAT_MAX", 10)  # now nothing fits: too few vectors for IVF-PQ
-    with _open(tmp_path / "ws") as cs:
-        cs.index(_scenes(6)[2:])  # stored; the save keeps the Flat index and warns
+    monkeypatch.setattr(choose_module, "FLAT_MAX", 10)
+    with _open(tmp_path / "ws") as cs:  # 2,048 vectors: IVF-SQ8 needs > 1 MiB, and they are too few for IVF-PQ
+        cs.index(_scenes(16)[2:])  # stored; the save keeps the Flat index and warns
         assert "keeping the Flat index" in caplog.text and cs.info()["index_structure"] == "Flat"
     (tmp_path / "ws" / "chunks.index").unlink()
     with _open(tmp_path / "ws") as cs:  # rebuilt all the same
-        assert "building" in caplog.text and cs.verify().ok and len(cs) == 6
+        assert "building" in caplog.text and cs.verify().ok and len(cs) == 16
+
+
+def test_a_rebuild_trains_on_the_same_sample_read_batch_by_batch() -> None:
+    from crossscale.workspace import _training_sample
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1000, 8)).astype(np.float32)
+
+    class Store:  # what _training_sample reads: batches of (ids, vectors) in id order
+        dim = 8
+
+        def iter_vectors(self, *, txn: object) -> object:
+            return ((np.arange(s, min(1000, s + 64)), x[s : s + 64]) for s in range(0, 1000, 64))
+
+    want = x[np.sort(np.random.default_rng(0).choice(1000, 100, replace=False))]  # what the one-pass version took
+    np.testing.assert_array_equal(_training_sample(Store(), None, 1000, 100), want)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(_training_sample(Store(), None, 1000, 0), x)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(_training_sample(Store(), None, 1000, 5000), x)  # type: ignore[arg-type]

@@ -8,14 +8,13 @@ import logging
 import os
 import struct
 from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from crossscale._checks import positive_int
 from crossscale._device import resolve_faiss_device
-from crossscale._files import atomic_write
+from crossscale._files import atomic_write_with
 from crossscale._vectors import l2_normalize
 from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, WorkspaceFormatError
 
@@ -274,7 +273,10 @@ class ChunkIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> None:
-        """Write the index and ``meta`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
+        """Write the index and ``meta`` to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+        The faiss data is streamed to the file: saving needs no second copy of the index in memory.
+        """
         import faiss
 
         header = {
@@ -285,8 +287,12 @@ class ChunkIndex:
             "meta": dict(meta or {}),
         }
         header_bytes = json.dumps(header).encode()
-        body = faiss.serialize_index(self._index)
-        atomic_write(path, [_MAGIC, struct.pack("<Q", len(header_bytes)), header_bytes, body.data])
+
+        def write(f: BinaryIO) -> None:
+            f.write(_MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes)
+            faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
+
+        atomic_write_with(path, write)
 
     @classmethod
     def load(
@@ -299,25 +305,24 @@ class ChunkIndex:
         """
         import faiss
 
-        raw = Path(path).read_bytes()
-        if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 8:
-            raise WorkspaceFormatError(f"{path}: not a crossscale chunk index file")
-        pos = len(_MAGIC)
-        (hlen,) = struct.unpack("<Q", raw[pos : pos + 8])
-        pos += 8
-        try:
-            header = json.loads(raw[pos : pos + hlen])
-        except ValueError as exc:
-            raise WorkspaceFormatError(f"{path}: corrupt header") from exc
-        if not isinstance(header, dict) or header.get("format") != _FORMAT:
-            raise WorkspaceFormatError(
-                f"{path}: index format {header.get('format') if isinstance(header, dict) else '?'} "
-                f"is not supported (this crossscale reads format {_FORMAT})"
-            )
-        try:
-            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8, offset=pos + hlen).copy())
-        except RuntimeError as exc:
-            raise WorkspaceFormatError(f"{path}: corrupt faiss data: {exc}") from exc
+        with open(path, "rb") as f:  # the faiss data is streamed from the file: no copy of it all in memory
+            start = f.read(len(_MAGIC) + 8)
+            if not start.startswith(_MAGIC) or len(start) < len(_MAGIC) + 8:
+                raise WorkspaceFormatError(f"{path}: not a crossscale chunk index file")
+            (hlen,) = struct.unpack("<Q", start[len(_MAGIC) :])
+            try:
+                header = json.loads(f.read(hlen))
+            except ValueError as exc:
+                raise WorkspaceFormatError(f"{path}: corrupt header") from exc
+            if not isinstance(header, dict) or header.get("format") != _FORMAT:
+                raise WorkspaceFormatError(
+                    f"{path}: index format {header.get('format') if isinstance(header, dict) else '?'} "
+                    f"is not supported (this crossscale reads format {_FORMAT})"
+                )
+            try:
+                index = faiss.read_index(faiss.PyCallbackIOReader(f.read))  # type: ignore[attr-defined]
+            except RuntimeError as exc:
+                raise WorkspaceFormatError(f"{path}: corrupt faiss data: {exc}") from exc
         if not isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIVF)):
             raise WorkspaceFormatError(f"{path}: faiss index has no id map")
         obj = cls.__new__(cls)
