@@ -10,6 +10,9 @@ ranked by their best region, and scored by parent recall@10 against exact search
   :class:`~crossscale.index.ChunkIndex` that ``index_factory="auto"`` picks for N vectors within 4 GiB, with the
   :class:`~crossscale.index.ParentMap` and the default :class:`~crossscale.rank.ParentRanker` (``box="best"``).
 - **crossscale, Flat**: the same over an exact Flat index.
+- **..., ranker overfetch N**: the same with ``ParentRanker(overfetch=N)``, N the chunks per parent rounded up to a
+  power of two: the first search is deep enough for alike chunks (the tuning docs/scaling.md gives for such
+  collections).
 - **crossscale, Milvus Lite backend**: the same over :class:`~crossscale.index.MilvusChunkIndex` (grouped search).
 - **Milvus Lite grouped search** (raw pymilvus): a FLAT IP collection with a parent field, ``search(...,
   group_by_field="parent", limit=10)``: the server returns 10 distinct parents.
@@ -93,13 +96,14 @@ def recall(got: list[list[int]], exact: list[list[int]]) -> float:
     return float(np.mean([len(set(g) & set(e)) / len(e) for g, e in zip(got, exact, strict=True)]))
 
 
-def crossscale_search(index: Any, parent_of: np.ndarray) -> Search:
-    """The facade's query path over ``index``, with records held in a dict (the workspace reads them from LMDB)."""
+def crossscale_search(index: Any, parent_of: np.ndarray, overfetch: int = 8) -> Search:
+    """The facade's query path over ``index``, with records held in a dict (the workspace reads them from LMDB);
+    ``overfetch`` is the ranker's (8, its default: a first search of 80 chunks for 10 parents)."""
     n_parents = int(parent_of.max()) + 1
     starts = np.searchsorted(parent_of, np.arange(n_parents))
     stops = np.append(starts[1:], len(parent_of))
     parents = ParentMap.from_parents((f"{p}", range(a, b)) for p, (a, b) in enumerate(zip(starts, stops, strict=True)))
-    ranker = ParentRanker(box="best")
+    ranker = ParentRanker(box="best", overfetch=overfetch)
 
     def records(ids: Any) -> dict[int, ChunkRecord]:
         return {int(i): ChunkRecord(int(i), f"{parent_of[int(i)]}", BOX, "tile") for i in ids}
@@ -189,11 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for factory, nprobe in ((plan.factory, plan.nprobe), ("Flat", None)):
         start = time.perf_counter()
         index = build_index(factory, nprobe, plan.train_size, x)
-        run(
-            f"crossscale, {factory}" + (f" nprobe {nprobe}" if nprobe else ""),
-            time.perf_counter() - start,
-            crossscale_search(index, parent_of),
-        )
+        built = time.perf_counter() - start
+        name = f"crossscale, {factory}" + (f" nprobe {nprobe}" if nprobe else "")
+        run(name, built, crossscale_search(index, parent_of))
+        deep = 1 << (args.per_parent - 1).bit_length()  # chunks per parent, up to a power of two
+        run(f"{name}, ranker overfetch {deep}", built, crossscale_search(index, parent_of, overfetch=deep))
         del index
     run("seed: match (numpy, limit 10), then min per parent", 0.0, seed_match_then_aggregate(x, parent_of))
     if not args.skip_milvus:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.conftest import max_per_parent
-from crossscale.index import ChunkIndex, choose_index
+from crossscale.index import ChunkIndex, choose_index, search_params
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def build_index(factory: str, nprobe: int | None, train_size: int, x: np.ndarray
     training, filled in slices of 100k."""
     index = ChunkIndex(x.shape[1], factory, device="cpu")
     if nprobe is not None:
-        index.set_search_params(f"nprobe={nprobe}")
+        index.set_search_params(search_params(factory, nprobe))
     if not index.is_trained:
         rows = np.random.default_rng(1).choice(len(x), min(len(x), train_size), replace=False)
         index.train(x[np.sort(rows)])

@@ -1,0 +1,307 @@
+"""Ten million regions on one machine: the "auto" index at 10M, its RAM, and parent search against exact search.
+
+    python -m benchmarks.ten_million [--n 10000000] [--dim 256] [--per-parent 100] [--queries 200]
+                                     [--max-memory 4G] [--workdir DIR] [--nprobe 32,64,128]
+
+The data is :func:`benchmarks.scale.make_data`'s kind (clustered region vectors, ``per_parent`` alike regions per
+parent, queries are noisy copies of random regions), but streamed: 10M vectors of 256-d are 10 GB of float32, so
+they are made slice by slice from a seed (twice: once for the training sample and the queries, once to fill the
+index and score every parent exactly) and never held whole.
+
+Build (this process): :func:`~crossscale.index.choose_index` picks the structure for ``n`` vectors within
+``max_memory``; the :class:`~crossscale.index.ChunkIndex` is trained on the plan's sample, filled slice by slice and
+saved. Exact parents: every query against every vector, each parent scored by its best region.
+
+Search (a fresh process, so that its peak RSS is the search's, not the build's): the index is loaded as a workspace
+loads it, with the default encoder (EfficientNet-Lite0) beside it, then :func:`crossscale.query.search_parents`
+(what the facade runs, with the :class:`~crossscale.index.ParentMap` and the default ranker) answers each query
+alone and the whole batch at once, at the plan's ``nprobe`` (with the ranker's default ``overfetch`` of 8, and with
+one deep enough for alike chunks: ``per_parent`` up to a power of two) and at each ``--nprobe``. Prints build time,
+index bytes, parent recall@10 against exact, single-query p50 / p95, batched queries per second and peak RSS against
+``index bytes + model bytes``. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+K = 10
+SLICE = 100_000
+
+
+def _centres(n_parents: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 0])
+    clusters = rng.standard_normal((64, dim)).astype(np.float32)
+    return clusters[rng.integers(0, 64, n_parents)] + 0.6 * rng.standard_normal((n_parents, dim)).astype(np.float32)
+
+
+def slices(n: int, dim: int, per_parent: int, seed: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, unit vectors of rows start..start+SLICE)``: the same every time for the same arguments."""
+    if SLICE % per_parent:
+        raise ValueError(f"per_parent must divide {SLICE}")
+    centres = _centres(-(-n // per_parent), dim, seed)
+    for start in range(0, n, SLICE):
+        stop = min(n, start + SLICE)
+        rng = np.random.default_rng([seed, 1, start])
+        x = centres[np.arange(start, stop) // per_parent] + 0.5 * rng.standard_normal((stop - start, dim), np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        yield start, x
+
+
+def rss_mb() -> tuple[float, float]:
+    """``(VmRSS, VmHWM)`` of this process in MiB (Linux)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (``/proc/self/clear_refs``); False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def build(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Pass 1: the training sample and the queries; pass 2: fill the index and score every parent exactly."""
+    from crossscale.index import ChunkIndex, choose_index
+
+    n, dim, per_parent = args.n, args.dim, args.per_parent
+    plan = choose_index(n, dim, args.max_memory)
+    logger.info(
+        "plan for %d x %d within %s: %s (%s), nprobe %s",
+        n,
+        dim,
+        args.max_memory,
+        plan.factory,
+        plan.reason,
+        plan.nprobe,
+    )
+    rng = np.random.default_rng(7)
+    train_rows = np.sort(rng.choice(n, plan.train_size, replace=False)) if plan.train_size else np.zeros(0, np.int64)
+    targets = np.sort(rng.choice(n, args.queries, replace=False))
+    sample = np.empty((len(train_rows), dim), np.float32)
+    picked = np.empty((len(targets), dim), np.float32)
+    made = time.perf_counter()
+    for start, x in slices(n, dim, per_parent):
+        for rows, out in ((train_rows, sample), (targets, picked)):
+            lo, hi = np.searchsorted(rows, [start, start + len(x)])
+            out[lo:hi] = x[rows[lo:hi] - start]
+    made = time.perf_counter() - made
+    q = picked + 0.3 * rng.standard_normal(picked.shape).astype(np.float32) / np.sqrt(dim)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+
+    index = ChunkIndex(dim, plan.factory, device="cpu")
+    if plan.search_params is not None:
+        index.set_search_params(plan.search_params)
+    t = time.perf_counter()
+    index.train(sample)
+    train_s = time.perf_counter() - t
+    del sample
+    logger.info("trained on %d vectors in %.1f s (data made in %.1f s)", len(train_rows), train_s, made)
+    n_parents = -(-n // per_parent)
+    best = np.full((len(q), n_parents), -np.inf, np.float32)
+    add_s = 0.0
+    for start, x in slices(n, dim, per_parent):
+        t = time.perf_counter()
+        index.add(x, np.arange(start, start + len(x)))
+        add_s += time.perf_counter() - t
+        scores = q @ x.T  # exact: each parent by its best region (a slice holds whole parents)
+        p0 = start // per_parent
+        best[:, p0 : p0 + len(x) // per_parent] = scores.reshape(len(q), -1, per_parent).max(axis=2)
+        if start % 1_000_000 == 0:
+            logger.info("added %d / %d (%.0f s so far)", start + len(x), n, add_s)
+    exact = np.argsort(-best, axis=1, kind="stable")[:, :K]
+    t = time.perf_counter()
+    index.save(workdir / "index")
+    save_s = time.perf_counter() - t
+    np.savez(workdir / "queries.npz", q=q, exact=exact)
+    info = {
+        "n": n,
+        "dim": dim,
+        "per_parent": per_parent,
+        "factory": plan.factory,
+        "nprobe": plan.nprobe,
+        "plan_bytes": plan.bytes,
+        "train_size": len(train_rows),
+        "train_s": train_s,
+        "add_s": add_s,
+        "save_s": save_s,
+        "file_bytes": (workdir / "index").stat().st_size,
+    }
+    (workdir / "build.json").write_text(json.dumps(info))
+    return info
+
+
+def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
+    """Load the index and the default encoder, then time search_parents; peak RSS from after the imports."""
+    import torch
+
+    from crossscale.encode import create_encoder
+    from crossscale.index import ChunkIndex, ParentMap, search_params
+    from crossscale.query import search_parents
+    from crossscale.rank import ParentRanker
+    from crossscale.types import Box, ChunkRecord, Query
+
+    info = json.loads((workdir / "build.json").read_text())
+    data = np.load(workdir / "queries.npz")
+    q, exact = data["q"], data["exact"]
+    base_rss, _ = rss_mb()
+    encoder = create_encoder("efficientnet-lite0", device="cpu")
+    model = getattr(encoder, "model", None)
+    model_bytes = (
+        sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        if isinstance(model, torch.nn.Module)
+        else 0
+    )
+    t = time.perf_counter()
+    index, _ = ChunkIndex.load(workdir / "index", device="cpu")
+    load_s = time.perf_counter() - t
+    after_load, load_peak = rss_mb()
+    n, per_parent = info["n"], info["per_parent"]
+    parents = ParentMap.from_parents(
+        (str(p), range(p * per_parent, min(n, (p + 1) * per_parent))) for p in range(-(-n // per_parent))
+    )
+    box = Box(0, 0, 8, 8)
+
+    def records(ids: Any) -> dict[int, ChunkRecord]:
+        return {int(i): ChunkRecord(int(i), str(int(i) // per_parent), box, "tile") for i in ids}
+
+    def run(rows: np.ndarray, ranker: ParentRanker) -> list[list[int]]:
+        found = search_parents(
+            [Query(v, None) for v in rows], K, index=index, records=records, ranker=ranker, parents=parents
+        )
+        return [[int(m.parent_id) for m in row] for row in found]
+
+    deep = 1 << (per_parent - 1).bit_length()  # a first search deep enough for alike chunks (docs/scaling.md)
+    peak_reset = reset_peak()
+    results = []
+    sweep = [(info["nprobe"], 8), (info["nprobe"], deep), *[(p, 8) for p in nprobes if p != info["nprobe"]]]
+    for nprobe, overfetch in sweep:
+        if nprobe is not None:
+            index.set_search_params(search_params(info["factory"], nprobe))
+        ranker = ParentRanker(box="best", overfetch=overfetch)
+        run(q[:2], ranker)  # warm up
+        single = []
+        for row in q:
+            t = time.perf_counter()
+            run(row[None, :], ranker)
+            single.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        got = run(q, ranker)
+        qps = len(q) / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for s in range(0, len(q), 64):
+            run(q[s : s + 64], ranker)
+        qps64 = len(q) / (time.perf_counter() - t)
+        rec = float(np.mean([len(set(g) & set(e.tolist())) / K for g, e in zip(got, exact, strict=True)]))
+        results.append(
+            {
+                "nprobe": nprobe,
+                "overfetch": overfetch,
+                "recall": rec,
+                "p50_ms": 1000 * float(np.median(single)),
+                "p95_ms": 1000 * float(np.percentile(single, 95)),
+                "qps_batch": qps,
+                "qps_64": qps64,
+            }
+        )
+        logger.info("%s", results[-1])
+    _, peak = rss_mb()
+    return {
+        "base_rss_mb": base_rss,
+        "model_bytes": model_bytes,
+        "load_s": load_s,
+        "rss_after_load_mb": after_load,
+        "peak_while_loading_mb": load_peak,
+        "peak_reset": peak_reset,
+        "peak_while_searching_mb": peak,
+        "parent_map_bytes": parents.nbytes,
+        "results": results,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ten_million", description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--per-parent", type=int, default=100)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--max-memory", default="4G")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the index here (default: a temp folder)")
+    parser.add_argument("--nprobe", default="", help="more nprobe values to search with, e.g. 32,64")
+    parser.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    nprobes = [int(v) for v in args.nprobe.split(",") if v.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if args.search_only:
+            (workdir / "search.json").write_text(json.dumps(search(workdir, nprobes)))
+            return 0
+        t = time.perf_counter()
+        info = build(args, workdir)
+        logger.info("built in %.0f s: %s", time.perf_counter() - t, info)
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.ten_million",
+            "--search-only",
+            "--workdir",
+            str(workdir),
+            "--nprobe",
+            args.nprobe,
+        ]
+        subprocess.run(cmd, check=True, env=os.environ.copy())
+        found = json.loads((workdir / "search.json").read_text())
+    _report(info, found)
+    return 0
+
+
+def _report(info: dict[str, Any], found: dict[str, Any]) -> None:
+    mib = 2**20
+    index_mb = info["file_bytes"] / mib
+    model_mb = found["model_bytes"] / mib
+    print(
+        f"{info['n']:,} vectors of dim {info['dim']}, {info['n'] // info['per_parent']:,} parents; "
+        f"{info['factory']} (plan {info['plan_bytes'] / mib:.0f} MiB, file {index_mb:.0f} MiB); "
+        f"trained on {info['train_size']:,} in {info['train_s']:.0f} s, added in {info['add_s']:.0f} s, "
+        f"saved in {info['save_s']:.1f} s, loaded in {found['load_s']:.1f} s"
+    )
+    print(
+        "| nprobe | ranker overfetch | parent recall@10 vs exact | single p50 / p95 ms | batched q/s (all) "
+        "| batches of 64 q/s |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in found["results"]:
+        print(
+            f"| {r['nprobe']} | {r['overfetch']} | {r['recall']:.3f} | {r['p50_ms']:.2f} / {r['p95_ms']:.2f} "
+            f"| {r['qps_batch']:.0f} | {r['qps_64']:.0f} |"
+        )
+    print(
+        f"RSS: {found['base_rss_mb']:.0f} MiB after the imports; {found['rss_after_load_mb']:.0f} MiB with the "
+        f"encoder ({model_mb:.0f} MiB of weights) and the index loaded (peak while loading "
+        f"{found['peak_while_loading_mb']:.0f}); peak while searching {found['peak_while_searching_mb']:.0f} MiB"
+        f"{'' if found['peak_reset'] else ' (the peak could not be reset: it includes loading)'}; "
+        f"index + model = {index_mb + model_mb:.0f} MiB; parent map {found['parent_map_bytes'] / mib:.1f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
