@@ -85,6 +85,30 @@ def test_load_rejects_garbage_and_newer_formats(tmp_path: Path) -> None:
         ChunkIndex.load(tmp_path / "newer")
 
 
+def test_load_rejects_a_truncated_file_and_reads_the_one_a_whole_copy_wrote(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Index files are streamed in and out; one written by an earlier version (faiss.serialize_index after the
+    header) reads the same, and a cut one is a clear error, not a crash."""
+    import faiss
+
+    x = _unit(rng, 300, 8)
+    index = ChunkIndex(8, "IVF4,Flat", device="cpu")
+    index.add(x, np.arange(300))
+    index.save(tmp_path / "new")
+    raw = (tmp_path / "new").read_bytes()
+    header_end = 16 + int.from_bytes(raw[8:16], "little")  # 8 bytes of magic, the header's length, the header
+    assert raw[header_end:] == faiss.serialize_index(index._index).tobytes()  # the same bytes, streamed
+    (tmp_path / "cut").write_bytes(raw[: header_end + (len(raw) - header_end) // 2])
+    with pytest.raises(WorkspaceFormatError, match="corrupt faiss data"):
+        ChunkIndex.load(tmp_path / "cut")
+    (tmp_path / "short-header").write_bytes(raw[: header_end - 5])
+    with pytest.raises(WorkspaceFormatError, match="corrupt header"):
+        ChunkIndex.load(tmp_path / "short-header")
+    loaded, _ = ChunkIndex.load(tmp_path / "new", device="cpu")
+    np.testing.assert_array_equal(loaded.search(x[:5], 3)[1], index.search(x[:5], 3)[1])
+
+
 def test_ivf_trains_on_first_batch_or_says_why(rng: np.random.Generator) -> None:
     index = ChunkIndex(8, "IVF16,Flat", device="cpu")
     with pytest.raises(ChunkIndexError, match="training"):
