@@ -51,8 +51,8 @@ def _centres(n_parents: int, dim: int, seed: int) -> np.ndarray:
 
 def slices(n: int, dim: int, per_parent: int, seed: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, unit vectors of rows start..start+SLICE)``: the same every time for the same arguments."""
-    if SLICE % per_parent:
-        raise ValueError(f"per_parent must divide {SLICE}")
+    if SLICE % per_parent or n % per_parent:
+        raise ValueError(f"per_parent must divide {SLICE} and n (slices hold whole parents), got {per_parent}")
     centres = _centres(-(-n // per_parent), dim, seed)
     for start in range(0, n, SLICE):
         stop = min(n, start + SLICE)

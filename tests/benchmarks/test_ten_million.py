@@ -19,7 +19,9 @@ def test_streamed_slices_are_the_same_every_time_and_unit_length() -> None:
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="per_parent"):
-        next(ten_million.slices(1000, 16, 300))
+        next(ten_million.slices(1200, 16, 300))  # 300 does not divide a slice of 100,000
+    with pytest.raises(ValueError, match="per_parent"):
+        next(ten_million.slices(1050, 16, 100))  # nor does 100 divide 1,050
 
 
 @pytest.mark.slow
