@@ -96,17 +96,20 @@ def recall(got: list[list[int]], exact: list[list[int]]) -> float:
     return float(np.mean([len(set(g) & set(e)) / len(e) for g, e in zip(got, exact, strict=True)]))
 
 
-def crossscale_search(index: Any, parent_of: np.ndarray, overfetch: int = 8) -> Search:
-    """The facade's query path over ``index``, with records held in a dict (the workspace reads them from LMDB);
-    ``overfetch`` is the ranker's (8, its default: a first search of 80 chunks for 10 parents)."""
-    n_parents = int(parent_of.max()) + 1
-    starts = np.searchsorted(parent_of, np.arange(n_parents))
-    stops = np.append(starts[1:], len(parent_of))
-    parents = ParentMap.from_parents((f"{p}", range(a, b)) for p, (a, b) in enumerate(zip(starts, stops, strict=True)))
+def deep_overfetch(per_parent: int) -> int:
+    """A ranker ``overfetch`` whose first search is deep enough for ``per_parent`` alike chunks: that many, up to a
+    power of two (the setting docs/scaling.md gives for such collections)."""
+    return 1 << (per_parent - 1).bit_length()
+
+
+def parent_search(index: Any, parents: ParentMap, parent_name: Callable[[int], str], overfetch: int = 8) -> Search:
+    """The facade's query path over ``index`` and ``parents``, with each chunk's record made from its parent's name
+    (the workspace reads records from LMDB); ``overfetch`` is the ranker's (8, its default: a first search of 80
+    chunks for 10 parents)."""
     ranker = ParentRanker(box="best", overfetch=overfetch)
 
     def records(ids: Any) -> dict[int, ChunkRecord]:
-        return {int(i): ChunkRecord(int(i), f"{parent_of[int(i)]}", BOX, "tile") for i in ids}
+        return {int(i): ChunkRecord(int(i), parent_name(int(i)), BOX, "tile") for i in ids}
 
     def search(q: np.ndarray) -> list[list[int]]:
         queries = [Query(v, None) for v in q]
@@ -114,6 +117,15 @@ def crossscale_search(index: Any, parent_of: np.ndarray, overfetch: int = 8) -> 
         return [[int(m.parent_id) for m in row] for row in found]
 
     return search
+
+
+def crossscale_search(index: Any, parent_of: np.ndarray, overfetch: int = 8) -> Search:
+    """:func:`parent_search` with the parent map of ``parent_of`` (chunk id → parent number)."""
+    n_parents = int(parent_of.max()) + 1
+    starts = np.searchsorted(parent_of, np.arange(n_parents))
+    stops = np.append(starts[1:], len(parent_of))
+    parents = ParentMap.from_parents((f"{p}", range(a, b)) for p, (a, b) in enumerate(zip(starts, stops, strict=True)))
+    return parent_search(index, parents, lambda i: f"{parent_of[i]}", overfetch)
 
 
 def seed_match_then_aggregate(x: np.ndarray, parent_of: np.ndarray) -> Search:
@@ -196,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         built = time.perf_counter() - start
         name = f"crossscale, {factory}" + (f" nprobe {nprobe}" if nprobe else "")
         run(name, built, crossscale_search(index, parent_of))
-        deep = 1 << (args.per_parent - 1).bit_length()  # chunks per parent, up to a power of two
+        deep = deep_overfetch(args.per_parent)
         run(f"{name}, ranker overfetch {deep}", built, crossscale_search(index, parent_of, overfetch=deep))
         del index
     run("seed: match (numpy, limit 10), then min per parent", 0.0, seed_match_then_aggregate(x, parent_of))

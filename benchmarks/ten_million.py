@@ -152,11 +152,9 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
     """Load the index and the default encoder, then time search_parents; peak RSS from after the imports."""
     import torch
 
+    from benchmarks.engines import deep_overfetch, parent_search, recall, timed
     from crossscale.encode import create_encoder
     from crossscale.index import ChunkIndex, ParentMap, search_params
-    from crossscale.query import search_parents
-    from crossscale.rank import ParentRanker
-    from crossscale.types import Box, ChunkRecord, Query
 
     info = json.loads((workdir / "build.json").read_text())
     data = np.load(workdir / "queries.npz")
@@ -177,46 +175,27 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
     parents = ParentMap.from_parents(
         (str(p), range(p * per_parent, min(n, (p + 1) * per_parent))) for p in range(-(-n // per_parent))
     )
-    box = Box(0, 0, 8, 8)
-
-    def records(ids: Any) -> dict[int, ChunkRecord]:
-        return {int(i): ChunkRecord(int(i), str(int(i) // per_parent), box, "tile") for i in ids}
-
-    def run(rows: np.ndarray, ranker: ParentRanker) -> list[list[int]]:
-        found = search_parents(
-            [Query(v, None) for v in rows], K, index=index, records=records, ranker=ranker, parents=parents
-        )
-        return [[int(m.parent_id) for m in row] for row in found]
-
-    deep = 1 << (per_parent - 1).bit_length()  # a first search deep enough for alike chunks (docs/scaling.md)
     peak_reset = reset_peak()
     results = []
-    sweep = [(info["nprobe"], 8), (info["nprobe"], deep), *[(p, 8) for p in nprobes if p != info["nprobe"]]]
+    plan_nprobe = info["nprobe"]
+    sweep = [(plan_nprobe, 8), (plan_nprobe, deep_overfetch(per_parent))]
+    sweep += [(p, 8) for p in nprobes if p != plan_nprobe]
     for nprobe, overfetch in sweep:
         if nprobe is not None:
             index.set_search_params(search_params(info["factory"], nprobe))
-        ranker = ParentRanker(box="best", overfetch=overfetch)
-        run(q[:2], ranker)  # warm up
-        single = []
-        for row in q:
-            t = time.perf_counter()
-            run(row[None, :], ranker)
-            single.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        got = run(q, ranker)
-        qps = len(q) / (time.perf_counter() - t)
+        search = parent_search(index, parents, lambda i: str(i // per_parent), overfetch)
+        p50, p95, qps, got = timed(search, q)
         t = time.perf_counter()
         for s in range(0, len(q), 64):
-            run(q[s : s + 64], ranker)
+            search(q[s : s + 64])
         qps64 = len(q) / (time.perf_counter() - t)
-        rec = float(np.mean([len(set(g) & set(e.tolist())) / K for g, e in zip(got, exact, strict=True)]))
         results.append(
             {
                 "nprobe": nprobe,
                 "overfetch": overfetch,
-                "recall": rec,
-                "p50_ms": 1000 * float(np.median(single)),
-                "p95_ms": 1000 * float(np.percentile(single, 95)),
+                "recall": recall(got, exact.tolist()),
+                "p50_ms": p50,
+                "p95_ms": p95,
                 "qps_batch": qps,
                 "qps_64": qps64,
             }
