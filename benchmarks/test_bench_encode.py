@@ -5,10 +5,16 @@ pretrained EfficientNet-Lite0 weights; the crop path is ``efficientnet-lite0`` (
 the region path ``efficientnet-lite0-regions`` (one pass at 1024 px on the long side, GeM per box). Also the
 geometric verifier's per-parent extraction (SIFT, 2,000 keypoints), the other indexing cost it adds.
 
+The same comparison for CLIP ViT-B/32 (``clip`` vs ``clip-regions``: one pass at 448 px, the last layer's
+attention restricted to each box), with random weights of the real architecture: no pretrained CLIP can be
+downloaded here, and the cost of a forward pass does not depend on the weights.
+
 Run: ``python -m pytest benchmarks/test_bench_encode.py --benchmark-enable``. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,3 +64,37 @@ def test_sift_extraction(benchmark, scene) -> None:  # type: ignore[no-untyped-d
     assert 500 <= len(features.points) <= verifier.max_keypoints
     assert np.isfinite(features.descriptors).all()
     benchmark.extra_info["bytes"] = len(blob)
+
+
+@pytest.fixture(scope="module")
+def vit_b32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CLIP ViT-B/32's image tower (transformers' CLIPConfig defaults), random weights, a tiny text tower."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    path = tmp_path_factory.mktemp("vit-b32")
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, projection_dim=512)).save_pretrained(path)
+    CLIPImageProcessor().save_pretrained(path)
+    return path
+
+
+@pytest.mark.benchmark(group="encode-one-parent-clip-vit-b32")
+def test_clip_crop_encoding(benchmark, scene, vit_b32_dir) -> None:  # type: ignore[no-untyped-def]
+    image, chunks = scene
+    encoder = create_encoder("clip", name_or_path=str(vit_b32_dir), device="cpu")
+    crops = [image.crop(c.box.as_tuple()) for c in chunks]
+    vectors = benchmark.pedantic(embed, args=(encoder, crops), rounds=2, iterations=1, warmup_rounds=0)
+    assert vectors.shape == (len(chunks), 512)
+    benchmark.extra_info["boxes"] = len(chunks)
+
+
+@pytest.mark.benchmark(group="encode-one-parent-clip-vit-b32")
+def test_clip_region_encoding(benchmark, scene, vit_b32_dir) -> None:  # type: ignore[no-untyped-def]
+    image, chunks = scene
+    encoder = create_encoder("clip-regions", name_or_path=str(vit_b32_dir), device="cpu")
+    boxes = [c.box for c in chunks]
+    vectors = benchmark.pedantic(embed_regions, args=(encoder, image, boxes), rounds=5, iterations=1, warmup_rounds=1)
+    assert vectors.shape == (len(chunks), 512)
+    benchmark.extra_info["boxes"] = len(chunks)

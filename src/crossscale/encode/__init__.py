@@ -4,6 +4,7 @@ Build one by name with :func:`create_encoder`::
 
     create_encoder("clip", name_or_path="/models/clip-vit-base-patch32", device="cuda")
     create_encoder("siglip", name_or_path="/models/siglip-base-patch16-224")
+    create_encoder("clip-regions", name_or_path="/models/clip-vit-base-patch32")  # one pass per image, every box
     create_encoder("efficientnet-lite0")        # real ImageNet weights, installs offline
     create_encoder("efficientnet-lite0-regions")  # the same network, one pass per image for all its regions
     create_encoder("color-histogram")           # no model: a baseline
@@ -20,6 +21,7 @@ from crossscale._registry import Registry
 from crossscale._vectors import embed, embed_regions, embed_text, l2_normalize
 from crossscale.encode.backbone import BackboneEncoder, efficientnet_lite0
 from crossscale.encode.clip import CLIPEncoder, siglip
+from crossscale.encode.clip_regions import CLIPRegionEncoder, siglip_regions
 from crossscale.encode.feature_map import FeatureMapEncoder, efficientnet_lite0_regions
 from crossscale.encode.histogram import ColorHistogramEncoder
 from crossscale.protocols import Encoder, RegionEncoder, TextEncoder
@@ -27,6 +29,7 @@ from crossscale.protocols import Encoder, RegionEncoder, TextEncoder
 __all__ = [
     "BackboneEncoder",
     "CLIPEncoder",
+    "CLIPRegionEncoder",
     "ColorHistogramEncoder",
     "Encoder",
     "FeatureMapEncoder",
@@ -42,11 +45,14 @@ __all__ = [
     "list_encoders",
     "register_encoder",
     "siglip",
+    "siglip_regions",
 ]
 
 _REGISTRY: Registry[Encoder] = Registry("encoder")
 _REGISTRY.register("clip")(CLIPEncoder)
 _REGISTRY.register("siglip")(siglip)
+_REGISTRY.register("clip-regions")(CLIPRegionEncoder)
+_REGISTRY.register("siglip-regions")(siglip_regions)
 _REGISTRY.register("efficientnet-lite0")(efficientnet_lite0)
 _REGISTRY.register("efficientnet-lite0-regions")(efficientnet_lite0_regions)
 _REGISTRY.register("color-histogram")(ColorHistogramEncoder)
