@@ -270,6 +270,8 @@ class Config:
     refiner: Callable[[Encoder], RegionRefiner] | None = None  # re-scores the top parents after ranking
     verifier: Callable[[], Verifier] | None = None  # checks the top parents geometrically, before refining
     vector_dtype: str = "float32"  # as the store keeps them ("float16": rounded, as a float16 workspace reads them)
+    reduce_dim: int | None = None  # the index projects vectors to this many dimensions (ChunkIndex(reduce_dim=))
+    rescore: bool = True  # hits of an index with approximate scores are re-scored with the exact vectors, as shipped
 
 
 class VectorCache:
@@ -360,8 +362,12 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             vectors.append(cache.chunks[(config.encoder, pid, c.box.as_tuple())])
     if config.vector_dtype != "float32":
         vectors = list(np.stack(vectors).astype(config.vector_dtype).astype(np.float32))
-    index = ChunkIndex(encoder.dim, device="cpu")
-    index.add(np.stack(vectors), np.arange(len(vectors)))
+    index = ChunkIndex(encoder.dim, reduce_dim=config.reduce_dim, device="cpu")
+    index.add(np.stack(vectors), np.arange(len(vectors)))  # a projection is learned from all of them
+
+    def exact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the store's RootStore.vectors
+        return np.asarray(ids, dtype=np.int64), np.stack([vectors[i] for i in ids]).reshape(len(ids), -1)
+
     owners: dict[str, list[int]] = {}
     for record in records:
         owners.setdefault(record.parent_id, []).append(record.chunk_id)
@@ -400,6 +406,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             load_parent=dataset.parents.get,
             verifier=verifier,
             load_features=local.get,
+            exact_vectors=exact if config.rescore and not index.scores_exact else None,
         )
         latencies.append(query_encode + time.perf_counter() - start)
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
@@ -539,6 +546,33 @@ def default_configs() -> list[Config]:
             verifier=GeometricVerifier,
             refiner=RegionRefiner,
             vector_dtype="float16",
+        ),
+        *(
+            Config(
+                "lite0, whole+tiles(.5,.25,.18), box=fusion, float16"
+                + (f", projected to {d}" if d else "")
+                + ("" if rescore else ", not re-scored"),
+                "lite0",
+                tiles((0.5, 0.25, 0.18)),
+                box="fusion",
+                vector_dtype="float16",
+                reduce_dim=d,
+                rescore=rescore,
+            )
+            for d, rescore in ((None, True), (256, False), (256, True), (128, False), (128, True))
+        ),
+        *(
+            Config(
+                f"lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3, float16, projected to {d}",
+                "lite0",
+                tiles((0.5, 0.25, 0.18)),
+                box="fusion",
+                verifier=GeometricVerifier,
+                refiner=RegionRefiner,
+                vector_dtype="float16",
+                reduce_dim=d,
+            )
+            for d in (256, 128)
         ),
         Config("lite0, whole+tiles(.5,.35,.25) mean_top3", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="mean_top3"),
         Config("lite0, whole+tiles(.5,.35,.25) sum", "lite0", tiles((0.5, 0.35, 0.25)), aggregator="sum"),

@@ -5,12 +5,16 @@ Run: ``python -m pytest benchmarks --benchmark-enable -m "not slow"``. Results: 
 
 from __future__ import annotations
 
+from typing import Any
+
 import faiss
 import numpy as np
 import pytest
 
 from benchmarks.conftest import CHUNKS_PER_PARENT, max_per_parent
 from crossscale.index import ChunkIndex
+from crossscale.query import search_parents
+from crossscale.types import ParentMatch, Query
 
 K_PARENTS = 10
 K_CHUNKS = K_PARENTS * 8  # the ranker's default over-fetch
@@ -57,6 +61,42 @@ def test_chunkindex_search(benchmark, corpus) -> None:  # type: ignore[no-untype
     assert (ids[:, 0] == corpus["targets"]).all()
 
 
+REDUCED = 128  # a projection to a quarter of the dimensions (ChunkIndex(reduce_dim=...))
+
+
+@pytest.mark.benchmark(group="chunk-search")
+def test_chunkindex_search_projected(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    """The same search on an index that projects to REDUCED dimensions (speed only: these random vectors spread
+    evenly over all dimensions, so the quality benchmark is where a projection's cost in recall is measured)."""
+    index = ChunkIndex(corpus["x"].shape[1], reduce_dim=REDUCED, device="cpu")
+    index.add(corpus["x"], np.arange(len(corpus["x"])))
+    _, ids = benchmark(index.search, corpus["q"], K_CHUNKS)
+    assert (ids[:, 0] == corpus["targets"]).mean() >= 0.9
+
+
+@pytest.mark.benchmark(group="chunk-search")
+def test_raw_faiss_search_projected(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+    """The floor for the projected search: a faiss IndexPreTransform (the same uncentred projection, from numpy's
+    eigh, and a re-normalisation) over IndexFlatIP. The queries are projected by faiss too: a numpy matmul right
+    before a faiss search makes OpenBLAS' and faiss' threads fight on 2 cores (medians 40-120 ms here)."""
+    x = corpus["x"]
+    axes = np.linalg.eigh((x.T @ x).astype(np.float64))[1][:, ::-1][:, :REDUCED]
+    projection = faiss.LinearTransform(x.shape[1], REDUCED, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(axes.T, dtype=np.float32).ravel(), projection.A)
+    projection.is_trained = True
+    index = faiss.IndexPreTransform(faiss.IndexFlatIP(REDUCED))
+    index.prepend_transform(faiss.NormalizationTransform(REDUCED, 2.0))
+    index.prepend_transform(projection)
+    index.add(x)
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 20
+    try:
+        _, ids = benchmark(index.search, corpus["q"], K_CHUNKS)
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
+    assert (ids[:, 0] == corpus["targets"]).mean() >= 0.9
+
+
 # ------------------------------------------------------------------ parent search (chunks -> parents)
 @pytest.mark.benchmark(group="parent-search")
 def test_raw_faiss_numpy_parents(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
@@ -92,6 +132,31 @@ def test_raw_numpy_parents_on_the_facade_faiss_index(benchmark, corpus, facade) 
     finally:
         faiss.cvar.distance_compute_blas_threshold = before
     assert [r[0] for r in result] == (corpus["targets"] // CHUNKS_PER_PARENT).tolist()
+
+
+def query_path(cs: Any, vectors: np.ndarray, *, rescore: bool) -> list[list[ParentMatch]]:
+    """The facade's query path on its own index, records and parent map, with or without re-scoring the hits
+    against the stored vectors (what a projected, SQ8 or PQ index gets)."""
+    ws = cs.workspace
+    return search_parents(
+        [Query(v, None) for v in vectors],
+        K_PARENTS,
+        index=ws.index,
+        records=ws.records,
+        parents=ws.parents,
+        ranker=cs.ranker,
+        exact_vectors=ws.store.vectors if rescore else None,
+    )
+
+
+@pytest.mark.benchmark(group="rescoring")
+@pytest.mark.parametrize("rescore", [False, True], ids=["index-scores", "rescored"])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_query_path_rescoring(benchmark, corpus, facade, rescore: bool, batch: int) -> None:  # type: ignore[no-untyped-def]
+    cs, _ = facade
+    result = benchmark(query_path, cs, corpus["q"][:batch], rescore=rescore)
+    expected = [f"p{t // CHUNKS_PER_PARENT:05d}" for t in corpus["targets"][:batch]]
+    assert [r[0].parent_id for r in result] == expected
 
 
 @pytest.mark.benchmark(group="parent-search-single")

@@ -165,3 +165,7 @@ def test_index_structure_and_budget_from_the_command_line(
     assert doc["format"] == 1 and doc["index_factory"] == "Flat" and "verifier" not in doc  # as 0.1 wrote them
     assert main(["index", str(folder), "-w", str(tmp_path / "bad"), *opts, "--max-memory", "plenty"]) == 2
     assert "max_memory must be a size" in capsys.readouterr().err
+    assert main(["index", str(folder), "-w", str(tmp_path / "auto"), *opts, "--reduce-dim", "64"]) == 0
+    assert json.loads((tmp_path / "auto" / "workspace.json").read_text())["reduce_dim"] == 64
+    assert main(["index", str(folder), "-w", str(tmp_path / "wide"), *opts, "--reduce-dim", "4096"]) == 2
+    assert "reduce_dim must be less than the vectors' dimension (512)" in capsys.readouterr().err

@@ -118,3 +118,38 @@ def test_a_grouped_index_that_returns_too_few_parents_is_searched_plainly(alike:
     want = search_parents(alike["queries"], 5, index=alike["index"], **common)
     assert grouped.searches[0] == (25, -1) and (25, 40) in grouped.searches
     assert [[m.parent_id for m in row] for row in got] == [[m.parent_id for m in row] for row in want]
+
+
+class CodedIndex(CountingIndex):
+    """An index whose scores are approximate: each is rounded to a coarse step, as SQ/PQ codes or a projection
+    blur them, so that its order among near scores is arbitrary."""
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = super().search(vectors, k)
+        noise = np.random.default_rng(len(self.searches)).normal(0, 0.05, scores.shape).astype(np.float32)
+        return np.where(ids >= 0, np.round(scores + noise, 1), scores), ids
+
+
+def test_approximate_scores_are_replaced_by_exact_ones(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((400, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = ChunkIndex(DIM, device="cpu")
+    index.add(x, np.arange(400) + 1000)
+    records = {1000 + i: ChunkRecord(1000 + i, f"p{i // 4:03d}", Box(0, 0, 4, 4), "tile") for i in range(400)}
+    parents = ParentMap.from_parents((f"p{p:03d}", range(1000 + 4 * p, 1004 + 4 * p)) for p in range(100))
+    queries = [Query(v / np.linalg.norm(v), None) for v in rng.standard_normal((12, DIM)).astype(np.float32)]
+    gone = {1000 + 3, 1000 + 17}  # deleted since the index was built: no stored vector, no record
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray([i for i in ids if i not in gone], dtype=np.int64)
+        return keep, x[keep - 1000].astype(np.float16)  # as a float16 store reads them back
+
+    common = {"records": _lookup({k: v for k, v in records.items() if k not in gone}), "parents": parents}
+    exact = search_parents(queries, 5, index=index, ranker=ParentRanker(box="best"), **common)
+    coded = CodedIndex(index)
+    blurred = search_parents(queries, 5, index=coded, ranker=ParentRanker(box="best"), **common)
+    rescored = search_parents(queries, 5, index=coded, ranker=ParentRanker(box="best"), exact_vectors=stored, **common)
+    assert any([m.parent_id for m in a] != [m.parent_id for m in b] for a, b in zip(exact, blurred, strict=True))
+    for a, b in zip(exact, rescored, strict=True):  # the same parents, order and (float16-close) scores as exact
+        assert [m.parent_id for m in a] == [m.parent_id for m in b]
+        np.testing.assert_allclose([m.score for m in a], [m.score for m in b], atol=2e-3)

@@ -58,6 +58,7 @@ class StageRequest:
         index_factory: str | None,
         max_memory: str | int | None,
         vector_dtype: str | None,
+        reduce_dim: int | None,
         readonly: bool,
         device: str,
         path: Path,
@@ -69,6 +70,10 @@ class StageRequest:
         self.index_factory, self.readonly, self.device, self.path = index_factory, readonly, device, path
         self.max_memory = parse_memory(max_memory) if max_memory is not None else None
         self.vector_dtype = vector_dtype
+        bad_reduce = isinstance(reduce_dim, bool) or not isinstance(reduce_dim, int) or reduce_dim < 1
+        if reduce_dim is not None and bad_reduce:
+            raise ConfigurationError(f"reduce_dim must be a positive int or None, got {reduce_dim!r}")
+        self.reduce_dim = reduce_dim
         self.built: dict[StageKind, Any] = {}
 
     def _stage(self, kind: StageKind, recorded: ComponentSpec | None, reopening: bool, build_now: bool) -> Any:
@@ -122,12 +127,18 @@ class StageRequest:
                 verifier_spec=ver_spec,
                 max_memory=self.max_memory,
                 vector_dtype=self.vector_dtype or DEFAULT_VECTOR_DTYPE,
+                reduce_dim=self.reduce_dim,
             )
         _check_compatible(self.path, stored, enc, seg, ver, self.index_factory)
         if self.vector_dtype is not None and self.vector_dtype != stored.vector_dtype:
             raise ConfigurationError(
                 f"{self.path}: the store keeps {stored.vector_dtype} vectors; vector_dtype={self.vector_dtype!r} "
                 "only applies to new workspaces"
+            )
+        if self.reduce_dim is not None and self.reduce_dim != stored.reduce_dim:
+            raise ConfigurationError(
+                f"{self.path}: this workspace's index projects vectors to {stored.reduce_dim or 'no fewer'} "
+                f"dimensions; reduce_dim={self.reduce_dim!r} only applies to new workspaces"
             )
         if self.max_memory is not None and self.max_memory != stored.max_memory:
             if stored.index_factory != AUTO_INDEX:

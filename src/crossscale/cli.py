@@ -45,6 +45,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
         kw["max_memory"] = args.max_memory
     if args.vector_dtype:
         kw["vector_dtype"] = args.vector_dtype
+    if args.reduce_dim is not None:
+        kw["reduce_dim"] = args.reduce_dim
     with CrossScaleSearch.open(args.workspace, batch_size=args.batch_size, **kw) as cs:
         report = cs.index(args.inputs)
         if args.json:
@@ -170,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-memory", help="RAM budget of an auto index, e.g. 4G (the default), 512M")
     p.add_argument("--vector-dtype", choices=("float16", "float32"), help="how a new workspace stores vectors")
+    p.add_argument(
+        "--reduce-dim",
+        type=int,
+        metavar="D",
+        help="a new auto index projects vectors to D dimensions once it has enough of them (e.g. 256)",
+    )
     common(p, components=True)
     p.set_defaults(func=_cmd_index)
 

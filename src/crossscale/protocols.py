@@ -34,6 +34,7 @@ __all__ = [
     "Segmenter",
     "TextEncoder",
     "VectorIndex",
+    "VectorLookup",
     "Verifier",
     "check_stage",
 ]
@@ -49,6 +50,10 @@ RecordLookup = Callable[[Iterable[int]], Mapping[int, ChunkRecord]]
 
 FeatureLoader = Callable[[str], "bytes | None"]
 """``features(parent_id)`` returns what a :class:`Verifier` extracted from the parent, or ``None``."""
+
+VectorLookup = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+"""``vectors(chunk_ids)`` (an int64 array) returns ``(ids, vectors)`` of the given ids that are stored, in the order
+given (``RootStore.vectors``)."""
 
 
 @runtime_checkable

@@ -7,13 +7,13 @@ measured is what ships.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from crossscale._checks import optional_finite, positive_int
-from crossscale._vectors import embed
+from crossscale._vectors import embed, l2_normalize
 from crossscale.errors import ConfigurationError
 from crossscale.protocols import (
     ChunkParents,
@@ -25,6 +25,7 @@ from crossscale.protocols import (
     RecordLookup,
     Refiner,
     VectorIndex,
+    VectorLookup,
     Verifier,
 )
 from crossscale.types import Hit, HitArrays, ParentMatch, Query
@@ -60,6 +61,34 @@ def _distinct_parents(ids: np.ndarray, codes: np.ndarray | None, records: Record
     return len({record.parent_id for record in records(int(i) for i in ids if i >= 0).values()})
 
 
+def _rescored(
+    queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, exact: VectorLookup
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's hits scored again against the exact stored vectors and re-sorted, best first (a stable sort:
+    equal scores keep the index's order); hits whose vector is no longer stored become padding."""
+    wanted = np.unique(ids[ids >= 0])
+    found_ids, found = exact(wanted)
+    order = np.argsort(found_ids)
+    found_ids, found = found_ids[order], found[order]
+    lengths = np.sqrt(np.einsum("ij,ij->i", found, found))  # stored vectors are unit up to their float16 rounding
+    if len(found) and not (np.isfinite(lengths).all() and (lengths > 0).all()):
+        found = l2_normalize(found)  # raises the clear error for a corrupt stored vector
+    found = found / lengths[:, None]
+    out_scores = np.full(scores.shape, -np.inf, dtype=np.float32)
+    out_ids = np.full(ids.shape, -1, dtype=np.int64)
+    for r in range(len(ids)):
+        at = np.searchsorted(found_ids, ids[r]).clip(max=max(len(found_ids) - 1, 0))
+        stored = (ids[r] >= 0) & (found_ids[at] == ids[r]) if len(found_ids) else np.zeros(len(ids[r]), bool)
+        row_scores = found[at[stored]] @ queries[r]
+        best = np.argsort(-row_scores, kind="stable")
+        out_scores[r, : len(best)] = row_scores[best]
+        out_ids[r, : len(best)] = ids[r][stored][best]
+    return out_scores, out_ids
+
+
+SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+"""``search(vectors, k) -> (scores, ids)``: an index's search, or one whose hits are re-scored exactly."""
+
 _Fetched = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 """One search's hits for one query as ``(scores, ids, parent codes or None)``, best first."""
 
@@ -69,6 +98,7 @@ def _first_fetch(
     top_k: int,
     *,
     index: VectorIndex,
+    search: SearchFn,
     ranker: Ranker,
     parents: ChunkParents | None,
     records: RecordLookup,
@@ -90,13 +120,13 @@ def _first_fetch(
     if isinstance(index, GroupedVectorIndex) and isinstance(group_size, int) and group_size > 0:
         scores, ids = index.search_grouped(vectors, top_k, group_size)
     else:
-        scores, ids = index.search(vectors, k)
+        scores, ids = search(vectors, k)
         plain.update(range(n))
     codes = None if parents is None else parents.parent_codes(ids)
     fetched = [[(scores[r], ids[r], None if codes is None else codes[r])] for r in range(n)]
 
     def search_again(rows: list[int], depth: int, *, replace: bool = False) -> None:
-        more_scores, more_ids = index.search(vectors[rows], depth)
+        more_scores, more_ids = search(vectors[rows], depth)
         more_codes = None if parents is None else parents.parent_codes(more_ids)
         for j, r in enumerate(rows):
             view = (more_scores[j], more_ids[j], None if more_codes is None else more_codes[j])
@@ -138,6 +168,7 @@ def search_parents(
     verifier: Verifier | None = None,
     load_features: FeatureLoader | None = None,
     parents: ChunkParents | None = None,
+    exact_vectors: VectorLookup | None = None,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
@@ -164,6 +195,10 @@ def search_parents(
         parents: chunk id → parent in bulk (a workspace's :class:`~crossscale.index.ParentMap`). With it the
             ranker gets :class:`~crossscale.types.HitArrays` and ``records`` is read only for the parents
             returned (the result is the same; issue #12 measured it); without it every hit's record is read.
+        exact_vectors: chunk ids → their exact stored vectors (:meth:`~crossscale.index.RootStore.vectors`). With
+            it, every search's hits are scored again against them and re-sorted before ranking: for an index
+            whose scores are approximate (projected vectors, SQ8 or PQ codes), so that candidates it found are
+            ordered, and scored, by their true cosines.
 
     Raises:
         ConfigurationError: a bad ``top_k`` or ``min_score``, or a refiner without ``load_parent``.
@@ -178,7 +213,15 @@ def search_parents(
         return []
     vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
     available = len(index)
-    fetched = _first_fetch(vectors, top_k, index=index, ranker=ranker, parents=parents, records=records)
+    if exact_vectors is None:
+        search: SearchFn = index.search
+    else:
+        lookup = exact_vectors
+
+        def search(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return _rescored(rows, *index.search(rows, k), lookup)
+
+    fetched = _first_fetch(vectors, top_k, index=index, search=search, ranker=ranker, parents=parents, records=records)
     results: list[list[ParentMatch]] = []
     for row, query in enumerate(queries):
 
@@ -189,7 +232,7 @@ def search_parents(
                 row_scores, row_ids = row_scores[:k], row_ids[:k]
                 row_codes = None if row_codes is None else row_codes[:k]
             else:
-                more_scores, more_ids = index.search(vectors[row : row + 1], k)
+                more_scores, more_ids = search(vectors[row : row + 1], k)
                 row_scores, row_ids, row_codes = more_scores[0], more_ids[0], None
             if parents is None:
                 return _hits(row_scores, row_ids, records)

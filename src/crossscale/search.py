@@ -129,6 +129,7 @@ class CrossScaleSearch:
         verify_matches: bool = True,
         max_memory: str | int | None = None,
         vector_dtype: str | None = None,
+        reduce_dim: int | None = None,
     ) -> CrossScaleSearch:
         """Create the workspace at ``path``, or reopen it.
 
@@ -155,6 +156,12 @@ class CrossScaleSearch:
             vector_dtype: how a new workspace stores its vectors: ``"float16"`` (the default: half the bytes in
                 LMDB; cosine scores move by ~1e-3, no quality figure moved, see docs/benchmarks.md) or
                 ``"float32"``. ``None`` when reopening: the recorded one.
+            reduce_dim: for a new ``"auto"`` workspace, project vectors to this many dimensions in the index
+                (e.g. 256 of EfficientNet-Lite0's 1280: 5x less RAM per region, faster scans) once there are
+                8 per kept dimension to learn the projection from; the store keeps them whole, so the projection
+                is learned afresh whenever the index migrates. Scores become the cosines of the projections
+                (see docs/benchmarks.md for what it costs). ``None``: no projection (new), the recorded one
+                (reopening).
             encoder_kwargs, segmenter_kwargs: arguments for components built by name
                 (e.g. ``encoder_kwargs={"name_or_path": "/models/clip"}``); recorded in the workspace.
             readonly: open for searching only; many readers may run beside one writer.
@@ -196,6 +203,7 @@ class CrossScaleSearch:
             index_factory,
             max_memory,
             vector_dtype,
+            reduce_dim,
             readonly,
             validate_device(device),
             Path(path),
@@ -360,6 +368,7 @@ class CrossScaleSearch:
             min_score=min_score,
             verifier=self.verifier if self.verify_matches else None,
             load_features=self.workspace.local_features,
+            exact_vectors=None if getattr(index, "scores_exact", True) else self.workspace.store.vectors,
         )
         return [
             SearchResult(

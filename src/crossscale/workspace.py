@@ -55,6 +55,7 @@ from crossscale.index import (
     choose_index,
     parse_memory,
 )
+from crossscale.index.choose import check_reduce_dim
 from crossscale.index.milvus import (
     DEFAULT_LITE_FILE,
     MILVUS_TOKEN_ENV,
@@ -121,6 +122,8 @@ class WorkspaceConfig:
             (format 2), recorded as ``milvus:<uri>#<collection>`` (:func:`~crossscale.index.parse_milvus_factory`).
         max_memory: the RAM budget of an ``"auto"`` index, in bytes (``None`` otherwise).
         vector_dtype: how the store keeps vectors: ``"float32"``, or ``"float16"`` (format 2; half the bytes).
+        reduce_dim: an ``"auto"`` index projects vectors to this many dimensions once the collection is big
+            enough to learn the projection from (format 2; ``None``: never). The store keeps them whole.
         created: when the workspace was created (ISO 8601).
         verifier_name: the verifier whose features each parent keeps (format 2), or ``None``.
         verifier_spec: how to rebuild the verifier by name, or ``None`` if none or passed as an object.
@@ -139,12 +142,13 @@ class WorkspaceConfig:
     format: int = 1
     max_memory: int | None = None
     vector_dtype: str = "float32"
+    reduce_dim: int | None = None
 
     def index_plan(self, n: int) -> IndexPlan:
         """The index structure for ``n`` vectors: the recorded factory, or ``"auto"``'s choice."""
         if self.index_factory != AUTO_INDEX:
             return IndexPlan(self.index_factory, 0, None, 0, "chosen when the workspace was created")
-        return choose_index(n, self.dim, self.max_memory or DEFAULT_MAX_MEMORY)
+        return choose_index(n, self.dim, self.max_memory or DEFAULT_MAX_MEMORY, reduce_dim=self.reduce_dim)
 
     def to_json(self) -> dict[str, Any]:
         """The ``workspace.json`` document."""
@@ -166,6 +170,8 @@ class WorkspaceConfig:
             doc["max_memory"] = self.max_memory
         if self.vector_dtype != "float32":
             doc["vector_dtype"] = self.vector_dtype
+        if self.reduce_dim is not None:
+            doc["reduce_dim"] = self.reduce_dim
         if self.verifier_name is not None:
             doc["verifier"] = {
                 "name": self.verifier_name,
@@ -202,6 +208,7 @@ class WorkspaceConfig:
                 format=doc["format"],
                 max_memory=_typed(doc.get("max_memory"), (int, type(None)), "max_memory"),
                 vector_dtype=_typed(doc.get("vector_dtype", "float32"), str, "vector_dtype"),
+                reduce_dim=_typed(doc.get("reduce_dim"), (int, type(None)), "reduce_dim"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise WorkspaceFormatError(f"{source}: malformed workspace config ({exc!r})") from exc
@@ -209,6 +216,8 @@ class WorkspaceConfig:
             raise WorkspaceFormatError(f"{source}: unknown vector_dtype {config.vector_dtype!r}")
         if config.dim < 1:
             raise WorkspaceFormatError(f"{source}: encoder.dim must be positive, got {config.dim}")
+        if config.reduce_dim is not None and not (0 < config.reduce_dim < config.dim):
+            raise WorkspaceFormatError(f"{source}: reduce_dim must be in [1, {config.dim}), got {config.reduce_dim}")
         return config
 
 
@@ -455,6 +464,8 @@ class Workspace:
             "segmenter": self.config.segmenter_name,
             "index_factory": self.config.index_factory,
             "index_structure": self.index.factory,
+            "reduce_dim": self.config.reduce_dim,
+            "index_reduce_dim": getattr(self.index, "reduce_dim", None),
             "max_memory": self.config.max_memory,
             "vector_dtype": self.store.vector_dtype,
             "index_device": self.index.device,
@@ -541,7 +552,9 @@ class Workspace:
             except ConfigurationError as exc:  # the parents are stored; never fail a save for the budget
                 logger.warning("%s; keeping the %s index", exc, self.index.factory)
                 plan = IndexPlan(self.index.factory, 0, None, 0, "over budget")
-            if _growth_key(plan.factory) > _growth_key(self.index.factory):
+            if _growth_key(plan.factory, plan.reduce_dim) > _growth_key(
+                self.index.factory, getattr(self.index, "reduce_dim", None)
+            ):
                 logger.info(
                     "migrating the chunk index from %s to %s (%s)", self.index.factory, plan.factory, plan.reason
                 )
@@ -916,19 +929,21 @@ def _save_index(root: Path, store: RootStore, index: AnyChunkIndex, generation: 
     store.prune_log(generation)
 
 
-def _growth_key(factory: str) -> tuple[int, int, int]:
-    """Orders the structures ``choose_index`` picks by the collection size they serve: Flat < IVF-Flat < IVF-SQ8 <
-    IVF-PQ, more lists, fewer PQ bytes. Saving migrates only upwards; ``rebuild_index()`` picks afresh."""
+def _growth_key(factory: str, reduce_dim: int | None) -> tuple[int, int, int, int]:
+    """Orders the structures ``choose_index`` picks by the collection size they serve: projected vectors after
+    whole ones (a projection is learned once there are enough vectors), then Flat < IVF-Flat < IVF-SQ8 < IVF-PQ,
+    more lists, fewer PQ bytes. Saving migrates only upwards; ``rebuild_index()`` picks afresh."""
+    reduced = 0 if reduce_dim is None else 1
     m = re.fullmatch(r"IVF(\d+)(?:_HNSW32)?,(Flat|SQ8|PQ(\d+))", factory)
     if m is None:
-        return (0, 0, 0)
+        return (reduced, 0, 0, 0)
     if m.group(3) is not None:
-        return (3, int(m.group(1)), -int(m.group(3)))
-    return (1 if m.group(2) == "Flat" else 2, int(m.group(1)), 0)
+        return (reduced, 3, int(m.group(1)), -int(m.group(3)))
+    return (reduced, 1 if m.group(2) == "Flat" else 2, int(m.group(1)), 0)
 
 
 def _new_index(dim: int, plan: IndexPlan, device: str) -> ChunkIndex:
-    index = ChunkIndex(dim, plan.factory, device=device)
+    index = ChunkIndex(dim, plan.factory, reduce_dim=plan.reduce_dim, device=device)
     if plan.search_params is not None:
         index.set_search_params(plan.search_params)  # this index's own setting, saved with it
     return index
@@ -946,6 +961,7 @@ def new_config(
     verifier_spec: ComponentSpec | None = None,
     max_memory: str | int | None = None,
     vector_dtype: str = "float32",
+    reduce_dim: int | None = None,
 ) -> WorkspaceConfig:
     """A new workspace's config: format 2 with a verifier, an ``"auto"`` index or float16 vectors, else 1."""
     if not isinstance(index_factory, str) or not index_factory.strip():
@@ -958,6 +974,12 @@ def new_config(
         index_factory = parse_milvus_factory(index_factory).named().factory
     if max_memory is not None and index_factory != AUTO_INDEX:
         raise ConfigurationError(f"max_memory only applies to index_factory='auto', not {index_factory!r}")
+    if reduce_dim is not None and index_factory != AUTO_INDEX:
+        raise ConfigurationError(
+            f"reduce_dim only applies to index_factory='auto', not {index_factory!r} (a faiss string can name its "
+            "own transform, e.g. 'PCA256,IVF1024,Flat')"
+        )
+    check_reduce_dim(reduce_dim, int(dim))
     budget = parse_memory(max_memory if max_memory is not None else DEFAULT_MAX_MEMORY)
     if vector_dtype not in VECTOR_DTYPES:
         raise ConfigurationError(f"vector_dtype must be one of {sorted(VECTOR_DTYPES)}, got {vector_dtype!r}")
@@ -976,4 +998,5 @@ def new_config(
         else 2,
         vector_dtype=vector_dtype,
         max_memory=budget if index_factory == AUTO_INDEX else None,
+        reduce_dim=reduce_dim,
     )

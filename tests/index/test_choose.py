@@ -61,10 +61,10 @@ def test_too_few_vectors_for_an_ivf_stay_flat(caplog: pytest.LogCaptureFixture) 
     assert plan.factory == "Flat" and "too few" in caplog.text
 
 
-def _plan_or_none(n: int, dim: int, budget: int) -> IndexPlan | None:
+def _plan_or_none(n: int, dim: int, budget: int, reduce_dim: int | None = None) -> IndexPlan | None:
     """The plan, or None where the budget holds nothing (then the error says what is needed)."""
     try:
-        return choose_index(n, dim, budget)
+        return choose_index(n, dim, budget, reduce_dim=reduce_dim)
     except ConfigurationError as exc:
         message = str(exc)
     if "needs" not in message and "too few" not in message:
@@ -77,21 +77,28 @@ def _plan_or_none(n: int, dim: int, budget: int) -> IndexPlan | None:
     st.integers(0, 50_000_000),
     st.sampled_from([64, 128, 256, 384, 512, 768, 1024, 1280]),
     st.integers(1 << 20, 64 << 30),
+    st.sampled_from([None, 32, 256]),
 )
-def test_a_plan_fits_its_budget_and_grows_with_the_collection(n: int, dim: int, budget: int) -> None:
-    plan = _plan_or_none(n, dim, budget)
+def test_a_plan_fits_its_budget_and_grows_with_the_collection(
+    n: int, dim: int, budget: int, reduce_dim: int | None
+) -> None:
+    reduce_dim = reduce_dim if reduce_dim is not None and reduce_dim < dim else None
+    plan = _plan_or_none(n, dim, budget, reduce_dim)
     if plan is None:
         return
     assert plan.bytes <= budget
     assert plan.train_size <= n
+    assert plan.reduce_dim in (None, reduce_dim) and (plan.reduce_dim is None or plan.train_size >= 8 * reduce_dim)
     if plan.nprobe is not None:
         nlist = int(re.match(r"IVF(\d+)", plan.factory).group(1))  # type: ignore[union-attr]
         assert ("_HNSW32," in plan.factory) == (nlist >= choose_module.HNSW_QUANTIZER_LISTS)
         assert 1 <= plan.nprobe <= nlist and n >= 39 * nlist
-    bigger = _plan_or_none(2 * n + 1, dim, budget)
+    bigger = _plan_or_none(2 * n + 1, dim, budget, reduce_dim)
     if bigger is None:
         return
-    assert _growth_key(bigger.factory) >= _growth_key(plan.factory)  # never a smaller structure for more vectors
+    assert _growth_key(bigger.factory, bigger.reduce_dim) >= _growth_key(
+        plan.factory, plan.reduce_dim
+    )  # never a smaller structure for more vectors
 
 
 @pytest.mark.parametrize("n", [700, 5_000])
@@ -163,8 +170,34 @@ def test_the_structures_grow_in_one_order() -> None:
         "IVF16384_HNSW32,PQ64",
         "IVF16384_HNSW32,PQ32",
     ]
-    keys = [_growth_key(f) for f in order]
+    keys = [_growth_key(f, None) for f in order]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    # a projection is learned at a fixed size, so projected structures come after every whole-vector one
+    assert _growth_key("IVF4096,SQ8", None) < _growth_key("Flat", 256) < _growth_key("IVF1024,Flat", 256)
+
+
+def test_projected_plans_learn_from_enough_vectors_and_count_the_matrix() -> None:
+    few = choose_index(8 * 256 - 1, 1280, reduce_dim=256)
+    assert few.reduce_dim is None and few.factory == "Flat" and few.train_size == 0
+    flat = choose_index(8 * 256, 1280, reduce_dim=256)
+    assert flat.reduce_dim == 256 and flat.factory == "Flat" and flat.train_size == 8 * 256
+    assert flat.bytes == 8 * 256 * (4 * 256 + 8) + 4 * 1280 * 256 and "from 1280 to 256" in flat.reason
+    big = choose_index(50_000, 1280, reduce_dim=256)
+    assert big.train_size == 64 * 256  # the projection's sample, not all 50k
+    # the issue's headline: 10M regions of 1280-d, projected to 256, in 4 GiB
+    ten_m = choose_index(10_000_000, 1280, "4G", reduce_dim=256)
+    assert ten_m.factory == "IVF16384_HNSW32,SQ8" and ten_m.reduce_dim == 256 and ten_m.bytes <= 4 << 30
+    assert choose_index(10_000_000, 1280, "4G").factory.startswith("IVF16384_HNSW32,PQ")  # unreduced: PQ
+    assert ten_m.bytes == choose_index(10_000_000, 256, "4G").bytes + 4 * 1280 * 256
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [(0, "positive int"), (True, "positive int"), ("256", "positive int"), (512, "less than the vectors' dimension")],
+)
+def test_bad_reduce_dims_are_named(bad: object, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        choose_index(1000, 512, reduce_dim=bad)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ "auto" workspaces
@@ -287,3 +320,51 @@ def test_a_rebuild_trains_on_the_same_sample_read_batch_by_batch() -> None:
     np.testing.assert_array_equal(_training_sample(Store(), None, 1000, 100), want)  # type: ignore[arg-type]
     np.testing.assert_array_equal(_training_sample(Store(), None, 1000, 0), x)  # type: ignore[arg-type]
     np.testing.assert_array_equal(_training_sample(Store(), None, 1000, 5000), x)  # type: ignore[arg-type]
+
+
+def test_a_workspace_learns_its_projection_when_it_has_enough_vectors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reduce_dim=32 of the histogram's 512: whole vectors until 8 x 32 are stored, then a migration at save."""
+    scenes = _scenes(6)  # 128 chunks each
+    with _open(tmp_path / "ws", reduce_dim=32) as cs:
+        cs.index(scenes[:1])
+        info = cs.info()
+        assert info["reduce_dim"] == 32 and info["index_reduce_dim"] is None and info["index_structure"] == "Flat"
+        cs.index(scenes[1:])
+        assert cs.info()["index_reduce_dim"] == 32 and cs.chunk_index.energy_kept > 0.5  # type: ignore[union-attr]
+        assert [cs.search(scenes[i][1], top_k=1)[0].parent_id for i in (0, 3, 5)] == ["p0", "p3", "p5"]
+        cs.delete("p3")
+        assert cs.verify().ok
+        assert not cs.chunk_index.scores_exact  # type: ignore[union-attr]
+        projected = [cs.search(scenes[i][1].rotate(90), top_k=3) for i in (0, 2, 4)]
+    with _open(tmp_path / "whole") as cs:  # the same parents, vectors kept whole
+        cs.index([s for s in scenes if s[0] != "p3"])
+        assert cs.info()["index_reduce_dim"] is None
+        whole = [cs.search(scenes[i][1].rotate(90), top_k=3) for i in (0, 2, 4)]
+    for a, b in zip(projected, whole, strict=True):  # hits re-scored with the stored vectors: exact cosines
+        assert a[0].parent_id == b[0].parent_id
+        exact = {m.parent_id: m.score for m in b}
+        common = [m for m in a if m.parent_id in exact]  # the projection may find other candidates lower down
+        assert len(common) >= 2
+        np.testing.assert_allclose([m.score for m in common], [exact[m.parent_id] for m in common], atol=1e-5)
+    assert json.loads((tmp_path / "ws" / "workspace.json").read_text())["reduce_dim"] == 32
+    with _open(tmp_path / "ws", readonly=True) as cs:  # the saved projection, not a rebuild
+        assert cs.info()["index_reduce_dim"] == 32 and cs.verify().ok
+        assert cs.search(scenes[5][1], top_k=2)[0].parent_id == "p5"
+    with pytest.raises(ConfigurationError, match="only applies to new workspaces"):
+        _open(tmp_path / "ws", reduce_dim=64)
+    (tmp_path / "ws" / "chunks.index").unlink()
+    with _open(tmp_path / "ws") as cs:  # rebuilt from the store's whole vectors, the projection learned again
+        assert cs.info()["index_reduce_dim"] == 32 and cs.verify().ok
+
+
+def test_bad_reduce_dims_are_refused_before_a_workspace_is_made(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="less than the vectors' dimension"):
+        _open(tmp_path / "a", reduce_dim=512)  # the histogram's own 512
+    with pytest.raises(ConfigurationError, match="only applies to index_factory='auto'"):
+        _open(tmp_path / "b", reduce_dim=32, index_factory="Flat")
+    with pytest.raises(ConfigurationError, match="positive int"):
+        _open(tmp_path / "c", reduce_dim="32")
+    for name in ("a", "b", "c"):
+        assert not (tmp_path / name / "workspace.json").exists()

@@ -164,12 +164,90 @@ def test_gpu_device_without_faiss_gpu_is_clear() -> None:
 
 
 @pytest.mark.gpu
-def test_gpu_search_matches_cpu(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("reduce_dim", [None, 16])
+def test_gpu_search_matches_cpu(reduce_dim: int | None, rng: np.random.Generator) -> None:
     if not faiss_gpu_count():
         pytest.skip("faiss has no GPU")
     x, q = _unit(rng, 2000, 64), _unit(rng, 10, 64)
-    cpu, gpu = ChunkIndex(64, device="cpu"), ChunkIndex(64, device="cuda")
+    cpu = ChunkIndex(64, reduce_dim=reduce_dim, device="cpu")
+    gpu = ChunkIndex(64, reduce_dim=reduce_dim, device="cuda")
     for index in (cpu, gpu):
         index.add(x, np.arange(2000) + 10**12)
         index.remove([10**12 + 5])
     np.testing.assert_array_equal(cpu.search(q, 10)[1], gpu.search(q, 10)[1])
+
+
+# ------------------------------------------------------------------ projected vectors (reduce_dim)
+def _near_a_subspace(rng: np.random.Generator, n: int, d: int, k: int) -> np.ndarray:
+    """Unit vectors in a k-d subspace, all far from the origin's side: a large common mean plus spread (as CNN
+    features, all positive, are). A centred PCA to k dimensions would change their cosines; the uncentred
+    projection keeps them."""
+    basis = np.linalg.qr(rng.standard_normal((d, k)))[0].astype(np.float32)
+    coords = rng.standard_normal((n, k)).astype(np.float32) * 0.3
+    coords[:, 0] += 3.0  # the common mean
+    x = coords @ basis.T
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,Flat"])
+def test_a_projection_keeps_the_cosines_of_vectors_in_its_span(factory: str, rng: np.random.Generator) -> None:
+    x = _near_a_subspace(rng, 400, 48, 12)
+    ids = np.arange(400, dtype=np.int64) + 7
+    index = ChunkIndex(48, factory, reduce_dim=12, device="cpu")
+    assert not index.is_trained and index.reduce_dim == 12 and index.energy_kept is None
+    index.add(x, ids)  # the projection is learned from the first batch
+    assert index.is_trained and index.energy_kept == pytest.approx(1.0, abs=1e-5)
+    if factory.startswith("IVF"):
+        index.set_search_params("nprobe=4")  # every list: exact
+    q = x[:5]
+    scores, got = index.search(q, 10)
+    ref_s, ref_i = _brute(x, ids, q, 10)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-4)  # the same cosines, not those of centred vectors
+    assert (got[:, 0] == ids[:5]).all() and set(got.ravel()) <= set(ref_i.ravel()) | set(ids)
+    assert "reduce_dim=12" in repr(index) and len(index.ids()) == 400
+
+
+def test_a_projection_keeps_most_of_the_energy_of_wider_data(rng: np.random.Generator) -> None:
+    x = _near_a_subspace(rng, 600, 64, 24) + 0.02 * _unit(rng, 600, 64)
+    index = ChunkIndex(64, reduce_dim=16, device="cpu")
+    index.train(x)
+    assert 0.9 < index.energy_kept < 1.0  # type: ignore[operator]
+    index.add(x, np.arange(600))
+    _, got = index.search(x[:20], 1)
+    assert (got[:, 0] == np.arange(20)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,SQ8"])
+def test_a_projected_index_removes_saves_and_loads(factory: str, tmp_path: Path, rng: np.random.Generator) -> None:
+    x = _near_a_subspace(rng, 300, 32, 8)
+    index = ChunkIndex(32, factory, reduce_dim=8, device="cpu")
+    index.add(x, np.arange(300))
+    assert index.remove([0, 1, 2, 999]) == 3 and len(index) == 297
+    if factory.startswith("IVF"):
+        index.set_search_params("nprobe=4")
+    before = index.search(x[:10], 5)
+    assert not np.isin(before[1], [0, 1, 2]).any()
+    index.save(tmp_path / "i.index", {"generation": 3})
+    loaded, meta = ChunkIndex.load(tmp_path / "i.index", device="cpu")
+    assert meta == {"generation": 3} and loaded.reduce_dim == 8 and loaded.energy_kept == index.energy_kept
+    after = loaded.search(x[:10], 5)
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_allclose(after[0], before[0], atol=1e-6)
+    loaded.add(_near_a_subspace(rng, 4, 32, 8), [1000, 1001, 1002, 1003])  # the learned projection, kept
+    assert len(loaded) == 301 and loaded.energy_kept == index.energy_kept
+
+
+def test_bad_projections_are_refused_clearly(rng: np.random.Generator) -> None:
+    for bad in (0, -3, 1.5, "8"):
+        with pytest.raises(ConfigurationError, match="reduce_dim"):
+            ChunkIndex(16, reduce_dim=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="less than dim"):
+        ChunkIndex(16, reduce_dim=16)
+    index = ChunkIndex(16, reduce_dim=8, device="cpu")
+    with pytest.raises(ChunkIndexError, match="needs at least 8 vectors, got 3"):
+        index.add(_unit(rng, 3, 16), [0, 1, 2])
+    assert len(index) == 0 and not index.is_trained  # nothing half-learned
+    with pytest.raises(VectorError, match=r"shape \(n, 16\)"):
+        index.search(_unit(rng, 1, 8), 1)  # queries come at the full dimension too
+    index.add(_unit(rng, 8, 16), np.arange(8))
+    assert len(index) == 8

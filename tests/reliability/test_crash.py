@@ -119,14 +119,16 @@ def test_random_kills_quick(tmp_path: Path, images: Path) -> None:
 
 
 def test_random_kills_while_the_index_migrates(tmp_path: Path) -> None:
-    """Bigger images, more chunks, and an "auto" index that leaves Flat at 50 vectors: most saves rebuild it."""
+    """Bigger images, more chunks, and an "auto" index that leaves Flat at 50 vectors and learns a projection to 16
+    dimensions at 128: most saves rebuild it."""
     images = tmp_path / "images"
     make_images(images, 24, size=(320, 240))
-    extra = ("--scales", "0.5,0.25", "--flat-max", "50")
+    extra = ("--scales", "0.5,0.25", "--flat-max", "50", "--reduce-dim", "16")
     stats = kill_randomly(tmp_path, images, kills=6, seed=3, per_cycle=6, extra=extra)
     assert stats["kills"] + stats["sigint"] >= 6
     with _open(tmp_path / "cycle0") as cs:
-        assert cs.info()["index_structure"].startswith("IVF")  # it did migrate
+        info = cs.info()
+        assert info["index_structure"].startswith("IVF") and info["index_reduce_dim"] == 16  # it did migrate
 
 
 def test_random_kills_with_a_milvus_index(tmp_path: Path, images: Path) -> None:

@@ -1,7 +1,7 @@
 """A writer process for crash, concurrency and disk-full tests.
 
     python -m tests.reliability.worker WORKSPACE IMAGES_DIR [--map-size BYTES] [--fsize-limit BYTES]
-        [--scales 0.5,0.25] [--flat-max N] [--index FACTORY]
+        [--scales 0.5,0.25] [--flat-max N] [--index FACTORY] [--reduce-dim D]
 
 Indexes every image of IMAGES_DIR (content-hash ids, 4 per batch), then deletes the parents whose
 file name contains "-del". Prints "ready" once imported and "done" at the end, so a test can kill it
@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--scales", default="0.5", help="tile scales, comma-separated")
     parser.add_argument("--flat-max", type=int, default=0, help="an 'auto' index leaves Flat above N vectors")
     parser.add_argument("--index", default=None, help="a new workspace's index_factory, e.g. milvus")
+    parser.add_argument("--reduce-dim", type=int, default=None, help="an 'auto' index projects to D dimensions")
     args = parser.parse_args()
     if args.fsize_limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
@@ -52,6 +53,7 @@ def main() -> int:
         device="cpu",
         map_size=args.map_size,
         index_factory=args.index,
+        reduce_dim=args.reduce_dim,
     ) as cs:
         report = cs.index(files)
         added_sources = [cs.record(pid).source for pid in report.added]

@@ -11,12 +11,17 @@ After autofaiss' ``get_optimal_index_keys_v2``, cut down to the structures cross
 From :data:`HNSW_QUANTIZER_LISTS` lists on, the lists' centroids are found with an HNSW graph
 (``IVF{c}_HNSW32,...``): with a flat quantizer, training and filling 16k lists cost hours on a 2-core machine.
 
+With ``reduce_dim``, vectors are projected to that many dimensions (:class:`~crossscale.index.ChunkIndex`'s
+uncentred projection) once there are :data:`REDUCE_MIN_POINTS_PER_DIM` per kept dimension to learn it from; the
+structure is then chosen for the reduced vectors, and the projection matrix counts against the budget.
+
 A budget too small for any of them is an error naming the size needed. Too few vectors to train an IVF
 (faiss wants ~39 per list) stay ``Flat``, with a log line, never a faiss assertion.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -29,6 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_MAX_MEMORY",
     "HNSW_QUANTIZER_LISTS",
+    "REDUCE_MIN_POINTS_PER_DIM",
     "IndexPlan",
     "choose_index",
     "format_bytes",
@@ -44,6 +50,10 @@ FLAT_MAX = 100_000
 MIN_POINTS_PER_LIST = 39
 #: lists from which the coarse quantizer is an HNSW graph instead of a flat scan of the centroids
 HNSW_QUANTIZER_LISTS = 8192
+#: training vectors per kept dimension before a projection is learned (``reduce_dim``); fewer stay unreduced
+REDUCE_MIN_POINTS_PER_DIM = 8
+#: training vectors per kept dimension a projection is learned from, at most
+REDUCE_TRAIN_POINTS_PER_DIM = 64
 _ID_BYTES = 8  # the 64-bit id kept per vector
 _HNSW_LINK_BYTES = 2 * 32 * 4  # an HNSW32 node's level-0 links
 _PQ_SIZES = (64, 48, 32, 24, 16, 12, 8, 4)
@@ -91,6 +101,7 @@ class IndexPlan:
         nprobe: IVF lists searched per query (``None`` for Flat); set on the index when it is built.
         train_size: vectors to train on (0: no training).
         reason: one line on why, for logs and ``info()``.
+        reduce_dim: the dimensions vectors are projected to first (``None``: not reduced).
     """
 
     factory: str
@@ -98,6 +109,7 @@ class IndexPlan:
     nprobe: int | None
     train_size: int
     reason: str
+    reduce_dim: int | None = None
 
     @property
     def search_params(self) -> str | None:
@@ -124,11 +136,17 @@ def _nlist(n: int) -> int:
 
 
 def choose_index(
-    n: int, dim: int, max_memory: str | int = DEFAULT_MAX_MEMORY, *, flat_max: int | None = None
+    n: int,
+    dim: int,
+    max_memory: str | int = DEFAULT_MAX_MEMORY,
+    *,
+    flat_max: int | None = None,
+    reduce_dim: int | None = None,
 ) -> IndexPlan:
     """The index structure for ``n`` vectors of ``dim`` within ``max_memory`` (see the module docstring).
 
     ``flat_max``: the most vectors kept in an exact Flat index (default :data:`FLAT_MAX`).
+    ``reduce_dim``: project vectors to this many dimensions (``< dim``) once ``n`` is enough to learn it from.
 
     Raises:
         ConfigurationError: bad arguments, or no structure fits: the message names the size needed.
@@ -137,9 +155,37 @@ def choose_index(
         raise ConfigurationError(f"n must be an int >= 0, got {n!r}")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ConfigurationError(f"dim must be a positive int, got {dim!r}")
+    check_reduce_dim(reduce_dim, dim)
     budget = parse_memory(max_memory)
     flat_max = FLAT_MAX if flat_max is None else flat_max
-    flat = n * (4 * dim + _ID_BYTES)
+    if reduce_dim is None or n < REDUCE_MIN_POINTS_PER_DIM * reduce_dim:
+        return _choose(n, dim, budget, flat_max, extra=0)
+    plan = _choose(n, reduce_dim, budget, flat_max, extra=4 * dim * reduce_dim)  # + the projection matrix
+    return dataclasses.replace(
+        plan,
+        train_size=int(min(n, max(plan.train_size, REDUCE_TRAIN_POINTS_PER_DIM * reduce_dim))),
+        reason=f"{plan.reason}, projected from {dim} to {reduce_dim} dimensions",
+        reduce_dim=reduce_dim,
+    )
+
+
+def check_reduce_dim(reduce_dim: object, dim: int) -> None:
+    """Refuse a ``reduce_dim`` that is not ``None`` or an int in ``[1, dim)``.
+
+    Raises:
+        ConfigurationError: naming the value and what is wrong.
+    """
+    if reduce_dim is None:
+        return
+    if isinstance(reduce_dim, bool) or not isinstance(reduce_dim, int) or reduce_dim < 1:
+        raise ConfigurationError(f"reduce_dim must be a positive int or None, got {reduce_dim!r}")
+    if reduce_dim >= dim:
+        raise ConfigurationError(f"reduce_dim must be less than the vectors' dimension ({dim}), got {reduce_dim}")
+
+
+def _choose(n: int, dim: int, budget: int, flat_max: int, *, extra: int) -> IndexPlan:
+    """The plan for ``n`` vectors of ``dim`` (as the index stores them), each size counting ``extra`` bytes more."""
+    flat = n * (4 * dim + _ID_BYTES) + extra
     if n <= flat_max and flat <= budget:
         return IndexPlan("Flat", flat, None, 0, f"{n} vectors: exact search")
     nlist = _nlist(n)
@@ -159,7 +205,7 @@ def choose_index(
     ivf_flat = flat + centroids
     if ivf_flat <= budget:
         return IndexPlan(f"{ivf},Flat", ivf_flat, nprobe, train, f"{n} vectors: IVF, vectors kept exact")
-    ivf_sq8 = n * (dim + _ID_BYTES) + centroids
+    ivf_sq8 = n * (dim + _ID_BYTES) + centroids + extra
     if ivf_sq8 <= budget:
         return IndexPlan(f"{ivf},SQ8", ivf_sq8, nprobe, train, f"{n} vectors: IVF, 1 byte per dimension")
     if n < 256 * MIN_POINTS_PER_LIST:  # a PQ codebook has 256 centroids per sub-vector
@@ -171,7 +217,7 @@ def choose_index(
     sizes = [m for m in _PQ_SIZES if m <= dim and dim % m == 0]
     smallest = None
     for m in sizes:
-        need = n * (m + _ID_BYTES) + centroids + 256 * 4 * dim  # codes + ids, centroids, codebooks
+        need = n * (m + _ID_BYTES) + centroids + 256 * 4 * dim + extra  # codes + ids, centroids, codebooks
         smallest = need
         if need <= budget:
             return IndexPlan(

@@ -70,6 +70,55 @@ def _unit_rows(vectors: Any, dim: int) -> np.ndarray:
     return l2_normalize(arr)
 
 
+def _with_projection(dim: int, reduce_dim: int, index: Any) -> Any:
+    """``index`` (over ``reduce_dim``-d vectors) behind an untrained projection from ``dim`` and a
+    re-normalisation, in one owning faiss ``IndexPreTransform`` (as ``index_factory`` builds them)."""
+    import faiss
+
+    projection: Any = faiss.LinearTransform(dim, reduce_dim, False)  # learned by ChunkIndex.train
+    renorm: Any = faiss.NormalizationTransform(reduce_dim, 2.0)
+    outer = faiss.IndexPreTransform(index)
+    outer.prepend_transform(renorm)
+    outer.prepend_transform(projection)
+    outer.own_fields = True  # faiss frees the chain and the inner index with the outer one
+    for part in (index, projection, renorm):
+        part.this.disown()
+    return outer
+
+
+def _projection_of(index: Any) -> Any:
+    """The projection of an index made by :func:`_with_projection` (a non-owning view), or ``None``."""
+    import faiss
+
+    outer: Any = faiss.downcast_index(index)
+    if not isinstance(outer, faiss.IndexPreTransform):
+        return None
+    chain: Any = outer.chain  # a SWIG vector
+    return faiss.downcast_VectorTransform(chain.at(0))
+
+
+def _with_ids(index: Any) -> Any:
+    """The part of ``index`` that holds the ids (an ``IndexIDMap`` or an ``IndexIVF``), behind any projection;
+    a non-owning view."""
+    import faiss
+
+    view = faiss.downcast_index(index)
+    if isinstance(view, faiss.IndexPreTransform):
+        view = faiss.downcast_index(view.index)
+    return view
+
+
+def _principal_axes(x: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """The ``k`` leading eigenvectors of the uncentred second moment ``xᵀx`` of the rows of ``x``, as a
+    ``(k, d)`` float32 matrix, and the share of ``x``'s energy they keep."""
+    moment = (x.T @ x).astype(np.float64)  # float32 product, float64 eigen-decomposition
+    values, vectors = np.linalg.eigh(moment)  # ascending
+    top = np.argsort(values)[::-1][:k]
+    total = float(values.clip(min=0).sum())
+    kept = float(values[top].clip(min=0).sum()) / total if total > 0 else 1.0
+    return np.ascontiguousarray(vectors[:, top].T, dtype=np.float32), kept
+
+
 class ChunkIndex:
     """Chunk vectors in a FAISS index, searched by inner product (cosine on unit vectors).
 
@@ -77,15 +126,24 @@ class ChunkIndex:
     64-bit ints >= 0. Removal is native where the index type supports it (Flat,
     IVF) and by tombstones (filtered at search time) where it does not (HNSW).
 
+    With ``reduce_dim``, vectors (and queries) are projected onto the ``reduce_dim`` principal axes of a
+    training sample and L2-normalised again before ``factory`` sees them: scores are then the cosines of the
+    projections. The projection is *uncentred* (the axes of the vectors' second moment, not of their
+    covariance): the inner products of unit vectors are what it keeps, so scores stay comparable with
+    unreduced ones, which faiss' ``PCA`` (it subtracts the mean) would not give. It is learned by
+    :meth:`train` (or the first :meth:`add`) and saved with the index.
+
     Args:
         dim: vector length.
-        factory: a ``faiss.index_factory`` string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``, ...).
+        factory: a ``faiss.index_factory`` string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``, ...), of
+            the structure over the (reduced) vectors.
+        reduce_dim: project to this many dimensions (``< dim``); ``None``: keep ``dim``.
         device: ``"auto"`` (GPU when the faiss build has one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
             The CPU index stays the master copy; a GPU mirror serves searches.
         blas_threshold: faiss' ``distance_compute_blas_threshold`` used during searches.
 
     Raises:
-        ConfigurationError: bad ``dim`` or factory string.
+        ConfigurationError: bad ``dim``, ``reduce_dim`` or factory string.
     """
 
     def __init__(
@@ -93,17 +151,24 @@ class ChunkIndex:
         dim: int,
         factory: str = "Flat",
         *,
+        reduce_dim: int | None = None,
         device: str = "auto",
         blas_threshold: int = DEFAULT_BLAS_THRESHOLD,
     ) -> None:
         dim = positive_int("dim", dim)
         if not isinstance(factory, str) or not factory.strip():
             raise ConfigurationError(f"factory must be a faiss index_factory string, got {factory!r}")
+        if reduce_dim is not None:
+            reduce_dim = positive_int("reduce_dim", reduce_dim)
+            if reduce_dim >= dim:
+                raise ConfigurationError(f"reduce_dim must be less than dim ({dim}), got {reduce_dim}")
         try:
-            index = self._build(dim, factory)
+            index = self._build(reduce_dim or dim, factory)
         except RuntimeError as exc:
             raise ConfigurationError(f"invalid faiss factory string {factory!r}: {exc}") from exc
-        self._init(dim, factory, index, device, blas_threshold, tombstones=())
+        if reduce_dim is not None:
+            index = _with_projection(dim, reduce_dim, index)
+        self._init(dim, factory, index, device, blas_threshold, tombstones=(), energy_kept=None)
 
     @staticmethod
     def _build(dim: int, factory: str) -> Any:
@@ -121,9 +186,19 @@ class ChunkIndex:
             return index
         return faiss.index_factory(dim, "IDMap," + factory, faiss.METRIC_INNER_PRODUCT)
 
-    def _init(self, dim: int, factory: str, index: Any, device: str, blas_threshold: int, tombstones: Any) -> None:
+    def _init(
+        self,
+        dim: int,
+        factory: str,
+        index: Any,
+        device: str,
+        blas_threshold: int,
+        tombstones: Any,
+        energy_kept: float | None,
+    ) -> None:
         self.dim = dim
         self.factory = factory
+        self._energy_kept = energy_kept
         self.blas_threshold = int(blas_threshold)
         self.device = resolve_faiss_device(device)
         self._index = index
@@ -140,14 +215,43 @@ class ChunkIndex:
     def is_trained(self) -> bool:
         return bool(self._index.is_trained)
 
+    @property
+    def reduce_dim(self) -> int | None:
+        """The dimensions vectors are projected to, or ``None`` (not reduced)."""
+        projection = _projection_of(self._index)
+        return None if projection is None else int(projection.d_out)
+
+    @property
+    def scores_exact(self) -> bool:
+        """Whether search scores are the exact cosines of the vectors added: the index keeps them whole (Flat,
+        IVF-Flat, HNSW), not projected (``reduce_dim``) nor coded (SQ8, PQ). Where not, the query path re-scores
+        the hits it gets with the stored vectors (:func:`~crossscale.query.search_parents`' ``exact_vectors``)."""
+        import faiss
+
+        if self.reduce_dim is not None:
+            return False
+        core: Any = _with_ids(self._index)
+        if isinstance(core, faiss.IndexIDMap):
+            core = faiss.downcast_index(core.index)
+        return isinstance(core, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
+
+    @property
+    def energy_kept(self) -> float | None:
+        """The share of the training sample's energy (sum of squared coordinates) that the projection keeps:
+        ``None`` until it is learned, or when vectors are not reduced."""
+        return self._energy_kept
+
     def __repr__(self) -> str:
-        return f"ChunkIndex(dim={self.dim}, factory={self.factory!r}, device={self.device!r}, size={len(self)})"
+        reduced = "" if self.reduce_dim is None else f", reduce_dim={self.reduce_dim}"
+        return (
+            f"ChunkIndex(dim={self.dim}, factory={self.factory!r}{reduced}, device={self.device!r}, size={len(self)})"
+        )
 
     def ids(self) -> np.ndarray:
         """All live ids, sorted (int64)."""
         import faiss
 
-        index: Any = faiss.downcast_index(self._index)  # a view; self._index owns it
+        index: Any = _with_ids(self._index)  # a view; self._index owns it
         if isinstance(index, faiss.IndexIDMap):
             found = faiss.vector_to_array(index.id_map).astype(np.int64)
         else:  # IndexIVF: read the inverted lists
@@ -169,10 +273,34 @@ class ChunkIndex:
         return _unit_rows(vectors, self.dim)
 
     def train(self, vectors: Any) -> None:
-        """Train the index (IVF, PQ) on a representative sample; a no-op for Flat and HNSW."""
+        """Train the index on a representative sample: the projection (``reduce_dim``), then IVF or PQ; a no-op
+        for an unreduced Flat or HNSW.
+
+        Raises:
+            VectorError: wrong shape, NaN/inf or zero vectors.
+            ChunkIndexError: too few vectors to learn from, or faiss refused them.
+        """
         if self.is_trained:
             return
         x = self._prepare(vectors)
+        projection = _projection_of(self._index)
+        if projection is not None and not projection.is_trained:
+            if len(x) < projection.d_out:
+                raise ChunkIndexError(
+                    f"learning a projection to {projection.d_out} dimensions needs at least {projection.d_out} "
+                    f"vectors, got {len(x)}"
+                )
+            import faiss
+
+            axes, self._energy_kept = _principal_axes(x, int(projection.d_out))
+            faiss.copy_array_to_vector(axes.ravel(), projection.A)
+            projection.is_trained = True
+            logger.info(
+                "projecting vectors from %d to %d dimensions keeps %.1f%% of their energy",
+                self.dim,
+                projection.d_out,
+                100 * self._energy_kept,
+            )
         try:
             self._index.train(x)
         except RuntimeError as exc:
@@ -286,6 +414,8 @@ class ChunkIndex:
             "tombstones": sorted(self._tombstones),
             "meta": dict(meta or {}),
         }
+        if self._energy_kept is not None:
+            header["energy_kept"] = self._energy_kept
         header_bytes = json.dumps(header).encode()
 
         def write(f: BinaryIO) -> None:
@@ -323,8 +453,9 @@ class ChunkIndex:
                 index = faiss.read_index(faiss.PyCallbackIOReader(f.read))  # type: ignore[attr-defined]
             except RuntimeError as exc:
                 raise WorkspaceFormatError(f"{path}: corrupt faiss data: {exc}") from exc
-        if not isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIVF)):
+        if not isinstance(_with_ids(index), (faiss.IndexIDMap, faiss.IndexIVF)):
             raise WorkspaceFormatError(f"{path}: faiss index has no id map")
+        energy = header.get("energy_kept")
         obj = cls.__new__(cls)
         obj._init(
             int(header["dim"]),
@@ -333,6 +464,7 @@ class ChunkIndex:
             device,
             blas_threshold,
             tombstones=header.get("tombstones", ()),
+            energy_kept=float(energy) if isinstance(energy, (int, float)) else None,
         )
         if obj._index.d != obj.dim:
             raise WorkspaceFormatError(f"{path}: header says dim {obj.dim}, faiss index has {obj._index.d}")
