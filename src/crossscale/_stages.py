@@ -136,9 +136,10 @@ class StageRequest:
                 "only applies to new workspaces"
             )
         if self.reduce_dim is not None and self.reduce_dim != stored.reduce_dim:
+            kept = "whole vectors" if stored.reduce_dim is None else f"vectors projected to {stored.reduce_dim}"
             raise ConfigurationError(
-                f"{self.path}: this workspace's index projects vectors to {stored.reduce_dim or 'no fewer'} "
-                f"dimensions; reduce_dim={self.reduce_dim!r} only applies to new workspaces"
+                f"{self.path}: this workspace's index keeps {kept}; reduce_dim={self.reduce_dim!r} only applies to "
+                "new workspaces"
             )
         if self.max_memory is not None and self.max_memory != stored.max_memory:
             if stored.index_factory != AUTO_INDEX:

@@ -726,7 +726,7 @@ def _rebuild(store: RootStore, config: WorkspaceConfig, device: str, txn: Any) -
     try:
         plan = config.index_plan(total)
     except ConfigurationError as exc:  # the store outgrew the budget since: still open it, and say so
-        plan = choose_index(total, config.dim, 1 << 62)
+        plan = choose_index(total, config.dim, 1 << 62, reduce_dim=config.reduce_dim)
         logger.warning("%s; building %s anyway", exc, plan.factory)
     index = _new_index(config.dim, plan, device)
     if not index.is_trained and total:  # IVF/PQ: train on a sample of what is stored, read in a pass of its own

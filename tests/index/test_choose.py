@@ -352,8 +352,10 @@ def test_a_workspace_learns_its_projection_when_it_has_enough_vectors(
     with _open(tmp_path / "ws", readonly=True) as cs:  # the saved projection, not a rebuild
         assert cs.info()["index_reduce_dim"] == 32 and cs.verify().ok
         assert cs.search(scenes[5][1], top_k=2)[0].parent_id == "p5"
-    with pytest.raises(ConfigurationError, match="only applies to new workspaces"):
+    with pytest.raises(ConfigurationError, match="keeps vectors projected to 32; reduce_dim=64 only applies to new"):
         _open(tmp_path / "ws", reduce_dim=64)
+    with pytest.raises(ConfigurationError, match="keeps whole vectors; reduce_dim=32 only applies to new"):
+        _open(tmp_path / "whole", reduce_dim=32)
     (tmp_path / "ws" / "chunks.index").unlink()
     with _open(tmp_path / "ws") as cs:  # rebuilt from the store's whole vectors, the projection learned again
         assert cs.info()["index_reduce_dim"] == 32 and cs.verify().ok
