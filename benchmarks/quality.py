@@ -22,6 +22,7 @@ with a cache of chunk vectors, so configurations that share chunks do not re-enc
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import logging
 import math
@@ -537,6 +538,16 @@ def default_configs() -> list[Config]:
             box="fusion",
             verifier=GeometricVerifier,
             refiner=RegionRefiner,
+        ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (20 inliers, the 0.2 default until 2026-12-04), "
+            "refine top 3, float16 vectors",
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=functools.partial(GeometricVerifier, min_inliers=20),
+            refiner=RegionRefiner,
+            vector_dtype="float16",
         ),
         Config(
             "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3, float16 vectors",

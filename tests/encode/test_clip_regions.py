@@ -136,3 +136,16 @@ def test_a_workspace_indexes_with_one_pass_per_image_and_reopens_by_name(
     with CrossScaleSearch.open(tmp_path / "ws", readonly=True, refine=False, progress=False, device="cpu") as cs:
         assert cs.config.encoder_name.endswith("-regions(map=64)")
         assert cs.search(images[1][1], top_k=3)[0].parent_id == "p1"  # the whole image's own chunk
+
+
+def test_a_transformers_that_cannot_interpolate_position_encodings_is_named(
+    tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoder = CLIPRegionEncoder(tiny_clip_dir, map_size=64, device="cpu")
+
+    def old_forward(*args: object, **kwargs: object) -> None:
+        raise TypeError("forward() got an unexpected keyword argument 'interpolate_pos_encoding'")
+
+    monkeypatch.setattr(encoder.model.vision_model, "forward", old_forward)
+    with pytest.raises(CapabilityError, match=r"interpolates position encodings \(>= 4.45\)"):
+        encoder.encode_regions(_noise(64, 48), [Box(0, 0, 10, 10)])

@@ -61,6 +61,26 @@ def test_a_rotated_photometrically_changed_query_is_verified(verifier: Geometric
     assert out.inliers is not None and out.box.iou(truth) > 0.7, out.box
 
 
+def test_photos_of_other_things_are_not_verified(verifier: GeometricVerifier, photos: dict[str, Image.Image]) -> None:
+    """At the default threshold, crops of one photo never verify against another: every pair of the skimage
+    photos, crops at three sizes (chance matches between unrelated images reach 10-14 inliers)."""
+    names = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
+    stored = _features(verifier, **{n: photos[n] for n in names})
+    own_verified = 0
+    for name in names:
+        image = photos[name]
+        w, h = image.size
+        for side in (0.25, 0.4, 0.6):
+            box = (int(w * 0.2), int(h * 0.2), int(w * (0.2 + side)), int(h * (0.2 + side)))
+            query = Query(np.zeros(4, np.float32), image.crop(box))
+            others = [_match(n) for n in names if n != name]
+            out = verifier.verify(query, others, stored.get)
+            assert all(m.inliers is None for m in out), [(m.parent_id, m.inliers) for m in out]
+            [own] = verifier.verify(query, [_match(name)], stored.get)
+            own_verified += own.inliers is not None
+    assert own_verified >= 2 * len(names)  # while most crops do verify against their own photo
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -144,7 +144,7 @@ class CLIPRegionEncoder(CLIPEncoder):
 
         handle = last.register_forward_pre_hook(capture, with_kwargs=True)
         try:
-            vision(pixel_values=pixels, interpolate_pos_encoding=True)
+            _tower(vision, pixels)
         except _Captured:
             pass
         finally:
@@ -165,7 +165,7 @@ class CLIPRegionEncoder(CLIPEncoder):
     def _siglip_regions(self, pixels: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """SigLIP: the pooling head's probe attending to each box's patches."""
         vision = self.model.vision_model
-        hidden = vision(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state[0]  # post-layernorm
+        hidden = _tower(vision, pixels).last_hidden_state[0]  # after the post-layernorm
         head = vision.head
         mha = head.attention
         w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
@@ -178,6 +178,17 @@ class CLIPRegionEncoder(CLIPEncoder):
         pooled = mha.out_proj(mixed)
         out: torch.Tensor = pooled + head.mlp(head.layernorm(pooled))
         return out
+
+
+def _tower(vision: Any, pixels: torch.Tensor) -> Any:
+    """The vision tower over ``pixels`` of any size (position encodings interpolated)."""
+    try:
+        return vision(pixel_values=pixels, interpolate_pos_encoding=True)
+    except TypeError as exc:  # transformers before 4.45 could not interpolate them
+        if "interpolate_pos_encoding" not in str(exc):
+            raise
+        message = f"region vectors need a transformers that interpolates position encodings (>= 4.45): {exc}"
+        raise CapabilityError(message) from exc
 
 
 def _masked_attention(
