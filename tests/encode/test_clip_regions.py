@@ -149,3 +149,21 @@ def test_a_transformers_that_cannot_interpolate_position_encodings_is_named(
     monkeypatch.setattr(encoder.model.vision_model, "forward", old_forward)
     with pytest.raises(CapabilityError, match=r"interpolates position encodings \(>= 4.45\)"):
         encoder.encode_regions(_noise(64, 48), [Box(0, 0, 10, 10)])
+
+
+def test_other_dual_encoders_are_refused_with_the_model_type(
+    tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    real = transformers.AutoConfig.from_pretrained
+
+    def as_altclip(*args: object, **kwargs: object) -> object:
+        config = real(*args, **kwargs)  # type: ignore[arg-type]
+        if not isinstance(config, tuple):  # (config, unused kwargs) when an image processor asks
+            config.model_type = "altclip"  # a CLIP-style dual encoder whose tower this does not handle
+        return config
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", as_altclip)
+    with pytest.raises(CapabilityError, match="is a 'altclip' model; region vectors from one pass are implemented"):
+        CLIPRegionEncoder(tiny_clip_dir, device="cpu")

@@ -76,14 +76,14 @@ class CLIPRegionEncoder(CLIPEncoder):
         super().__init__(
             name_or_path, device=device, batch_size=batch_size, precision=precision, local_files_only=local_files_only
         )
-        vision = self.model.vision_model
-        if self.model_type == "siglip" and not getattr(vision, "use_head", False):
-            raise CapabilityError(f"{self.name_or_path!r}: this SigLIP vision tower has no pooling head to restrict")
         if self.model_type not in ("clip", "siglip"):
             raise CapabilityError(
                 f"{self.name_or_path!r} is a {self.model_type!r} model; region vectors from one pass are implemented "
                 "for CLIP and SigLIP vision transformers"
             )
+        vision = self.model.vision_model
+        if self.model_type == "siglip" and not getattr(vision, "use_head", False):
+            raise CapabilityError(f"{self.name_or_path!r}: this SigLIP vision tower has no pooling head to restrict")
         self.patch_size = int(vision.config.patch_size)
         self.map_size = int_at_least("map_size", map_size, self.patch_size)
         self.name = f"{self.name}-regions(map={self.map_size})"
