@@ -94,7 +94,7 @@ class GeometricVerifier:
         query_max_side: queries are shrunk to this long side.
         top_n: how many of the best matches are checked per query.
         min_inliers: correspondences a verified match needs. Unrelated pairs reached 10-14 by chance in the
-            measurements of issue #11; 15 (it was 20) verified twice as many small-object queries on the quality
+            measurements of issue #11; 15 (it was 20) verified 1.5-1.7x as many small-object queries on the quality
             benchmark with no absent query verified (docs/benchmarks.md).
         ratio: Lowe's ratio test threshold.
         reprojection_error: the RANSAC inlier threshold, in parent pixels.
