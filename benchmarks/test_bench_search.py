@@ -5,6 +5,8 @@ Run: ``python -m pytest benchmarks --benchmark-enable -m "not slow"``. Results: 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import faiss
@@ -18,6 +20,18 @@ from crossscale.types import ParentMatch, Query
 
 K_PARENTS = 10
 K_CHUNKS = K_PARENTS * 8  # the ranker's default over-fetch
+
+
+@contextlib.contextmanager
+def fast_blas() -> Iterator[None]:
+    """faiss' own ``distance_compute_blas_threshold`` (20) for the block: the fair raw baseline's setting (this
+    wheel ships 128000, ~10x slower batched searches), restored after."""
+    before = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 20
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = before
 
 
 def raw_flat(x: np.ndarray) -> faiss.IndexFlatIP:
@@ -44,12 +58,8 @@ def test_raw_faiss_search_wheel_default(benchmark, corpus) -> None:  # type: ign
 @pytest.mark.benchmark(group="chunk-search")
 def test_raw_faiss_search_threshold_20(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
     index = raw_flat(corpus["x"])
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 20
-    try:
+    with fast_blas():
         _, ids = benchmark(index.search, corpus["q"], K_CHUNKS)
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = before
     assert (ids[:, 0] == corpus["targets"]).all()
 
 
@@ -88,25 +98,17 @@ def test_raw_faiss_search_projected(benchmark, corpus) -> None:  # type: ignore[
     index.prepend_transform(faiss.NormalizationTransform(REDUCED, 2.0))
     index.prepend_transform(projection)
     index.add(x)
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 20
-    try:
+    with fast_blas():
         _, ids = benchmark(index.search, corpus["q"], K_CHUNKS)
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = before
     assert (ids[:, 0] == corpus["targets"]).mean() >= 0.9
 
 
 # ------------------------------------------------------------------ parent search (chunks -> parents)
 @pytest.mark.benchmark(group="parent-search")
 def test_raw_faiss_numpy_parents(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 20  # the fair baseline: the fast setting
-    try:
+    with fast_blas():  # the fair baseline: the fast setting
         index = raw_flat(corpus["x"])
         result = benchmark(raw_parents, index, corpus["parent_of"], corpus["q"])
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = before
     expected = corpus["targets"] // CHUNKS_PER_PARENT
     assert [r[0] for r in result] == expected.tolist()
 
@@ -125,12 +127,8 @@ def test_raw_numpy_parents_on_the_facade_faiss_index(benchmark, corpus, facade) 
     """The raw fold over the very faiss object the facade searches: the difference to the facade is crossscale's
     own work, without two 200 MB indexes' memory placement (±4% here) in the ratio."""
     cs, _ = facade
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 20
-    try:
+    with fast_blas():
         result = benchmark(raw_parents, cs.workspace.index._index, corpus["parent_of"], corpus["q"])
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = before
     assert [r[0] for r in result] == (corpus["targets"] // CHUNKS_PER_PARENT).tolist()
 
 

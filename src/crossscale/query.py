@@ -69,11 +69,8 @@ def _rescored(
     wanted = np.unique(ids[ids >= 0])
     found_ids, found = exact(wanted)
     order = np.argsort(found_ids)
-    found_ids, found = found_ids[order], found[order]
-    lengths = np.sqrt(np.einsum("ij,ij->i", found, found))  # stored vectors are unit up to their float16 rounding
-    if len(found) and not (np.isfinite(lengths).all() and (lengths > 0).all()):
-        found = l2_normalize(found)  # raises the clear error for a corrupt stored vector
-    found = found / lengths[:, None]
+    found_ids = found_ids[order]
+    found = l2_normalize(found[order])  # unit up to their float16 rounding: made exact
     out_scores = np.full(scores.shape, -np.inf, dtype=np.float32)
     out_ids = np.full(ids.shape, -1, dtype=np.int64)
     for r in range(len(ids)):

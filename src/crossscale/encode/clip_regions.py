@@ -28,8 +28,8 @@ from crossscale._checks import int_at_least
 from crossscale._vectors import l2_normalize
 from crossscale.encode._torch import PixelNormaliser
 from crossscale.encode.clip import CLIPEncoder
-from crossscale.encode.feature_map import box_cells
-from crossscale.errors import CapabilityError, ConfigurationError
+from crossscale.encode.feature_map import box_cells, check_boxes_inside
+from crossscale.errors import CapabilityError
 from crossscale.types import Box
 
 if TYPE_CHECKING:
@@ -111,9 +111,7 @@ class CLIPRegionEncoder(CLIPEncoder):
         """
         import torch
 
-        for box in boxes:
-            if box.x1 > image.width or box.y1 > image.height:
-                raise ConfigurationError(f"box {box.as_tuple()} is not inside the {image.width}x{image.height} image")
+        check_boxes_inside(image, boxes)
         if len(boxes) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         pixels = self._grid_pixels(image)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureMapEncoder", "box_cells", "efficientnet_lite0_regions", "gem_pool_boxes"]
+__all__ = ["FeatureMapEncoder", "box_cells", "check_boxes_inside", "efficientnet_lite0_regions", "gem_pool_boxes"]
 
 _MIN_SIDE = 32  # the smallest input side a stride-32 network makes one cell of
 
@@ -45,6 +45,17 @@ def box_cells(
     c1 = torch.maximum(c0 + 1, (edges[:, 2] * scale[0]).round().clamp(1, width).long())
     r1 = torch.maximum(r0 + 1, (edges[:, 3] * scale[1]).round().clamp(1, height).long())
     return c0, r0, c1, r1
+
+
+def check_boxes_inside(image: Image.Image, boxes: Sequence[Box]) -> None:
+    """Refuse a box that reaches past ``image`` (what every one-pass region encoder checks first).
+
+    Raises:
+        ConfigurationError: naming the box and the image size.
+    """
+    for box in boxes:
+        if box.x1 > image.width or box.y1 > image.height:
+            raise ConfigurationError(f"box {box.as_tuple()} is not inside the {image.width}x{image.height} image")
 
 
 def gem_pool_boxes(
@@ -166,9 +177,7 @@ class FeatureMapEncoder(TorchImageEncoder):
         """
         import torch
 
-        for box in boxes:
-            if box.x1 > image.width or box.y1 > image.height:
-                raise ConfigurationError(f"box {box.as_tuple()} is not inside the {image.width}x{image.height} image")
+        check_boxes_inside(image, boxes)
         if len(boxes) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
