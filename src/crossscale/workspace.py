@@ -546,21 +546,24 @@ class Workspace:
         """
         self.check_open(write=True)
         self._clean()
-        if self.config.index_factory == AUTO_INDEX:
-            try:
-                plan = self.config.index_plan(len(self.index))
-            except ConfigurationError as exc:  # the parents are stored; never fail a save for the budget
-                logger.warning("%s; keeping the %s index", exc, self.index.factory)
-                plan = IndexPlan(self.index.factory, 0, None, 0, "over budget")
-            if _growth_key(plan.factory, plan.reduce_dim) > _growth_key(
-                self.index.factory, getattr(self.index, "reduce_dim", None)
-            ):
-                logger.info(
-                    "migrating the chunk index from %s to %s (%s)", self.index.factory, plan.factory, plan.reason
-                )
-                with self.store.snapshot() as txn:
-                    self._reload(txn)
+        self._grow_if_outgrown()
         _save_index(self.path, self.store, self.index, self._generation)
+
+    def _grow_if_outgrown(self) -> None:
+        """Rebuild an ``"auto"`` index from the store in the structure its size calls for, if that is bigger."""
+        if self.config.index_factory != AUTO_INDEX:
+            return
+        try:
+            plan = self.config.index_plan(len(self.index))
+        except ConfigurationError as exc:  # the parents are stored; never fail a save for the budget
+            logger.warning("%s; keeping the %s index", exc, self.index.factory)
+            return
+        if _growth_key(plan.factory, plan.reduce_dim) > _growth_key(
+            self.index.factory, getattr(self.index, "reduce_dim", None)
+        ):
+            logger.info("migrating the chunk index from %s to %s (%s)", self.index.factory, plan.factory, plan.reason)
+            with self.store.snapshot() as txn:
+                self._reload(txn)
 
     def rebuild_index(self) -> None:
         """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``)."""
@@ -666,12 +669,17 @@ class Workspace:
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
-        """Save the index (writer), close the store and release the lock. Idempotent."""
+        """Save the index (writer), close the store and release the lock. Idempotent.
+
+        A writer's index is saved as :meth:`save` saves it: an ``"auto"`` index the collection has outgrown is
+        migrated first, also when this session added nothing (a migration a crash interrupted is done now).
+        """
         if self._closed:
             return
         try:
             if self._lock is not None:
                 self._clean()
+                self._grow_if_outgrown()
                 _save_index(self.path, self.store, self.index, self._generation)
         finally:
             try:

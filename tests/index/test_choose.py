@@ -262,6 +262,25 @@ def test_an_outgrown_index_migrates_at_save_and_stays_searchable(
         assert cs.search(scenes[9][1], top_k=1)[0].parent_id == "p9"
 
 
+def test_a_migration_left_undone_happens_when_a_writer_next_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill during a migration leaves the old index (reliability suite); the next writer session must migrate
+    even if it adds nothing, not keep saving the structure the collection outgrew."""
+    scenes = _scenes(12)
+    with _open(tmp_path / "ws") as cs:  # stands for the interrupted session: stored, still Flat
+        cs.index(scenes)
+        assert cs.info()["index_structure"] == "Flat" and len(cs.chunk_index) >= 500
+    monkeypatch.setattr(choose_module, "FLAT_MAX", 500)
+    with _open(tmp_path / "ws", readonly=True) as reader:  # a reader never rebuilds
+        assert reader.info()["index_structure"] == "Flat"
+    with _open(tmp_path / "ws") as cs:
+        assert cs.info()["index_structure"] == "Flat"  # opening does not rebuild either
+    with _open(tmp_path / "ws", readonly=True) as reader:  # the writer's close did
+        assert reader.info()["index_structure"].startswith("IVF") and reader.verify().ok
+        assert reader.search(scenes[4][1], top_k=1)[0].parent_id == "p4"
+
+
 def test_a_workspace_grows_into_ivf_sq8_with_an_hnsw_quantizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The 10M plan's structure at test size: 2,048 vectors of 512-d in 2 MiB (IVF-Flat needs 4 MiB)."""
     import faiss
