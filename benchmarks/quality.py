@@ -62,6 +62,11 @@ NATURAL_CORAL = ("bird.png", "owl.jpg", "parrot.jpg", "cat.png")
 BACKGROUNDS_SKIMAGE = ("astronaut", "coffee", "rocket", "hubble_deep_field", "chelsea", "immunohistochemistry")
 
 
+#: the verifier's settings until 2026-12-04 (2,000 keypoints of parents shrunk to 1,024 px): the configurations
+#: whose names give no keypoint count were measured with them, and keep them
+SIFT_2000_1024 = functools.partial(GeometricVerifier, max_keypoints=2000, max_side=1024)
+
+
 # ====================================================================== data
 @dataclass(frozen=True)
 class Placement:
@@ -273,6 +278,7 @@ class Config:
     vector_dtype: str = "float32"  # as the store keeps them ("float16": rounded, as a float16 workspace reads them)
     reduce_dim: int | None = None  # the index projects vectors to this many dimensions (ChunkIndex(reduce_dim=))
     rescore: bool = True  # hits of an index with approximate scores are re-scored with the exact vectors, as shipped
+    refine_verified: bool = True  # refine queries whose best match is verified too (search_parents(refine_verified=))
 
 
 class VectorCache:
@@ -408,6 +414,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             verifier=verifier,
             load_features=local.get,
             exact_vectors=exact if config.rescore and not index.scores_exact else None,
+            refine_verified=config.refine_verified,
         )
         latencies.append(query_encode + time.perf_counter() - start)
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
@@ -521,14 +528,14 @@ def default_configs() -> list[Config]:
             "lite0-regions",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
-            verifier=GeometricVerifier,
+            verifier=SIFT_2000_1024,
         ),
         Config(
             "lite0 regions (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3",
             "lite0-regions",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
-            verifier=GeometricVerifier,
+            verifier=SIFT_2000_1024,
             refiner=RegionRefiner,
         ),
         Config(
@@ -536,7 +543,7 @@ def default_configs() -> list[Config]:
             "lite0",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
-            verifier=GeometricVerifier,
+            verifier=SIFT_2000_1024,
             refiner=RegionRefiner,
         ),
         Config(
@@ -545,7 +552,7 @@ def default_configs() -> list[Config]:
             "lite0",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
-            verifier=functools.partial(GeometricVerifier, min_inliers=20),
+            verifier=functools.partial(GeometricVerifier, max_keypoints=2000, max_side=1024, min_inliers=20),
             refiner=RegionRefiner,
             vector_dtype="float16",
         ),
@@ -554,9 +561,56 @@ def default_configs() -> list[Config]:
             "lite0",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
-            verifier=GeometricVerifier,
+            verifier=SIFT_2000_1024,
             refiner=RegionRefiner,
             vector_dtype="float16",
+        ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, no refiner, float16 vectors",
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=SIFT_2000_1024,
+            vector_dtype="float16",
+        ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3 unless verified, float16 vectors",
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=SIFT_2000_1024,
+            refiner=RegionRefiner,
+            vector_dtype="float16",
+            refine_verified=False,
+        ),
+        *(
+            Config(
+                f"lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, {kp} keypoints at {side} px), "
+                f"{refine}, float16 vectors"
+                + (" (default)" if (kp, side, refine) == (4000, 1600, "refine top 3 unless verified") else ""),
+                "lite0",
+                tiles((0.5, 0.25, 0.18)),
+                box="fusion",
+                verifier=functools.partial(GeometricVerifier, max_keypoints=kp, max_side=side),
+                refiner=None if refine == "no refiner" else RegionRefiner,
+                vector_dtype="float16",
+                refine_verified=refine == "refine top 3",
+            )
+            for kp, side in ((4000, 1024), (4000, 1600), (2000, 1600))
+            for refine in ("refine top 3", "refine top 3 unless verified", "no refiner")
+        ),
+        *(
+            Config(
+                "lite0 regions (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, verify top 10 "
+                f"(sift, 4000 keypoints at 1600 px), {refine}",
+                "lite0-regions",
+                tiles((0.5, 0.25, 0.18)),
+                box="fusion",
+                verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
+                refiner=None if refine == "no refiner" else RegionRefiner,
+                refine_verified=False,
+            )
+            for refine in ("refine top 3 unless verified", "no refiner")
         ),
         *(
             Config(
@@ -578,7 +632,7 @@ def default_configs() -> list[Config]:
                 "lite0",
                 tiles((0.5, 0.25, 0.18)),
                 box="fusion",
-                verifier=GeometricVerifier,
+                verifier=SIFT_2000_1024,
                 refiner=RegionRefiner,
                 vector_dtype="float16",
                 reduce_dim=d,

@@ -3,7 +3,8 @@
 Same photo (1024x768), same boxes (the default ``whole+tiles(.5,.25,.18)`` segmenter, ~140 boxes), same
 pretrained EfficientNet-Lite0 weights; the crop path is ``efficientnet-lite0`` (each crop resized to 224 px),
 the region path ``efficientnet-lite0-regions`` (one pass at 1024 px on the long side, GeM per box). Also the
-geometric verifier's per-parent extraction (SIFT, 2,000 keypoints), the other indexing cost it adds.
+geometric verifier's per-parent extraction (SIFT, 4,000 keypoints; and its settings before and after 2026-12-04 on
+a 1600x1200 parent), the other indexing cost it adds.
 
 The same comparison for CLIP ViT-B/32 (``clip`` vs ``clip-regions``: one pass at 448 px, the last layer's
 attention restricted to each box), with random weights of the real architecture: no pretrained CLIP can be
@@ -63,6 +64,23 @@ def test_sift_extraction(benchmark, scene) -> None:  # type: ignore[no-untyped-d
     features = LocalFeatures.from_bytes(blob)
     assert 500 <= len(features.points) <= verifier.max_keypoints
     assert np.isfinite(features.descriptors).all()
+    benchmark.extra_info["bytes"] = len(blob)
+
+
+@pytest.mark.benchmark(group="sift-settings")
+@pytest.mark.parametrize(
+    ("keypoints", "side"), [(2000, 1024), (4000, 1600)], ids=["2000-at-1024 (before)", "4000-at-1600 (default)"]
+)
+def test_sift_extraction_by_settings(benchmark, keypoints: int, side: int) -> None:  # type: ignore[no-untyped-def]
+    """A 1600x1200 parent (the quality benchmark's parents are 1000-1600 px): the old and new stored-feature
+    settings, side by side."""
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut()).convert("RGB").resize((1600, 1200))
+    verifier = GeometricVerifier(max_keypoints=keypoints, max_side=side)
+    blob = benchmark.pedantic(verifier.extract, args=(image,), rounds=5, iterations=1, warmup_rounds=1)
+    features = LocalFeatures.from_bytes(blob)
+    assert keypoints // 2 <= len(features.points) <= keypoints and features.size == (1600, 1200)
     benchmark.extra_info["bytes"] = len(blob)
 
 

@@ -136,6 +136,8 @@ def test_a_workspace_with_a_verifier_from_the_command_line(
     assert "astronaut.png" in first and "verified (" in first
     assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--json", "--no-verify", "--device", "cpu"]) == 0
     assert all(r["inliers"] is None for r in json.loads(capsys.readouterr().out))
+    assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--json", "--refine-verified", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["inliers"] is not None
 
 
 def test_index_structure_and_budget_from_the_command_line(

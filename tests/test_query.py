@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -153,3 +154,61 @@ def test_approximate_scores_are_replaced_by_exact_ones(rng: np.random.Generator)
     for a, b in zip(exact, rescored, strict=True):  # the same parents, order and (float16-close) scores as exact
         assert [m.parent_id for m in a] == [m.parent_id for m in b]
         np.testing.assert_allclose([m.score for m in a], [m.score for m in b], atol=2e-3)
+
+
+class VerifiesSome:
+    """A verifier that confirms the best match of the queries whose index is in ``confirm``."""
+
+    name = "verifies-some"
+
+    def __init__(self, confirm: set[int], queries: list[Query]) -> None:
+        self.confirm = {id(queries[i]) for i in confirm}
+
+    def extract(self, image: object) -> bytes:
+        return b""
+
+    def verify(self, query: Query, matches: Any, features: Any) -> list[Any]:
+        if id(query) not in self.confirm or not matches:
+            return list(matches)
+        best = dataclasses.replace(matches[0], inliers=40, score=matches[0].score + 1.0)
+        return [best, *matches[1:]]
+
+
+class CountingRefiner:
+    """Records the parents it is asked to refine; re-scores them in reverse order."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def refine(self, query: Query, matches: Any, load: Any) -> list[Any]:
+        self.calls.append([m.parent_id for m in matches])
+        return [dataclasses.replace(m, score=0.5 - 0.01 * i) for i, m in enumerate(reversed(matches))]
+
+
+@pytest.mark.parametrize("refine_verified", [True, False])
+def test_queries_settled_by_the_verifier_skip_the_refiner_unless_asked(
+    alike: dict[str, Any], refine_verified: bool
+) -> None:
+    queries = alike["queries"][:6]
+    refiner = CountingRefiner()
+    results = search_parents(
+        queries,
+        4,
+        index=alike["index"],
+        records=_lookup(alike["records"]),
+        parents=alike["parents"],
+        ranker=ParentRanker(),
+        verifier=VerifiesSome({1, 4}, queries),
+        load_features=lambda parent_id: b"",
+        refiner=refiner,
+        load_parent=lambda parent_id: None,
+        refine_verified=refine_verified,
+    )
+    assert len(refiner.calls) == (6 if refine_verified else 4)  # queries 1 and 4 have a verified best match
+    for i, matches in enumerate(results):
+        assert len(matches) == 4
+        if i in (1, 4):  # the verified match first either way; the rest refined only when asked
+            assert matches[0].inliers == 40 and all(m.inliers is None for m in matches[1:])
+            assert all(m.score == 0.5 - 0.01 * j for j, m in enumerate(matches[1:])) is refine_verified
+        else:  # refined: the refiner's order
+            assert [m.score for m in matches] == [0.5 - 0.01 * j for j in range(4)]

@@ -15,7 +15,8 @@ from crossscale import (
     CrossScaleSearch,
     WorkspaceMismatchError,
 )
-from crossscale.rank import VERIFIED_BONUS, GeometricVerifier
+from crossscale.encode import ColorHistogramEncoder
+from crossscale.rank import VERIFIED_BONUS, GeometricVerifier, list_verifiers
 
 
 def _open(path: Path, **kw: object) -> CrossScaleSearch:
@@ -39,7 +40,7 @@ def test_verified_matches_come_first_with_exact_boxes(tmp_path: Path, scenes) ->
     parents, query, region = scenes
     with _open(tmp_path / "ws", verifier="sift", verifier_kwargs={"max_keypoints": 800}) as cs:
         cs.index(list(parents.items()))
-        assert cs.store.local_count() == 3 and cs.info()["verifier"] == "sift(keypoints=800,side=1024)"
+        assert cs.store.local_count() == 3 and cs.info()["verifier"] == "sift(keypoints=800,side=1600)"
         [best, *rest] = cs.search(query, top_k=3)
         assert best.parent_id == "scene" and best.inliers is not None and best.score > VERIFIED_BONUS
         assert best.box.iou(region) > 0.9 and all(m.inliers is None and m.score <= 1 for m in rest)
@@ -49,7 +50,48 @@ def test_verified_matches_come_first_with_exact_boxes(tmp_path: Path, scenes) ->
         cs.delete("scene")
         assert cs.store.local_count() == 2 and cs.verify().ok
     config = json.loads((tmp_path / "ws" / "workspace.json").read_text())
-    assert config["format"] == 2 and config["verifier"]["spec"] == {"name": "sift", "kwargs": {"max_keypoints": 800}}
+    assert config["format"] == 2 and config["verifier"]["spec"] == {
+        "name": "sift",
+        "kwargs": {"max_keypoints": 800, "max_side": 1600},  # what was asked, and the defaults the features depend on
+    }
+
+
+def test_reopening_rebuilds_the_recorded_settings_after_the_defaults_change(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _open(tmp_path / "ws", encoder="color-histogram", verifier="sift") as cs:
+        cs.index([("c", photos["coffee"])])
+        built_with = cs.verifier.name if cs.verifier is not None else None
+    assert built_with == "sift(keypoints=4000,side=1600)"
+    # a later crossscale with other defaults, for the verifier and for the encoder
+    monkeypatch.setitem(GeometricVerifier.__init__.__kwdefaults__, "max_keypoints", 2500)
+    monkeypatch.setattr(ColorHistogramEncoder.__init__, "__defaults__", (4, 64, 256, "cpu"))
+    assert GeometricVerifier().name != built_with and ColorHistogramEncoder().name != "color-histogram(8)"
+    with CrossScaleSearch.open(tmp_path / "ws", progress=False, device="cpu", refine=False) as cs:
+        assert cs.verifier is not None and cs.verifier.name == built_with and cs.encoder.name == "color-histogram(8)"
+        assert cs.search(photos["coffee"], top_k=1)[0].inliers is not None
+    # naming the recorded stages again (no kwargs) means the same stages
+    with _open(tmp_path / "ws", encoder="color-histogram", verifier="sift", readonly=True) as cs:
+        assert cs.verifier is not None and cs.verifier.name == built_with and cs.encoder.name == "color-histogram(8)"
+    with pytest.raises(WorkspaceMismatchError, match="local features of verifier"):
+        _open(tmp_path / "ws", verifier="sift", verifier_kwargs={"max_keypoints": 10})
+
+
+def test_settings_a_factory_does_not_take_are_not_recorded(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    """A factory registered by a user that builds a GeometricVerifier with fixed arguments: reopening must call it
+    with nothing it does not take."""
+    from crossscale.rank import register_verifier, verifier_keywords
+
+    name = "sift-fixed-for-test"
+    if name not in list_verifiers():
+        register_verifier(name)(lambda: GeometricVerifier(max_keypoints=500))
+    assert verifier_keywords(name) == frozenset() and verifier_keywords("sift") is not None
+    with _open(tmp_path / "ws", verifier=name) as cs:
+        cs.index([("c", photos["coffee"])])
+    config = json.loads((tmp_path / "ws" / "workspace.json").read_text())
+    assert config["verifier"]["spec"] == {"name": name, "kwargs": {}}
+    with CrossScaleSearch.open(tmp_path / "ws", progress=False, device="cpu", refine=False, readonly=True) as cs:
+        assert cs.verifier is not None and cs.verifier.name == "sift(keypoints=500,side=1600)"
 
 
 def test_reopening_rebuilds_the_recorded_verifier_and_verification_can_be_skipped(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
@@ -125,7 +167,7 @@ def test_a_verifier_object_must_have_its_members(tmp_path: Path) -> None:
         _open(tmp_path / "ws2", verifier="orb")
 
 
-def test_verified_matches_are_not_refined_but_the_rest_are(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
+def test_verified_matches_are_not_refined_but_the_rest_are_when_asked(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
     parents, query, _ = scenes
     refined: list[list[str]] = []
 
@@ -134,8 +176,34 @@ def test_verified_matches_are_not_refined_but_the_rest_are(tmp_path: Path, scene
             refined.append([m.parent_id for m in matches])
             return list(matches)
 
-    with _open(tmp_path / "ws", verifier="sift", refine=Spy()) as cs:
+    with _open(tmp_path / "ws", verifier="sift", refine=Spy(), refine_verified=True) as cs:
         cs.index(list(parents.items()))
         out = cs.search(query, top_k=3)
     assert out[0].parent_id == "scene" and refined == [[m.parent_id for m in out[1:]]]
     assert np.isfinite([m.score for m in out]).all()
+
+
+class _CountingRefiner:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def refine(self, query: object, matches: list[object], load: object) -> list[object]:
+        self.calls += 1
+        return list(matches)
+
+
+def test_a_verified_search_skips_the_refiner_unless_asked(tmp_path: Path, scenes) -> None:  # type: ignore[no-untyped-def]
+    parents, query, region = scenes
+    with _open(tmp_path / "ws", verifier="sift") as cs:
+        cs.index(list(parents.items()))
+    refiner = _CountingRefiner()
+    with _open(tmp_path / "ws", refine=refiner, refine_verified=False, readonly=True) as cs:
+        best = cs.search(query, top_k=3)[0]
+        assert best.inliers is not None and best.box.iou(region) > 0.9 and refiner.calls == 0
+        flat = Image.new("RGB", (90, 60), (200, 30, 30))  # no keypoints: nothing verified, so it is refined
+        assert all(m.inliers is None for m in cs.search(flat, top_k=3)) and refiner.calls == 1
+        cs.refine_verified = True
+        cs.search(query, top_k=3)
+        assert refiner.calls == 2
+    with pytest.raises(ConfigurationError, match="refine_verified must be True or False"):
+        _open(tmp_path / "ws", refine_verified="yes")

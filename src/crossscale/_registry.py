@@ -52,6 +52,17 @@ class Registry(Generic[T]):
             raise ConfigurationError(f"unknown {self.kind} {name!r}{hint} Known: {', '.join(self.names())}")
         return self._factories[key]
 
+    def keywords(self, name: str) -> frozenset[str] | None:
+        """The keyword arguments the factory registered as ``name`` takes; ``None`` if it takes any (``**kwargs``)
+        or its signature cannot be read."""
+        try:
+            parameters = inspect.signature(self.factory(name)).parameters.values()
+        except ValueError:
+            return None
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return None
+        return frozenset(p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
     def create(self, name: str, **kwargs: object) -> T:
         """Build the component registered as ``name`` with ``kwargs``."""
         factory = self.factory(name)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossscale.encode import create_encoder
+from crossscale.encode import create_encoder, encoder_keywords
 from crossscale.errors import ConfigurationError, WorkspaceMismatchError
 from crossscale.index import is_milvus_factory, parse_memory, parse_milvus_factory
 from crossscale.ingest import json_ready
 from crossscale.protocols import Encoder, Segmenter, Verifier, check_stage
-from crossscale.rank import create_verifier
+from crossscale.rank import create_verifier, verifier_keywords
 from crossscale.segment import create_segmenter
 from crossscale.workspace import AUTO_INDEX, ComponentSpec, WorkspaceConfig, new_config
 
@@ -41,11 +41,22 @@ class StageKind:
     default: str | None
     create: Callable[[str, str, Mapping[str, Any]], Any]  # (name, device, kwargs) -> stage
     protocol: type
+    keywords: Callable[[str], frozenset[str] | None]  # the keyword arguments the factory of a name takes (None: any)
 
 
-ENCODERS = StageKind("encoder", DEFAULT_ENCODER, lambda n, d, kw: create_encoder(n, device=d, **kw), Encoder)
-SEGMENTERS = StageKind("segmenter", DEFAULT_SEGMENTER, lambda n, d, kw: create_segmenter(n, device=d, **kw), Segmenter)
-VERIFIERS = StageKind("verifier", DEFAULT_VERIFIER, lambda n, d, kw: create_verifier(n, **kw), Verifier)
+ENCODERS = StageKind(
+    "encoder", DEFAULT_ENCODER, lambda n, d, kw: create_encoder(n, device=d, **kw), Encoder, encoder_keywords
+)
+SEGMENTERS = StageKind(
+    "segmenter",
+    DEFAULT_SEGMENTER,
+    lambda n, d, kw: create_segmenter(n, device=d, **kw),
+    Segmenter,
+    lambda n: frozenset(),  # segmenters record no settings: new images may use another segmenter anyway
+)
+VERIFIERS = StageKind(
+    "verifier", DEFAULT_VERIFIER, lambda n, d, kw: create_verifier(n, **kw), Verifier, verifier_keywords
+)
 
 
 class StageRequest:
@@ -169,15 +180,37 @@ def _resolve_stage(
         if recorded is None or not build_now:
             return None, recorded
         return kind.create(recorded.name, device, recorded.kwargs), recorded
+    as_recorded = isinstance(given, str) and not kwargs and recorded is not None and _same_name(given, recorded.name)
+    if reopening and as_recorded and recorded is not None:  # the name it was built with, no kwargs: as built
+        return kind.create(recorded.name, device, recorded.kwargs), recorded
     if given is None and kind.default is None:
         return None, None
     if given is None or isinstance(given, str):
         name = given or kind.default
         spec = ComponentSpec(str(name), json_ready(dict(kwargs or {}), f"{kind.what}_kwargs"))
-        return kind.create(spec.name, device, spec.kwargs), spec
+        stage = kind.create(spec.name, device, spec.kwargs)
+        return stage, _with_settings(kind, spec, stage)
     if kwargs:
         raise ConfigurationError(f"{kind.what}_kwargs only applies when {kind.what} is given by name")
     return given, None  # checked against kind.protocol by StageRequest
+
+
+def _same_name(given: str, recorded: str) -> bool:
+    """Registry names are case-insensitive and stripped."""
+    return given.strip().lower() == recorded.strip().lower()
+
+
+def _with_settings(kind: StageKind, spec: ComponentSpec, stage: object) -> ComponentSpec:
+    """``spec`` with the stage's own ``settings`` (the arguments its identity depends on, defaults included) that
+    its factory takes, so that reopening rebuilds the same stage even after a default changes."""
+    settings = getattr(stage, "settings", None)
+    if not isinstance(settings, Mapping) or not settings:
+        return spec
+    takes = kind.keywords(spec.name)
+    kept = {k: v for k, v in settings.items() if takes is None or k in takes}
+    if not kept:
+        return spec
+    return ComponentSpec(spec.name, {**spec.kwargs, **json_ready(kept, f"{kind.what} settings")})
 
 
 def _check_compatible(

@@ -70,6 +70,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         progress=False,
         refine=not args.no_refine,
         verify_matches=not args.no_verify,
+        refine_verified=args.refine_verified,
     ) as cs:
         if args.text is not None:
             matches = cs.search_text(args.text, top_k=args.top_k, min_score=args.min_score)
@@ -194,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/benchmarks.md)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the workspace's geometric verification")
+    p.add_argument(
+        "--refine-verified",
+        action="store_true",
+        help="refine a search even when its best match was verified (slower; only the matches below it change)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--show", metavar="PNG", help="also draw the query and the ranked parents with their boxes into this image"

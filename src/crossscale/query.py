@@ -166,6 +166,7 @@ def search_parents(
     load_features: FeatureLoader | None = None,
     parents: ChunkParents | None = None,
     exact_vectors: VectorLookup | None = None,
+    refine_verified: bool = False,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
@@ -196,6 +197,9 @@ def search_parents(
             it, every search's hits are scored again against them and re-sorted before ranking: for an index
             whose scores are approximate (projected vectors, SQ8 or PQ codes), so that candidates it found are
             ordered, and scored, by their true cosines.
+        refine_verified: also refine the queries whose best match the verifier confirmed (their unverified matches,
+            which rank below it whatever the refiner finds). ``False`` (default): the refiner runs only for queries
+            with no verified match, so a settled query costs no extra encoder pass.
 
     Raises:
         ConfigurationError: a bad ``top_k`` or ``min_score``, or a refiner without ``load_parent``.
@@ -242,7 +246,8 @@ def search_parents(
             matches = verifier.verify(query, matches, load_features)
         if refiner is not None and load_parent is not None:
             verified = [m for m in matches if m.inliers is not None]  # exact boxes, ranked first: nothing to refine
-            matches = verified + refiner.refine(query, [m for m in matches if m.inliers is None], load_parent)
+            if refine_verified or not verified:
+                matches = verified + refiner.refine(query, [m for m in matches if m.inliers is None], load_parent)
         if min_score is not None:
             matches = [m for m in matches if m.score >= min_score]
         results.append(matches)

@@ -177,7 +177,7 @@ def test_bad_settings_are_named(kw: dict[str, object], message: str) -> None:
 
 def test_built_by_name_and_satisfies_the_protocol() -> None:
     verifier = create_verifier("sift", max_keypoints=500)
-    assert isinstance(verifier, Verifier) and verifier.name == "sift(keypoints=500,side=1024)"
+    assert isinstance(verifier, Verifier) and verifier.name == "sift(keypoints=500,side=1600)"
     assert "top_n=10" in repr(verifier)
 
 

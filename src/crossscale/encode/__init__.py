@@ -41,6 +41,7 @@ __all__ = [
     "embed",
     "embed_regions",
     "embed_text",
+    "encoder_keywords",
     "l2_normalize",
     "list_encoders",
     "register_encoder",
@@ -66,6 +67,15 @@ def register_encoder(name: str) -> Callable[[Callable[..., Encoder]], Callable[.
 def list_encoders() -> list[str]:
     """Names :func:`create_encoder` knows."""
     return _REGISTRY.names()
+
+
+def encoder_keywords(name: str) -> frozenset[str] | None:
+    """The keyword arguments ``create_encoder(name, ...)`` takes; ``None`` if it takes any.
+
+    Raises:
+        ConfigurationError: unknown name.
+    """
+    return _REGISTRY.keywords(name)
 
 
 def create_encoder(name: str, **kwargs: Any) -> Encoder:

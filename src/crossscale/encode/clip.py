@@ -191,6 +191,12 @@ class CLIPEncoder(TorchImageEncoder):
                 parts.append(_features(self.model.get_text_features(**tokens)).float().cpu().numpy())
         return l2_normalize(np.concatenate(parts, axis=0))
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The arguments its vectors depend on; a workspace records them, so that reopening it loads this checkpoint
+        even if the default changes."""
+        return {"name_or_path": self.name_or_path}
+
     def __repr__(self) -> str:
         return f"CLIPEncoder({self.name_or_path!r}, device={str(self.device)!r}, batch_size={self.batch_size})"
 

@@ -103,6 +103,11 @@ class CLIPRegionEncoder(CLIPEncoder):
         pixels = self._normalise(rgb, (cols * self.patch_size, rows * self.patch_size))
         return torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous().to(self.device, dtype=self.dtype)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The arguments its vectors depend on (recorded by a workspace, as for :class:`CLIPEncoder`)."""
+        return {"name_or_path": self.name_or_path, "map_size": self.map_size}
+
     def encode_regions(self, image: Image.Image, boxes: Sequence[Box]) -> np.ndarray:
         """One vector per box of ``image``, from one pass at ``map_size``; unit float32 rows ``(len(boxes), dim)``.
 

@@ -187,6 +187,12 @@ class FeatureMapEncoder(TorchImageEncoder):
             pooled = gem_pool_boxes(feature_map, boxes, scale, self.p)
         return l2_normalize(pooled.cpu().numpy())
 
+    @property
+    def settings(self) -> dict[str, float]:
+        """The arguments its vectors depend on; a workspace records them, so that reopening it rebuilds this encoder
+        even if the defaults change."""
+        return {"map_size": self.map_size, "query_size": self.query_size, "p": self.p}
+
     def __repr__(self) -> str:
         return f"FeatureMapEncoder(name={self.name!r}, dim={self.dim}, device={str(self.device)!r})"
 

@@ -42,6 +42,11 @@ class ColorHistogramEncoder:
     def dim(self) -> int:
         return self.bins**3
 
+    @property
+    def settings(self) -> dict[str, int]:
+        """The arguments its vectors depend on (recorded by a workspace)."""
+        return {"bins": self.bins, "size": self.size}
+
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One histogram row per image."""
         out = np.zeros((len(images), self.dim), dtype=np.float32)

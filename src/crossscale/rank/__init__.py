@@ -34,6 +34,15 @@ def list_verifiers() -> list[str]:
     return _VERIFIERS.names()
 
 
+def verifier_keywords(name: str) -> frozenset[str] | None:
+    """The keyword arguments ``create_verifier(name, ...)`` takes; ``None`` if it takes any.
+
+    Raises:
+        ConfigurationError: unknown name.
+    """
+    return _VERIFIERS.keywords(name)
+
+
 def create_verifier(name: str, **kwargs: Any) -> Verifier:
     """Build the verifier registered as ``name`` (``"sift"``: :class:`GeometricVerifier`) with ``kwargs``.
 
@@ -62,4 +71,5 @@ __all__ = [
     "create_verifier",
     "list_verifiers",
     "register_verifier",
+    "verifier_keywords",
 ]

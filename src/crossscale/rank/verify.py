@@ -89,8 +89,11 @@ class GeometricVerifier:
     unflipped quadrilateral of sensible size that overlaps the parent.
 
     Args:
-        max_keypoints: keypoints kept per parent (the strongest); each costs 136 bytes stored.
-        max_side: parents are shrunk to this long side before extraction.
+        max_keypoints: keypoints kept per parent (the strongest); each costs 136 bytes stored (~340 KB per parent
+            on the quality benchmark's photos at the defaults).
+        max_side: parents are shrunk to this long side before extraction. The defaults (4,000 at 1,600 px; they
+            were 2,000 at 1,024) found 1-2 more small objects per seed on the quality benchmark, and lost none
+            (docs/benchmarks.md); a workspace records the settings it was built with.
         query_max_side: queries are shrunk to this long side.
         top_n: how many of the best matches are checked per query.
         min_inliers: correspondences a verified match needs. Unrelated pairs reached 10-14 by chance in the
@@ -103,8 +106,8 @@ class GeometricVerifier:
     def __init__(
         self,
         *,
-        max_keypoints: int = 2000,
-        max_side: int = 1024,
+        max_keypoints: int = 4000,
+        max_side: int = 1600,
         query_max_side: int = 512,
         top_n: int = 10,
         min_inliers: int = 15,
@@ -124,6 +127,12 @@ class GeometricVerifier:
     def name(self) -> str:
         """Identity recorded in a workspace: the stored keypoints depend on these settings."""
         return f"sift(keypoints={self.max_keypoints},side={self.max_side})"
+
+    @property
+    def settings(self) -> dict[str, int]:
+        """The arguments the stored keypoints depend on; a workspace records them, so that reopening it rebuilds this
+        verifier even if the defaults change."""
+        return {"max_keypoints": self.max_keypoints, "max_side": self.max_side}
 
     def __repr__(self) -> str:
         return (
