@@ -187,7 +187,7 @@ class CrossScaleSearch:
             refine_verified: ``False`` (default): skip the refiner for a query whose best match the verifier
                 confirmed: its box is exact and it ranks first whatever the refiner finds, so only the order and
                 boxes of the unverified matches below it would change. On the quality benchmark every figure was
-                the same as refining every search, at 1/16-1/20 of its median query time (docs/benchmarks.md).
+                the same as refining every search, at 1/13-1/17 of its median query time (docs/benchmarks.md).
                 ``True``: refine every search.
 
         Raises:
