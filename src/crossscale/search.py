@@ -172,10 +172,10 @@ class CrossScaleSearch:
             progress: show tqdm progress bars.
             max_pixels: images with more pixels are refused (decompression-bomb guard).
             map_size: initial LMDB map size in bytes; it doubles whenever a write needs more.
-            refine: ``True`` (default): re-score the top parents of each search with crops at the query's shape
-                and grow each box to the match's extent (:class:`~crossscale.rank.RegionRefiner`; better order
-                and boxes for some 60 more encoder passes per query, see docs/benchmarks.md). ``False``: the
-                fastest searches. Or any :class:`~crossscale.protocols.Refiner`, e.g. a tuned ``RegionRefiner``.
+            refine: ``True`` (default): re-score the top parents of each search that verification did not settle
+                (see ``refine_verified``) with crops at the query's shape and grow each box to the match's extent
+                (:class:`~crossscale.rank.RegionRefiner`; better order and boxes for some 60 more encoder passes
+                per such query, see docs/benchmarks.md). ``False``: the fastest searches. Or any :class:`~crossscale.protocols.Refiner`, e.g. a tuned ``RegionRefiner``.
             verifier: for a new workspace, a :class:`~crossscale.protocols.Verifier` or a name for
                 :func:`~crossscale.rank.create_verifier` (``"sift"``: :class:`~crossscale.rank.GeometricVerifier`):
                 it keeps local features of each parent when indexing (~340 KB per parent for ``"sift"``), and
