@@ -175,7 +175,8 @@ class CrossScaleSearch:
             refine: ``True`` (default): re-score the top parents of each search that verification did not settle
                 (see ``refine_verified``) with crops at the query's shape and grow each box to the match's extent
                 (:class:`~crossscale.rank.RegionRefiner`; better order and boxes for some 60 more encoder passes
-                per such query, see docs/benchmarks.md). ``False``: the fastest searches. Or any :class:`~crossscale.protocols.Refiner`, e.g. a tuned ``RegionRefiner``.
+                per such query, see docs/benchmarks.md). ``False``: the fastest searches. Or any
+                :class:`~crossscale.protocols.Refiner`, e.g. a tuned ``RegionRefiner``.
             verifier: for a new workspace, a :class:`~crossscale.protocols.Verifier` or a name for
                 :func:`~crossscale.rank.create_verifier` (``"sift"``: :class:`~crossscale.rank.GeometricVerifier`):
                 it keeps local features of each parent when indexing (~340 KB per parent for ``"sift"``), and
@@ -185,9 +186,10 @@ class CrossScaleSearch:
             verify_matches: use the workspace's verifier when searching (``False``: skip it; indexing still keeps
                 the local features).
             refine_verified: ``False`` (default): skip the refiner for a query whose best match the verifier
-                confirmed: its box is exact and it ranks first whatever the refiner finds, so only the order and
-                boxes of the unverified matches below it would change. On the quality benchmark every figure was
-                the same as refining every search, at 1/13-1/17 of its median query time (docs/benchmarks.md).
+                confirmed: its box is exact and it ranks first whatever the refiner finds, so only the order, scores
+                and boxes of the unverified matches below it would change (a ``min_score`` then sees their
+                unrefined scores). On the quality benchmark every figure was the same as refining every search, at
+                1/13-1/17 of its median query time (docs/benchmarks.md).
                 ``True``: refine every search.
 
         Raises:
