@@ -556,37 +556,11 @@ def default_configs() -> list[Config]:
             refiner=RegionRefiner,
             vector_dtype="float16",
         ),
-        Config(
-            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3, float16 vectors",
-            "lite0",
-            tiles((0.5, 0.25, 0.18)),
-            box="fusion",
-            verifier=SIFT_2000_1024,
-            refiner=RegionRefiner,
-            vector_dtype="float16",
-        ),
-        Config(
-            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, no refiner, float16 vectors",
-            "lite0",
-            tiles((0.5, 0.25, 0.18)),
-            box="fusion",
-            verifier=SIFT_2000_1024,
-            vector_dtype="float16",
-        ),
-        Config(
-            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10, refine top 3 unless verified, float16 vectors",
-            "lite0",
-            tiles((0.5, 0.25, 0.18)),
-            box="fusion",
-            verifier=SIFT_2000_1024,
-            refiner=RegionRefiner,
-            vector_dtype="float16",
-            refine_verified=False,
-        ),
         *(
             Config(
-                f"lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, {kp} keypoints at {side} px), "
-                f"{refine}, float16 vectors"
+                "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10"
+                + ("" if (kp, side) == (2000, 1024) else f" (sift, {kp} keypoints at {side} px)")
+                + f", {refine}, float16 vectors"
                 + (" (default)" if (kp, side, refine) == (4000, 1600, "refine top 3 unless verified") else ""),
                 "lite0",
                 tiles((0.5, 0.25, 0.18)),
@@ -596,7 +570,7 @@ def default_configs() -> list[Config]:
                 vector_dtype="float16",
                 refine_verified=refine == "refine top 3",
             )
-            for kp, side in ((4000, 1024), (4000, 1600), (2000, 1600))
+            for kp, side in ((2000, 1024), (4000, 1024), (4000, 1600), (2000, 1600))
             for refine in ("refine top 3", "refine top 3 unless verified", "no refiner")
         ),
         *(
