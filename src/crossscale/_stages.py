@@ -17,6 +17,7 @@ from typing import Any
 from crossscale.encode import create_encoder, encoder_keywords
 from crossscale.errors import ConfigurationError, WorkspaceMismatchError
 from crossscale.index import is_milvus_factory, parse_memory, parse_milvus_factory
+from crossscale.index.choose import check_reduce_dim
 from crossscale.ingest import json_ready
 from crossscale.protocols import Encoder, Segmenter, Verifier, check_stage
 from crossscale.rank import create_verifier, verifier_keywords
@@ -81,9 +82,7 @@ class StageRequest:
         self.index_factory, self.readonly, self.device, self.path = index_factory, readonly, device, path
         self.max_memory = parse_memory(max_memory) if max_memory is not None else None
         self.vector_dtype = vector_dtype
-        bad_reduce = isinstance(reduce_dim, bool) or not isinstance(reduce_dim, int) or reduce_dim < 1
-        if reduce_dim is not None and bad_reduce:
-            raise ConfigurationError(f"reduce_dim must be a positive int or None, got {reduce_dim!r}")
+        check_reduce_dim(reduce_dim, None)  # the encoder's dim is checked against once it is built
         self.reduce_dim = reduce_dim
         self.built: dict[StageKind, Any] = {}
 

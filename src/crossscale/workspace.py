@@ -545,6 +545,10 @@ class Workspace:
         point leaves the old index, which opening catches up from the store.
         """
         self.check_open(write=True)
+        self._write_index()
+
+    def _write_index(self) -> None:
+        """Bring the index up to date with the store, migrate it if outgrown, and write its file."""
         self._clean()
         self._grow_if_outgrown()
         _save_index(self.path, self.store, self.index, self._generation)
@@ -678,9 +682,7 @@ class Workspace:
             return
         try:
             if self._lock is not None:
-                self._clean()
-                self._grow_if_outgrown()
-                _save_index(self.path, self.store, self.index, self._generation)
+                self._write_index()
         finally:
             try:
                 self.store.close()

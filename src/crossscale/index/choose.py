@@ -169,8 +169,9 @@ def choose_index(
     )
 
 
-def check_reduce_dim(reduce_dim: object, dim: int) -> None:
-    """Refuse a ``reduce_dim`` that is not ``None`` or an int in ``[1, dim)``.
+def check_reduce_dim(reduce_dim: object, dim: int | None) -> None:
+    """Refuse a ``reduce_dim`` that is not ``None`` or an int in ``[1, dim)`` (``dim=None``: not yet known, any
+    positive int).
 
     Raises:
         ConfigurationError: naming the value and what is wrong.
@@ -179,7 +180,7 @@ def check_reduce_dim(reduce_dim: object, dim: int) -> None:
         return
     if isinstance(reduce_dim, bool) or not isinstance(reduce_dim, int) or reduce_dim < 1:
         raise ConfigurationError(f"reduce_dim must be a positive int or None, got {reduce_dim!r}")
-    if reduce_dim >= dim:
+    if dim is not None and reduce_dim >= dim:
         raise ConfigurationError(f"reduce_dim must be less than the vectors' dimension ({dim}), got {reduce_dim}")
 
 
