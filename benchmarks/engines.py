@@ -42,7 +42,7 @@ from benchmarks.scale import build_index, make_data
 from crossscale.index import ParentMap, choose_index
 from crossscale.query import search_parents
 from crossscale.rank import ParentRanker
-from crossscale.types import Box, ChunkRecord, Query
+from crossscale.types import Box, Chunk, ChunkDetails, ChunkRecord, Query
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +103,10 @@ def deep_overfetch(per_parent: int) -> int:
 
 
 def parent_search(index: Any, parents: ParentMap, parent_name: Callable[[int], str], overfetch: int = 8) -> Search:
-    """The facade's query path over ``index`` and ``parents``, with each chunk's record made from its parent's name
-    (the workspace reads records from LMDB); ``overfetch`` is the ranker's (8, its default: a first search of 80
-    chunks for 10 parents)."""
+    """The facade's query path over ``index`` and ``parents`` (a workspace's parent map holds every chunk's box,
+    kind and label, so no record is read: the batch is folded at once); a record lookup made from each chunk's
+    parent's name is there for the queries the ranker takes alone. ``overfetch`` is the ranker's (8, its default:
+    a first search of 80 chunks for 10 parents)."""
     ranker = ParentRanker(box="best", overfetch=overfetch)
 
     def records(ids: Any) -> dict[int, ChunkRecord]:
@@ -113,7 +114,9 @@ def parent_search(index: Any, parents: ParentMap, parent_name: Callable[[int], s
 
     def search(q: np.ndarray) -> list[list[int]]:
         queries = [Query(v, None) for v in q]
-        found = search_parents(queries, K, index=index, records=records, ranker=ranker, parents=parents)
+        found = search_parents(
+            queries, K, index=index, records=records, ranker=ranker, parents=parents, details=parents.details
+        )
         return [[int(m.parent_id) for m in row] for row in found]
 
     return search
@@ -124,7 +127,10 @@ def crossscale_search(index: Any, parent_of: np.ndarray, overfetch: int = 8) -> 
     n_parents = int(parent_of.max()) + 1
     starts = np.searchsorted(parent_of, np.arange(n_parents))
     stops = np.append(starts[1:], len(parent_of))
-    parents = ParentMap.from_parents((f"{p}", range(a, b)) for p, (a, b) in enumerate(zip(starts, stops, strict=True)))
+    parents = ParentMap.from_parents(
+        (f"{p}", range(a, b), ChunkDetails.of([Chunk(BOX, None, "tile")] * (b - a)))
+        for p, (a, b) in enumerate(zip(starts, stops, strict=True))
+    )
     return parent_search(index, parents, lambda i: f"{parent_of[i]}", overfetch)
 
 

@@ -123,6 +123,17 @@ def test_facade_search_batch(benchmark, corpus, facade) -> None:  # type: ignore
 
 
 @pytest.mark.benchmark(group="parent-search")
+def test_facade_search_vectors(benchmark, corpus, facade) -> None:  # type: ignore[no-untyped-def]
+    """The facade from the query vectors, as the raw baselines start: what crossscale adds to faiss, without
+    decoding query images (``search_batch`` above) or an encoder."""
+    cs, _ = facade
+    result = benchmark(cs.search_vectors, corpus["q"], K_PARENTS)
+    expected = [f"p{t // CHUNKS_PER_PARENT:05d}" for t in corpus["targets"]]
+    assert [r[0].parent_id for r in result] == expected
+    assert all(len(r) == K_PARENTS for r in result)
+
+
+@pytest.mark.benchmark(group="parent-search")
 def test_raw_numpy_parents_on_the_facade_faiss_index(benchmark, corpus, facade) -> None:  # type: ignore[no-untyped-def]
     """The raw fold over the very faiss object the facade searches: the difference to the facade is crossscale's
     own work, without two 200 MB indexes' memory placement (±4% here) in the ratio."""
@@ -169,6 +180,13 @@ def test_facade_search_one_query(benchmark, corpus, facade) -> None:  # type: ig
     cs, queries = facade
     result = benchmark(cs.search, queries[0], K_PARENTS)
     assert result[0].parent_id == f"p{corpus['targets'][0] // CHUNKS_PER_PARENT:05d}"
+
+
+@pytest.mark.benchmark(group="parent-search-single")
+def test_facade_search_vectors_one_query(benchmark, corpus, facade) -> None:  # type: ignore[no-untyped-def]
+    cs, _ = facade
+    result = benchmark(cs.search_vectors, corpus["q"][:1], K_PARENTS)
+    assert result[0][0].parent_id == f"p{corpus['targets'][0] // CHUNKS_PER_PARENT:05d}"
 
 
 @pytest.mark.benchmark(group="parent-search-single")

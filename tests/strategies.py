@@ -45,3 +45,36 @@ def tied_hit_lists(draw: st.DrawFn, max_parents: int = 10, max_hits: int = 50) -
     ids = draw(st.permutations(range(n)))
     found = [draw(boxes(max_side=64)) for _ in range(n)]
     return [hit(cid, s / 8, p, box) for cid, s, p, box in zip(ids, scores, parents, found, strict=True)]
+
+
+@st.composite
+def chunk_records(draw: st.DrawFn, max_chunks: int = 40, max_parents: int = 8) -> list[ChunkRecord]:
+    """Records of chunks ``0..n-1`` of a few parents, with boxes on a small grid (so that they overlap), every
+    kind, and labels from a small set (or none)."""
+    n = draw(st.integers(0, max_chunks))
+    kinds: list[ChunkKind] = ["whole", "detection", "tile"]
+    return [
+        ChunkRecord(
+            cid,
+            draw(st.sampled_from([f"p{i}" for i in range(max_parents)])),
+            draw(boxes(max_side=64)),
+            draw(st.sampled_from(kinds)),
+            draw(st.sampled_from([None, "cat", "dog"])),
+        )
+        for cid in range(n)
+    ]
+
+
+@st.composite
+def hit_rows(draw: st.DrawFn, n_chunks: int, width: int, max_rows: int = 5) -> list[list[tuple[int, float]]]:
+    """A batch's hits over chunks ``0..n_chunks-1``: per query, at most ``width`` distinct ``(chunk id, score)``,
+    best first; scores either on a 1/8 grid (ties) or any float32 (mostly distinct)."""
+    grid = draw(st.booleans())
+    score = st.integers(-8, 8).map(lambda s: s / 8) if grid else st.floats(-1.0, 1.0, allow_nan=False, width=32)
+    rows = []
+    for _ in range(draw(st.integers(1, max_rows))):
+        size = draw(st.integers(0, min(width, n_chunks)))
+        ids = draw(st.permutations(range(n_chunks)))[:size]
+        scores = sorted((draw(score) for _ in ids), reverse=True)
+        rows.append(list(zip(ids, scores, strict=True)))
+    return rows

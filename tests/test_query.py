@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from crossscale.errors import ConfigurationError
 from crossscale.index import ChunkIndex, ParentMap
 from crossscale.query import search_parents
 from crossscale.rank import ParentRanker
-from crossscale.types import Box, ChunkRecord, Query
+from crossscale.types import Box, ChunkDetails, ChunkRecord, Query
 
 PARENTS, ALIKE, DIM = 30, 40, 16
 
@@ -212,3 +213,51 @@ def test_queries_settled_by_the_verifier_skip_the_refiner_unless_asked(
             assert all(m.score == 0.5 - 0.01 * j for j, m in enumerate(matches[1:])) is refine_verified
         else:  # refined: the refiner's order
             assert [m.score for m in matches] == [0.5 - 0.01 * j for j in range(4)]
+
+
+def test_with_details_the_batch_is_ranked_at_once_and_no_record_is_read(alike: dict[str, Any]) -> None:
+    """Queries whose first hits hold enough parents come from one batch fold, the others from rank(); either way
+    the matches are those the records give, and no record is read."""
+    records = alike["records"]
+    parents = ParentMap.from_parents(
+        (name, ids, ChunkDetails.of([records[i] for i in ids]))
+        for name, ids in ((f"p{p:02d}", range(p * ALIKE, (p + 1) * ALIKE)) for p in range(PARENTS))
+    )
+    ranker = ParentRanker()
+    calls: list[int] = []
+    batch = ranker.rank_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        out = batch(*args, **kwargs)
+        calls.append(sum(row is not None for row in out))
+        return out
+
+    ranker.rank_batch = counted  # type: ignore[method-assign]
+
+    def no_records(ids: Iterable[int]) -> dict[int, ChunkRecord]:
+        raise AssertionError("a record was read")
+
+    for top_k in (1, 5):
+        common = {"index": alike["index"], "ranker": ranker, "parents": parents}
+        got = search_parents(alike["queries"], top_k, records=no_records, details=parents.details, **common)
+        assert got == search_parents(alike["queries"], top_k, records=_lookup(records), **common)
+    assert calls[0] == len(alike["queries"])  # one parent: the first 8 hits always hold it
+    assert calls[1] < len(alike["queries"])  # five alike parents: most queries need deeper hits, ranked alone
+
+
+def test_a_batch_ranker_that_loses_rows_is_named(alike: dict[str, Any]) -> None:
+    class Lossy(ParentRanker):
+        def rank_batch(self, *args: Any, **kwargs: Any) -> list[Any]:
+            return []
+
+    parents = ParentMap.from_parents((f"p{p:02d}", range(p * ALIKE, (p + 1) * ALIKE)) for p in range(PARENTS))
+    with pytest.raises(ConfigurationError, match=r"Lossy.rank_batch returned 0 rows for 25 queries"):
+        search_parents(
+            alike["queries"],
+            3,
+            index=alike["index"],
+            records=_lookup(alike["records"]),
+            ranker=Lossy(),
+            parents=parents,
+            details=parents.details,
+        )

@@ -23,10 +23,12 @@ from crossscale import (
     WorkspaceMismatchError,
 )
 from crossscale.encode import BackboneEncoder, ColorHistogramEncoder
+from crossscale.errors import VectorError
 from crossscale.index.root_store import NewParent
 from crossscale.query import embed_queries, search_parents
 from crossscale.rank import RegionRefiner
 from crossscale.segment import TileSegmenter
+from crossscale.types import ChunkDetails
 from tests.photos import paste_scene
 
 
@@ -520,6 +522,10 @@ def test_text_search_needs_a_text_tower_and_real_texts(tmp_path: Path, photos: d
             cs.search_text_batch([])  # no text can be searched here, not even none
 
 
+def _no_records(ids: object) -> dict[int, object]:
+    raise AssertionError("a search with chunk details read records")
+
+
 def test_the_parent_map_follows_every_change_and_ranks_as_the_records_do(
     tmp_path: Path, photos: dict[str, Image.Image]
 ) -> None:
@@ -533,7 +539,9 @@ def test_the_parent_map_follows_every_change_and_ranks_as_the_records_do(
             cs.delete(names[0])
             cs.index([(names[0], photos[names[0]].rotate(90, expand=True))])  # saves: the reader must reload
             reader.refresh()
+            assert reader.workspace.chunk_details() is not None
             cs.delete(names[1])  # neither saves: the reader catches these up from the store's log
+            assert reader.workspace.chunk_details() is None  # stale: its searches read records until it refreshes
             image = photos[names[4]]
             vector = cs.encoder.encode([image]).astype(np.float32)
             chunk = Chunk(Box(0, 0, image.width, image.height), None, "whole")
@@ -547,7 +555,46 @@ def test_the_parent_map_follows_every_change_and_ranks_as_the_records_do(
                 with_map = search_parents(queries, 3, parents=ws.parents, **common)  # type: ignore[arg-type]
                 assert with_map == search_parents(queries, 3, **common)  # type: ignore[arg-type]
                 assert all(len(row) == 3 for row in with_map)
+                assert ws.chunk_details() is not None
+                for top_k in (1, 3, 10):  # the whole batch folded at once from the details: not one record read
+                    with_details = search_parents(
+                        queries,
+                        top_k,
+                        parents=ws.parents,
+                        details=ws.parents.details,
+                        **{**common, "records": _no_records},  # type: ignore[arg-type]
+                    )
+                    assert with_details == search_parents(queries, top_k, parents=ws.parents, **common)  # type: ignore[arg-type]
+        ids = list(cs.record(names[3]).chunk_ids)
+        cs.workspace.parents.add(names[3], ids, ChunkDetails.unknown(len(ids)))  # other details: verify says so
+        assert any("1 with other chunk details" in p for p in cs.verify().problems)
         cs.workspace.parents.remove(names[2])  # break it: verify says so
         assert any("parent map disagrees" in p for p in cs.verify().problems)
     with _hist(tmp_path / "ws") as cs:  # rebuilt from the store on open
         assert cs.verify().ok and len(cs.workspace.parents) == 4
+
+
+def test_search_vectors_ranks_embedded_queries_as_search_batch_ranks_their_images(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    names = sorted(photos)
+    with _hist(tmp_path / "ws", verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        crops = [photos[n].crop((20, 30, 220, 180)) for n in names[:3]]
+        vectors = cs.encoder.encode(crops)
+        by_vector = cs.search_vectors(2.5 * vectors, top_k=3)  # any length: rows are normalised
+        assert [list(r) for r in by_vector] == [list(r) for r in cs.search_batch(crops, top_k=3)]
+        assert [r[0].parent_id for r in by_vector] == names[:3]
+        assert by_vector[0][0].image().size == photos[names[0]].size  # attached to the workspace
+        assert by_vector[0].query is None
+        assert cs.search_vectors(vectors[:0], top_k=3) == []
+        with pytest.raises(VectorError, match="dimension 5"):
+            cs.search_vectors(np.ones((1, 5), np.float32))
+        with pytest.raises(VectorError, match="2-D"):
+            cs.search_vectors(vectors[0])
+        with pytest.raises(VectorError, match="NaN"):
+            cs.search_vectors(np.full_like(vectors[:1], np.nan))
+        with pytest.raises(VectorError, match="zero norm"):
+            cs.search_vectors(np.zeros_like(vectors[:1]))
+        with pytest.raises(ConfigurationError, match="top_k"):
+            cs.search_vectors(vectors, top_k=0)

@@ -18,10 +18,12 @@ import numpy as np
 from PIL import Image
 
 from crossscale.errors import ConfigurationError
-from crossscale.types import Box, Chunk, ChunkRecord, Hit, ParentMatch, Query
+from crossscale.types import Box, Chunk, ChunkDetails, ChunkRecord, Hit, ParentMatch, Query
 
 __all__ = [
+    "BatchRanker",
     "ChunkParents",
+    "DetailsLookup",
     "Encoder",
     "FeatureLoader",
     "FetchHits",
@@ -50,6 +52,10 @@ RecordLookup = Callable[[Iterable[int]], Mapping[int, ChunkRecord]]
 
 FeatureLoader = Callable[[str], "bytes | None"]
 """``features(parent_id)`` returns what a :class:`Verifier` extracted from the parent, or ``None``."""
+
+DetailsLookup = Callable[[np.ndarray], ChunkDetails]
+"""``details(chunk_ids)`` (a 1-D int64 array) returns their boxes, kinds and labels in that order, unknown for ids
+it does not know (a workspace's :meth:`~crossscale.index.ParentMap.details`)."""
 
 VectorLookup = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 """``vectors(chunk_ids)`` (an int64 array) returns ``(ids, vectors)`` of the given ids that are stored, in the order
@@ -183,6 +189,29 @@ class Ranker(Protocol):
     def overfetch(self) -> int: ...
 
     def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]: ...
+
+
+@runtime_checkable
+class BatchRanker(Ranker, Protocol):
+    """A :class:`Ranker` that also folds many queries' first hits at once (:class:`~crossscale.rank.ParentRanker`).
+
+    ``rank_batch(scores, chunk_ids, parents, top_k, available=, parent_id=, details=)`` gets 2-D arrays whose row
+    ``r`` holds query ``r``'s first ``min(available, top_k * overfetch)`` hits, best first, with their parent
+    codes (``-1``: padding or no parent). It returns, per query, what ``rank`` would return for it, or ``None``
+    where it needs more hits or a record (the query path then calls ``rank`` for that query).
+    """
+
+    def rank_batch(
+        self,
+        scores: np.ndarray,
+        chunk_ids: np.ndarray,
+        parents: np.ndarray,
+        top_k: int,
+        *,
+        available: int,
+        parent_id: Callable[[int], str],
+        details: DetailsLookup,
+    ) -> list[list[ParentMatch] | None]: ...
 
 
 @runtime_checkable

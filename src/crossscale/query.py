@@ -8,6 +8,7 @@ measured is what ships.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeGuard
 
 import numpy as np
 from PIL import Image
@@ -16,7 +17,9 @@ from crossscale._checks import optional_finite, positive_int
 from crossscale._vectors import embed, l2_normalize
 from crossscale.errors import ConfigurationError
 from crossscale.protocols import (
+    BatchRanker,
     ChunkParents,
+    DetailsLookup,
     Encoder,
     FeatureLoader,
     GroupedVectorIndex,
@@ -47,11 +50,16 @@ def _hits(scores: np.ndarray, ids: np.ndarray, records: RecordLookup) -> list[Hi
 
 
 def _hit_arrays(
-    scores: np.ndarray, ids: np.ndarray, codes: np.ndarray, parents: ChunkParents, records: RecordLookup
+    scores: np.ndarray,
+    ids: np.ndarray,
+    codes: np.ndarray,
+    parents: ChunkParents,
+    records: RecordLookup,
+    details: DetailsLookup | None,
 ) -> HitArrays:
     """Hits of one result row as arrays; padding (-1) and ids of no parent are left out."""
     keep = codes >= 0
-    return HitArrays(scores[keep], ids[keep], codes[keep], parents.parent_id, records)
+    return HitArrays(scores[keep], ids[keep], codes[keep], parents.parent_id, records, details=details)
 
 
 def _distinct_parents(ids: np.ndarray, codes: np.ndarray | None, records: RecordLookup) -> int:
@@ -90,6 +98,15 @@ _Fetched = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 """One search's hits for one query as ``(scores, ids, parent codes or None)``, best first."""
 
 
+class _FirstFetch(NamedTuple):
+    """What :func:`_first_fetch` found: per query, the result of each search made for it, shallowest first; and
+    the first plain search of the whole batch as ``(scores, ids, codes)`` matrices (``None`` after a grouped
+    one, or without a parent map)."""
+
+    fetched: list[list[_Fetched]]
+    first: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+
 def _first_fetch(
     vectors: np.ndarray,
     top_k: int,
@@ -99,9 +116,8 @@ def _first_fetch(
     ranker: Ranker,
     parents: ChunkParents | None,
     records: RecordLookup,
-) -> list[list[_Fetched]]:
-    """The hits each query's ranking starts from, searched for the whole batch at once: per query, the result of
-    each search made for it, shallowest first.
+) -> _FirstFetch:
+    """The hits each query's ranking starts from, searched for the whole batch at once.
 
     A grouped search when the index and the ranker allow it, else ``top_k * overfetch`` chunks per query. Then,
     with a parent map, the queries whose hits hold fewer than ``top_k`` parents (a parent's chunks are alike) are
@@ -110,46 +126,66 @@ def _first_fetch(
     """
     n, available = len(vectors), len(index)
     if available <= 0:
-        return [[] for _ in range(n)]  # nothing to search (the ranker asks for nothing either)
+        return _FirstFetch([[] for _ in range(n)], None)  # nothing to search (the ranker asks for nothing either)
     k = max(1, min(available, top_k * ranker.overfetch))
     group_size = getattr(ranker, "group_size", None)
-    plain: set[int] = set()  # rows whose hits are the top of a plain search (not a grouped one)
-    if isinstance(index, GroupedVectorIndex) and isinstance(group_size, int) and group_size > 0:
+    grouped = False
+    if _is_grouped(index) and isinstance(group_size, int) and group_size > 0:
         scores, ids = index.search_grouped(vectors, top_k, group_size)
+        grouped = True
     else:
         scores, ids = search(vectors, k)
-        plain.update(range(n))
     codes = None if parents is None else parents.parent_codes(ids)
     fetched = [[(scores[r], ids[r], None if codes is None else codes[r])] for r in range(n)]
+    first = None if grouped or codes is None else (scores, ids, codes)
 
-    def search_again(rows: list[int], depth: int, *, replace: bool = False) -> None:
+    def search_again(rows: list[int], depth: int, *, replace: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         more_scores, more_ids = search(vectors[rows], depth)
         more_codes = None if parents is None else parents.parent_codes(more_ids)
         for j, r in enumerate(rows):
             view = (more_scores[j], more_ids[j], None if more_codes is None else more_codes[j])
             fetched[r] = [view] if replace else [*fetched[r], view]
-        plain.update(rows)
+        return more_ids, more_codes
 
-    # a grouped search may return fewer parents than asked although more exist (Milvus Lite does)
-    short = [
-        r for r in range(n) if r not in plain and _distinct_parents(fetched[r][0][1], fetched[r][0][2], records) < top_k
-    ]
-    if short:
-        search_again(short, k, replace=True)
-    if parents is None:
-        return fetched  # counting parents would read every hit's record: the ranker asks for more itself
+    last_rows, last_ids, last_codes = list(range(n)), ids, codes  # the rows of the last plain search, its result
+    if grouped:  # a grouped search may return fewer parents than asked although more exist (Milvus Lite does)
+        last_rows = [r for r in range(n) if _distinct_parents(fetched[r][0][1], fetched[r][0][2], records) < top_k]
+        if last_rows:
+            last_ids, last_codes = search_again(last_rows, k, replace=True)
+    if last_codes is None or not last_rows:
+        return _FirstFetch(fetched, first)  # counting parents would read every hit's record: the ranker asks itself
 
-    def needs_more(r: int) -> bool:
-        _, row_ids, row_codes = fetched[r][-1]
-        full = int((row_ids >= 0).sum()) >= len(row_ids)  # fewer hits than asked: the index has no more
-        return full and _distinct_parents(row_ids, row_codes, records) < top_k
+    def needs_more(rows: list[int], ids: np.ndarray, codes: np.ndarray) -> list[int]:
+        """The rows (of one search) that got all they asked for, yet fewer than ``top_k`` parents."""
+        full = (ids >= 0).all(axis=1)  # fewer hits than asked: the index has no more
+        return [r for r, more in zip(rows, full & (_distinct_per_row(codes) < top_k), strict=True) if more]
 
-    short = [r for r in sorted(plain) if needs_more(r)]
+    short = needs_more(last_rows, last_ids, last_codes)
     while short and k < available:
         k = min(available, 2 * k)
-        search_again(short, k)
-        short = [r for r in short if needs_more(r)]
-    return fetched
+        more_ids, more_codes = search_again(short, k)
+        short = [] if more_codes is None else needs_more(short, more_ids, more_codes)
+    return _FirstFetch(fetched, first)
+
+
+def _ranks_batches(ranker: Ranker) -> TypeGuard[BatchRanker]:
+    """Whether ``ranker`` is a :class:`~crossscale.protocols.BatchRanker` (without a protocol ``isinstance``)."""
+    return callable(getattr(ranker, "rank_batch", None))
+
+
+def _is_grouped(index: VectorIndex) -> TypeGuard[GroupedVectorIndex]:
+    """Whether ``index`` is a :class:`~crossscale.protocols.GroupedVectorIndex` (a protocol ``isinstance`` checks
+    every member, ~20 µs: a search asks this per call)."""
+    return callable(getattr(index, "search_grouped", None))
+
+
+def _distinct_per_row(codes: np.ndarray) -> np.ndarray:
+    """How many distinct parent codes (``>= 0``) each row of a 2-D array holds."""
+    ordered = np.sort(codes, axis=1)
+    new = np.ones(ordered.shape, dtype=bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    counts: np.ndarray = (new & (ordered >= 0)).sum(axis=1)
+    return counts
 
 
 def search_parents(
@@ -167,6 +203,7 @@ def search_parents(
     parents: ChunkParents | None = None,
     exact_vectors: VectorLookup | None = None,
     refine_verified: bool = False,
+    details: DetailsLookup | None = None,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
@@ -200,6 +237,11 @@ def search_parents(
         refine_verified: also refine the queries whose best match the verifier confirmed (their unverified matches,
             which rank below it whatever the refiner finds). ``False`` (default): the refiner runs only for queries
             with no verified match, so a settled query costs no extra encoder pass.
+        details: chunk ids → their boxes, kinds and labels in bulk (a workspace's
+            :meth:`~crossscale.index.ParentMap.details`); needs ``parents``. With it no record is read: a
+            :class:`~crossscale.protocols.BatchRanker` folds the whole batch's first hits at once and builds the
+            matches from the details (the result is the same), and any other ranker's
+            :class:`~crossscale.types.HitArrays` carry them.
 
     Raises:
         ConfigurationError: a bad ``top_k`` or ``min_score``, or a refiner without ``load_parent``.
@@ -222,7 +264,17 @@ def search_parents(
         def search(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             return _rescored(rows, *index.search(rows, k), lookup)
 
-    fetched = _first_fetch(vectors, top_k, index=index, search=search, ranker=ranker, parents=parents, records=records)
+    fetched, first = _first_fetch(
+        vectors, top_k, index=index, search=search, ranker=ranker, parents=parents, records=records
+    )
+    together: list[list[ParentMatch] | None] = [None] * len(queries)
+    if first is not None and parents is not None and details is not None and _ranks_batches(ranker):
+        # the whole batch's first hits in one numpy fold; a query that needs more is ranked alone below
+        together = ranker.rank_batch(*first, top_k, available=available, parent_id=parents.parent_id, details=details)
+        if len(together) != len(queries):
+            raise ConfigurationError(
+                f"ranker {type(ranker).__name__}.rank_batch returned {len(together)} rows for {len(queries)} queries"
+            )
     results: list[list[ParentMatch]] = []
     for row, query in enumerate(queries):
 
@@ -239,9 +291,10 @@ def search_parents(
                 return _hits(row_scores, row_ids, records)
             if row_codes is None:
                 row_codes = parents.parent_codes(row_ids)
-            return _hit_arrays(row_scores, row_ids, row_codes, parents, records)
+            return _hit_arrays(row_scores, row_ids, row_codes, parents, records, details)
 
-        matches = ranker.rank(fetch, top_k, available=available)
+        ranked = together[row]
+        matches = ranker.rank(fetch, top_k, available=available) if ranked is None else ranked
         if verifier is not None and load_features is not None:
             matches = verifier.verify(query, matches, load_features)
         if refiner is not None and load_parent is not None:

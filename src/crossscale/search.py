@@ -6,7 +6,6 @@ It decides nothing itself. Indexing runs :func:`crossscale.ingest.ingest`; searc
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,8 +28,8 @@ from crossscale._stages import (
     VERIFIERS,
     StageRequest,
 )
-from crossscale._vectors import embed_text
-from crossscale.errors import CapabilityError, ConfigurationError
+from crossscale._vectors import embed_text, l2_normalize
+from crossscale.errors import CapabilityError, ConfigurationError, VectorError
 from crossscale.index import RootStore
 from crossscale.index.root_store import ParentRecord
 from crossscale.ingest import ingest, iter_inputs
@@ -328,6 +327,30 @@ class CrossScaleSearch:
         images = [load_image(q, max_pixels=self.max_pixels, to_store=False).image for q in queries]
         return self._search(embed_queries(self.encoder, images) if images else [], top_k, min_score)
 
+    def search_vectors(
+        self, vectors: np.ndarray, top_k: int = 5, *, min_score: float | None = None
+    ) -> list[SearchResult]:
+        """The parents that best contain each query given as an embedding (one row per query), best first.
+
+        For queries embedded elsewhere by the workspace's encoder (a GPU service, a cache): the same index
+        search, ranking and ``min_score`` as :meth:`search_batch`, the same boxes from the chunks and the
+        refiner (crops of each match box's own shape), but no geometric verification, which needs the query's
+        pixels. Rows are L2-normalised first.
+
+        Raises:
+            VectorError: ``vectors`` is not a 2-D array of the workspace's dimension, holds NaN or inf, or a zero
+                row.
+        """
+        self.workspace.check_open()
+        positive_int("top_k", top_k)
+        rows = l2_normalize(np.asarray(vectors))
+        if rows.shape[1] != self.workspace.config.dim:
+            raise VectorError(
+                f"query vectors have dimension {rows.shape[1]}, the workspace's encoder "
+                f"{self.workspace.config.encoder_name!r} gives {self.workspace.config.dim}"
+            )
+        return self._search([Query(v, None) for v in rows], top_k, min_score)
+
     def search_text(self, text: str, top_k: int = 5, *, min_score: float | None = None) -> SearchResult:
         """The parents that best show what ``text`` describes, and where, best first.
 
@@ -383,12 +406,10 @@ class CrossScaleSearch:
             load_features=self.workspace.local_features,
             exact_vectors=None if getattr(index, "scores_exact", True) else self.workspace.store.vectors,
             refine_verified=self.refine_verified,
+            details=self.workspace.chunk_details(),
         )
         return [
-            SearchResult(
-                [dataclasses.replace(m, _loader=self.image) for m in row],
-                query.image if query.image is not None else query.text,
-            )
+            SearchResult([m._attached(self.image) for m in row], query.image if query.image is not None else query.text)
             for query, row in zip(queries, results, strict=True)
         ]
 

@@ -64,7 +64,8 @@ from crossscale.index.milvus import (
     parse_milvus_factory,
 )
 from crossscale.index.root_store import VECTOR_DTYPES, NewParent, ParentRecord
-from crossscale.types import ChunkRecord
+from crossscale.protocols import DetailsLookup
+from crossscale.types import ChunkDetails, ChunkRecord
 
 logger = logging.getLogger(__name__)
 
@@ -450,6 +451,16 @@ class Workspace:
         self._clean()
         return self.index
 
+    def chunk_details(self) -> DetailsLookup | None:
+        """The parent map's chunk details when they reflect the store now, else ``None`` (read the records).
+
+        A writer's map is always current. A reader's is the snapshot it loaded: once a writer has committed
+        since, a search reads records, which leave out parents deleted meanwhile (as before details existed).
+        """
+        if self._lock is None and self.store.generation != self._generation:
+            return None
+        return self.parents.details
+
     def info(self) -> dict[str, Any]:
         """A summary, JSON-ready."""
         self.check_open()
@@ -492,7 +503,9 @@ class Workspace:
                     np.concatenate([np.asarray(ids, np.int64) for ids in assigned]),
                     [p.parent_id for p, ids in zip(parents, assigned, strict=True) for _ in ids],
                 )
-            self.parents.add_many((p.parent_id, ids) for p, ids in zip(parents, assigned, strict=True))
+            self.parents.add_many(
+                (p.parent_id, ids, ChunkDetails.of(p.chunks)) for p, ids in zip(parents, assigned, strict=True)
+            )
         return assigned
 
     def delete(self, parent_id: str) -> None:
@@ -534,7 +547,7 @@ class Workspace:
             self.index.recount()
         else:
             _sync_backend(self.store, self.index, txn, full=full)
-        self.parents = ParentMap.from_parents(self.store.parent_chunks(txn))
+        self.parents = ParentMap.from_parents(self.store.parent_details(txn))
         self._generation = self.store.generation_at(txn)
 
     def save(self) -> None:
@@ -698,20 +711,29 @@ class Workspace:
 def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[str]:
     """Problems of the in-memory parent map against the store as ``txn`` sees it: it must map every stored chunk
     to its parent."""
-    unmapped = misplaced = known = 0
-    for parent_id, chunk_ids in store.parent_chunks(txn):
+    unmapped = misplaced = known = wrong = 0
+    for parent_id, chunk_ids, stored in store.parent_details(txn):
         known += parent_id in parents
-        codes = parents.parent_codes(np.asarray(chunk_ids, np.int64))
+        ids = np.asarray(chunk_ids, np.int64)
+        codes = parents.parent_codes(ids)
         if (codes < 0).any():
             unmapped += 1
         elif any(parents.parent_id(int(code)) != parent_id for code in np.unique(codes)):
             misplaced += 1
+        else:
+            mapped = parents.details(ids)
+            if not (
+                np.array_equal(mapped.kinds, stored.kinds)
+                and np.array_equal(mapped.boxes[stored.known], stored.boxes[stored.known])
+                and all(mapped.label(i) == stored.label(i) for i in range(len(ids)))
+            ):
+                wrong += 1
     gone = len(parents) - known
-    if not (unmapped or misplaced or gone):
+    if not (unmapped or misplaced or gone or wrong):
         return []
     return [
         f"parent map disagrees with the store: {unmapped} parent(s) with unmapped chunks, {misplaced} with chunks "
-        f"mapped to another parent, {gone} mapped parent(s) no longer stored"
+        f"mapped to another parent, {gone} mapped parent(s) no longer stored, {wrong} with other chunk details"
     ]
 
 
@@ -777,9 +799,10 @@ def _catch_up(store: RootStore, index: AnyChunkIndex | None, parents: ParentMap 
     if changes is None:
         return False
     for _, added, removed in changes:
-        owner_of: dict[int, str] = {}
+        records: dict[int, ChunkRecord] = {}
         if parents is not None or isinstance(index, MilvusChunkIndex):
-            owner_of = {cid: record.parent_id for cid, record in store.chunk_records(added, txn=txn).items()}
+            records = store.chunk_records(added, txn=txn)
+        owner_of = {cid: record.parent_id for cid, record in records.items()}
         if index is not None:
             index.remove(removed)
             ids, vecs = store.vectors(added, txn=txn)
@@ -796,7 +819,9 @@ def _catch_up(store: RootStore, index: AnyChunkIndex | None, parents: ParentMap 
         owners: dict[str, list[int]] = {}
         for cid, parent_id in owner_of.items():
             owners.setdefault(parent_id, []).append(cid)
-        parents.add_many(owners.items())
+        parents.add_many(
+            (parent_id, ids, ChunkDetails.of([records[cid] for cid in ids])) for parent_id, ids in owners.items()
+        )
     if changes:
         logger.info("caught the chunk index up by %d store change(s)", len(changes))
     return True
@@ -823,7 +848,7 @@ def _load_index(
         index = _new_index(config.dim, config.index_plan(0), device)
     with store.snapshot() as txn:
         generation = store.generation_at(txn)
-        parents = ParentMap.from_parents(store.parent_chunks(txn))
+        parents = ParentMap.from_parents(store.parent_details(txn))
         current = index is not None and 0 <= base <= generation and _catch_up(store, index, None, base, txn)
         if not current or index is None:
             logger.info("rebuilding the chunk index of %s from the store", root)
@@ -906,7 +931,7 @@ def _load_backend(
     """
     with store.snapshot() as txn:
         generation = store.generation_at(txn)
-        parents = ParentMap.from_parents(store.parent_chunks(txn))
+        parents = ParentMap.from_parents(store.parent_details(txn))
         base = index.committed_generation()
         if readonly:
             if base != generation:

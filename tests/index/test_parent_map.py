@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossscale.index import ParentMap
+from crossscale.types import Box, Chunk, ChunkDetails
 
 
 def test_maps_runs_and_padding() -> None:
@@ -56,3 +57,103 @@ def test_agrees_with_a_dict(sizes: list[int], data: st.DataObject) -> None:
     probe = np.arange(-1, next_id + 2)
     got = [parents.parent_id(c) if c >= 0 else None for c in parents.parent_codes(probe).tolist()]
     assert got == [owner.get(int(i)) for i in probe]
+
+
+# ---------------------------------------------------------------------- chunk details
+def details_of(*boxes: tuple[int, int, int, int], label: str | None = None) -> ChunkDetails:
+    return ChunkDetails.of([Chunk(Box(*b), None, "detection" if label else "tile", label) for b in boxes])
+
+
+def test_details_come_back_in_chunk_id_order_whatever_order_they_were_given() -> None:
+    parents = ParentMap()
+    parents.add("a", [12, 10, 11], details_of((2, 2, 3, 3), (0, 0, 1, 1), (1, 1, 2, 2)))
+    parents.add("b", [20], details_of((5, 5, 9, 9), label="cat"))
+    found = parents.details(np.array([10, 11, 12, 20]))
+    assert found.boxes.tolist() == [[0, 0, 1, 1], [1, 1, 2, 2], [2, 2, 3, 3], [5, 5, 9, 9]]
+    assert [found.kind(i) for i in range(4)] == ["tile", "tile", "tile", "detection"]
+    assert [found.label(i) for i in range(4)] == [None, None, None, "cat"]
+    assert found.known.all()
+
+
+def test_details_of_unmapped_ids_or_parents_added_without_them_are_unknown() -> None:
+    parents = ParentMap.from_parents([("a", [0, 1], details_of((0, 0, 1, 1), (0, 0, 2, 2))), ("b", [2, 3])])
+    assert parents.details(np.array([0, 1, 2, 3, 4, -1])).known.tolist() == [True, True, False, False, False, False]
+    assert not ParentMap().details(np.array([0])).known.any()
+
+
+def test_labels_keep_their_names_across_parents_with_different_vocabularies() -> None:
+    parents = ParentMap()
+    two = [Chunk(Box(0, 0, 1, 1), None, "detection", "dog"), Chunk(Box(0, 0, 1, 1), None, "detection", "cat")]
+    parents.add("a", [0, 1], ChunkDetails.of(two))
+    parents.add("b", [2], details_of((0, 0, 1, 1), label="cat"))
+    parents.add("c", [3], details_of((0, 0, 1, 1), label="bird"))  # a label no parent had before
+    found = parents.details(np.array([0, 1, 2, 3]))
+    assert [found.label(i) for i in range(4)] == ["dog", "cat", "cat", "bird"]
+
+
+def test_boxes_beyond_16_bits_widen_the_column() -> None:
+    parents = ParentMap.from_parents([("a", [0], details_of((0, 0, 60_000, 10)))])
+    nbytes = parents.nbytes
+    parents.add("b", [1], details_of((0, 0, 70_000, 10)))
+    assert parents.details(np.array([0, 1])).boxes[:, 2].tolist() == [60_000, 70_000]
+    assert parents.nbytes > nbytes + 8  # 16 bytes per box now, not 8
+
+
+def test_removed_parents_rows_are_dropped_once_they_outnumber_the_live_ones() -> None:
+    parents = ParentMap.from_parents(
+        (f"p{p}", range(p * 600, (p + 1) * 600), details_of(*[(p, 0, p + 1, 1)] * 600)) for p in range(5)
+    )
+    for p in range(4):
+        parents.remove(f"p{p}")
+    assert parents.nbytes < 600 * 5 * 13  # compacted
+    found = parents.details(np.arange(2400, 3000))
+    assert found.known.all() and (found.boxes[:, 0] == 4).all()
+    assert parents.details(np.array([0, 599])).known.tolist() == [False, False]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 5), max_size=30), st.data())
+def test_details_agree_with_a_dict(sizes: list[int], data: st.DataObject) -> None:
+    """Parents added with details and removed in any order: every chunk's details are its own."""
+    truth: dict[int, tuple[int, int, int, int]] = {}
+    pairs = []
+    next_id = 0
+    for p, size in enumerate(sizes):
+        ids = list(range(next_id, next_id + size))
+        next_id += size + data.draw(st.integers(0, 2))
+        boxes = [(cid % 7, p, cid % 7 + 1 + p, p + 1) for cid in ids]
+        pairs.append((f"p{p}", ids, details_of(*boxes)))
+        truth.update(zip(ids, boxes, strict=True))
+    parents = ParentMap()
+    for name, ids, details in pairs:
+        parents.add(name, ids, details)
+        if data.draw(st.booleans()):
+            parents.remove(name)
+            for cid in ids:
+                truth.pop(cid)
+    probe = np.arange(-1, next_id + 2)
+    found = parents.details(probe)
+    got = {int(i): tuple(b) for i, b, k in zip(probe, found.boxes.tolist(), found.known, strict=True) if k}
+    assert got == truth
+
+
+def test_replacing_parents_in_one_call_keeps_every_other_parents_details() -> None:
+    """Replaced parents' rows are dropped, and the columns compacted, in the middle of adding others."""
+    parents = ParentMap.from_parents(
+        (f"p{p}", range(p * 600, (p + 1) * 600), details_of(*[(p, 0, p + 1, 1)] * 600)) for p in range(4)
+    )
+    parents.add_many(
+        [
+            ("new", range(5000, 5300), details_of(*[(7, 0, 8, 1)] * 300)),
+            ("p0", range(6000, 6300), details_of(*[(9, 0, 10, 1)] * 300)),  # replaces p0: its old rows are garbage
+            ("p1", range(7000, 7300), details_of(*[(11, 0, 12, 1)] * 300)),
+            ("p2", range(8000, 8300), details_of(*[(13, 0, 14, 1)] * 300)),  # now garbage outweighs: compacted
+        ]
+    )
+    assert parents.nbytes < 2400 * 13  # 1,500 rows left, not 3,600
+    probe = {"new": 5000, "p0": 6299, "p1": 7000, "p2": 8000, "p3": 1800}
+    found = parents.details(np.array(list(probe.values())))
+    assert found.known.all() and found.boxes[:, 0].tolist() == [7, 9, 11, 13, 3]
+    codes = parents.parent_codes(np.array(list(probe.values())))
+    assert [parents.parent_id(c) for c in codes.tolist()] == list(probe)
+    assert not parents.details(np.array([0, 600, 1200])).known.any()

@@ -10,7 +10,7 @@ import pytest
 from crossscale.errors import ConfigurationError, ParentNotFoundError, WorkspaceError
 from crossscale.index import RootStore
 from crossscale.index.root_store import NewParent
-from crossscale.types import Box, Chunk
+from crossscale.types import Box, Chunk, ChunkDetails
 
 
 def _parent(pid: str, n: int = 2, dim: int = 4, data: bytes = b"img") -> NewParent:
@@ -162,3 +162,59 @@ def test_the_map_grows_only_when_no_other_thread_is_reading(tmp_path: Path) -> N
         store.add_parents([_parent("bigger", data=b"x" * before)])
     assert store._env.info()["map_size"] > before and "bigger" in store
     store.close()
+
+
+def _labelled(pid: str) -> NewParent:
+    chunks = [Chunk(Box(0, 0, 8, 8), None, "whole"), Chunk(Box(1, 2, 3, 4), None, "detection", "cat", 0.9)]
+    return NewParent(pid, b"img", "PNG", 8, 8, chunks, np.eye(4, dtype=np.float32)[:2])
+
+
+def test_each_parent_keeps_its_chunk_details_in_the_same_transaction(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_labelled("a"), _parent("b", 3)])
+    got = {pid: (ids, details) for pid, ids, details in store.parent_details()}
+    ids, details = got["a"]
+    assert ids == [0, 1] and details.boxes.tolist() == [[0, 0, 8, 8], [1, 2, 3, 4]]
+    assert [details.kind(i) for i in range(2)] == ["whole", "detection"]
+    assert [details.label(i) for i in range(2)] == [None, "cat"]
+    assert got["b"][1].known.all() and len(got["b"][1]) == 3
+    store.delete_parent("a")
+    with store.snapshot() as txn:
+        assert txn.get(b"a", db=store._db["details"]) is None
+    assert store.check() == []
+
+
+def test_a_store_written_without_details_reads_them_from_the_chunk_records(tmp_path: Path) -> None:
+    """Stores written before 0.2 have no details: each parent's come from its chunk records."""
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_labelled("a")])
+    written = {pid: details for pid, _, details in store.parent_details()}["a"]
+    store._write(lambda txn: txn.delete(b"a", db=store._db["details"]))
+    rebuilt = {pid: details for pid, _, details in store.parent_details()}["a"]
+    assert rebuilt.boxes.tolist() == written.boxes.tolist() and rebuilt.kinds.tolist() == written.kinds.tolist()
+    assert [rebuilt.label(i) for i in range(2)] == [None, "cat"]
+    assert store.check() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (b"garbage", "unreadable chunk details"),
+        (ChunkDetails.of([Chunk(Box(0, 0, 9, 9), None, "tile")] * 2).to_bytes(), "disagree with its chunk records"),
+    ],
+)
+def test_check_finds_chunk_details_that_are_wrong(tmp_path: Path, value: bytes, problem: str) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_labelled("a")])
+    store._write(lambda txn: txn.put(b"a", value, db=store._db["details"]))
+    assert any(problem in p for p in store.check())
+    if value == b"garbage":  # unreadable: the parent's details come from its records
+        assert {pid: d for pid, _, d in store.parent_details()}["a"].boxes.tolist()[1] == [1, 2, 3, 4]
+
+
+def test_check_finds_chunk_details_of_no_parent(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_labelled("a")])
+    value = ChunkDetails.of([Chunk(Box(0, 0, 9, 9), None, "tile")]).to_bytes()
+    store._write(lambda txn: txn.put(b"ghost", value, db=store._db["details"]))
+    assert any("chunk details of 'ghost' have no parent record" in p for p in store.check())

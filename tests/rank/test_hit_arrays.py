@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from crossscale.errors import ConfigurationError
 from crossscale.index import ParentMap
 from crossscale.rank import ParentRanker
-from crossscale.types import ChunkRecord, Hit, HitArrays
-from tests.strategies import hit, tied_hit_lists
+from crossscale.types import Box, ChunkDetails, ChunkRecord, Hit, HitArrays
+from tests.strategies import chunk_records, hit, hit_rows, tied_hit_lists
 
 
 class Records:
@@ -116,3 +116,117 @@ def test_empty() -> None:
     arrays = as_arrays([], Records([]))
     assert ParentRanker().fold(arrays) == [] and list(arrays) == []
     assert ParentRanker().rank(lambda k: arrays, 3, available=10) == []
+
+
+# ---------------------------------------------------------------------- chunk details and whole batches
+def mapped(records: Sequence[ChunkRecord], *, with_details: bool = True) -> ParentMap:
+    """The parent map a workspace would hold of these records (with or without their details)."""
+    parents = ParentMap()
+    for name in sorted({r.parent_id for r in records}):
+        mine = [r for r in records if r.parent_id == name]
+        parents.add(name, [r.chunk_id for r in mine], ChunkDetails.of(mine) if with_details else None)
+    return parents
+
+
+def padded(rows: list[list[tuple[int, float]]], width: int, parents: ParentMap) -> tuple[np.ndarray, ...]:
+    """The rows as one search's result: ``(scores, ids, codes)`` of shape ``(len(rows), width)``, -1 padded."""
+    scores = np.full((len(rows), width), -np.inf, np.float32)
+    ids = np.full((len(rows), width), -1, np.int64)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = [cid for cid, _ in row]
+        scores[r, : len(row)] = [s for _, s in row]
+    return scores, ids, parents.parent_codes(ids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunk_records(),
+    AGGREGATORS,
+    st.sampled_from(["best", "fusion"]),
+    st.sampled_from([None, -0.5, 0.0, 0.5]),
+    st.integers(1, 6),
+    st.integers(1, 3),
+    st.data(),
+)
+def test_a_batch_ranks_each_query_as_rank_does(
+    records: list[ChunkRecord],
+    agg: object,
+    box: str,
+    min_score: float | None,
+    top_k: int,
+    overfetch: int,
+    data: st.DataObject,
+) -> None:
+    """rank_batch, from the details alone, returns per query exactly what rank returns reading records; and
+    declines (None) only a query whose first hits hold too few parents while more could be fetched."""
+    ranker = ParentRanker(agg, box=box, min_score=min_score, box_margin=0.2, overfetch=overfetch)  # type: ignore[arg-type]
+    available = data.draw(st.integers(max(1, len(records)), max(1, len(records)) + 5))
+    width = min(available, top_k * overfetch)
+    rows = data.draw(hit_rows(len(records), width))
+    parents = mapped(records)
+    scores, ids, codes = padded(rows, width, parents)
+    lookup = Records([Hit(r, 0.0) for r in records])
+    got = ranker.rank_batch(
+        scores, ids, codes, top_k, available=available, parent_id=parents.parent_id, details=parents.details
+    )
+    assert lookup.asked == []  # no record read
+    for r, row in enumerate(rows):
+        keep = codes[r] >= 0
+        arrays = HitArrays(scores[r][keep], ids[r][keep], codes[r][keep], parents.parent_id, lookup)
+        expected = ranker.rank(lambda k, a=arrays: a, top_k, available=available)
+        with_details = HitArrays(
+            scores[r][keep], ids[r][keep], codes[r][keep], parents.parent_id, lookup, details=parents.details
+        )
+        assert ranker.rank(lambda k, a=with_details: a, top_k, available=available) == expected
+        if got[r] is None:
+            seen = len({parents.parent_id(c) for c in codes[r][keep].tolist()})
+            assert (len(row) == width < available and seen < top_k) or min_score is not None
+        else:
+            assert got[r] == expected
+
+
+def test_a_batch_declines_queries_whose_details_are_unknown() -> None:
+    records = [ChunkRecord(i, f"p{i % 3}", Box(0, 0, 2, 2), "tile") for i in range(6)]
+    parents = mapped(records, with_details=False)
+    scores, ids, codes = padded([[(0, 0.9), (1, 0.8), (2, 0.7)]], 3, parents)
+    got = ParentRanker(overfetch=1).rank_batch(
+        scores, ids, codes, 3, available=6, parent_id=parents.parent_id, details=parents.details
+    )
+    assert got == [None]
+
+
+def test_a_batch_of_another_width_than_the_ranker_asks_is_declined() -> None:
+    records = [ChunkRecord(i, f"p{i}", Box(0, 0, 2, 2), "tile") for i in range(4)]
+    parents = mapped(records)
+    scores, ids, codes = padded([[(0, 0.9), (1, 0.8)]], 2, parents)
+    ranker = ParentRanker(overfetch=8)  # would ask for min(4, 3 * 8) = 4 hits, not 2
+    assert ranker.rank_batch(
+        scores, ids, codes, 3, available=4, parent_id=parents.parent_id, details=parents.details
+    ) == [None]
+
+
+def test_details_round_trip_through_bytes() -> None:
+    records = [
+        ChunkRecord(0, "a", Box(1, 2, 3, 4), "detection", "cat", 0.5),
+        ChunkRecord(1, "a", Box(0, 0, 9, 9), "tile"),
+    ]
+    back = ChunkDetails.from_bytes(ChunkDetails.of(records).to_bytes())
+    assert back.boxes.tolist() == [[1, 2, 3, 4], [0, 0, 9, 9]]
+    assert [back.kind(i) for i in range(2)] == ["detection", "tile"]
+    assert [back.label(i) for i in range(2)] == ["cat", None]
+    assert back.box(0) == Box(1, 2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (b"D1", "shorter than their header"),
+        (b"XX\x01\x00\x00\x00" + bytes(21) + b"[]", "start with"),
+        (b"D1\x02\x00\x00\x00" + bytes(21) + b"[]", "need"),
+        (b"D1\x01\x00\x00\x00" + bytes(16) + b"\x07" + bytes(4) + b"[]", "out of range"),
+        (b"D1\x01\x00\x00\x00" + bytes(21) + b"{}", "not a list of strings"),
+    ],
+)
+def test_malformed_details_are_refused(raw: bytes, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ChunkDetails.from_bytes(raw)

@@ -205,6 +205,7 @@ class ChunkIndex:
         self._tombstones: set[int] = {int(i) for i in tombstones}
         self._gpu_index: Any = None
         self._gpu_resources: Any = None
+        self._scores_exact: bool | None = None  # the structure never changes: worked out once
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:
@@ -228,12 +229,13 @@ class ChunkIndex:
         the hits it gets with the stored vectors (:func:`~crossscale.query.search_parents`' ``exact_vectors``)."""
         import faiss
 
-        if self.reduce_dim is not None:
-            return False
-        core: Any = _with_ids(self._index)
-        if isinstance(core, faiss.IndexIDMap):
-            core = faiss.downcast_index(core.index)
-        return isinstance(core, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
+        if self._scores_exact is None:
+            core: Any = _with_ids(self._index)
+            if isinstance(core, faiss.IndexIDMap):
+                core = faiss.downcast_index(core.index)
+            whole = isinstance(core, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
+            self._scores_exact = self.reduce_dim is None and whole
+        return self._scores_exact
 
     @property
     def energy_kept(self) -> float | None:
@@ -382,6 +384,11 @@ class ChunkIndex:
         if self._tombstones:
             dead = np.isin(i, np.fromiter(self._tombstones, np.int64))
             i = np.where(dead, -1, i)
+        found = i >= 0
+        if ask == k and bool((found[:, :-1] >= found[:, 1:]).all()):  # padding only at the ends: as it is
+            ids[:] = i
+            scores[found] = d[found]
+            return scores, ids
         for row in range(n):
             keep = i[row] >= 0
             got_i, got_d = i[row][keep][:k], d[row][keep][:k]

@@ -3,9 +3,9 @@
 This is the workspace's source of truth. Every write is one LMDB transaction,
 so a parent is stored with all its chunks and vectors, or not at all. Each
 write also appends to a change log keyed by a generation number, from which a
-derived index (FAISS) can catch up after a crash. Values are JSON or raw
-float32, never pickle. The memory map grows on demand instead of failing with
-``MapFullError``.
+derived index (FAISS) can catch up after a crash. Values are JSON, raw
+vectors, or a parent's chunk details packed as arrays; never pickle. The
+memory map grows on demand instead of failing with ``MapFullError``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from crossscale.errors import (
     WorkspaceFormatError,
     WorkspaceMismatchError,
 )
-from crossscale.types import Chunk, ChunkRecord
+from crossscale.types import Chunk, ChunkDetails, ChunkRecord
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +239,9 @@ class RootStore:
         WorkspaceMismatchError: ``vector_dtype`` differs from the one the store was created with.
     """
 
-    _DBS = ("roots", "parents", "chunks", "vectors", "info", "log", "local")
+    _DBS = ("roots", "parents", "chunks", "vectors", "info", "log", "local", "details")
     #: tables a store written by an earlier crossscale may lack; a reader sees them as empty.
-    _OPTIONAL = frozenset({"local"})
+    _OPTIONAL = frozenset({"local", "details"})
 
     def __init__(
         self,
@@ -435,6 +435,42 @@ class RootStore:
             for key, raw in t.cursor(db=self._db["parents"]):
                 yield bytes(key).decode(), json.loads(bytes(raw).decode())["c"]
 
+    def parent_details(self, txn: lmdb.Transaction | None = None) -> Iterator[tuple[str, list[int], ChunkDetails]]:
+        """``(parent_id, chunk_ids, details of those chunks in that order)`` of every parent: what a
+        :class:`~crossscale.index.ParentMap` that also knows boxes is built of.
+
+        Each parent's details are one read; a parent stored by a crossscale that kept none (before 0.2) gets them
+        from its chunk records (one read per chunk), and one whose records are unreadable gets unknown details.
+        """
+        with self._view(txn) as t:
+            table = self._db["details"]
+            rebuilt = 0
+            for key, raw in t.cursor(db=self._db["parents"]):
+                parent_id = bytes(key).decode()
+                chunk_ids = json.loads(bytes(raw).decode())["c"]
+                value = None if table is None else t.get(bytes(key), db=table)
+                details = None
+                if value is not None:
+                    try:
+                        details = ChunkDetails.from_bytes(bytes(value))
+                    except ValueError as exc:
+                        logger.warning("parent %r: unreadable chunk details (%s); reading its records", parent_id, exc)
+                    if details is not None and len(details) != len(chunk_ids):
+                        logger.warning("parent %r: chunk details of another length; reading its records", parent_id)
+                        details = None
+                if details is None:
+                    rebuilt += 1
+                    details = self._details_from_records(chunk_ids, t)
+                yield parent_id, chunk_ids, details
+            if rebuilt:
+                logger.info("%d parent(s) have no stored chunk details; read them from their chunk records", rebuilt)
+
+    def _details_from_records(self, chunk_ids: Sequence[int], txn: lmdb.Transaction) -> ChunkDetails:
+        records = self.chunk_records(chunk_ids, txn=txn)
+        if len(records) != len(chunk_ids):
+            return ChunkDetails.unknown(len(chunk_ids))
+        return ChunkDetails.of([records[int(cid)] for cid in chunk_ids])
+
     def parent(self, parent_id: str, *, txn: lmdb.Transaction | None = None) -> ParentRecord:
         """The record of ``parent_id``. Raises :class:`ParentNotFoundError`."""
         with self._view(txn) as t:
@@ -495,6 +531,7 @@ class RootStore:
                     p.parent_id, p.width, p.height, p.format, len(p.data), tuple(ids), p.source, dict(p.metadata)
                 )
                 txn.put(key, record_p.to_json(), db=self._db["parents"])
+                txn.put(key, ChunkDetails.of(p.chunks).to_bytes(), db=self._db["details"])
                 txn.put(key, p.data, db=self._db["roots"])
                 if p.local is not None:
                     txn.put(key, p.local, db=self._db["local"])
@@ -524,6 +561,7 @@ class RootStore:
             txn.delete(key, db=self._db["parents"])
             txn.delete(key, db=self._db["roots"])
             txn.delete(key, db=self._db["local"])
+            txn.delete(key, db=self._db["details"])
             self._bump(txn, [], ids)
             return ids
 
@@ -625,6 +663,36 @@ class RootStore:
 
         self._write(write)
 
+    def _check_details(self, txn: lmdb.Transaction, chunks: Mapping[int, ChunkRecord]) -> list[str]:
+        """Problems of the stored chunk details: each must belong to a parent and equal its chunk records."""
+        table = self._db["details"]
+        if table is None:
+            return []
+        problems: list[str] = []
+        for key, raw in txn.cursor(db=table):
+            pid = bytes(key).decode()
+            parent = txn.get(bytes(key), db=self._db["parents"])
+            if parent is None:
+                problems.append(f"chunk details of {pid!r} have no parent record")
+                continue
+            chunk_ids = json.loads(bytes(parent).decode())["c"]
+            try:
+                details = ChunkDetails.from_bytes(bytes(raw))
+            except ValueError as exc:
+                problems.append(f"parent {pid!r}: unreadable chunk details ({exc})")
+                continue
+            records = [chunks.get(int(cid)) for cid in chunk_ids]
+            if any(r is None for r in records):
+                continue  # missing records are reported above
+            expected = ChunkDetails.of([r for r in records if r is not None])
+            if not (
+                np.array_equal(details.boxes, expected.boxes)
+                and np.array_equal(details.kinds, expected.kinds)
+                and [details.label(i) for i in range(len(details))] == [r.label for r in records if r is not None]
+            ):
+                problems.append(f"parent {pid!r}: chunk details disagree with its chunk records")
+        return problems
+
     def check(self, txn: lmdb.Transaction | None = None) -> list[str]:
         """Check every invariant of the store; returns the problems found (empty: consistent).
 
@@ -656,6 +724,7 @@ class RootStore:
                 if t.get(bytes(key), db=self._db["parents"]) is None:
                     problems.append(f"image bytes of {bytes(key).decode()!r} have no parent record")
             seen: set[int] = set()
+            chunks: dict[int, ChunkRecord] = {}
             for key, raw in t.cursor(db=self._db["chunks"]):
                 cid = _U64.unpack(bytes(key))[0]
                 seen.add(cid)
@@ -664,11 +733,13 @@ class RootStore:
                 except (ValueError, KeyError, TypeError) as exc:
                     problems.append(f"chunk {cid}: unreadable record ({exc})")
                     continue
+                chunks[cid] = chunk
                 if owners.get(cid) != chunk.parent_id:
                     problems.append(f"chunk {cid}: orphan (its parent {chunk.parent_id!r} does not list it)")
             missing = set(owners) - seen
             if missing:
                 problems.append(f"{len(missing)} chunk record(s) listed by parents are missing, e.g. {min(missing)}")
+            problems += self._check_details(t, chunks)
             vector_ids: set[int] = set()
             for key, raw in t.cursor(db=self._db["vectors"]):
                 cid = _U64.unpack(bytes(key))[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +20,7 @@ from crossscale.rank.aggregators import (
     SumAggregator,
     create_aggregator,
 )
-from crossscale.types import Box, Hit, HitArrays, ParentMatch
+from crossscale.types import CHUNK_KINDS, Box, ChunkDetails, Hit, HitArrays, ParentMatch
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +83,12 @@ class ParentRanker:
         """Group hits by parent, score each parent, and sort (score desc, then parent id).
 
         Pure: the same hits give the same list. ``top_k=None`` keeps all parents. :class:`HitArrays` are
-        folded with numpy, reading records only for the parents returned; the result is the same.
+        folded with numpy, reading records only for the parents returned (none with details); the result is the
+        same.
         """
         if isinstance(hits, HitArrays):
-            return self._matches_of_arrays(hits, self._scored_arrays(hits), top_k)
+            folded = self._fold_rows(hits.scores, hits.chunk_ids, hits.parents, np.zeros(hits.fetched, np.int64))
+            return self._matches_of_arrays(hits, folded, top_k)
         return self._matches(self._scored(hits), top_k)
 
     def _scored(self, hits: Sequence[Hit]) -> list[tuple[float, str, list[Hit]]]:
@@ -124,55 +126,136 @@ class ParentRanker:
         )
 
     # ------------------------------------------------------------------ the numpy fold of HitArrays
-    def _scored_arrays(self, hits: HitArrays) -> _Folded:
-        """The parents of ``hits`` passing ``min_score``, ranked as :meth:`_scored` ranks them, without records."""
-        if hits.fetched == 0:
-            return _Folded([], [], [], [], [], [])
-        scores = hits.scores.astype(np.float64)
-        order = np.lexsort((hits.chunk_ids, -scores, hits.parents))  # by parent; best first, then lower id
-        grouped = hits.parents[order]
-        in_order = scores[order]
-        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    def _fold_rows(self, scores: np.ndarray, ids: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> _Folded:
+        """Group the hits of one or more queries (``rows``) by query and parent, best first then lower id within
+        a group, and score each group, as :meth:`_scored` does for one query's :class:`Hit` list."""
+        scores64 = scores.astype(np.float64)
+        order, presorted = _grouping_order(scores, ids, codes, rows)
+        in_rows, in_codes, in_order = rows[order], codes[order], scores64[order]
+        new = np.ones(len(order), dtype=bool)
+        new[1:] = (in_rows[1:] != in_rows[:-1]) | (in_codes[1:] != in_codes[:-1])
+        starts = np.flatnonzero(new)
         sizes = np.diff(np.append(starts, len(order)))
-        if self._grouped is not None:
+        if len(starts) == 0:
+            parent_scores = np.zeros(0, np.float64)
+        elif self._grouped is not None:
             parent_scores = self._grouped.over_groups(in_order, starts)
         else:
             bounds = np.append(starts, len(order))
             parent_scores = np.array([self.aggregator(in_order[a:b]) for a, b in itertools.pairwise(bounds)])
-        if self.box == "best":
+        if self.box == "best" or len(starts) == 0:
             near = np.ones(len(starts), np.int64)
         else:  # within a group (best first) the hits near the best one are a prefix
             close = in_order >= np.repeat(in_order[starts], sizes) - self.box_margin
             near = np.add.reduceat(close.astype(np.int64), starts)
-        candidates = np.arange(len(starts))
-        if self.min_score is not None:
-            candidates = candidates[parent_scores >= self.min_score]
-        ranked = candidates[np.argsort(-parent_scores[candidates], kind="stable")]
-        ranking = ranked.tolist()
-        ranked_scores = parent_scores[ranked]
-        if np.any(ranked_scores[1:] == ranked_scores[:-1]):  # equal scores: the parent id decides, as in _scored
-            ranking.sort(key=lambda g: (-parent_scores[g], hits.parent_id(int(grouped[starts[g]]))))
-        return _Folded(order.tolist(), starts.tolist(), sizes.tolist(), near.tolist(), parent_scores.tolist(), ranking)
+        passing = np.ones(len(starts), bool) if self.min_score is None else parent_scores >= self.min_score
+        # a parent's max is its first hit: with hits in index order, parents rank in the order they first appear
+        by_first = order[starts] if presorted and isinstance(self.aggregator, MaxAggregator) else None
+        return _Folded(order, starts, sizes, near, parent_scores, in_rows[starts], in_codes[starts], passing, by_first)
+
+    @staticmethod
+    def _rankings(folded: _Folded, n_rows: int, parent_id: Callable[[int], str]) -> list[list[int]]:
+        """Per query, its groups passing ``min_score``, best first; equal scores ordered by parent id."""
+        candidates = np.flatnonzero(folded.passing)
+        if folded.first_hits is not None:  # strictly decreasing scores: no ties either
+            ranked = candidates[np.argsort(folded.first_hits[candidates])]
+            ranked_rows = folded.group_rows[ranked]
+            bounds = np.searchsorted(ranked_rows, np.arange(n_rows + 1)).tolist()
+            return [ranked[bounds[r] : bounds[r + 1]].tolist() for r in range(n_rows)]
+        by_score = candidates[np.argsort(-folded.parent_scores[candidates], kind="stable")]
+        row_of = folded.group_rows[by_score]
+        ranked = by_score[np.argsort(row_of.astype(np.uint16) if n_rows <= 1 << 16 else row_of, kind="stable")]
+        ranked_rows = folded.group_rows[ranked]
+        ranked_scores = folded.parent_scores[ranked]
+        bounds = np.searchsorted(ranked_rows, np.arange(n_rows + 1)).tolist()
+        out = [ranked[bounds[r] : bounds[r + 1]].tolist() for r in range(n_rows)]
+        tied = (ranked_scores[1:] == ranked_scores[:-1]) & (ranked_rows[1:] == ranked_rows[:-1])
+        for r in np.unique(ranked_rows[1:][tied]).tolist():
+            out[r].sort(key=lambda g: (-folded.parent_scores[g], parent_id(int(folded.group_codes[g]))))
+        return out
+
+    def _matches_of_details(
+        self,
+        folded: _Folded,
+        groups: Sequence[int],
+        scores: np.ndarray,
+        ids: np.ndarray,
+        parent_id: Callable[[int], str],
+        details: Callable[[np.ndarray], ChunkDetails],
+    ) -> list[ParentMatch] | None:
+        """ParentMatches of ``groups`` built from the chunks' details, with no record read; ``None`` if the
+        details of a chunk they need are not known (the caller then reads records)."""
+        if not groups:
+            return []
+        g = np.asarray(groups, dtype=np.int64)
+        counts = folded.near[g]
+        first = np.zeros(len(g), np.int64)
+        np.cumsum(counts[:-1], out=first[1:])
+        offsets = np.arange(int(counts.sum())) - np.repeat(first, counts)
+        positions = folded.order[np.repeat(folded.starts[g], counts) + offsets]
+        found = details(ids[positions])
+        if not found.known.all():
+            return None
+        boxes = found.boxes
+        final = boxes[first]
+        several = counts > 1
+        if self.box == "fusion" and several.any():
+            best = np.repeat(final, counts, axis=0)
+            overlap = (np.minimum(boxes[:, 2], best[:, 2]) > np.maximum(boxes[:, 0], best[:, 0])) & (
+                np.minimum(boxes[:, 3], best[:, 3]) > np.maximum(boxes[:, 1], best[:, 1])
+            )
+            group_of = np.repeat(np.arange(len(g)), counts)[overlap]
+            kept_starts = np.searchsorted(group_of, np.arange(len(g)))  # the best chunk overlaps itself: never empty
+            kept = np.diff(np.append(kept_starts, len(group_of)))
+            weights = np.maximum(scores[positions][overlap].astype(np.float64), 1e-6)
+            fused = _fused(boxes[overlap], weights, kept_starts)
+            final = np.where((kept > 1)[:, None], fused, final)
+        best_positions = positions[first]
+        vocabulary = (*found.vocabulary, None)  # label -1: none
+        columns = zip(
+            [parent_id(code) for code in folded.group_codes[g].tolist()],
+            folded.parent_scores[g].tolist(),
+            final.tolist(),
+            [CHUNK_KINDS[k] for k in found.kinds[first].tolist()],
+            scores[best_positions].tolist(),
+            ids[best_positions].tolist(),
+            folded.sizes[g].tolist(),
+            [vocabulary[label] for label in found.labels[first].tolist()],
+            strict=True,
+        )
+        return [
+            ParentMatch._trusted(name, score, Box._trusted(*box), kind, chunk_score, chunk_id, n_hits, label)  # type: ignore[arg-type]
+            for name, score, box, kind, chunk_score, chunk_id, n_hits, label in columns
+        ]
 
     def _matches_of_arrays(self, hits: HitArrays, folded: _Folded, top_k: int | None) -> list[ParentMatch]:
-        """ParentMatches of the first ``top_k`` ranked parents, reading the records of their near-best chunks only.
+        """ParentMatches of the first ``top_k`` ranked parents: from the chunks' details when ``hits`` has them,
+        else reading the records of their near-best chunks only.
 
         A parent whose best chunk's record is gone (deleted since the index was loaded) is skipped for the next.
         """
-        want = len(folded.ranking) if top_k is None else top_k
-        order = folded.order
+        ranking = self._rankings(folded, 1, hits.parent_id)[0]
+        want = len(ranking) if top_k is None else top_k
+        if hits.details is not None:
+            built = self._matches_of_details(
+                folded, ranking[:want], hits.scores, hits.chunk_ids, hits.parent_id, hits.details
+            )
+            if built is not None:
+                return built
+        order = folded.order.tolist()
+        starts, near, sizes = folded.starts.tolist(), folded.near.tolist(), folded.sizes.tolist()
         matches: list[ParentMatch] = []
         done = 0
-        while done < len(folded.ranking) and len(matches) < want:
-            take = folded.ranking[done : done + want - len(matches)]
+        while done < len(ranking) and len(matches) < want:
+            take = ranking[done : done + want - len(matches)]
             done += len(take)
-            spans = [(folded.starts[g], folded.starts[g] + folded.near[g]) for g in take]
+            spans = [(starts[g], starts[g] + near[g]) for g in take]
             found = hits.hits_at([p for a, b in spans for p in order[a:b]])
             for g, (a, b) in zip(take, spans, strict=True):
                 if order[a] not in found:
                     continue
                 group = [found[p] for p in order[a:b] if p in found]
-                matches.append(self._match(folded.parent_scores[g], group[0].parent_id, group, folded.sizes[g]))
+                matches.append(self._match(float(folded.parent_scores[g]), group[0].parent_id, group, sizes[g]))
         return matches
 
     def _box(self, group: list[Hit]) -> Box:
@@ -190,11 +273,57 @@ class ParentRanker:
         near = [h for h in group if h.score >= floor and h.box.intersection_area(best_box) > 0]
         if len(near) == 1:  # the best chunk alone (it is always near itself): its box
             return best_box
-        weights = [max(h.score, 1e-6) for h in near]
-        boxes = [h.box.as_tuple() for h in near]
-        total = sum(weights)
-        x0, y0, x1, y1 = (sum(w * b[i] for w, b in zip(weights, boxes, strict=True)) / total for i in range(4))
-        return Box(round(x0), round(y0), max(round(x1), round(x0) + 1), max(round(y1), round(y0) + 1))
+        boxes = np.array([h.box.as_tuple() for h in near], dtype=np.int64)
+        weights = np.maximum(np.array([h.score for h in near], dtype=np.float64), 1e-6)
+        return Box._trusted(*_fused(boxes, weights, np.zeros(1, np.int64))[0].tolist())
+
+    def rank_batch(
+        self,
+        scores: np.ndarray,
+        chunk_ids: np.ndarray,
+        parents: np.ndarray,
+        top_k: int,
+        *,
+        available: int,
+        parent_id: Callable[[int], str],
+        details: Callable[[np.ndarray], ChunkDetails],
+    ) -> list[list[ParentMatch] | None]:
+        """:meth:`rank` for many queries at once, from one search's hits, folded together with numpy.
+
+        Row ``r`` of the arrays holds query ``r``'s first ``min(available, top_k * overfetch)`` hits, best first
+        (``parents`` codes them, ``-1`` for padding or an id of no parent). A query whose hits hold enough
+        parents gets exactly what :meth:`rank` returns for it; one that needs more hits, or a chunk whose details
+        are unknown, gets ``None`` (rank it alone).
+        """
+        top_k = positive_int("top_k", top_k)
+        n, width = scores.shape if scores.ndim == 2 else (0, 0)
+        if n == 0 or available <= 0 or width != min(available, top_k * self.overfetch):
+            return [None] * n
+        valid = parents >= 0
+        rows = np.nonzero(valid)[0]
+        flat_scores, flat_ids, flat_codes = scores[valid], chunk_ids[valid], parents[valid]
+        folded = self._fold_rows(flat_scores, flat_ids, flat_codes, rows)
+        fetched = valid.sum(axis=1)
+        seen = np.bincount(folded.group_rows[folded.passing], minlength=n)
+        done = (seen >= top_k) | (width >= available) | (fetched < width)
+        if self._stops_at_floor():
+            last = np.full(n, np.inf)
+            has = fetched > 0
+            last[has] = flat_scores[np.cumsum(fetched)[has] - 1]
+            done |= last < float(self.min_score)  # type: ignore[arg-type]
+        rankings = self._rankings(folded, n, parent_id)
+        taken = [ranking[:top_k] if done[r] else [] for r, ranking in enumerate(rankings)]
+        built = self._matches_of_details(
+            folded, [g for row in taken for g in row], flat_scores, flat_ids, parent_id, details
+        )
+        if built is None:  # some details are unknown: each query on its own, which reads what it needs
+            return [None] * n
+        out: list[list[ParentMatch] | None] = []
+        at = 0
+        for r in range(n):
+            out.append(built[at : at + len(taken[r])] if done[r] else None)
+            at += len(taken[r])
+        return out
 
     def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]:
         """The ``top_k`` best parents, fetching more chunks until enough distinct parents are seen.
@@ -211,8 +340,8 @@ class ParentRanker:
         while True:
             hits = fetch(k)
             if isinstance(hits, HitArrays):
-                folded = self._scored_arrays(hits)
-                seen, got = len(folded.ranking), hits.fetched
+                folded = self._fold_rows(hits.scores, hits.chunk_ids, hits.parents, np.zeros(hits.fetched, np.int64))
+                seen, got = int(folded.passing.sum()), hits.fetched
                 last = float(hits.scores[-1]) if got else None
             else:
                 scored = self._scored(hits)
@@ -231,24 +360,62 @@ class ParentRanker:
         Unseen chunks score at most the last hit's score, and max and mean-of-top-n
         never exceed a parent's best chunk; a sum can, so it never stops early.
         """
-        if self.min_score is None or last_score is None or isinstance(self.aggregator, SumAggregator):
+        return self._stops_at_floor() and last_score is not None and last_score < self.min_score  # type: ignore[operator]
+
+    def _stops_at_floor(self) -> bool:
+        """Whether a last hit below ``min_score`` ends the search (see :meth:`_below_floor`)."""
+        if self.min_score is None or isinstance(self.aggregator, SumAggregator):
             return False
-        if not isinstance(self.aggregator, (MaxAggregator, MeanTopNAggregator)):
-            return False
-        return last_score < self.min_score
+        return isinstance(self.aggregator, (MaxAggregator, MeanTopNAggregator))
+
+
+def _grouping_order(
+    scores: np.ndarray, ids: np.ndarray, codes: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """Hit positions ordered by query row, then parent code, then best score first, then lower chunk id; and
+    whether the hits came in index order (rows in order, each strictly best first).
+
+    Hits in index order need only a stable sort by ``(row, parent)``, a tenth of the general four-key sort.
+    """
+    if len(scores) > 1 and codes.min() >= 0:
+        row_step, score_step = np.diff(rows), np.diff(scores)
+        if bool(((row_step > 0) | ((row_step == 0) & (score_step < 0))).all()):
+            key = rows.astype(np.int64) * (int(codes.max()) + 1) + codes
+            return np.argsort(key, kind="stable"), True
+    return np.lexsort((ids, -scores.astype(np.float64), codes, rows)), False
+
+
+def _fused(boxes: np.ndarray, weights: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The ``weights``-weighted mean box of each run of ``boxes`` beginning at ``starts`` (runs non-empty), rounded
+    to whole pixels and at least one pixel wide and high: int64 ``(len(starts), 4)``.
+
+    One implementation for every fold, so that a parent's box does not depend on which path built it.
+    """
+    total = np.add.reduceat(weights, starts)
+    out = np.empty((len(starts), 4), np.int64)
+    for i in range(4):
+        column = np.ascontiguousarray(boxes[:, i] * weights)
+        out[:, i] = np.round(np.add.reduceat(column, starts) / total)
+    out[:, 2] = np.maximum(out[:, 2], out[:, 0] + 1)
+    out[:, 3] = np.maximum(out[:, 3], out[:, 1] + 1)
+    return out
 
 
 class _Folded(NamedTuple):
-    """The numpy fold of one query's :class:`HitArrays`, as lists (they are read item by item).
+    """The numpy fold of one or more queries' hits.
 
-    ``order``: hit positions grouped by parent, best first within each group; per group: ``starts`` (where it
-    begins in ``order``), ``sizes``, ``near`` (how many of its first hits the box needs), ``parent_scores``;
-    ``ranking``: the groups passing ``min_score``, best first.
+    ``order``: hit positions grouped by query and parent, best first within each group; per group: ``starts``
+    (where it begins in ``order``), ``sizes``, ``near`` (how many of its first hits the box needs),
+    ``parent_scores``, ``group_rows`` (its query), ``group_codes`` (its parent), ``passing`` (``min_score``) and,
+    where parents rank in the order they first appear among the hits, ``first_hits`` (that position).
     """
 
-    order: list[int]
-    starts: list[int]
-    sizes: list[int]
-    near: list[int]
-    parent_scores: list[float]
-    ranking: list[int]
+    order: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+    near: np.ndarray
+    parent_scores: np.ndarray
+    group_rows: np.ndarray
+    group_codes: np.ndarray
+    passing: np.ndarray
+    first_hits: np.ndarray | None = None
