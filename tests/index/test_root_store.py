@@ -218,3 +218,14 @@ def test_check_finds_chunk_details_of_no_parent(tmp_path: Path) -> None:
     value = ChunkDetails.of([Chunk(Box(0, 0, 9, 9), None, "tile")]).to_bytes()
     store._write(lambda txn: txn.put(b"ghost", value, db=store._db["details"]))
     assert any("chunk details of 'ghost' have no parent record" in p for p in store.check())
+
+
+def test_an_unreadable_chunk_record_leaves_its_parents_details_unknown_not_the_store_unopenable(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_labelled("a")])
+    store._write(lambda txn: txn.delete(b"a", db=store._db["details"]))  # as written before 0.2
+    bad = b'{"p": "a", "b": [0, 0, 8, 8], "k": "blob"}'
+    store._write(lambda txn: txn.put((1).to_bytes(8, "big"), bad, db=store._db["chunks"]))
+    details = {pid: d for pid, _, d in store.parent_details()}["a"]
+    assert not details.known.any()
+    assert any("chunk 1: unreadable record" in p for p in store.check())

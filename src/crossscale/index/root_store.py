@@ -466,10 +466,15 @@ class RootStore:
                 logger.info("%d parent(s) have no stored chunk details; read them from their chunk records", rebuilt)
 
     def _details_from_records(self, chunk_ids: Sequence[int], txn: lmdb.Transaction) -> ChunkDetails:
-        records = self.chunk_records(chunk_ids, txn=txn)
-        if len(records) != len(chunk_ids):
-            return ChunkDetails.unknown(len(chunk_ids))
-        return ChunkDetails.of([records[int(cid)] for cid in chunk_ids])
+        """The details of these chunks read from their records; unknown if any is missing or unreadable (searches
+        then read the records themselves, and ``check`` reports them)."""
+        try:
+            records = self.chunk_records(chunk_ids, txn=txn)
+            if len(records) == len(chunk_ids):
+                return ChunkDetails.of([records[int(cid)] for cid in chunk_ids])
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("chunk records of %d chunk(s) are unreadable (%s)", len(chunk_ids), exc)
+        return ChunkDetails.unknown(len(chunk_ids))
 
     def parent(self, parent_id: str, *, txn: lmdb.Transaction | None = None) -> ParentRecord:
         """The record of ``parent_id``. Raises :class:`ParentNotFoundError`."""
