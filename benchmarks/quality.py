@@ -43,7 +43,7 @@ from crossscale.index import ChunkIndex, ParentMap
 from crossscale.query import search_parents
 from crossscale.rank import VERIFIED_BONUS, GeometricVerifier, ParentRanker, RegionRefiner, Verifier
 from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
-from crossscale.types import Box, ChunkRecord, Query
+from crossscale.types import Box, ChunkDetails, ChunkRecord, Query
 
 logger = logging.getLogger(__name__)
 
@@ -375,10 +375,12 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     def exact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the store's RootStore.vectors
         return np.asarray(ids, dtype=np.int64), np.stack([vectors[i] for i in ids]).reshape(len(ids), -1)
 
-    owners: dict[str, list[int]] = {}
+    owners: dict[str, list[ChunkRecord]] = {}
     for record in records:
-        owners.setdefault(record.parent_id, []).append(record.chunk_id)
-    parents = ParentMap.from_parents(owners.items())
+        owners.setdefault(record.parent_id, []).append(record)
+    parents = ParentMap.from_parents(  # with each chunk's box, kind and label, as a workspace's
+        (pid, [r.chunk_id for r in mine], ChunkDetails.of(mine)) for pid, mine in owners.items()
+    )
     ranker = ParentRanker(config.aggregator, box=config.box)
     refiner = config.refiner(encoder) if config.refiner is not None else None
     verifier = config.verifier() if config.verifier is not None else None
@@ -408,6 +410,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             index=index,
             records=lambda ids: {i: records[i] for i in ids},
             parents=parents,
+            details=parents.details,
             ranker=ranker,
             refiner=refiner,
             load_parent=dataset.parents.get,

@@ -592,6 +592,10 @@ def test_search_vectors_ranks_embedded_queries_as_search_batch_ranks_their_image
             cs.search_vectors(np.ones((1, 5), np.float32))
         with pytest.raises(VectorError, match="2-D"):
             cs.search_vectors(vectors[0])
+        with pytest.raises(VectorError, match="2-D array of numbers, got str"):
+            cs.search_vectors("not vectors")  # type: ignore[arg-type]
+        with pytest.raises(VectorError, match="2-D array of numbers"):
+            cs.search_vectors([[1.0, 2.0], [3.0]])  # type: ignore[arg-type]
         with pytest.raises(VectorError, match="NaN"):
             cs.search_vectors(np.full_like(vectors[:1], np.nan))
         with pytest.raises(VectorError, match="zero norm"):

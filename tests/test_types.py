@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -96,3 +98,28 @@ def test_chunk_records_round_trip_through_their_stored_form() -> None:
     bad = record.to_json().replace(b'"detection"', b'"blob"')
     with pytest.raises(ValueError, match="blob"):
         ChunkRecord.from_json(3, bad, validate=True)
+
+
+def test_the_hot_path_constructors_build_what_the_dataclass_builds() -> None:
+    """``Box._trusted`` and ``ParentMatch._trusted`` set the slots directly (a search builds one per match); a field
+    added to either dataclass must be added there too, or this fails."""
+    box = Box._trusted(1, 2, 3, 4)
+    assert box == Box(1, 2, 3, 4) and hash(box) == hash(Box(1, 2, 3, 4))
+    fast = ParentMatch._trusted("p", 0.5, box, "detection", 0.25, 7, 3, "cat")
+    slow = ParentMatch("p", 0.5, Box(1, 2, 3, 4), "detection", 0.25, 7, 3, "cat")
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    assert fast.inliers is None and fast.to_dict() == slow.to_dict()
+
+
+def test_a_match_is_attached_to_a_loader_in_place_once_and_copied_after() -> None:
+    def one(parent_id: str) -> Any:
+        return f"one:{parent_id}"
+
+    def two(parent_id: str) -> Any:
+        return f"two:{parent_id}"
+
+    match = ParentMatch("p", 0.5, Box(0, 0, 1, 1), "tile", 0.5, 1)
+    assert match._attached(one) is match and match.image() == "one:p"
+    moved = match._attached(two)
+    assert moved is not match and moved == match
+    assert moved.image() == "two:p" and match.image() == "one:p"  # the first stays attached where it was

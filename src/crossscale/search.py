@@ -343,7 +343,13 @@ class CrossScaleSearch:
         """
         self.workspace.check_open()
         positive_int("top_k", top_k)
-        rows = l2_normalize(np.asarray(vectors))
+        try:
+            array = np.asarray(vectors)
+        except ValueError as exc:  # ragged rows
+            raise VectorError(f"query vectors must be a 2-D array of numbers: {exc}") from exc
+        if array.dtype.kind not in "fiu":
+            raise VectorError(f"query vectors must be a 2-D array of numbers, got {type(vectors).__name__}")
+        rows = l2_normalize(array)
         if rows.shape[1] != self.workspace.config.dim:
             raise VectorError(
                 f"query vectors have dimension {rows.shape[1]}, the workspace's encoder "

@@ -516,7 +516,7 @@ class ParentMatch:
         """This match reading its image with ``loader``.
 
         A match attached to no workspace yet is one the search that calls this has just built: the loader is
-        set on it in place (the field is outside equality and hashing), which costs a hundredth of a copy. A
+        set on it in place (the field is outside equality and hashing), which costs a twentieth of a copy. A
         match attached elsewhere is copied.
         """
         if self._loader is None or self._loader is loader:

@@ -710,7 +710,7 @@ class Workspace:
 # ====================================================================== persistence of the derived index
 def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[str]:
     """Problems of the in-memory parent map against the store as ``txn`` sees it: it must map every stored chunk
-    to its parent."""
+    to its parent, with the chunk details the store keeps."""
     unmapped = misplaced = known = wrong = 0
     for parent_id, chunk_ids, stored in store.parent_details(txn):
         known += parent_id in parents
@@ -820,11 +820,21 @@ def _catch_up(store: RootStore, index: AnyChunkIndex | None, parents: ParentMap 
         for cid, parent_id in owner_of.items():
             owners.setdefault(parent_id, []).append(cid)
         parents.add_many(
-            (parent_id, ids, ChunkDetails.of([records[cid] for cid in ids])) for parent_id, ids in owners.items()
+            (parent_id, ids, _details_of([records[cid] for cid in ids])) for parent_id, ids in owners.items()
         )
     if changes:
         logger.info("caught the chunk index up by %d store change(s)", len(changes))
     return True
+
+
+def _details_of(records: list[ChunkRecord]) -> ChunkDetails:
+    """The details of these records; unknown if one is unreadable (its searches then read the records, and
+    ``verify()`` reports it)."""
+    try:
+        return ChunkDetails.of(records)
+    except ValueError as exc:
+        logger.warning("chunk records of parent %r are unreadable (%s)", records[0].parent_id, exc)
+        return ChunkDetails.unknown(len(records))
 
 
 def _load_index(
