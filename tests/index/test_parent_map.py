@@ -157,3 +157,13 @@ def test_replacing_parents_in_one_call_keeps_every_other_parents_details() -> No
     codes = parents.parent_codes(np.array(list(probe.values())))
     assert [parents.parent_id(c) for c in codes.tolist()] == list(probe)
     assert not parents.details(np.array([0, 600, 1200])).known.any()
+
+
+def test_a_parent_given_twice_in_one_call_keeps_its_last_chunks() -> None:
+    parents = ParentMap()
+    parents.add_many(
+        [("a", [0, 1], details_of((0, 0, 1, 1), (0, 0, 2, 2))), ("b", [2]), ("a", [5], details_of((3, 3, 4, 4)))]
+    )
+    codes = parents.parent_codes(np.array([0, 1, 2, 5]))
+    assert [parents.parent_id(c) if c >= 0 else None for c in codes.tolist()] == [None, None, "b", "a"]
+    assert parents.details(np.array([5])).boxes.tolist() == [[3, 3, 4, 4]] and len(parents) == 2

@@ -439,7 +439,7 @@ class RootStore:
         """``(parent_id, chunk_ids, details of those chunks in that order)`` of every parent: what a
         :class:`~crossscale.index.ParentMap` that also knows boxes is built of.
 
-        Each parent's details are one read; a parent stored by a crossscale that kept none (before 0.2) gets them
+        Each parent's details are one read; a parent stored by a crossscale that kept none (0.1, early 0.2) gets them
         from its chunk records (one read per chunk), and one whose records are unreadable gets unknown details.
         """
         with self._view(txn) as t:
