@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
 
 # Before anything imports transformers, huggingface_hub or ultralytics.
 _YOLO_DIR = tempfile.mkdtemp(prefix="crossscale-yolo-cfg-")
+atexit.register(shutil.rmtree, _YOLO_DIR, ignore_errors=True)  # one per run: not left behind in /tmp
 os.environ.update(
     {
         "HF_HUB_OFFLINE": "1",
