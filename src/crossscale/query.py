@@ -65,7 +65,7 @@ def _hit_arrays(
 def _distinct_parents(ids: np.ndarray, codes: np.ndarray | None, records: RecordLookup) -> int:
     """How many distinct parents the chunk ids of one result row belong to (padding and unknown ids left out)."""
     if codes is not None:
-        return len(np.unique(codes[codes >= 0]))
+        return int(_distinct_per_row(codes[None, :])[0])
     return len({record.parent_id for record in records(int(i) for i in ids if i >= 0).values()})
 
 

@@ -522,11 +522,7 @@ class ParentMatch:
         if self._loader is None or self._loader is loader:
             object.__setattr__(self, "_loader", loader)
             return self
-        copy = object.__new__(ParentMatch)
-        for name in _MATCH_SLOTS:
-            object.__setattr__(copy, name, getattr(self, name))
-        object.__setattr__(copy, "_loader", loader)
-        return copy
+        return dataclasses.replace(self, _loader=loader)
 
     def crop(self) -> Image.Image:
         """The region of the parent image where the query was found."""
@@ -553,7 +549,6 @@ class ParentMatch:
         }
 
 
-_MATCH_SLOTS = tuple(f.name for f in dataclasses.fields(ParentMatch) if f.name != "_loader")
 (
     _set_parent_id,
     _set_score,

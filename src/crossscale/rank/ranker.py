@@ -87,8 +87,7 @@ class ParentRanker:
         same.
         """
         if isinstance(hits, HitArrays):
-            folded = self._fold_rows(hits.scores, hits.chunk_ids, hits.parents, np.zeros(hits.fetched, np.int64))
-            return self._matches_of_arrays(hits, folded, top_k)
+            return self._matches_of_arrays(hits, self._fold_hits(hits), top_k)
         return self._matches(self._scored(hits), top_k)
 
     def _scored(self, hits: Sequence[Hit]) -> list[tuple[float, str, list[Hit]]]:
@@ -153,25 +152,28 @@ class ParentRanker:
         by_first = order[starts] if presorted and isinstance(self.aggregator, MaxAggregator) else None
         return _Folded(order, starts, sizes, near, parent_scores, in_rows[starts], in_codes[starts], passing, by_first)
 
+    def _fold_hits(self, hits: HitArrays) -> _Folded:
+        """:meth:`_fold_rows` of one query's :class:`HitArrays`."""
+        return self._fold_rows(hits.scores, hits.chunk_ids, hits.parents, np.zeros(hits.fetched, np.int64))
+
     @staticmethod
     def _rankings(folded: _Folded, n_rows: int, parent_id: Callable[[int], str]) -> list[list[int]]:
         """Per query, its groups passing ``min_score``, best first; equal scores ordered by parent id."""
         candidates = np.flatnonzero(folded.passing)
         if folded.first_hits is not None:  # strictly decreasing scores: no ties either
             ranked = candidates[np.argsort(folded.first_hits[candidates])]
-            ranked_rows = folded.group_rows[ranked]
-            bounds = np.searchsorted(ranked_rows, np.arange(n_rows + 1)).tolist()
-            return [ranked[bounds[r] : bounds[r + 1]].tolist() for r in range(n_rows)]
-        by_score = candidates[np.argsort(-folded.parent_scores[candidates], kind="stable")]
-        row_of = folded.group_rows[by_score]
-        ranked = by_score[np.argsort(row_of.astype(np.uint16) if n_rows <= 1 << 16 else row_of, kind="stable")]
+        else:
+            by_score = candidates[np.argsort(-folded.parent_scores[candidates], kind="stable")]
+            row_of = folded.group_rows[by_score]
+            ranked = by_score[np.argsort(row_of.astype(np.uint16) if n_rows <= 1 << 16 else row_of, kind="stable")]
         ranked_rows = folded.group_rows[ranked]
-        ranked_scores = folded.parent_scores[ranked]
         bounds = np.searchsorted(ranked_rows, np.arange(n_rows + 1)).tolist()
         out = [ranked[bounds[r] : bounds[r + 1]].tolist() for r in range(n_rows)]
-        tied = (ranked_scores[1:] == ranked_scores[:-1]) & (ranked_rows[1:] == ranked_rows[:-1])
-        for r in np.unique(ranked_rows[1:][tied]).tolist():
-            out[r].sort(key=lambda g: (-folded.parent_scores[g], parent_id(int(folded.group_codes[g]))))
+        if folded.first_hits is None:
+            ranked_scores = folded.parent_scores[ranked]
+            tied = (ranked_scores[1:] == ranked_scores[:-1]) & (ranked_rows[1:] == ranked_rows[:-1])
+            for r in np.unique(ranked_rows[1:][tied]).tolist():
+                out[r].sort(key=lambda g: (-folded.parent_scores[g], parent_id(int(folded.group_codes[g]))))
         return out
 
     def _matches_of_details(
@@ -340,7 +342,7 @@ class ParentRanker:
         while True:
             hits = fetch(k)
             if isinstance(hits, HitArrays):
-                folded = self._fold_rows(hits.scores, hits.chunk_ids, hits.parents, np.zeros(hits.fetched, np.int64))
+                folded = self._fold_hits(hits)
                 seen, got = int(folded.passing.sum()), hits.fetched
                 last = float(hits.scores[-1]) if got else None
             else:
