@@ -10,6 +10,9 @@ ranked by their best region, and scored by parent recall@10 against exact search
   :class:`~crossscale.index.ChunkIndex` that ``index_factory="auto"`` picks for N vectors within 4 GiB, with the
   :class:`~crossscale.index.ParentMap` and the default :class:`~crossscale.rank.ParentRanker` (``box="best"``).
 - **crossscale, Flat**: the same over an exact Flat index.
+- **..., FetchDepth**: the same with a :class:`~crossscale.query.FetchDepth` kept across the run's searches, as the
+  facade keeps one: once queries have needed deeper searches, the first search goes that deep (same results);
+  **..., no FetchDepth**: without it (every query starts at 80 chunks and doubles).
 - **..., ranker overfetch N**: the same with ``ParentRanker(overfetch=N)``, N the chunks per parent rounded up to a
   power of two: the first search is deep enough for alike chunks (the tuning docs/scaling.md gives for such
   collections).
@@ -40,7 +43,7 @@ import numpy as np
 
 from benchmarks.scale import build_index, make_data
 from crossscale.index import ParentMap, choose_index
-from crossscale.query import search_parents
+from crossscale.query import FetchDepth, search_parents
 from crossscale.rank import ParentRanker
 from crossscale.types import Box, Chunk, ChunkDetails, ChunkRecord, Query
 
@@ -102,11 +105,18 @@ def deep_overfetch(per_parent: int) -> int:
     return 1 << (per_parent - 1).bit_length()
 
 
-def parent_search(index: Any, parents: ParentMap, parent_name: Callable[[int], str], overfetch: int = 8) -> Search:
+def parent_search(
+    index: Any,
+    parents: ParentMap,
+    parent_name: Callable[[int], str],
+    overfetch: int = 8,
+    fetch_depth: FetchDepth | None = None,
+) -> Search:
     """The facade's query path over ``index`` and ``parents`` (a workspace's parent map holds every chunk's box,
     kind and label, so no record is read: the batch is folded at once); a record lookup made from each chunk's
     parent's name is there for the queries the ranker takes alone. ``overfetch`` is the ranker's (8, its default:
-    a first search of 80 chunks for 10 parents)."""
+    a first search of 80 chunks for 10 parents); ``fetch_depth`` learns how deep the first search goes, across
+    the searches made with it, as the facade's does."""
     ranker = ParentRanker(box="best", overfetch=overfetch)
 
     def records(ids: Any) -> dict[int, ChunkRecord]:
@@ -115,14 +125,23 @@ def parent_search(index: Any, parents: ParentMap, parent_name: Callable[[int], s
     def search(q: np.ndarray) -> list[list[int]]:
         queries = [Query(v, None) for v in q]
         found = search_parents(
-            queries, K, index=index, records=records, ranker=ranker, parents=parents, details=parents.details
+            queries,
+            K,
+            index=index,
+            records=records,
+            ranker=ranker,
+            parents=parents,
+            details=parents.details,
+            fetch_depth=fetch_depth,
         )
         return [[int(m.parent_id) for m in row] for row in found]
 
     return search
 
 
-def crossscale_search(index: Any, parent_of: np.ndarray, overfetch: int = 8) -> Search:
+def crossscale_search(
+    index: Any, parent_of: np.ndarray, overfetch: int = 8, fetch_depth: FetchDepth | None = None
+) -> Search:
     """:func:`parent_search` with the parent map of ``parent_of`` (chunk id → parent number)."""
     n_parents = int(parent_of.max()) + 1
     starts = np.searchsorted(parent_of, np.arange(n_parents))
@@ -131,7 +150,7 @@ def crossscale_search(index: Any, parent_of: np.ndarray, overfetch: int = 8) -> 
         (f"{p}", range(a, b), ChunkDetails.of([Chunk(BOX, None, "tile")] * (b - a)))
         for p, (a, b) in enumerate(zip(starts, stops, strict=True))
     )
-    return parent_search(index, parents, lambda i: f"{parent_of[i]}", overfetch)
+    return parent_search(index, parents, lambda i: f"{parent_of[i]}", overfetch, fetch_depth)
 
 
 def seed_match_then_aggregate(x: np.ndarray, parent_of: np.ndarray) -> Search:
@@ -213,7 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = build_index(factory, nprobe, plan.train_size, x)
         built = time.perf_counter() - start
         name = f"crossscale, {factory}" + (f" nprobe {nprobe}" if nprobe else "")
-        run(name, built, crossscale_search(index, parent_of))
+        run(
+            f"{name}, FetchDepth (the facade's default)",
+            built,
+            crossscale_search(index, parent_of, fetch_depth=FetchDepth()),
+        )
+        run(f"{name}, no FetchDepth", built, crossscale_search(index, parent_of))
         deep = deep_overfetch(args.per_parent)
         run(f"{name}, ranker overfetch {deep}", built, crossscale_search(index, parent_of, overfetch=deep))
         del index

@@ -155,6 +155,8 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
     from benchmarks.engines import deep_overfetch, parent_search, recall, timed
     from crossscale.encode import create_encoder
     from crossscale.index import ChunkIndex, ParentMap, search_params
+    from crossscale.query import FetchDepth
+    from crossscale.types import Box, Chunk, ChunkDetails
 
     info = json.loads((workdir / "build.json").read_text())
     data = np.load(workdir / "queries.npz")
@@ -172,18 +174,26 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
     load_s = time.perf_counter() - t
     after_load, load_peak = rss_mb()
     n, per_parent = info["n"], info["per_parent"]
+    # every region's box, kind and label, as a workspace's map holds them (one shared array: all alike here)
+    details = ChunkDetails.of(
+        [
+            Chunk(Box(16 * (i % 10), 16 * (i // 10), 16 * (i % 10) + 64, 16 * (i // 10) + 64), None, "tile")
+            for i in range(per_parent)
+        ]
+    )
     parents = ParentMap.from_parents(
-        (str(p), range(p * per_parent, min(n, (p + 1) * per_parent))) for p in range(-(-n // per_parent))
+        (str(p), range(p * per_parent, min(n, (p + 1) * per_parent)), details) for p in range(-(-n // per_parent))
     )
     peak_reset = reset_peak()
     results = []
     plan_nprobe = info["nprobe"]
-    sweep = [(plan_nprobe, 8), (plan_nprobe, deep_overfetch(per_parent))]
-    sweep += [(p, 8) for p in nprobes if p != plan_nprobe]
-    for nprobe, overfetch in sweep:
+    sweep = [(plan_nprobe, 8, True), (plan_nprobe, 8, False), (plan_nprobe, deep_overfetch(per_parent), False)]
+    sweep += [(p, 8, True) for p in nprobes if p != plan_nprobe]
+    for nprobe, overfetch, learned in sweep:
         if nprobe is not None:
             index.set_search_params(search_params(info["factory"], nprobe))
-        search = parent_search(index, parents, lambda i: str(i // per_parent), overfetch)
+        depth = FetchDepth() if learned else None  # the facade keeps one: what the first queries teach it
+        search = parent_search(index, parents, lambda i: str(i // per_parent), overfetch, depth)
         p50, p95, qps, got = timed(search, q)
         t = time.perf_counter()
         for s in range(0, len(q), 64):
@@ -193,6 +203,7 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
             {
                 "nprobe": nprobe,
                 "overfetch": overfetch,
+                "fetch_depth": learned,
                 "recall": recall(got, exact.tolist()),
                 "p50_ms": p50,
                 "p95_ms": p95,
@@ -264,14 +275,14 @@ def _report(info: dict[str, Any], found: dict[str, Any]) -> None:
         f"saved in {info['save_s']:.1f} s, loaded in {found['load_s']:.1f} s"
     )
     print(
-        "| nprobe | ranker overfetch | parent recall@10 vs exact | single p50 / p95 ms | batched q/s (all) "
-        "| batches of 64 q/s |"
+        "| nprobe | ranker overfetch | FetchDepth | parent recall@10 vs exact | single p50 / p95 ms "
+        "| batched q/s (all) | batches of 64 q/s |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in found["results"]:
         print(
-            f"| {r['nprobe']} | {r['overfetch']} | {r['recall']:.3f} | {r['p50_ms']:.2f} / {r['p95_ms']:.2f} "
-            f"| {r['qps_batch']:.0f} | {r['qps_64']:.0f} |"
+            f"| {r['nprobe']} | {r['overfetch']} | {'yes' if r['fetch_depth'] else 'no'} | {r['recall']:.3f} "
+            f"| {r['p50_ms']:.2f} / {r['p95_ms']:.2f} | {r['qps_batch']:.0f} | {r['qps_64']:.0f} |"
         )
     print(
         f"RSS: {found['base_rss_mb']:.0f} MiB after the imports; {found['rss_after_load_mb']:.0f} MiB with the "

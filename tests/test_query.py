@@ -11,7 +11,7 @@ import pytest
 
 from crossscale.errors import ConfigurationError
 from crossscale.index import ChunkIndex, ParentMap
-from crossscale.query import search_parents
+from crossscale.query import FetchDepth, _reach_depth, search_parents
 from crossscale.rank import ParentRanker
 from crossscale.types import Box, ChunkDetails, ChunkRecord, Query
 
@@ -261,3 +261,127 @@ def test_a_batch_ranker_that_loses_rows_is_named(alike: dict[str, Any]) -> None:
             parents=parents,
             details=parents.details,
         )
+
+
+def _tied_parents(rng: np.random.Generator, factory: str) -> dict[str, Any]:
+    """Like ``alike`` (30 parents of 40 alike chunks), but parent 1 is an exact copy of parent 0, whose chunks are
+    all one vector, and parent 3 of parent 2 (equal scores: ties), in a ChunkIndex built with ``factory``, with
+    stored float16 vectors."""
+    centres = rng.standard_normal((PARENTS, DIM)).astype(np.float32)
+    x = np.repeat(centres, ALIKE, axis=0) + 0.05 * rng.standard_normal((PARENTS * ALIKE, DIM)).astype(np.float32)
+    x[:ALIKE] = x[0]
+    x[ALIKE : 2 * ALIKE] = x[:ALIKE]
+    x[3 * ALIKE : 4 * ALIKE] = x[2 * ALIKE : 3 * ALIKE]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = ChunkIndex(DIM, factory, device="cpu")
+    index.add(x, np.arange(len(x)))
+    records = {
+        i: ChunkRecord(i, f"p{i // ALIKE:02d}", Box(i % 7, i % 5, i % 7 + 4 + i % 3, i % 5 + 4), "tile")
+        for i in range(len(x))
+    }
+    parents = ParentMap.from_parents(
+        (name, ids, ChunkDetails.of([records[i] for i in ids]))
+        for name, ids in ((f"p{p:02d}", range(p * ALIKE, (p + 1) * ALIKE)) for p in range(PARENTS))
+    )
+    queries = [
+        Query(v / np.linalg.norm(v), None) for v in x[rng.choice(len(x), 12)] + 0.02 * rng.standard_normal((12, DIM))
+    ]
+    queries += [Query(x[5], None), Query(x[2 * ALIKE + 7], None)]  # exactly a duplicated chunk: tied best hits
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(list(ids), dtype=np.int64)
+        return keep, x[keep].astype(np.float16)
+
+    return {"index": index, "records": records, "parents": parents, "queries": queries, "stored": stored}
+
+
+def _assert_same_matches(got: list[list[Any]], want: list[list[Any]], case: object) -> None:
+    """Equal matches; scores to float32 rounding: faiss' SQ scan scores a batch of one query a ulp apart from a
+    bigger batch (a query the ranker deepens alone is searched in a batch of one)."""
+    assert len(got) == len(want), case
+    for a, b in zip(got, want, strict=True):
+        assert [dataclasses.replace(m, score=0.0, chunk_score=0.0) for m in a] == [
+            dataclasses.replace(m, score=0.0, chunk_score=0.0) for m in b
+        ], case
+        np.testing.assert_allclose([m.score for m in a], [m.score for m in b], rtol=1e-6, err_msg=str(case))
+        np.testing.assert_allclose([m.chunk_score for m in a], [m.chunk_score for m in b], rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "IVF4,SQ8"])
+@pytest.mark.parametrize("aggregator", ["max", "sum", "mean_top3"])
+def test_a_deeper_first_search_changes_no_result(rng: np.random.Generator, factory: str, aggregator: str) -> None:
+    """Whatever FetchDepth makes the first search (1-16x deeper), every match is what the plain doubling gives:
+    ties (duplicated parents) included, with the batch fold (details) and without, re-scored exactly or not."""
+    data = _tied_parents(rng, factory)
+    index: ChunkIndex = data["index"]
+    assert index.prefix_stable
+    if factory.startswith("IVF"):
+        index.set_search_params("nprobe=2")  # an approximate search: some lists are not scanned
+    for top_k, min_score in ((1, None), (5, None), (3, 0.5), (12, None)):
+        ranker = ParentRanker(aggregator, box="fusion", min_score=min_score)
+        first = top_k * ranker.overfetch
+        for with_details, exact in ((True, False), (False, False), (True, True)):
+            common: dict[str, Any] = {
+                "index": index,
+                "records": _lookup(data["records"]),
+                "ranker": ranker,
+                "parents": data["parents"],
+                "details": data["parents"].details if with_details else None,
+                "exact_vectors": data["stored"] if exact else None,
+            }
+            want = search_parents(data["queries"], top_k, **common)
+            for factor in (2, 4, 16):
+                depth = FetchDepth()
+                depth.record([first * factor], first)
+                assert depth.factor == factor
+                counting = CountingIndex(index)
+                got = search_parents(data["queries"], top_k, **{**common, "index": counting}, fetch_depth=depth)
+                assert counting.searches[0] == (len(data["queries"]), min(len(index), first * factor))
+                _assert_same_matches(got, want, (factory, aggregator, top_k, with_details, exact, factor))
+
+
+def test_fetch_depth_learns_to_search_alike_chunks_once(alike: dict[str, Any]) -> None:
+    """Alike chunks take four searches at first (40, 80, 160, 320 chunks); once learned, one of 320."""
+    depth = FetchDepth()
+    counting = CountingIndex(alike["index"])
+    common = {"records": _lookup(alike["records"]), "ranker": ParentRanker(box="best"), "parents": alike["parents"]}
+    want = search_parents(alike["queries"], 5, index=counting, fetch_depth=depth, **common)
+    assert [k for _, k in counting.searches] == [40, 80, 160, 320]
+    assert depth.factor in (4, 8)  # 160 or 320 chunks held 5 parents for 90% of the queries
+    counting.searches.clear()
+    depth.record([320] * 256, 40)  # a window of queries that needed 320
+    got = search_parents(alike["queries"], 5, index=counting, fetch_depth=depth, **common)
+    assert [k for _, k in counting.searches] == [320]
+    assert got == want
+
+
+def test_fetch_depth_remembers_a_window_and_a_quantile() -> None:
+    depth = FetchDepth(window=10, quantile=0.5, max_factor=8)
+    assert depth.factor == 1  # nothing learned: the ranker's own first depth
+    depth.record([80, 81, 0, 500], 80)  # 1x, 2x (81 needs one doubling), never (not recorded), 8x (640 >= 500)
+    assert list(depth._rounds) == [0, 1, 3]
+    assert depth.factor == 2
+    depth.record([80 * 64] * 10, 80)  # the window forgets the oldest; capped at max_factor
+    assert depth.factor == 8
+    depth.reset()
+    assert depth.factor == 1
+    for bad in ({"window": 0}, {"quantile": 0}, {"quantile": 1.5}, {"quantile": "high"}, {"max_factor": -1}):
+        with pytest.raises(ConfigurationError):
+            FetchDepth(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("width", [1, 6, 40])
+def test_reach_depth_is_where_the_kth_parent_first_appears(rng: np.random.Generator, width: int) -> None:
+    codes = rng.integers(-1, 6, (50, width))
+    for top_k in (1, 3, 6):
+        got = _reach_depth(codes, top_k)
+        for row, need in zip(codes, got, strict=True):
+            seen: list[int] = []
+            want = 0
+            for at, code in enumerate(row.tolist()):
+                if code >= 0 and code not in seen:
+                    seen.append(code)
+                    if len(seen) == top_k:
+                        want = at + 1
+                        break
+            assert need == want

@@ -25,7 +25,7 @@ from crossscale import (
 from crossscale.encode import BackboneEncoder, ColorHistogramEncoder
 from crossscale.errors import VectorError
 from crossscale.index.root_store import NewParent
-from crossscale.query import embed_queries, search_parents
+from crossscale.query import FetchDepth, embed_queries, search_parents
 from crossscale.rank import RegionRefiner
 from crossscale.segment import TileSegmenter
 from crossscale.types import ChunkDetails
@@ -602,3 +602,27 @@ def test_search_vectors_ranks_embedded_queries_as_search_batch_ranks_their_image
             cs.search_vectors(np.zeros_like(vectors[:1]))
         with pytest.raises(ConfigurationError, match="top_k"):
             cs.search_vectors(vectors, top_k=0)
+
+
+@pytest.mark.parametrize(("factory", "learns"), [("Flat", True), ("IVF2,Flat", True), ("HNSW16", False)])
+def test_the_facade_learns_how_deep_to_search_and_results_do_not_change(
+    tmp_path: Path, photos: dict[str, Image.Image], factory: str, learns: bool
+) -> None:
+    """A workspace's tiles are alike: queries need deeper searches; the facade's FetchDepth learns it (only for an
+    index where that changes no result) and every result stays what a search without it gives."""
+    names = sorted(photos)
+    with _hist(tmp_path / "ws", index_factory=factory, verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        crops = [photos[n].crop((20 + 9 * i, 30, 220, 180)) for i, n in enumerate(names)] * 3
+        assert isinstance(cs.fetch_depth, FetchDepth) and cs.fetch_depth.factor == 1
+        searches: list[int] = []
+        real = cs.chunk_index.search
+        cs.chunk_index.search = lambda q, k: searches.append(k) or real(q, k)  # type: ignore[method-assign,func-returns-value]
+        learned = [cs.search(c, top_k=len(names)) for c in crops]  # one query at a time: learning as it goes
+        cs.fetch_depth, plain = None, searches.copy()
+        searches.clear()
+        assert [cs.search(c, top_k=len(names)) for c in crops] == learned
+        if learns:
+            assert len(plain) < len(searches)  # fewer searches once learned (each all the tiles of 7 parents)
+        else:
+            assert plain == searches

@@ -7,6 +7,8 @@ measured is what ships.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeGuard
 
@@ -33,7 +35,7 @@ from crossscale.protocols import (
 )
 from crossscale.types import Hit, HitArrays, ParentMatch, Query
 
-__all__ = ["embed_queries", "search_parents"]
+__all__ = ["FetchDepth", "embed_queries", "search_parents"]
 
 
 def embed_queries(encoder: Encoder, images: Sequence[Image.Image]) -> list[Query]:
@@ -92,19 +94,101 @@ def _rescored(
 
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-"""``search(vectors, k) -> (scores, ids)``: an index's search, or one whose hits are re-scored exactly."""
+"""``search(vectors, k) -> (scores, ids)``: an index's search."""
 
-_Fetched = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
-"""One search's hits for one query as ``(scores, ids, parent codes or None)``, best first."""
+
+class _Fetched(NamedTuple):
+    """One search's hits for one query, best first: as the index gave them (``raw``: not yet re-scored against
+    the exact vectors; a grouped search's hits never are), with their parent codes where a parent map is given."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+    codes: np.ndarray | None
+    raw: bool
 
 
 class _FirstFetch(NamedTuple):
-    """What :func:`_first_fetch` found: per query, the result of each search made for it, shallowest first; and
-    the first plain search of the whole batch as ``(scores, ids, codes)`` matrices (``None`` after a grouped
-    one, or without a parent map)."""
+    """What :func:`_first_fetch` found: per query, the result of each search made for it, shallowest first; the
+    first ``top_k * overfetch`` hits of the whole batch's first plain search as ``(scores, ids, codes)`` matrices
+    (``None`` after a grouped one, or without a parent map); and, with a parent map, how deep each query's first
+    search would have had to be to need no other: where its ``top_k``-th parent first appears, or where the index
+    ran out of hits for it."""
 
     fetched: list[list[_Fetched]]
     first: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    reached: np.ndarray | None
+
+
+class FetchDepth:
+    """How deep the first index search of a query goes, learned from the queries searched before it.
+
+    When a parent's chunks are alike (overlapping tiles of one photo), a query's best ``top_k * overfetch`` chunks
+    hold fewer than ``top_k`` parents, and the query path searches again, twice as deep each round: up to five
+    searches where one deep enough would do (an index search costs about the same at any depth; the scan
+    dominates). A ``FetchDepth`` remembers how deep the last ``window`` queries had to go and makes the first
+    search as deep as a ``quantile`` of them needed (a power-of-two multiple of ``top_k * overfetch``, at most
+    ``max_factor``). The facade keeps one per :class:`~crossscale.CrossScaleSearch`.
+
+    **Results do not depend on it**: the ranker is given the first ``top_k * overfetch`` hits of the deeper search,
+    and then its prefixes, exactly as if it had searched that deep itself (re-scoring against exact vectors is
+    applied to each prefix, not to the deeper result). That holds for an index whose ``search(q, k)`` is the first
+    ``k`` hits of ``search(q, K)`` for any ``K > k`` (Flat and IVF indexes: :attr:`ChunkIndex.prefix_stable
+    <crossscale.index.ChunkIndex.prefix_stable>`); the facade uses a ``FetchDepth`` only with those. Only the time
+    a search takes depends on the queries before it.
+
+    Args:
+        window: how many recent queries it remembers (>= 1).
+        quantile: the share of them whose first search should need no second one, in ``(0, 1]``.
+        max_factor: the deepest first search, as a multiple of ``top_k * overfetch`` (>= 1).
+
+    Raises:
+        ConfigurationError: a bad argument.
+    """
+
+    def __init__(self, window: int = 256, quantile: float = 0.9, max_factor: int = 32) -> None:
+        self.window = positive_int("window", window)
+        if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0 < quantile <= 1:
+            raise ConfigurationError(f"quantile must be a number in (0, 1], got {quantile!r}")
+        self.quantile = float(quantile)
+        self.max_factor = positive_int("max_factor", max_factor)
+        self._rounds: deque[int] = deque()  # per query remembered: the doublings its first search needed
+        self._counts = [0] * 64  # how many remembered queries needed each number of doublings
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FetchDepth(window={self.window}, quantile={self.quantile}, max_factor={self.max_factor})"
+
+    @property
+    def factor(self) -> int:
+        """The first search's depth now, as a multiple of ``top_k * overfetch`` (1 until a query needed more)."""
+        with self._lock:
+            wanted, seen = self.quantile * len(self._rounds), 0
+            for rounds, count in enumerate(self._counts):
+                seen += count
+                if count and seen >= wanted:
+                    return min(self.max_factor, 1 << rounds)
+        return 1
+
+    def record(self, needed: np.ndarray | Sequence[int], first: int) -> None:
+        """Remember that queries needed first searches of ``needed`` hits each (``0``: unknown, not recorded) when
+        ``first`` is ``top_k * overfetch``."""
+        hits = np.asarray(needed, dtype=np.int64).reshape(-1)
+        hits = hits[hits > 0]
+        if not len(hits) or first < 1:
+            return
+        doublings = np.ceil(np.log2(np.maximum(hits, first) / first)).astype(np.int64).clip(0, 63).tolist()
+        with self._lock:
+            for rounds in doublings[-self.window :]:
+                if len(self._rounds) == self.window:
+                    self._counts[self._rounds.popleft()] -= 1
+                self._rounds.append(rounds)
+                self._counts[rounds] += 1
+
+    def reset(self) -> None:
+        """Forget what it learned (the next first search is ``top_k * overfetch`` deep again)."""
+        with self._lock:
+            self._rounds.clear()
+            self._counts = [0] * 64
 
 
 def _first_fetch(
@@ -116,17 +200,19 @@ def _first_fetch(
     ranker: Ranker,
     parents: ChunkParents | None,
     records: RecordLookup,
+    depth: int = 1,
 ) -> _FirstFetch:
     """The hits each query's ranking starts from, searched for the whole batch at once.
 
-    A grouped search when the index and the ranker allow it, else ``top_k * overfetch`` chunks per query. Then,
-    with a parent map, the queries whose hits hold fewer than ``top_k`` parents (a parent's chunks are alike) are
-    searched again together, twice as deep each round, so that the ranker seldom asks for more one query at a
-    time: one batched search per doubling instead of one per query.
+    A grouped search when the index and the ranker allow it, else ``top_k * overfetch * depth`` chunks per query
+    (``depth``: :attr:`FetchDepth.factor`). Then, with a parent map, the queries whose hits hold fewer than
+    ``top_k`` parents (a parent's chunks are alike) are searched again together, twice as deep each round, so that
+    the ranker seldom asks for more one query at a time: one batched search per doubling instead of one per query.
+    Hits are kept as the index gave them (``search`` does not re-score).
     """
     n, available = len(vectors), len(index)
     if available <= 0:
-        return _FirstFetch([[] for _ in range(n)], None)  # nothing to search (the ranker asks for nothing either)
+        return _FirstFetch([[] for _ in range(n)], None, None)  # nothing to search (the ranker asks for nothing)
     k = max(1, min(available, top_k * ranker.overfetch))
     group_size = getattr(ranker, "group_size", None)
     grouped = False
@@ -134,38 +220,45 @@ def _first_fetch(
         scores, ids = index.search_grouped(vectors, top_k, group_size)
         grouped = True
     else:
-        scores, ids = search(vectors, k)
+        scores, ids = search(vectors, max(k, min(available, k * depth)))
     codes = None if parents is None else parents.parent_codes(ids)
-    fetched = [[(scores[r], ids[r], None if codes is None else codes[r])] for r in range(n)]
-    first = None if grouped or codes is None else (scores, ids, codes)
+    fetched = [[_Fetched(scores[r], ids[r], None if codes is None else codes[r], not grouped)] for r in range(n)]
+    first = None if grouped or codes is None else (scores[:, :k], ids[:, :k], codes[:, :k])
+    reached = None if grouped or codes is None else np.zeros(n, dtype=np.int64)  # filled by needs_more below
 
     def search_again(rows: list[int], depth: int, *, replace: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         more_scores, more_ids = search(vectors[rows], depth)
         more_codes = None if parents is None else parents.parent_codes(more_ids)
         for j, r in enumerate(rows):
-            view = (more_scores[j], more_ids[j], None if more_codes is None else more_codes[j])
+            view = _Fetched(more_scores[j], more_ids[j], None if more_codes is None else more_codes[j], True)
             fetched[r] = [view] if replace else [*fetched[r], view]
         return more_ids, more_codes
 
     last_rows, last_ids, last_codes = list(range(n)), ids, codes  # the rows of the last plain search, its result
     if grouped:  # a grouped search may return fewer parents than asked although more exist (Milvus Lite does)
-        last_rows = [r for r in range(n) if _distinct_parents(fetched[r][0][1], fetched[r][0][2], records) < top_k]
+        last_rows = [r for r in range(n) if _distinct_parents(fetched[r][0].ids, fetched[r][0].codes, records) < top_k]
         if last_rows:
             last_ids, last_codes = search_again(last_rows, k, replace=True)
     if last_codes is None or not last_rows:
-        return _FirstFetch(fetched, first)  # counting parents would read every hit's record: the ranker asks itself
+        return _FirstFetch(fetched, first, reached)  # counting parents would read every hit's record: the ranker asks
 
     def needs_more(rows: list[int], ids: np.ndarray, codes: np.ndarray) -> list[int]:
-        """The rows (of one search) that got all they asked for, yet fewer than ``top_k`` parents."""
-        full = (ids >= 0).all(axis=1)  # fewer hits than asked: the index has no more
-        return [r for r, more in zip(rows, full & (_distinct_per_row(codes) < top_k), strict=True) if more]
+        """The rows (of one search) that got all they asked for, yet fewer than ``top_k`` parents; records how
+        deep a first search of each row would have had to be to need no other."""
+        valid = (ids >= 0).sum(axis=1)
+        full = valid == ids.shape[1]  # fewer hits than asked: the index has no more
+        need = _reach_depth(codes, top_k)
+        if reached is not None:  # where too few parents came: one hit past what the index has shows it is all
+            reached[rows] = np.where(need > 0, need, np.minimum(valid + 1, available))
+        return [r for r, more in zip(rows, full & (need == 0), strict=True) if more]
 
+    k = len(last_ids[0]) if len(last_ids) else k
     short = needs_more(last_rows, last_ids, last_codes)
     while short and k < available:
         k = min(available, 2 * k)
         more_ids, more_codes = search_again(short, k)
         short = [] if more_codes is None else needs_more(short, more_ids, more_codes)
-    return _FirstFetch(fetched, first)
+    return _FirstFetch(fetched, first, reached)
 
 
 def _ranks_batches(ranker: Ranker) -> TypeGuard[BatchRanker]:
@@ -188,6 +281,23 @@ def _distinct_per_row(codes: np.ndarray) -> np.ndarray:
     return counts
 
 
+def _reach_depth(codes: np.ndarray, top_k: int) -> np.ndarray:
+    """Per row of parent codes (best hit first, ``-1`` for none), how many of its first hits hold ``top_k``
+    distinct parents: one past where the ``top_k``-th parent first appears; ``0`` where the row holds fewer."""
+    n, width = codes.shape
+    if width < top_k:
+        return np.zeros(n, dtype=np.int64)
+    order = np.argsort(codes, axis=1, kind="stable")  # each parent's hits together, its best (first) one first
+    ordered = np.take_along_axis(codes, order, axis=1)
+    later = np.empty(ordered.shape, dtype=bool)  # not where a parent first appears (or padding)
+    later[:, 0] = ordered[:, 0] < 0
+    np.logical_or(ordered[:, 1:] == ordered[:, :-1], ordered[:, 1:] < 0, out=later[:, 1:])
+    firsts = np.where(later, width, order)  # the positions where parents first appear; width elsewhere
+    at = np.partition(firsts, top_k - 1, axis=1)[:, top_k - 1]
+    need: np.ndarray = np.where(at < width, at + 1, 0).astype(np.int64)
+    return need
+
+
 def search_parents(
     queries: Sequence[Query],
     top_k: int,
@@ -204,6 +314,7 @@ def search_parents(
     exact_vectors: VectorLookup | None = None,
     refine_verified: bool = False,
     details: DetailsLookup | None = None,
+    fetch_depth: FetchDepth | None = None,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
@@ -242,6 +353,9 @@ def search_parents(
             :class:`~crossscale.protocols.BatchRanker` folds the whole batch's first hits at once and builds the
             matches from the details (the result is the same), and any other ranker's
             :class:`~crossscale.types.HitArrays` carry them.
+        fetch_depth: learns how deep the first search goes (:class:`FetchDepth`); needs ``parents``. Only for an
+            index whose shallower searches are prefixes of deeper ones (``prefix_stable``): the result is then
+            the same as without it.
 
     Raises:
         ConfigurationError: a bad ``top_k`` or ``min_score``, or a refiner without ``load_parent``.
@@ -256,17 +370,15 @@ def search_parents(
         return []
     vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
     available = len(index)
-    if exact_vectors is None:
-        search: SearchFn = index.search
-    else:
-        lookup = exact_vectors
-
-        def search(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            return _rescored(rows, *index.search(rows, k), lookup)
-
-    fetched, first = _first_fetch(
-        vectors, top_k, index=index, search=search, ranker=ranker, parents=parents, records=records
+    depth = 1 if fetch_depth is None or parents is None else fetch_depth.factor
+    fetched, first, reached = _first_fetch(
+        vectors, top_k, index=index, search=index.search, ranker=ranker, parents=parents, records=records, depth=depth
     )
+    if fetch_depth is not None and reached is not None:
+        fetch_depth.record(reached, max(1, min(available, top_k * ranker.overfetch)))
+    if first is not None and exact_vectors is not None and parents is not None:
+        first_ids = _rescored(vectors, first[0], first[1], exact_vectors)
+        first = (*first_ids, parents.parent_codes(first_ids[1]))
     together: list[list[ParentMatch] | None] = [None] * len(queries)
     if first is not None and parents is not None and details is not None and _ranks_batches(ranker):
         # the whole batch's first hits in one numpy fold; a query that needs more is ranked alone below
@@ -279,14 +391,19 @@ def search_parents(
     for row, query in enumerate(queries):
 
         def fetch(k: int, row: int = row) -> Sequence[Hit]:
-            deep_enough = [view for view in fetched[row] if len(view[1]) >= k]
+            deep_enough = [view for view in fetched[row] if len(view.ids) >= k]
             if deep_enough:  # the shallowest search that holds k hits: as if searched for k (ties stay put)
-                row_scores, row_ids, row_codes = min(deep_enough, key=lambda view: len(view[1]))
-                row_scores, row_ids = row_scores[:k], row_ids[:k]
+                view = min(deep_enough, key=lambda view: len(view.ids))
+                row_scores, row_ids, row_codes, raw = view.scores[:k], view.ids[:k], view.codes, view.raw
                 row_codes = None if row_codes is None else row_codes[:k]
             else:
-                more_scores, more_ids = search(vectors[row : row + 1], k)
-                row_scores, row_ids, row_codes = more_scores[0], more_ids[0], None
+                more_scores, more_ids = index.search(vectors[row : row + 1], k)
+                row_scores, row_ids, row_codes, raw = more_scores[0], more_ids[0], None, True
+            if raw and exact_vectors is not None:  # re-scored as a search of k would be, not the deeper one
+                rescored_scores, rescored_ids = _rescored(
+                    vectors[row : row + 1], row_scores[None], row_ids[None], exact_vectors
+                )
+                row_scores, row_ids, row_codes = rescored_scores[0], rescored_ids[0], None
             if parents is None:
                 return _hits(row_scores, row_ids, records)
             if row_codes is None:

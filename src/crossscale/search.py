@@ -34,7 +34,7 @@ from crossscale.index import RootStore
 from crossscale.index.root_store import ParentRecord
 from crossscale.ingest import ingest, iter_inputs
 from crossscale.protocols import Encoder, Ranker, Refiner, Segmenter, TextEncoder, Verifier, check_stage
-from crossscale.query import embed_queries, search_parents
+from crossscale.query import FetchDepth, embed_queries, search_parents
 from crossscale.rank import ParentRanker, RegionRefiner
 from crossscale.segment import create_segmenter
 from crossscale.types import IndexReport, Query, SearchResult
@@ -75,6 +75,9 @@ class CrossScaleSearch:
         verifier: the workspace's :class:`~crossscale.protocols.Verifier` (recorded; ``None`` if it has none);
             ``verify_matches = False`` stops searches from using it.
         refine_verified: whether the refiner also runs for queries whose best match the verifier confirmed.
+        fetch_depth: learns how deep the first index search of a query should go when a parent's chunks are
+            alike (:class:`~crossscale.query.FetchDepth`); it changes no result, only the number of searches,
+            and is used with indexes where that holds (``prefix_stable``). ``None`` turns it off.
         workspace: the :class:`~crossscale.workspace.Workspace` on disk.
     """
 
@@ -102,6 +105,7 @@ class CrossScaleSearch:
         self.verifier = verifier
         self.verify_matches = verify_matches
         self.refine_verified = refine_verified
+        self.fetch_depth: FetchDepth | None = FetchDepth()
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
@@ -413,6 +417,7 @@ class CrossScaleSearch:
             exact_vectors=None if getattr(index, "scores_exact", True) else self.workspace.store.vectors,
             refine_verified=self.refine_verified,
             details=self.workspace.chunk_details(),
+            fetch_depth=self.fetch_depth if getattr(index, "prefix_stable", False) else None,
         )
         return [
             SearchResult([m._attached(self.image) for m in row], query.image if query.image is not None else query.text)

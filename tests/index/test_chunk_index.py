@@ -9,6 +9,7 @@ import pytest
 from crossscale._device import faiss_gpu_count
 from crossscale.errors import ChunkIndexError, ConfigurationError, DeviceError, VectorError, WorkspaceFormatError
 from crossscale.index import ChunkIndex
+from crossscale.index.chunk_index import GPU_MAX_K
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -251,3 +252,66 @@ def test_bad_projections_are_refused_clearly(rng: np.random.Generator) -> None:
         index.search(_unit(rng, 1, 8), 1)  # queries come at the full dimension too
     index.add(_unit(rng, 8, 16), np.arange(8))
     assert len(index) == 8
+
+
+@pytest.mark.parametrize(
+    ("factory", "stable"),
+    [
+        ("Flat", True),
+        ("SQ8", True),
+        ("PQ4", True),
+        ("IVF4,Flat", True),
+        ("IVF4,SQ8", True),
+        ("IVF4,PQ4", True),
+        ("IVF4,PQ4x4fs", False),
+        ("HNSW16", False),
+        ("IVF4,Flat,Refine(Flat)", False),
+    ],
+)
+def test_prefix_stable_names_the_exhaustive_scans(factory: str, stable: bool, rng: np.random.Generator) -> None:
+    index = ChunkIndex(8, factory, device="cpu")
+    index.add(rng.standard_normal((400, 8)).astype(np.float32), np.arange(400))
+    assert index.prefix_stable is stable
+    assert ChunkIndex(8, factory, device="cpu", reduce_dim=4).prefix_stable is stable
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "IVF4,SQ8"])
+def test_a_search_is_the_start_of_any_deeper_one_ties_included(factory: str, rng: np.random.Generator) -> None:
+    """faiss lists equal scores in an order that depends on k; ChunkIndex orders them by id, so that a shallow
+    search is exactly the first hits of a deep one (what the query path's FetchDepth relies on)."""
+    groups = rng.standard_normal((12, 8)).astype(np.float32)
+    x = groups[rng.integers(0, 12, 600)]  # exact duplicates: tied scores
+    index = ChunkIndex(8, factory, device="cpu")
+    index.add(x, np.arange(600) * 3 + 5)
+    if factory.startswith("IVF"):
+        index.set_search_params("nprobe=2")
+    for queries in (x[:1], x[:30], groups):  # one query, and batches faiss scores with BLAS
+        deep_scores, deep_ids = index.search(queries, 600)
+        for k in (1, 7, 40, 130):
+            scores, ids = index.search(queries, k)
+            np.testing.assert_array_equal(ids, deep_ids[:, :k])
+            np.testing.assert_array_equal(scores, deep_scores[:, :k])
+        tied = deep_scores[:, 1:] == deep_scores[:, :-1]
+        assert (
+            tied.any()
+            and (deep_ids[:, 1:][tied & (deep_ids[:, 1:] >= 0)] > deep_ids[:, :-1][tied & (deep_ids[:, 1:] >= 0)]).all()
+        )
+
+
+def test_a_search_deeper_than_a_gpu_returns_runs_on_the_cpu_copy(rng: np.random.Generator) -> None:
+    """faiss' GPU indexes return at most GPU_MAX_K hits: a deeper search must not come back cut short."""
+    index = ChunkIndex(8, device="cpu")
+    index.add(rng.standard_normal((3000, 8)).astype(np.float32), np.arange(3000))
+
+    class ShallowGpu:
+        def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            if k > GPU_MAX_K:
+                raise AssertionError(f"asked a GPU index for {k} hits")
+            return index._index.search(q, k)
+
+    index.device = "cuda:0"  # as if mirrored on a GPU
+    index._searcher = lambda: ShallowGpu()  # type: ignore[method-assign]
+    scores, ids = index.search(rng.standard_normal((2, 8)).astype(np.float32), 2500)
+    assert (ids >= 0).all() and np.isfinite(scores).all()
+    assert not index.prefix_stable  # a GPU's selection among equal scores is its own
+    assert (index.search(rng.standard_normal((1, 8)).astype(np.float32), 10)[1] >= 0).all()

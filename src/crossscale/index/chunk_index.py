@@ -26,6 +26,8 @@ _MAGIC = b"CSIDX\x00\x01\n"
 _FORMAT = 1
 #: faiss' own default; some faiss-cpu wheels ship 128000, which makes batched searches ~10x slower.
 DEFAULT_BLAS_THRESHOLD = 20
+#: the most hits faiss' GPU indexes return per query; deeper searches run on the CPU master copy
+GPU_MAX_K = 2048
 
 
 @contextlib.contextmanager
@@ -52,6 +54,19 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
     if len(np.unique(arr)) != n:
         raise ConfigurationError("ids must be unique within a call")
     return arr
+
+
+def _ties_by_id(scores: np.ndarray, ids: np.ndarray) -> None:
+    """Order hits of equal score by id, smallest first, in place; rows are best first, padded at the end, and only
+    rows with a tie are sorted."""
+    if scores.shape[1] < 2:
+        return
+    tied = (scores[:, 1:] == scores[:, :-1]) & (ids[:, 1:] >= 0)
+    rows = np.nonzero(tied.any(axis=1))[0]
+    if len(rows):
+        order = np.lexsort((ids[rows], -scores[rows]), axis=1)  # padding (-inf) stays last
+        scores[rows] = np.take_along_axis(scores[rows], order, axis=1)
+        ids[rows] = np.take_along_axis(ids[rows], order, axis=1)
 
 
 def _unit_rows(vectors: Any, dim: int) -> np.ndarray:
@@ -206,6 +221,7 @@ class ChunkIndex:
         self._gpu_index: Any = None
         self._gpu_resources: Any = None
         self._scores_exact: bool | None = None  # the structure never changes: worked out once
+        self._prefix_stable: bool | None = None
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:
@@ -236,6 +252,24 @@ class ChunkIndex:
             whole = isinstance(core, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
             self._scores_exact = self.reduce_dim is None and whole
         return self._scores_exact
+
+    @property
+    def prefix_stable(self) -> bool:
+        """Whether ``search(q, k)`` gives the first ``k`` hits of ``search(q, K)`` for any ``K > k``: true of the
+        exhaustive scans on the CPU (Flat, SQ and PQ codes, and IVF lists but fast-scan ones), which score the same
+        vectors at any depth and whose ties :meth:`search` orders by id; not of HNSW, whose beam widens with
+        ``k``, of a refining index, which re-ranks ``k_factor * k`` candidates, nor of a GPU search, whose
+        selection among equal scores is its own. The query path may then search deeper at first, with the same
+        result (:class:`~crossscale.query.FetchDepth`)."""
+        if self._prefix_stable is None:  # the structure never changes: worked out once
+            import faiss
+
+            core: Any = _with_ids(self._index)
+            if isinstance(core, faiss.IndexIDMap):
+                core = faiss.downcast_index(core.index)
+            scans = isinstance(core, (faiss.IndexFlatCodes, faiss.IndexIVF))
+            self._prefix_stable = scans and not isinstance(core, faiss.IndexIVFFastScan)
+        return self.device == "cpu" and self._prefix_stable
 
     @property
     def energy_kept(self) -> float | None:
@@ -364,6 +398,12 @@ class ChunkIndex:
     def search(self, vectors: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best chunks for each query row.
 
+        Hits of equal score are ordered by id, smallest first (the first added first), and where equal scores
+        straddle the ``k``-th hit the ones with the smallest ids are kept. faiss' own order and choice among them
+        depend on ``k`` (its heap, and its reservoir from 100 hits on, keep and list different ones); this way a
+        search is the first ``k`` hits of any deeper one for the exhaustive structures (:attr:`prefix_stable`),
+        and a chunk indexed later never displaces an equal one indexed earlier.
+
         Returns:
             ``(scores, ids)``, both of shape ``(n, k)``, best first; where fewer
             than ``k`` results exist, ids are ``-1`` and scores ``-inf``.
@@ -376,24 +416,36 @@ class ChunkIndex:
         total = int(self._index.ntotal)
         if n == 0 or total == 0:
             return scores, ids
-        ask = min(total, int(k) + len(self._tombstones))
-        if self.device != "cpu":
-            ask = min(ask, 2048)  # faiss GPU limit
+        rows = np.arange(n)
+        ask = min(total, k + len(self._tombstones) + 1)  # one more: is the k-th hit's score tied beyond it?
+        while len(rows):
+            d, i = self._search_raw(q[rows], ask)
+            straddles = (i[:, k] >= 0) & (d[:, k] == d[:, k - 1]) if i.shape[1] > k else np.zeros(len(rows), bool)
+            done = ~straddles if ask < total else np.ones(len(rows), bool)
+            _ties_by_id(d, i)
+            width = min(k, i.shape[1])
+            ids[rows[done], :width] = i[done, :width]
+            scores[rows[done], :width] = d[done, :width]
+            rows, ask = rows[~done], min(total, 2 * ask)  # equal scores past the k-th: until they all are in
+        return scores, ids
+
+    def _search_raw(self, q: np.ndarray, ask: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss' ``ask`` best hits of each row with removed ids taken out: ``(scores, ids)``, best first, padded
+        (``-inf``, ``-1``) at the end of each row."""
+        searcher = self._searcher() if ask <= GPU_MAX_K else self._index  # faiss' GPU k limit: not cut short
         with _blas_threshold(self.blas_threshold):
-            d, i = self._searcher().search(q, ask)
+            d, i = searcher.search(q, ask)
         if self._tombstones:
-            dead = np.isin(i, np.fromiter(self._tombstones, np.int64))
-            i = np.where(dead, -1, i)
+            i = np.where(np.isin(i, np.fromiter(self._tombstones, np.int64)), -1, i)
         found = i >= 0
-        if ask == k and bool((found[:, :-1] >= found[:, 1:]).all()):  # padding only at the ends: as it is
-            ids[:] = i
-            scores[found] = d[found]
-            return scores, ids
-        for row in range(n):
-            keep = i[row] >= 0
-            got_i, got_d = i[row][keep][:k], d[row][keep][:k]
-            ids[row, : len(got_i)] = got_i
-            scores[row, : len(got_d)] = got_d
+        if bool((found[:, :-1] >= found[:, 1:]).all()):  # padding only at the ends: as it is
+            return np.where(found, d, np.float32(-np.inf)), i
+        scores = np.full(d.shape, -np.inf, dtype=np.float32)
+        ids = np.full(i.shape, -1, dtype=np.int64)
+        for row in range(len(i)):
+            keep = found[row]
+            ids[row, : keep.sum()] = i[row][keep]
+            scores[row, : keep.sum()] = d[row][keep]
         return scores, ids
 
     def set_search_params(self, params: str) -> None:
