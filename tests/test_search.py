@@ -619,10 +619,10 @@ def test_the_facade_learns_how_deep_to_search_and_results_do_not_change(
         real = cs.chunk_index.search
         cs.chunk_index.search = lambda q, k: searches.append(k) or real(q, k)  # type: ignore[method-assign,func-returns-value]
         learned = [cs.search(c, top_k=len(names)) for c in crops]  # one query at a time: learning as it goes
-        cs.fetch_depth, plain = None, searches.copy()
+        cs.fetch_depth, learning = None, searches.copy()
         searches.clear()
         assert [cs.search(c, top_k=len(names)) for c in crops] == learned
         if learns:
-            assert len(plain) < len(searches)  # fewer searches once learned (each all the tiles of 7 parents)
+            assert len(learning) < len(searches)  # fewer index searches once it has learned
         else:
-            assert plain == searches
+            assert learning == searches

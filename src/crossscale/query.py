@@ -110,9 +110,9 @@ class _Fetched(NamedTuple):
 class _FirstFetch(NamedTuple):
     """What :func:`_first_fetch` found: per query, the result of each search made for it, shallowest first; the
     first ``top_k * overfetch`` hits of the whole batch's first plain search as ``(scores, ids, codes)`` matrices
-    (``None`` after a grouped one, or without a parent map); and, with a parent map, how deep each query's first
-    search would have had to be to need no other: where its ``top_k``-th parent first appears, or where the index
-    ran out of hits for it."""
+    (``None`` after a grouped one, or without a parent map); and, when asked to learn (with a parent map), how deep
+    some queries' first search would have had to be to need no other: where its ``top_k``-th parent first
+    appears, or where the index ran out of hits for it (``0`` for the queries not sampled)."""
 
     fetched: list[list[_Fetched]]
     first: tuple[np.ndarray, np.ndarray, np.ndarray] | None
@@ -191,6 +191,10 @@ class FetchDepth:
             self._counts = [0] * 64
 
 
+#: queries per search whose needed depth :func:`_first_fetch` works out for a :class:`FetchDepth` (it remembers 256)
+_LEARN_ROWS = 8
+
+
 def _first_fetch(
     vectors: np.ndarray,
     top_k: int,
@@ -201,6 +205,7 @@ def _first_fetch(
     parents: ChunkParents | None,
     records: RecordLookup,
     depth: int = 1,
+    learn: bool = False,
 ) -> _FirstFetch:
     """The hits each query's ranking starts from, searched for the whole batch at once.
 
@@ -208,7 +213,8 @@ def _first_fetch(
     (``depth``: :attr:`FetchDepth.factor`). Then, with a parent map, the queries whose hits hold fewer than
     ``top_k`` parents (a parent's chunks are alike) are searched again together, twice as deep each round, so that
     the ranker seldom asks for more one query at a time: one batched search per doubling instead of one per query.
-    Hits are kept as the index gave them (``search`` does not re-score).
+    Hits are kept as the index gave them (``search`` does not re-score). ``learn``: also work out how deep the
+    first search of a few of the queries had to be (for :meth:`FetchDepth.record`).
     """
     n, available = len(vectors), len(index)
     if available <= 0:
@@ -224,7 +230,7 @@ def _first_fetch(
     codes = None if parents is None else parents.parent_codes(ids)
     fetched = [[_Fetched(scores[r], ids[r], None if codes is None else codes[r], not grouped)] for r in range(n)]
     first = None if grouped or codes is None else (scores[:, :k], ids[:, :k], codes[:, :k])
-    reached = None if grouped or codes is None else np.zeros(n, dtype=np.int64)  # filled by needs_more below
+    reached = np.zeros(n, dtype=np.int64) if learn and not grouped and codes is not None else None  # needs_more
 
     def search_again(rows: list[int], depth: int, *, replace: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         more_scores, more_ids = search(vectors[rows], depth)
@@ -243,14 +249,15 @@ def _first_fetch(
         return _FirstFetch(fetched, first, reached)  # counting parents would read every hit's record: the ranker asks
 
     def needs_more(rows: list[int], ids: np.ndarray, codes: np.ndarray) -> list[int]:
-        """The rows (of one search) that got all they asked for, yet fewer than ``top_k`` parents; records how
-        deep a first search of each row would have had to be to need no other."""
-        valid = (ids >= 0).sum(axis=1)
-        full = valid == ids.shape[1]  # fewer hits than asked: the index has no more
-        need = _reach_depth(codes, top_k)
-        if reached is not None:  # where too few parents came: one hit past what the index has shows it is all
-            reached[rows] = np.where(need > 0, need, np.minimum(valid + 1, available))
-        return [r for r, more in zip(rows, full & (need == 0), strict=True) if more]
+        """The rows (of one search) that got all they asked for, yet fewer than ``top_k`` parents; for the first
+        :data:`_LEARN_ROWS` of them, records how deep a first search would have had to be to need no other."""
+        full = (ids >= 0).all(axis=1)  # fewer hits than asked: the index has no more
+        if reached is not None:  # short rows come first in the next round: a sampled row is followed to its end
+            learn = min(len(rows), _LEARN_ROWS)
+            need = _reach_depth(codes[:learn], top_k)
+            valid = (ids[:learn] >= 0).sum(axis=1)  # too few parents: one hit past what the index has shows it
+            reached[rows[:learn]] = np.where(need > 0, need, np.minimum(valid + 1, available))
+        return [r for r, more in zip(rows, full & (_distinct_per_row(codes) < top_k), strict=True) if more]
 
     k = len(last_ids[0]) if len(last_ids) else k
     short = needs_more(last_rows, last_ids, last_codes)
@@ -372,7 +379,15 @@ def search_parents(
     available = len(index)
     depth = 1 if fetch_depth is None or parents is None else fetch_depth.factor
     fetched, first, reached = _first_fetch(
-        vectors, top_k, index=index, search=index.search, ranker=ranker, parents=parents, records=records, depth=depth
+        vectors,
+        top_k,
+        index=index,
+        search=index.search,
+        ranker=ranker,
+        parents=parents,
+        records=records,
+        depth=depth,
+        learn=fetch_depth is not None,
     )
     if fetch_depth is not None and reached is not None:
         fetch_depth.record(reached, max(1, min(available, top_k * ranker.overfetch)))

@@ -16,6 +16,7 @@ from crossscale import CrossScaleSearch
 from crossscale.errors import ConfigurationError
 from crossscale.index import ChunkIndex, IndexPlan, choose_index, parse_memory
 from crossscale.index import choose as choose_module
+from crossscale.index.choose import MAX_NPROBE
 from crossscale.workspace import _growth_key
 
 
@@ -38,6 +39,8 @@ def test_small_collections_are_exact_then_ivf_then_sq8_then_pq_as_the_budget_shr
     assert choose_index(50_000, 512).factory == "Flat"
     ivf = choose_index(1_000_000, 512, "4G")
     assert ivf.factory == "IVF4096,Flat" and ivf.nprobe == 128 and ivf.bytes <= 4 << 30
+    ten_million = choose_index(10_000_000, 256, "4G")  # 1/32 of the lists up to MAX_NPROBE
+    assert ten_million.factory == "IVF16384_HNSW32,SQ8" and ten_million.nprobe == MAX_NPROBE == 256
     sq8 = choose_index(10_000_000, 256, "4G")  # 10.3 GB of float32 do not fit; 2.6 GB of bytes do
     assert sq8.factory == "IVF16384_HNSW32,SQ8" and 2.6e9 < sq8.bytes <= 4 << 30
     pq = choose_index(10_000_000, 256, "2G")
