@@ -343,3 +343,18 @@ def test_adding_assigns_lists_with_a_narrow_graph_and_searching_keeps_the_wide_o
     assert (index.search(x[:3], 5)[1][:, 0] == np.arange(3)).all()
     with chunk_index._assigning(ChunkIndex(8, device="cpu")._index):  # no HNSW quantizer: nothing to change
         pass
+
+
+def test_equal_scores_past_the_kth_hit_are_fetched_until_they_end_not_further(rng: np.random.Generator) -> None:
+    """30 copies of one vector score equally: a search of 10 must see them all (to keep the 10 smallest ids) and
+    stop there, not go on doubling through the 5,000 others."""
+    x = rng.standard_normal((5000, 8)).astype(np.float32)
+    x[100:130] = x[0]
+    index = ChunkIndex(8, device="cpu")
+    index.add(x, np.arange(5000))
+    asked: list[int] = []
+    real = index._search_raw
+    index._search_raw = lambda q, ask: asked.append(ask) or real(q, ask)  # type: ignore[method-assign]
+    scores, ids = index.search(x[:1], 10)
+    assert asked == [11, 22, 44]  # 11: tied at the 10th; 22: still tied at the last; 44: the ties end inside
+    assert ids[0].tolist() == [0, *range(100, 109)] and (scores[0] == scores[0, 0]).all()

@@ -444,8 +444,11 @@ class ChunkIndex:
         ask = min(total, k + len(self._tombstones) + 1)  # one more: is the k-th hit's score tied beyond it?
         while len(rows):
             d, i = self._search_raw(q[rows], ask)
-            straddles = (i[:, k] >= 0) & (d[:, k] == d[:, k - 1]) if i.shape[1] > k else np.zeros(len(rows), bool)
-            done = ~straddles if ask < total else np.ones(len(rows), bool)
+            if i.shape[1] > k and ask < total:  # equal scores at the k-th hit that may go on past the last one
+                open_tie = (d[:, k] == d[:, k - 1]) & (i[:, -1] >= 0) & (d[:, -1] == d[:, k - 1])
+                done = ~open_tie
+            else:
+                done = np.ones(len(rows), dtype=bool)
             _ties_by_id(d, i)
             width = min(k, i.shape[1])
             ids[rows[done], :width] = i[done, :width]
