@@ -132,9 +132,10 @@ class FetchDepth:
     **Results do not depend on it**: the ranker is given the first ``top_k * overfetch`` hits of the deeper search,
     and then its prefixes, exactly as if it had searched that deep itself (re-scoring against exact vectors is
     applied to each prefix, not to the deeper result). That holds for an index whose ``search(q, k)`` is the first
-    ``k`` hits of ``search(q, K)`` for any ``K > k`` (Flat and IVF indexes: :attr:`ChunkIndex.prefix_stable
-    <crossscale.index.ChunkIndex.prefix_stable>`); the facade uses a ``FetchDepth`` only with those. Only the time
-    a search takes depends on the queries before it.
+    ``k`` hits of ``search(q, K)`` for any ``K > k`` (Flat, SQ, PQ and IVF scans on the CPU:
+    :attr:`ChunkIndex.prefix_stable <crossscale.index.ChunkIndex.prefix_stable>`); the facade uses a
+    ``FetchDepth`` only with those. Only the time a search takes depends on the queries before it. It learns from
+    a few queries of each search (8), and is safe to share between threads.
 
     Args:
         window: how many recent queries it remembers (>= 1).
