@@ -174,7 +174,7 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
     load_s = time.perf_counter() - t
     after_load, load_peak = rss_mb()
     n, per_parent = info["n"], info["per_parent"]
-    # every region's box, kind and label, as a workspace's map holds them (one shared array: all alike here)
+    # every region's box, kind and label, as a workspace's map holds them (the same for every parent here)
     details = ChunkDetails.of(
         [
             Chunk(Box(16 * (i % 10), 16 * (i // 10), 16 * (i % 10) + 64, 16 * (i // 10) + 64), None, "tile")
