@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple, TypeGuard
 
 import numpy as np
@@ -91,10 +91,6 @@ def _rescored(
         out_scores[r, : len(best)] = row_scores[best]
         out_ids[r, : len(best)] = ids[r][stored][best]
     return out_scores, out_ids
-
-
-SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-"""``search(vectors, k) -> (scores, ids)``: an index's search."""
 
 
 class _Fetched(NamedTuple):
@@ -201,7 +197,6 @@ def _first_fetch(
     top_k: int,
     *,
     index: VectorIndex,
-    search: SearchFn,
     ranker: Ranker,
     parents: ChunkParents | None,
     records: RecordLookup,
@@ -214,7 +209,7 @@ def _first_fetch(
     (``depth``: :attr:`FetchDepth.factor`). Then, with a parent map, the queries whose hits hold fewer than
     ``top_k`` parents (a parent's chunks are alike) are searched again together, twice as deep each round, so that
     the ranker seldom asks for more one query at a time: one batched search per doubling instead of one per query.
-    Hits are kept as the index gave them (``search`` does not re-score). ``learn``: also work out how deep the
+    Hits are kept as the index gave them (not re-scored). ``learn``: also work out how deep the
     first search of a few of the queries had to be (for :meth:`FetchDepth.record`).
     """
     n, available = len(vectors), len(index)
@@ -227,14 +222,14 @@ def _first_fetch(
         scores, ids = index.search_grouped(vectors, top_k, group_size)
         grouped = True
     else:
-        scores, ids = search(vectors, max(k, min(available, k * depth)))
+        scores, ids = index.search(vectors, max(k, min(available, k * depth)))
     codes = None if parents is None else parents.parent_codes(ids)
     fetched = [[_Fetched(scores[r], ids[r], None if codes is None else codes[r], not grouped)] for r in range(n)]
     first = None if grouped or codes is None else (scores[:, :k], ids[:, :k], codes[:, :k])
     reached = np.zeros(n, dtype=np.int64) if learn and not grouped and codes is not None else None  # needs_more
 
     def search_again(rows: list[int], depth: int, *, replace: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        more_scores, more_ids = search(vectors[rows], depth)
+        more_scores, more_ids = index.search(vectors[rows], depth)
         more_codes = None if parents is None else parents.parent_codes(more_ids)
         for j, r in enumerate(rows):
             view = _Fetched(more_scores[j], more_ids[j], None if more_codes is None else more_codes[j], True)
@@ -383,7 +378,6 @@ def search_parents(
         vectors,
         top_k,
         index=index,
-        search=index.search,
         ranker=ranker,
         parents=parents,
         records=records,

@@ -146,6 +146,15 @@ def _with_ids(index: Any) -> Any:
     return view
 
 
+def _structure(index: Any) -> Any:
+    """The structure that holds the vectors in ``index``: behind any projection and any ``IndexIDMap``; a
+    non-owning view."""
+    import faiss
+
+    core = _with_ids(index)
+    return faiss.downcast_index(core.index) if isinstance(core, faiss.IndexIDMap) else core
+
+
 def _principal_axes(x: np.ndarray, k: int) -> tuple[np.ndarray, float]:
     """The ``k`` leading eigenvectors of the uncentred second moment ``xᵀx`` of the rows of ``x``, as a
     ``(k, d)`` float32 matrix, and the share of ``x``'s energy they keep."""
@@ -269,9 +278,7 @@ class ChunkIndex:
         import faiss
 
         if self._scores_exact is None:
-            core: Any = _with_ids(self._index)
-            if isinstance(core, faiss.IndexIDMap):
-                core = faiss.downcast_index(core.index)
+            core: Any = _structure(self._index)
             whole = isinstance(core, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
             self._scores_exact = self.reduce_dim is None and whole
         return self._scores_exact
@@ -287,9 +294,7 @@ class ChunkIndex:
         if self._prefix_stable is None:  # the structure never changes: worked out once
             import faiss
 
-            core: Any = _with_ids(self._index)
-            if isinstance(core, faiss.IndexIDMap):
-                core = faiss.downcast_index(core.index)
+            core: Any = _structure(self._index)
             scans = isinstance(core, (faiss.IndexFlatCodes, faiss.IndexIVF))
             self._prefix_stable = scans and not isinstance(core, faiss.IndexIVFFastScan)
         return self.device == "cpu" and self._prefix_stable
