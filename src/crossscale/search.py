@@ -153,7 +153,7 @@ class CrossScaleSearch:
             device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``: for named components and the index.
             batch_size: images segmented and encoded per step of :meth:`index`.
             index_factory: for a new workspace, ``"auto"`` (the default: Flat while small, then IVF, IVF-SQ8, IVF-PQ,
-                chosen by size within ``max_memory`` and migrated when the collection outgrows it, at ``save()``)
+                chosen by size within ``max_memory`` and migrated by the batch that outgrows it, or at ``save()``)
                 or a faiss factory string (``"Flat"``, ``"HNSW32"``, ``"IVF4096,Flat"``), kept as it is; or a Milvus
                 collection (``pip install "crossscale[milvus]"``): ``"milvus"`` (Milvus Lite, a file in the
                 workspace), ``"milvus://host:19530"`` (a server), see :func:`~crossscale.index.parse_milvus_factory`

@@ -38,6 +38,7 @@ from PIL import Image
 
 from crossscale._files import TEMP_SUFFIX, atomic_write
 from crossscale._images import decode_stored
+from crossscale._memory import release_freed_memory
 from crossscale.errors import (
     ChunkIndexError,
     ConfigurationError,
@@ -119,7 +120,8 @@ class WorkspaceConfig:
         segmenter_spec: how to rebuild the segmenter by name, or ``None`` if it was passed as an object.
         index_factory: the faiss factory string of the chunk index, or ``"auto"`` (format 2): chosen by the
             collection's size within ``max_memory`` (:func:`~crossscale.index.choose_index`), and migrated to a
-            bigger structure at :meth:`Workspace.save` as the collection grows; or a Milvus collection
+            bigger structure as the collection grows (by :meth:`Workspace.add`'s batch that outgrows it, or at
+            :meth:`Workspace.save`); or a Milvus collection
             (format 2), recorded as ``milvus:<uri>#<collection>`` (:func:`~crossscale.index.parse_milvus_factory`).
         max_memory: the RAM budget of an ``"auto"`` index, in bytes (``None`` otherwise).
         vector_dtype: how the store keeps vectors: ``"float32"``, or ``"float16"`` (format 2; half the bytes).
@@ -310,6 +312,7 @@ class Workspace:
     _lock: WorkspaceLock | None = field(repr=False)
     _dirty: bool = field(default=False, init=False, repr=False)
     _closed: bool = field(default=False, init=False)
+    _budget_warned: tuple[Any, ...] = field(default=(), init=False, repr=False)  # said once, not per batch
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -490,10 +493,14 @@ class Workspace:
     def add(self, parents: Sequence[NewParent]) -> list[list[int]]:
         """Store ``parents`` in one transaction and add their vectors to the index; returns their chunk ids.
 
+        An ``"auto"`` index the collection outgrows with this batch is migrated now and saved (see :meth:`save`),
+        so a long ingest stays within ``max_memory`` instead of growing a Flat index until its end.
+
         Raises:
             ConfigurationError, WorkspaceError: from the store; then nothing was stored.
         """
         self.check_open(write=True)
+        self._clean()  # an index an interruption left half-updated is rebuilt first, never built upon
         assigned = self.store.add_parents(parents)
         with self._mutation():
             if assigned:  # one write for the batch (a Milvus round trip each otherwise)
@@ -506,11 +513,14 @@ class Workspace:
             self.parents.add_many(
                 (p.parent_id, ids, ChunkDetails.of(p.chunks)) for p, ids in zip(parents, assigned, strict=True)
             )
+        if assigned and self._grow_if_outgrown():
+            self._checkpoint()
         return assigned
 
     def delete(self, parent_id: str) -> None:
         """Remove a parent, its chunk records and its vectors. Raises :class:`ParentNotFoundError`."""
         self.check_open(write=True)
+        self._clean()
         removed = self.store.delete_parent(parent_id)
         with self._mutation():
             self.index.remove(removed)
@@ -566,21 +576,45 @@ class Workspace:
         self._grow_if_outgrown()
         _save_index(self.path, self.store, self.index, self._generation)
 
-    def _grow_if_outgrown(self) -> None:
-        """Rebuild an ``"auto"`` index from the store in the structure its size calls for, if that is bigger."""
+    def _grow_if_outgrown(self) -> bool:
+        """Rebuild an ``"auto"`` index from the store in the structure its size calls for, if that is bigger;
+        True if it did."""
         if self.config.index_factory != AUTO_INDEX:
-            return
+            return False
         try:
             plan = self.config.index_plan(len(self.index))
         except ConfigurationError as exc:  # the parents are stored; never fail a save for the budget
-            logger.warning("%s; keeping the %s index", exc, self.index.factory)
-            return
-        if _growth_key(plan.factory, plan.reduce_dim) > _growth_key(
+            if exc.args != self._budget_warned:
+                logger.warning("%s; keeping the %s index", exc, self.index.factory)
+                self._budget_warned = exc.args
+            return False
+        if _growth_key(plan.factory, plan.reduce_dim) <= _growth_key(
             self.index.factory, getattr(self.index, "reduce_dim", None)
         ):
-            logger.info("migrating the chunk index from %s to %s (%s)", self.index.factory, plan.factory, plan.reason)
-            with self.store.snapshot() as txn:
-                self._reload(txn)
+            return False
+        logger.info("migrating the chunk index from %s to %s (%s)", self.index.factory, plan.factory, plan.reason)
+        started = time.perf_counter()
+        # The outgrown index is let go first, so a migration holds one index, not two (at 10M: ~4 GB, not ~8).
+        # Until the new one is in, the index is dirty: an error or interrupt leaves it to be rebuilt from the store.
+        self._dirty = True
+        self.index = _new_index(self.config.dim, IndexPlan("Flat", 0, None, 0, "placeholder"), self.index.device)
+        release_freed_memory()
+        with self.store.snapshot() as txn:
+            self._reload(txn)
+        self._dirty = False
+        release_freed_memory()  # the training sample's, the build's temporaries
+        logger.info(
+            "migrated %d vectors to %s in %.1f s", len(self.index), self.index.factory, time.perf_counter() - started
+        )
+        return True
+
+    def _checkpoint(self) -> None:
+        """Save the index just migrated during an ingest: reopening then starts from it, not from the outgrown
+        file and every change since. A failed save is logged (the store has committed; the next save retries)."""
+        try:
+            _save_index(self.path, self.store, self.index, self._generation)
+        except WorkspaceError as exc:
+            logger.error("%s", exc)
 
     def rebuild_index(self) -> None:
         """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``)."""
@@ -620,18 +654,18 @@ class Workspace:
         notes: list[str] = []
         with self.store.snapshot() as txn:
             problems += self.store.check(txn)
-            stored = self.store.chunk_ids(txn)
+            stored = self.store.vector_ids(txn)
             generation = self.store.generation_at(txn)
             parents = self.store.parent_count(txn)
             if generation == self._generation:  # the map against the very snapshot the index is compared with
                 problems += _check_parent_map(self.parents, self.store, txn)
         shared = isinstance(self.index, MilvusChunkIndex)
         if generation == self._generation:
-            in_index = {int(i) for i in self.index.ids()}
-            if in_index != stored:
+            in_index = np.unique(self.index.ids())  # sorted arrays: 8 bytes an id, where sets took ~70
+            if not np.array_equal(in_index, stored):
                 found = (
-                    f"chunk index disagrees with the store: {len(in_index - stored)} vector(s) of no stored chunk, "
-                    f"{len(stored - in_index)} stored chunk(s) not indexed"
+                    f"chunk index disagrees with the store: {len(np.setdiff1d(in_index, stored))} vector(s) of no "
+                    f"stored chunk, {len(np.setdiff1d(stored, in_index))} stored chunk(s) not indexed"
                 )
                 if shared and self.readonly:  # the writer updates the collection just after each store commit
                     notes.append(f"{found} (a writer may be between the two; verify from the writer to be sure)")
@@ -658,7 +692,7 @@ class Workspace:
             notes.append("no index file: it is rebuilt from the store on open")
         else:
             try:
-                _, meta = ChunkIndex.load(file, device="cpu")
+                meta = ChunkIndex.check_file(file)  # streamed through its checksum: no second index in memory
                 saved = int(meta.get("generation", -1))
                 if saved > generation:
                     problems.append(f"index file is ahead of the store (generation {saved} > {generation})")

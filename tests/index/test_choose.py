@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from crossscale.errors import ConfigurationError
 from crossscale.index import ChunkIndex, IndexPlan, choose_index, parse_memory
 from crossscale.index import choose as choose_module
 from crossscale.index.choose import MAX_NPROBE
-from crossscale.workspace import _growth_key
+from crossscale.workspace import INDEX_FILE, _growth_key
 
 
 @pytest.mark.parametrize(
@@ -263,6 +264,60 @@ def test_an_outgrown_index_migrates_at_save_and_stays_searchable(
     with _open(tmp_path / "ws") as cs:  # reopened: the saved IVF, no rebuild
         assert cs.info()["index_structure"] == structure and cs.verify().ok
         assert cs.search(scenes[9][1], top_k=1)[0].parent_id == "p9"
+
+
+def test_a_long_ingest_migrates_as_it_grows_not_at_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One index() call over the whole collection: the Flat index is replaced (and the new one saved) by the batch
+    that outgrows it, so the index follows max_memory during the call, not only after it."""
+    monkeypatch.setattr(choose_module, "FLAT_MAX", 500)
+    scenes = _scenes(12)
+    file = tmp_path / "ws" / INDEX_FILE
+    seen: list[tuple[str, int, str | None]] = []
+    with _open(tmp_path / "ws", batch_size=2) as cs:
+
+        def inputs() -> Iterator[tuple[str, Image.Image]]:
+            for item in scenes:
+                saved = ChunkIndex.load(file, device="cpu")[0].factory if file.exists() else None
+                seen.append((cs.info()["index_structure"], len(cs.chunk_index), saved))
+                yield item
+
+        report = cs.index(inputs())
+        total = len(cs.chunk_index)
+        assert len(report.added) == 12 and cs.verify().ok
+        assert cs.search(scenes[5][1], top_k=1)[0].parent_id == "p5"
+    assert seen[0][0] == "Flat"
+    during = [(structure, n, saved) for structure, n, saved in seen if structure.startswith("IVF")]
+    assert during, f"still Flat while the call ran: {seen}"
+    structure, n, saved = during[0]
+    assert 500 < n < total  # migrated by the batch that crossed 500 vectors, before the end
+    assert saved == structure  # and saved then: reopening after a kill starts from it
+    assert all(s == "Flat" for s, m, _ in seen if m <= 500)
+
+
+def test_a_migration_that_fails_mid_ingest_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outgrown index is let go before the new one is built (one index in RAM, not two); if the build fails,
+    the index is rebuilt from the store when next needed, and the batch that triggered it stays stored."""
+    monkeypatch.setattr(choose_module, "FLAT_MAX", 500)
+    scenes = _scenes(12)
+    real_train = ChunkIndex.train
+
+    def out_of_memory(self: ChunkIndex, x: np.ndarray) -> None:
+        raise MemoryError("training sample")
+
+    with _open(tmp_path / "ws", batch_size=2) as cs:
+        monkeypatch.setattr(ChunkIndex, "train", out_of_memory)
+        with pytest.raises(MemoryError):
+            cs.index(scenes[:8])
+        monkeypatch.setattr(ChunkIndex, "train", real_train)
+        stored = len(cs)
+        assert 0 < stored < 8 and cs.verify().ok  # rebuilt from the store, in the structure its size calls for
+        assert (
+            cs.info()["index_structure"].startswith("IVF") and len(cs.chunk_index) == cs.workspace.store.chunk_count()
+        )
+        assert cs.search(scenes[stored - 1][1], top_k=1)[0].parent_id == f"p{stored - 1}"
+        assert len(cs.index(scenes).added) == 12 - stored
+    with _open(tmp_path / "ws", readonly=True) as cs:
+        assert len(cs) == 12 and cs.verify().ok
 
 
 def test_a_migration_left_undone_happens_when_a_writer_next_closes(

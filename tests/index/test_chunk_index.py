@@ -99,10 +99,12 @@ def test_load_rejects_a_truncated_file_and_reads_the_one_a_whole_copy_wrote(
     index.save(tmp_path / "new")
     raw = (tmp_path / "new").read_bytes()
     header_end = 16 + int.from_bytes(raw[8:16], "little")  # 8 bytes of magic, the header's length, the header
-    assert raw[header_end:] == faiss.serialize_index(index._index).tobytes()  # the same bytes, streamed
+    assert raw[header_end:-16] == faiss.serialize_index(index._index).tobytes()  # the same bytes, streamed
     (tmp_path / "cut").write_bytes(raw[: header_end + (len(raw) - header_end) // 2])
     with pytest.raises(WorkspaceFormatError, match="corrupt faiss data"):
         ChunkIndex.load(tmp_path / "cut")
+    with pytest.raises(WorkspaceFormatError, match="corrupt faiss data"):
+        ChunkIndex.check_file(tmp_path / "cut")  # no trailer where it should be: loaded, and faiss says so
     (tmp_path / "short-header").write_bytes(raw[: header_end - 5])
     with pytest.raises(WorkspaceFormatError, match="corrupt header"):
         ChunkIndex.load(tmp_path / "short-header")
@@ -358,3 +360,49 @@ def test_equal_scores_past_the_kth_hit_are_fetched_until_they_end_not_further(rn
     scores, ids = index.search(x[:1], 10)
     assert asked == [11, 22, 44]  # 11: tied at the 10th; 22: still tied at the last; 44: the ties end inside
     assert ids[0].tolist() == [0, *range(100, 109)] and (scores[0] == scores[0, 0]).all()
+
+
+def test_index_files_carry_a_checksum_that_finds_a_flipped_byte_without_loading(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A flipped bit inside the stored codes still parses as faiss data: only the CRC-32 after it notices.
+    check_file streams the file through it (what verify() uses: no second copy of the index in memory)."""
+    x = _unit(rng, 300, 8)
+    index = ChunkIndex(8, "IVF4,SQ8", device="cpu")
+    index.train(x)
+    index.add(x, np.arange(300))
+    index.save(tmp_path / "ok", {"generation": 5})
+    raw = (tmp_path / "ok").read_bytes()
+    assert raw[-16:-12] == b"CSIE"
+    assert ChunkIndex.check_file(tmp_path / "ok") == {"generation": 5}
+    flipped = bytearray(raw)
+    flipped[len(raw) - 200] ^= 0x01  # a code byte near the end of the last list
+    (tmp_path / "flipped").write_bytes(bytes(flipped))
+    for read in (ChunkIndex.check_file, lambda f: ChunkIndex.load(f, device="cpu")):
+        with pytest.raises(WorkspaceFormatError, match="fails its checksum"):
+            read(tmp_path / "flipped")
+    (tmp_path / "extra").write_bytes(raw + b"x")
+    with pytest.raises(WorkspaceFormatError, match="unexpected bytes"):
+        ChunkIndex.load(tmp_path / "extra", device="cpu")
+    (tmp_path / "old").write_bytes(raw[:-16])  # as written before the checksum: read as before
+    assert ChunkIndex.check_file(tmp_path / "old") == {"generation": 5}
+    loaded, meta = ChunkIndex.load(tmp_path / "old", device="cpu")
+    assert meta == {"generation": 5} and len(loaded) == 300
+
+
+def test_verify_reports_an_index_file_that_fails_its_checksum(tmp_path: Path) -> None:
+    from crossscale import CrossScaleSearch
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter="whole", verifier=False, refine=False, progress=False
+    ) as cs:
+        cs.index(images)
+    file = tmp_path / "ws" / "chunks.index"
+    raw = bytearray(file.read_bytes())
+    raw[len(raw) - 40] ^= 0x01
+    file.write_bytes(bytes(raw))
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as cs:
+        report = cs.verify()  # this reader rebuilt its index from the store; the file is still the bad one
+    assert not report.ok and any("fails its checksum" in p for p in report.problems), report

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -229,3 +231,80 @@ def test_an_unreadable_chunk_record_leaves_its_parents_details_unknown_not_the_s
     details = {pid: d for pid, _, d in store.parent_details()}["a"]
     assert not details.known.any()
     assert any("chunk 1: unreadable record" in p for p in store.check())
+
+
+def _key(cid: int) -> bytes:
+    return cid.to_bytes(8, "big")
+
+
+def _relist(store: RootStore, pid: str, chunk_ids: list[int]) -> None:
+    def write(txn: Any) -> None:
+        doc = json.loads(bytes(txn.get(pid.encode(), db=store._db["parents"])).decode())
+        doc["c"] = chunk_ids
+        txn.put(pid.encode(), json.dumps(doc).encode(), db=store._db["parents"])
+
+    store._write(write)
+
+
+_CORRUPTIONS: dict[str, tuple[Callable[[RootStore], None], str]] = {
+    "image bytes gone": (
+        lambda s: s._write(lambda t: t.delete(b"a", db=s._db["roots"])),
+        "parent 'a': image bytes missing",
+    ),
+    "image bytes of no parent": (
+        lambda s: s._write(lambda t: t.put(b"ghost", b"img", db=s._db["roots"])),
+        "image bytes of 'ghost' have no parent record",
+    ),
+    "unreadable parent": (
+        lambda s: s._write(lambda t: t.put(b"b", b"{not json", db=s._db["parents"])),
+        "parent 'b': unreadable record",
+    ),
+    "a parent without chunks": (lambda s: _relist(s, "b", []), "parent 'b': has no chunks"),
+    "a listed chunk record gone": (
+        lambda s: s._write(lambda t: t.delete(_key(3), db=s._db["chunks"])),
+        "1 chunk record(s) listed by parents are missing, e.g. 3",
+    ),
+    "a chunk record no parent lists": (lambda s: _relist(s, "b", [2, 4]), "chunk 3: orphan"),
+    "a chunk listed by the wrong parent": (
+        lambda s: _relist(s, "a", [0, 1, 3]),
+        "chunk 3: listed by parent 'a', but its record names 'b'",
+    ),
+    "a vector gone": (
+        lambda s: s._write(lambda t: t.delete(_key(4), db=s._db["vectors"])),
+        "0 vector(s) without a record, 1 record(s) without a vector",
+    ),
+    "a vector of no chunk": (
+        lambda s: s._write(lambda t: t.put(_key(9), np.eye(4, dtype=np.float16)[0].tobytes(), db=s._db["vectors"])),
+        "1 vector(s) without a record, 0 record(s) without a vector",
+    ),
+    "a vector not of unit length": (
+        lambda s: s._write(
+            lambda t: t.put(_key(2), (2 * np.eye(4, dtype=np.float16)[0]).tobytes(), db=s._db["vectors"])
+        ),
+        "vector 2: not a finite unit vector of dim 4",
+    ),
+    "a NaN vector": (
+        lambda s: s._write(lambda t: t.put(_key(0), np.full(4, np.nan, np.float16).tobytes(), db=s._db["vectors"])),
+        "vector 0: not a finite unit vector of dim 4",
+    ),
+    "a vector of another dimension": (
+        lambda s: s._write(lambda t: t.put(_key(1), np.eye(3, dtype=np.float16)[0].tobytes(), db=s._db["vectors"])),
+        "vector 1: not a finite unit vector of dim 4",
+    ),
+    "the id counter behind": (
+        lambda s: s._write(lambda t: t.put(b"next_chunk_id", b"3", db=s._db["info"])),
+        "chunk id 4 is not below the id counter 3",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CORRUPTIONS))
+def test_check_names_each_broken_invariant(tmp_path: Path, name: str) -> None:
+    """Parents a (chunks 0, 1) and b (2, 3, 4), float16 vectors; one invariant broken at a time."""
+    store = RootStore(tmp_path / "s", dim=4, vector_dtype="float16")
+    store.add_parents([_parent("a", 2), _parent("b", 3)])
+    assert store.check() == []
+    corrupt, problem = _CORRUPTIONS[name]
+    corrupt(store)
+    found = store.check()
+    assert any(problem in p for p in found), found

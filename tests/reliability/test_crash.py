@@ -225,6 +225,34 @@ def test_creation_killed_before_the_config_was_written_can_be_resumed(tmp_path: 
         _open(tmp_path / "other", encoder="color-histogram")
 
 
+def test_a_batch_after_an_interrupted_one_is_added_to_a_rebuilt_index(
+    tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caught in a notebook, a KeyboardInterrupt mid-update leaves the index half-updated; indexing again must rebuild
+    it from the store first, not add to it and call it clean."""
+    from crossscale.index import ChunkIndex
+
+    files = sorted(images.glob("*.png"))
+    cs = _open(tmp_path / "ws", encoder="color-histogram", segmenter="whole", batch_size=4)
+    cs.index(files[:4])
+    real_add = ChunkIndex.add
+
+    def add_then_interrupt(self: ChunkIndex, vectors: np.ndarray, ids: np.ndarray) -> None:
+        real_add(self, vectors[:1], ids[:1])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ChunkIndex, "add", add_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        cs.index(files[4:8])
+    monkeypatch.undo()
+    cs.index(files[8:10])  # no search in between
+    assert len(cs) == 10 and len(cs.chunk_index) == 10
+    assert cs.verify().ok
+    assert cs.search(Image.open(files[5]).convert("RGB"), top_k=1)[0].score > 0.999
+    cs.close()
+    assert assert_consistent(tmp_path / "ws") == 10
+
+
 def test_interrupt_while_the_index_is_updated_never_saves_half_a_batch(
     tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
