@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,21 +52,67 @@ def _centres(n_parents: int, dim: int, seed: int) -> np.ndarray:
 
 def slices(n: int, dim: int, per_parent: int, seed: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, unit vectors of rows start..start+SLICE)``: the same every time for the same arguments."""
-    if SLICE % per_parent or n % per_parent:
-        raise ValueError(f"per_parent must divide {SLICE} and n (slices hold whole parents), got {per_parent}")
-    centres = _centres(-(-n // per_parent), dim, seed)
+    data = SlicedData(n, dim, per_parent, seed)
     for start in range(0, n, SLICE):
-        stop = min(n, start + SLICE)
-        rng = np.random.default_rng([seed, 1, start])
-        x = centres[np.arange(start, stop) // per_parent] + 0.5 * rng.standard_normal((stop - start, dim), np.float32)
+        yield start, data.slice(start)
+
+
+class SlicedData:
+    """The streamed data set: rows ``start..start+SLICE`` for any ``start`` (a multiple of :data:`SLICE`), made
+    from the seed on demand, so that any slice can be made again without the ones before it."""
+
+    def __init__(self, n: int, dim: int, per_parent: int, seed: int = 0) -> None:
+        if SLICE % per_parent or n % per_parent:
+            raise ValueError(f"per_parent must divide {SLICE} and n (slices hold whole parents), got {per_parent}")
+        self.n, self.dim, self.per_parent, self.seed = n, dim, per_parent, seed
+        self.centres = _centres(-(-n // per_parent), dim, seed)
+
+    def slice(self, start: int) -> np.ndarray:
+        stop = min(self.n, start + SLICE)
+        rng = np.random.default_rng([self.seed, 1, start])
+        noise = 0.5 * rng.standard_normal((stop - start, self.dim), np.float32)
+        x: np.ndarray = self.centres[np.arange(start, stop) // self.per_parent] + noise
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        yield start, x
+        return x
 
 
 def rss_mb() -> tuple[float, float]:
     """``(VmRSS, VmHWM)`` of this process in MiB (Linux)."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's ``VmRSS``, ``VmHWM`` (peak RSS), ``RssAnon`` (its own memory) and ``RssFile`` (pages of mapped
+    files: libraries, and an LMDB store's pages it has read, which the OS can drop) in MiB (Linux)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+
+
+class AnonPeak:
+    """The peak of ``RssAnon`` while the ``with`` block runs, sampled every ``interval`` seconds in a thread (the
+    kernel keeps a peak of the whole RSS only)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, memory_mb()["RssAnon"])
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> AnonPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, memory_mb()["RssAnon"])
 
 
 def reset_peak() -> bool:
@@ -103,7 +150,7 @@ def build(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             lo, hi = np.searchsorted(rows, [start, start + len(x)])
             out[lo:hi] = x[rows[lo:hi] - start]
     made = time.perf_counter() - made
-    q = picked + 0.3 * rng.standard_normal(picked.shape).astype(np.float32) / np.sqrt(dim)
+    q = picked + 0.3 * np.asarray(rng.standard_normal(picked.shape), np.float32) / np.sqrt(dim)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
 
     index = ChunkIndex(dim, plan.factory, device="cpu")
