@@ -1,4 +1,5 @@
-"""The workspace: one decoder for indexed and stored pixels, workspaces of earlier releases, the typed config."""
+"""The workspace: one decoder for indexed and stored pixels, workspaces of earlier releases, the typed config, what
+verify() reports."""
 
 from __future__ import annotations
 
@@ -196,3 +197,38 @@ def test_the_lock_is_released_on_close_and_when_opening_fails(tmp_path: Path) ->
     cs.close()
     cs.close()  # idempotent
     CrossScaleSearch.open(tmp_path / "ws", progress=False).close()
+
+
+def test_verify_reports_an_index_file_that_fails_its_checksum(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter="whole", verifier=False, refine=False, progress=False
+    ) as cs:
+        cs.index(images)
+    file = tmp_path / "ws" / "chunks.index"
+    raw = bytearray(file.read_bytes())
+    raw[len(raw) - 40] ^= 0x01
+    file.write_bytes(bytes(raw))
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as cs:
+        report = cs.verify()  # this reader rebuilt its index from the store; the file is still the bad one
+    assert not report.ok and any("fails its checksum" in p for p in report.problems), report
+
+
+def test_verify_reports_chunks_indexed_twice_and_chunks_not_indexed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter="whole", verifier=False, refine=False, progress=False
+    ) as cs:
+        cs.index(images)
+        assert cs.verify().ok
+        index = cs.chunk_index
+        ids = index.ids()
+        x = np.eye(index.dim, dtype=np.float32)[:1]
+        index.add(x, ids[:1])  # the first chunk a second time
+        problems = cs.verify().problems
+        assert any("holds 1 chunk(s) more than once" in p for p in problems), problems
+        index.remove(ids[1:2])  # removes every copy of the second chunk's id
+        problems = cs.verify().problems
+        assert any("0 vector(s) of no stored chunk, 1 stored chunk(s) not indexed" in p for p in problems), problems

@@ -661,7 +661,10 @@ class Workspace:
                 problems += _check_parent_map(self.parents, self.store, txn)
         shared = isinstance(self.index, MilvusChunkIndex)
         if generation == self._generation:
-            in_index = np.unique(self.index.ids())  # sorted arrays: 8 bytes an id, where sets took ~70
+            listed = self.index.ids()
+            in_index = np.unique(listed)  # sorted arrays: 8 bytes an id, where sets took ~70
+            if len(in_index) != len(listed):
+                problems.append(f"chunk index holds {len(listed) - len(in_index)} chunk(s) more than once")
             if not np.array_equal(in_index, stored):
                 found = (
                     f"chunk index disagrees with the store: {len(np.setdiff1d(in_index, stored))} vector(s) of no "
