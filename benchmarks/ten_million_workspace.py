@@ -138,7 +138,8 @@ def _starts(data: SlicedData) -> range:
 
 
 class _Migrations(logging.Handler):
-    """Collects the workspace's "migrated N vectors to F in S s" log records."""
+    """Collects the workspace's "migrated N vectors to F in S s" log records (``Workspace._grow_if_outgrown``'s
+    wording: the smoke test fails if it changes)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -174,24 +175,26 @@ def ingest(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
                 logger.info("%d / %d parents (%.0f s)", p, n_parents, time.perf_counter() - t)
             yield f"p{p}", parent_png(p)
 
-    with CrossScaleSearch.open(
-        ws,
-        encoder=SlicedDataEncoder(data),
-        segmenter=GridSegmenter(args.per_parent),
-        verifier=False,
-        refine=False,
-        max_memory=args.max_memory,
-        batch_size=args.batch_size,
-        progress=False,
-        device="cpu",
-    ) as cs:
-        t = time.perf_counter()
-        with AnonPeak() as anon:
-            report = cs.index(parents())
-        index_s = time.perf_counter() - t
-        info = cs.info()
-    workspace_log.removeHandler(migrations)
-    workspace_log.setLevel(level)
+    try:
+        with CrossScaleSearch.open(
+            ws,
+            encoder=SlicedDataEncoder(data),
+            segmenter=GridSegmenter(args.per_parent),
+            verifier=False,
+            refine=False,
+            max_memory=args.max_memory,
+            batch_size=args.batch_size,
+            progress=False,
+            device="cpu",
+        ) as cs:
+            t = time.perf_counter()
+            with AnonPeak() as anon:
+                report = cs.index(parents())
+            index_s = time.perf_counter() - t
+            info = cs.info()
+    finally:
+        workspace_log.removeHandler(migrations)
+        workspace_log.setLevel(level)
     peak = memory_mb()["VmHWM"]
     closed_s = time.perf_counter() - t  # with the final save at close
     if report.failed:
