@@ -312,7 +312,7 @@ class Workspace:
     _lock: WorkspaceLock | None = field(repr=False)
     _dirty: bool = field(default=False, init=False, repr=False)
     _closed: bool = field(default=False, init=False)
-    _budget_warned: tuple[Any, ...] = field(default=(), init=False, repr=False)  # said once, not per batch
+    _budget_warned: str = field(default="", init=False, repr=False)  # the structure said to outgrow the budget
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -584,9 +584,9 @@ class Workspace:
         try:
             plan = self.config.index_plan(len(self.index))
         except ConfigurationError as exc:  # the parents are stored; never fail a save for the budget
-            if exc.args != self._budget_warned:
+            if self.index.factory != self._budget_warned:  # once per structure, not once per ingest batch
                 logger.warning("%s; keeping the %s index", exc, self.index.factory)
-                self._budget_warned = exc.args
+                self._budget_warned = self.index.factory
             return False
         if _growth_key(plan.factory, plan.reduce_dim) <= _growth_key(
             self.index.factory, getattr(self.index, "reduce_dim", None)
