@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmarks.engines import Search, recall, timed
 from benchmarks.ten_million import SLICE, AnonPeak, K, SlicedData, memory_mb, reset_peak, slices
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ def queries_and_exact(data: SlicedData, count: int) -> tuple[np.ndarray, np.ndar
     one's exact top-K parents (every parent by its best region), in two streamed passes."""
     rng = np.random.default_rng(11)
     targets = np.sort(rng.choice(data.n, count, replace=False))
-    picked = np.concatenate([data.slice(s)[targets[(targets >= s) & (targets < s + SLICE)] - s] for s in _starts(data)])
+    picked = np.concatenate(
+        [data.slice(s)[targets[(targets >= s) & (targets < s + SLICE)] - s] for s in range(0, data.n, SLICE)]
+    )
     q = picked + 0.3 * np.asarray(rng.standard_normal(picked.shape), np.float32) / np.sqrt(data.dim)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     best = np.full((count, data.n // data.per_parent), -np.inf, np.float32)
@@ -131,10 +134,6 @@ def queries_and_exact(data: SlicedData, count: int) -> tuple[np.ndarray, np.ndar
         p0 = start // data.per_parent
         best[:, p0 : p0 + len(x) // data.per_parent] = (q @ x.T).reshape(count, -1, data.per_parent).max(axis=2)
     return q, np.argsort(-best, axis=1, kind="stable")[:, :K]
-
-
-def _starts(data: SlicedData) -> range:
-    return range(0, data.n, SLICE)
 
 
 class _Migrations(logging.Handler):
@@ -233,18 +232,10 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
     after_open = memory_mb()
     reset_peak()
     try:
-        with AnonPeak() as searching:
-            cs.search_vectors(q[:2], top_k=K)  # warm up (and the first searches teach FetchDepth, as in service)
-            single = []
-            for row in q:
-                t = time.perf_counter()
-                cs.search_vectors(row[None, :], top_k=K)
-                single.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            got = [[int(m.parent_id[1:]) for m in r] for r in cs.search_vectors(q, top_k=K)]
-            qps = len(q) / (time.perf_counter() - t)
+        with AnonPeak() as searching:  # the warm-up's searches teach FetchDepth, as in service
+            p50, p95, qps, got = timed(lambda rows: _parent_numbers(cs.search_vectors(rows, top_k=K)), q)
         peak = memory_mb()["VmHWM"]
-        bare = _without_rescoring(cs, q)
+        bare_p50, bare_p95, bare_qps, bare_got = timed(_without_rescoring(cs), q)
         info = cs.info()
         t = time.perf_counter()
         with AnonPeak() as verifying:
@@ -252,8 +243,6 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         verify_s = time.perf_counter() - t
     finally:
         cs.close()
-    recall = _recall(got, exact)
-    bare["recall"] = _recall(bare.pop("got"), exact)
     return {
         "exact_s": exact_s,
         "base_rss_mb": base["VmRSS"],
@@ -263,23 +252,29 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         "file_after_open_mb": after_open["RssFile"],
         "peak_while_searching_mb": peak,
         "peak_anon_while_searching_mb": searching.peak_mb,
-        "recall": recall,
-        "p50_ms": 1000 * float(np.median(single)),
-        "p95_ms": 1000 * float(np.percentile(single, 95)),
+        "recall": recall(got, exact.tolist()),
+        "p50_ms": p50,
+        "p95_ms": p95,
         "qps_batch": qps,
         "structure": info["index_structure"],
         "verify_ok": verified.ok,
-        "without_rescoring": bare,
+        "without_rescoring": {
+            "p50_ms": bare_p50,
+            "p95_ms": bare_p95,
+            "qps_batch": bare_qps,
+            "recall": recall(bare_got, exact.tolist()),
+        },
         "verify_s": verify_s,
         "peak_anon_while_verifying_mb": verifying.peak_mb,
     }
 
 
-def _recall(got: list[list[int]], exact: np.ndarray) -> float:
-    return float(np.mean([len(set(g) & set(e)) / K for g, e in zip(got, exact.tolist(), strict=True)]))
+def _parent_numbers(results: Sequence[Sequence[Any]]) -> list[list[int]]:
+    """Parent ids ``p123`` as ints, per query."""
+    return [[int(m.parent_id[1:]) for m in row] for row in results]
 
 
-def _without_rescoring(cs: Any, q: np.ndarray) -> dict[str, Any]:
+def _without_rescoring(cs: Any) -> Search:
     """The facade's query path over the same workspace, but ranking the index's own (SQ8) scores: no stored
     vector is read to re-score the hits. What re-scoring costs, in the same run."""
     from crossscale.query import FetchDepth, search_parents
@@ -298,22 +293,9 @@ def _without_rescoring(cs: Any, q: np.ndarray) -> dict[str, Any]:
             details=ws.chunk_details(),
             fetch_depth=depth,
         )
-        return [[int(m.parent_id[1:]) for m in row] for row in found]
+        return _parent_numbers(found)
 
-    run(q[:2])
-    single = []
-    for row in q:
-        t = time.perf_counter()
-        run(row[None, :])
-        single.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    got = run(q)
-    return {
-        "p50_ms": 1000 * float(np.median(single)),
-        "p95_ms": 1000 * float(np.percentile(single, 95)),
-        "qps_batch": len(q) / (time.perf_counter() - t),
-        "got": got,
-    }
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -199,13 +199,18 @@ def test_the_lock_is_released_on_close_and_when_opening_fails(tmp_path: Path) ->
     CrossScaleSearch.open(tmp_path / "ws", progress=False).close()
 
 
+def _three_noise_images(path: Path, seed: int) -> CrossScaleSearch:
+    """A workspace holding three noise images, one chunk each, open for writing."""
+    rng = np.random.default_rng(seed)
+    cs = CrossScaleSearch.open(
+        path, encoder="color-histogram", segmenter="whole", verifier=False, refine=False, progress=False
+    )
+    cs.index([rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)])
+    return cs
+
+
 def test_verify_reports_an_index_file_that_fails_its_checksum(tmp_path: Path) -> None:
-    rng = np.random.default_rng(3)
-    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
-    with CrossScaleSearch.open(
-        tmp_path / "ws", encoder="color-histogram", segmenter="whole", verifier=False, refine=False, progress=False
-    ) as cs:
-        cs.index(images)
+    _three_noise_images(tmp_path / "ws", 3).close()
     file = tmp_path / "ws" / "chunks.index"
     raw = bytearray(file.read_bytes())
     raw[len(raw) - 40] ^= 0x01
@@ -216,12 +221,7 @@ def test_verify_reports_an_index_file_that_fails_its_checksum(tmp_path: Path) ->
 
 
 def test_verify_reports_chunks_indexed_twice_and_chunks_not_indexed(tmp_path: Path) -> None:
-    rng = np.random.default_rng(4)
-    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
-    with CrossScaleSearch.open(
-        tmp_path / "ws", encoder="color-histogram", segmenter="whole", verifier=False, refine=False, progress=False
-    ) as cs:
-        cs.index(images)
+    with _three_noise_images(tmp_path / "ws", 4) as cs:
         assert cs.verify().ok
         index = cs.chunk_index
         ids = index.ids()

@@ -597,7 +597,7 @@ class Workspace:
         # The outgrown index is let go first, so a migration holds one index, not two (at 10M: ~4 GB, not ~8).
         # Until the new one is in, the index is dirty: an error or interrupt leaves it to be rebuilt from the store.
         self._dirty = True
-        self.index = _new_index(self.config.dim, IndexPlan("Flat", 0, None, 0, "placeholder"), self.index.device)
+        self.index = ChunkIndex(self.config.dim, device=self.index.device)  # an empty placeholder
         release_freed_memory()
         with self.store.snapshot() as txn:
             self._reload(txn)
