@@ -97,6 +97,8 @@ def test_a_plan_fits_its_budget_and_grows_with_the_collection(
         nlist = int(re.match(r"IVF(\d+)", plan.factory).group(1))  # type: ignore[union-attr]
         assert ("_HNSW32," in plan.factory) == (nlist >= choose_module.HNSW_QUANTIZER_LISTS)
         assert 1 <= plan.nprobe <= nlist and n >= 39 * nlist
+        scanned = plan.nprobe * n / nlist  # on average
+        assert scanned >= choose_module.MIN_CODES_SCANNED or plan.nprobe in (nlist, choose_module.MAX_NPROBE)
     bigger = _plan_or_none(2 * n + 1, dim, budget, reduce_dim)
     if bigger is None:
         return

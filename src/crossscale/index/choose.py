@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_MAX_MEMORY",
     "HNSW_QUANTIZER_LISTS",
     "MAX_NPROBE",
+    "MIN_CODES_SCANNED",
     "REDUCE_MIN_POINTS_PER_DIM",
     "IndexPlan",
     "choose_index",
@@ -58,6 +59,10 @@ REDUCE_TRAIN_POINTS_PER_DIM = 64
 #: the most IVF lists a plan searches: at 10M alike regions (16,384 lists) parent recall@10 was 0.965 at 256 and
 #: 0.966 at 512 for twice the time (docs/benchmarks.md)
 MAX_NPROBE = 256
+#: the fewest vectors a plan's search scans (on average): an IVF of a few lists' worth of vectors, which only a
+#: tight budget makes, found 0.69 of the exact parents at 16 of 512 lists (20k alike regions, ~600 scanned) and
+#: 0.96-1.00 from 32 lists on (docs/benchmarks.md); 4,096 SQ8 codes cost ~0.2 ms
+MIN_CODES_SCANNED = 4096
 _ID_BYTES = 8  # the 64-bit id kept per vector
 _HNSW_LINK_BYTES = 2 * 32 * 4  # an HNSW32 node's level-0 links
 _PQ_SIZES = (64, 48, 32, 24, 16, 12, 8, 4)
@@ -205,7 +210,7 @@ def _choose(n: int, dim: int, budget: int, flat_max: int, *, extra: int) -> Inde
     hnsw = nlist >= HNSW_QUANTIZER_LISTS
     ivf = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
     centroids = nlist * (4 * dim + (_HNSW_LINK_BYTES if hnsw else 0))
-    nprobe = int(min(nlist, MAX_NPROBE, max(16, nlist // 32)))
+    nprobe = int(min(nlist, MAX_NPROBE, max(16, nlist // 32, math.ceil(nlist * MIN_CODES_SCANNED / n))))
     train = int(min(n, max(MIN_POINTS_PER_LIST * nlist, 64 * nlist)))
     ivf_flat = flat + centroids
     if ivf_flat <= budget:
