@@ -55,7 +55,7 @@ def alike(rng: np.random.Generator) -> dict[str, Any]:
     records = {i: ChunkRecord(i, f"p{parent_of[i]:02d}", box, "tile") for i in range(len(x))}
     parents = ParentMap.from_parents((f"p{p:02d}", range(p * ALIKE, (p + 1) * ALIKE)) for p in range(PARENTS))
     queries = [Query(v, None) for v in rng.standard_normal((25, DIM)).astype(np.float32)]
-    return {"index": index, "records": records, "parents": parents, "queries": queries}
+    return {"index": index, "records": records, "parents": parents, "queries": queries, "x": x}
 
 
 def _lookup(records: dict[int, ChunkRecord]) -> Any:
@@ -155,6 +155,32 @@ def test_approximate_scores_are_replaced_by_exact_ones(rng: np.random.Generator)
     for a, b in zip(exact, rescored, strict=True):  # the same parents, order and (float16-close) scores as exact
         assert [m.parent_id for m in a] == [m.parent_id for m in b]
         np.testing.assert_allclose([m.score for m in a], [m.score for m in b], atol=2e-3)
+
+
+def test_a_deepened_query_reads_each_stored_vector_once(alike: dict[str, Any]) -> None:
+    """Re-scoring reads a query's hits from the store once, however often the ranker deepens it (alike chunks:
+    40, 80, 160, 320 hits; each search used to read all of its hits again), with the results it had."""
+    index: ChunkIndex = alike["index"]
+    x = alike["x"]
+    reads: list[np.ndarray] = []
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(ids, dtype=np.int64)
+        reads.append(keep)
+        return keep, x[keep].astype(np.float16)
+
+    common = {"records": _lookup(alike["records"]), "ranker": ParentRanker(box="best"), "parents": alike["parents"]}
+    for raw in alike["queries"][:6]:
+        query = Query(raw.vector / np.linalg.norm(raw.vector), None)  # search_parents takes unit queries
+        reads.clear()
+        counting = CountingIndex(index)
+        got = search_parents([query], 5, index=counting, exact_vectors=stored, **common)[0]
+        want = search_parents([query], 5, index=index, **common)[0]
+        assert len(counting.searches) >= 3  # deepened at least twice
+        read = np.concatenate(reads)
+        assert len(read) == len(np.unique(read)) <= max(k for _, k in counting.searches)
+        assert [m.parent_id for m in got] == [m.parent_id for m in want]
+        np.testing.assert_allclose([m.score for m in got], [m.score for m in want], atol=2e-3)
 
 
 class VerifiesSome:

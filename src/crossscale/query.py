@@ -71,26 +71,82 @@ def _distinct_parents(ids: np.ndarray, codes: np.ndarray | None, records: Record
     return len({record.parent_id for record in records(int(i) for i in ids if i >= 0).values()})
 
 
-def _rescored(
-    queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, exact: VectorLookup
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's hits scored again against the exact stored vectors and re-sorted, best first (a stable sort:
-    equal scores keep the index's order); hits whose vector is no longer stored become padding."""
-    wanted = np.unique(ids[ids >= 0])
-    found_ids, found = exact(wanted)
-    order = np.argsort(found_ids)
-    found_ids = found_ids[order]
-    found = l2_normalize(found[order])  # unit up to their float16 rounding: made exact
-    out_scores = np.full(scores.shape, -np.inf, dtype=np.float32)
-    out_ids = np.full(ids.shape, -1, dtype=np.int64)
-    for r in range(len(ids)):
-        at = np.searchsorted(found_ids, ids[r]).clip(max=max(len(found_ids) - 1, 0))
-        stored = (ids[r] >= 0) & (found_ids[at] == ids[r]) if len(found_ids) else np.zeros(len(ids[r]), bool)
-        row_scores = found[at[stored]] @ queries[r]
-        best = np.argsort(-row_scores, kind="stable")
-        out_scores[r, : len(best)] = row_scores[best]
-        out_ids[r, : len(best)] = ids[r][stored][best]
-    return out_scores, out_ids
+class _ExactScores:
+    """The exact cosines of one batch's hits against their queries, from the stored vectors: each (query, chunk)
+    is read and scored once, so a query the ranker deepens is re-scored over the hits it has not seen yet, not
+    over all of them again (with alike chunks a query's hits were read ~5 times)."""
+
+    def __init__(self, queries: np.ndarray, lookup: VectorLookup) -> None:
+        self._queries = queries
+        self._lookup = lookup
+        empty_ids, empty_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        self._ids = [empty_ids] * len(queries)  # per query: the chunk ids scored so far, sorted
+        self._scores = [empty_scores] * len(queries)  # their exact scores; NaN: no vector stored (deleted since)
+        self._views: dict[int, np.ndarray] = {}  # id of a search's _Fetched -> exact scores of its first hits
+
+    def _learn(self, rows: Sequence[int], ids: np.ndarray) -> None:
+        """Score the hits of ``rows`` (``ids``: a row of hits each) not scored yet: one lookup for all of them."""
+        new = [np.setdiff1d(row_ids[row_ids >= 0], self._ids[r]) for r, row_ids in zip(rows, ids, strict=True)]
+        wanted = np.unique(np.concatenate(new)) if new else np.zeros(0, np.int64)
+        if not len(wanted):
+            return
+        found_ids, found = self._lookup(wanted)
+        order = np.argsort(found_ids)
+        found_ids = found_ids[order]
+        found = l2_normalize(found[order])  # unit up to their float16 rounding: made exact
+        for r, fresh in zip(rows, new, strict=True):
+            if not len(fresh):
+                continue
+            scores = np.full(len(fresh), np.nan, dtype=np.float32)
+            if len(found_ids):
+                at = np.searchsorted(found_ids, fresh).clip(max=len(found_ids) - 1)
+                stored = found_ids[at] == fresh
+                scores[stored] = found[at[stored]] @ self._queries[r]
+            merged_ids = np.concatenate([self._ids[r], fresh])
+            keep = np.argsort(merged_ids)
+            self._ids[r], self._scores[r] = merged_ids[keep], np.concatenate([self._scores[r], scores])[keep]
+
+    def _of(self, row: int, ids: np.ndarray) -> np.ndarray:
+        """The exact scores of hits ``ids`` of query ``row``, all scored already; NaN for padding and for hits
+        whose vector is no longer stored."""
+        exact = np.full(len(ids), np.nan, dtype=np.float32)
+        hits = ids >= 0
+        if hits.any():
+            exact[hits] = self._scores[row][np.searchsorted(self._ids[row], ids[hits])]
+        return exact
+
+    def rescored(self, rows: Sequence[int], scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's hits (of query ``rows[i]``) with their exact scores, re-sorted best first (a stable sort:
+        equal scores keep the index's order); hits whose vector is no longer stored become padding."""
+        self._learn(rows, ids)
+        out_scores = np.full(scores.shape, -np.inf, dtype=np.float32)
+        out_ids = np.full(ids.shape, -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            row_scores, row_ids = _best_first(self._of(r, ids[i]), ids[i])
+            out_scores[i, : len(row_ids)] = row_scores
+            out_ids[i, : len(row_ids)] = row_ids
+        return out_scores, out_ids
+
+    def of_search(self, row: int, view: _Fetched, k: int) -> np.ndarray:
+        """The exact scores of the first ``k`` hits of one search made for query ``row`` (aligned with
+        ``view.ids[:k]``): the ranker takes its first 80, 160, 320, ... hits in turn, and only the hits it has not
+        taken before are scored."""
+        key = id(view)  # the batch's searches live as long as this object
+        done = self._views.get(key, np.zeros(0, np.float32))
+        if len(done) < k:
+            more = view.ids[len(done) : k]
+            self._learn([row], more[None])
+            done = self._views[key] = np.concatenate([done, self._of(row, more)])
+        return done[:k]
+
+
+def _best_first(exact: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hits ``ids`` with their exact scores (NaN: drop), best first; a stable sort keeps the index's order among
+    equal scores."""
+    stored = ~np.isnan(exact)
+    kept_scores, kept_ids = exact[stored], ids[stored]
+    best = np.argsort(-kept_scores, kind="stable")
+    return kept_scores[best], kept_ids[best]
 
 
 class _Fetched(NamedTuple):
@@ -386,8 +442,9 @@ def search_parents(
     )
     if fetch_depth is not None and reached is not None:
         fetch_depth.record(reached, max(1, min(available, top_k * ranker.overfetch)))
-    if first is not None and exact_vectors is not None and parents is not None:
-        first_ids = _rescored(vectors, first[0], first[1], exact_vectors)
+    exact = None if exact_vectors is None else _ExactScores(vectors, exact_vectors)
+    if first is not None and exact is not None and parents is not None:
+        first_ids = exact.rescored(range(len(vectors)), first[0], first[1])
         first = (*first_ids, parents.parent_codes(first_ids[1]))
     together: list[list[ParentMatch] | None] = [None] * len(queries)
     if first is not None and parents is not None and details is not None and _ranks_batches(ranker):
@@ -406,14 +463,15 @@ def search_parents(
                 view = min(deep_enough, key=lambda view: len(view.ids))
                 row_scores, row_ids, row_codes, raw = view.scores[:k], view.ids[:k], view.codes, view.raw
                 row_codes = None if row_codes is None else row_codes[:k]
+                if raw and exact is not None:  # re-scored as a search of k would be, not the deeper one
+                    row_scores, row_ids = _best_first(exact.of_search(row, view, k), row_ids)
+                    row_codes = None
             else:
                 more_scores, more_ids = index.search(vectors[row : row + 1], k)
-                row_scores, row_ids, row_codes, raw = more_scores[0], more_ids[0], None, True
-            if raw and exact_vectors is not None:  # re-scored as a search of k would be, not the deeper one
-                rescored_scores, rescored_ids = _rescored(
-                    vectors[row : row + 1], row_scores[None], row_ids[None], exact_vectors
-                )
-                row_scores, row_ids, row_codes = rescored_scores[0], rescored_ids[0], None
+                row_scores, row_ids, row_codes = more_scores[0], more_ids[0], None
+                if exact is not None:
+                    rescored_scores, rescored_ids = exact.rescored([row], row_scores[None], row_ids[None])
+                    row_scores, row_ids = rescored_scores[0], rescored_ids[0]
             if parents is None:
                 return _hits(row_scores, row_ids, records)
             if row_codes is None:
