@@ -33,12 +33,12 @@ def test_a_small_run_builds_searches_and_reports(tmp_path: Path, capsys: pytest.
     found = json.loads((tmp_path / "search.json").read_text())
     assert build["factory"].endswith(",SQ8") and build["file_bytes"] <= 10 << 20
     assert [(r["nprobe"], r["overfetch"], r["fetch_depth"]) for r in found["results"]] == [
-        (16, 8, True),
-        (16, 8, False),
-        (16, 128, False),
+        (105, 8, True),  # the plan: enough of the 512 lists to scan MIN_CODES_SCANNED vectors
+        (105, 8, False),
+        (105, 128, False),
         (512, 8, True),
     ]
     assert found["results"][-1]["recall"] >= 0.9  # every list searched: only SQ8's rounding can differ from exact
     assert all(0.0 <= r["recall"] <= 1.0 and r["p50_ms"] > 0 for r in found["results"])
     assert found["peak_while_searching_mb"] >= found["rss_after_load_mb"] > found["base_rss_mb"] > 0
-    assert "| 16 | 128 | no |" in capsys.readouterr().out
+    assert "| 105 | 128 | no |" in capsys.readouterr().out
