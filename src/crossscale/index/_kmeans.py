@@ -45,12 +45,12 @@ def _kmeans(x: np.ndarray, k: int, seed: int, max_points_per_centroid: int = 256
 def two_level_centroids(x: np.ndarray, lists: int) -> np.ndarray:
     """``lists`` unit centroids of the unit float32 rows ``x`` (at least ``lists`` of them), by two-level
     spherical k-means; deterministic for a given ``x``."""
-    n, _ = x.shape
+    import faiss
+
+    n = len(x)
     if n < lists:
         raise ValueError(f"{lists} centroids need at least as many points, got {n}")
     groups = max(1, round(math.sqrt(lists)))
-    import faiss
-
     coarse: object = faiss.IndexFlatIP(x.shape[1])
     coarse.add(_kmeans(x, groups, _SEED, max_points_per_centroid=2000))  # type: ignore[attr-defined]
     group_of = coarse.search(x, 1)[1].ravel()  # type: ignore[attr-defined]
