@@ -209,6 +209,7 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
     data = np.load(workdir / "queries.npz")
     q, exact = data["q"], data["exact"]
     base_rss, _ = rss_mb()
+    base = memory_mb()
     encoder = create_encoder("efficientnet-lite0", device="cpu")
     model = getattr(encoder, "model", None)
     model_bytes = (
@@ -236,32 +237,37 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
     plan_nprobe = info["nprobe"]
     sweep = [(plan_nprobe, 8, True), (plan_nprobe, 8, False), (plan_nprobe, deep_overfetch(per_parent), False)]
     sweep += [(p, 8, True) for p in nprobes if p != plan_nprobe]
-    for nprobe, overfetch, learned in sweep:
-        if nprobe is not None:
-            index.set_search_params(search_params(info["factory"], nprobe))
-        depth = FetchDepth() if learned else None  # the facade keeps one: what the first queries teach it
-        search = parent_search(index, parents, lambda i: str(i // per_parent), overfetch, depth)
-        p50, p95, qps, got = timed(search, q)
-        t = time.perf_counter()
-        for s in range(0, len(q), 64):
-            search(q[s : s + 64])
-        qps64 = len(q) / (time.perf_counter() - t)
-        results.append(
-            {
-                "nprobe": nprobe,
-                "overfetch": overfetch,
-                "fetch_depth": learned,
-                "recall": recall(got, exact.tolist()),
-                "p50_ms": p50,
-                "p95_ms": p95,
-                "qps_batch": qps,
-                "qps_64": qps64,
-            }
-        )
-        logger.info("%s", results[-1])
+    # the process's own memory (RssAnon) while searching: the RSS less the mapped files' pages
+    with AnonPeak() as own:
+        for nprobe, overfetch, learned in sweep:
+            if nprobe is not None:
+                index.set_search_params(search_params(info["factory"], nprobe))
+            depth = FetchDepth() if learned else None  # the facade keeps one: what the first queries teach it
+            search = parent_search(index, parents, lambda i: str(i // per_parent), overfetch, depth)
+            p50, p95, qps, got = timed(search, q)
+            t = time.perf_counter()
+            for s in range(0, len(q), 64):
+                search(q[s : s + 64])
+            qps64 = len(q) / (time.perf_counter() - t)
+            results.append(
+                {
+                    "nprobe": nprobe,
+                    "overfetch": overfetch,
+                    "fetch_depth": learned,
+                    "recall": recall(got, exact.tolist()),
+                    "p50_ms": p50,
+                    "p95_ms": p95,
+                    "qps_batch": qps,
+                    "qps_64": qps64,
+                }
+            )
+            logger.info("%s", results[-1])
     _, peak = rss_mb()
     return {
         "base_rss_mb": base_rss,
+        "base_anon_mb": base["RssAnon"],
+        "base_file_mb": base["RssFile"],
+        "peak_anon_while_searching_mb": own.peak_mb,
         "model_bytes": model_bytes,
         "load_s": load_s,
         "rss_after_load_mb": after_load,
@@ -338,6 +344,14 @@ def _report(info: dict[str, Any], found: dict[str, Any]) -> None:
         f"{'' if found['peak_reset'] else ' (the peak could not be reset: it includes loading)'}; "
         f"index + model = {index_mb + model_mb:.0f} MiB; parent map {found['parent_map_bytes'] / mib:.1f} MiB"
     )
+    if "peak_anon_while_searching_mb" in found:
+        own = found["peak_anon_while_searching_mb"]
+        print(
+            f"own memory (RssAnon): {found['base_anon_mb']:.0f} MiB after the imports (and {found['base_file_mb']:.0f} "
+            f"MiB of mapped library pages); peak while searching {own:.0f} MiB = "
+            f"{own / (index_mb + model_mb):.2f}x index + model; peak RSS = "
+            f"{found['peak_while_searching_mb'] / (index_mb + model_mb):.2f}x"
+        )
 
 
 if __name__ == "__main__":

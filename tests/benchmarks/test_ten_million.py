@@ -41,4 +41,6 @@ def test_a_small_run_builds_searches_and_reports(tmp_path: Path, capsys: pytest.
     assert found["results"][-1]["recall"] >= 0.9  # every list searched: only SQ8's rounding can differ from exact
     assert all(0.0 <= r["recall"] <= 1.0 and r["p50_ms"] > 0 for r in found["results"])
     assert found["peak_while_searching_mb"] >= found["rss_after_load_mb"] > found["base_rss_mb"] > 0
-    assert "| 105 | 128 | no |" in capsys.readouterr().out
+    assert found["peak_while_searching_mb"] > found["peak_anon_while_searching_mb"] > found["base_anon_mb"] > 0
+    out = capsys.readouterr().out
+    assert "| 105 | 128 | no |" in out and "own memory (RssAnon)" in out
