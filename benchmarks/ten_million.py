@@ -279,6 +279,15 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
     }
 
 
+def search_in_fresh_process(module: str, workdir: Path, options: Sequence[str]) -> dict[str, Any]:
+    """Run ``python -m module --search-only --workdir workdir *options`` (a fresh process: as a serving process
+    opens the index, and its memory counted from nothing) and return the ``search.json`` it writes there."""
+    cmd = [sys.executable, "-m", module, "--search-only", "--workdir", str(workdir), *options]
+    subprocess.run(cmd, check=True, env=os.environ.copy())
+    found: dict[str, Any] = json.loads((workdir / "search.json").read_text())
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ten_million", description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=10_000_000)
@@ -301,18 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t = time.perf_counter()
         info = build(args, workdir)
         logger.info("built in %.0f s: %s", time.perf_counter() - t, info)
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.ten_million",
-            "--search-only",
-            "--workdir",
-            str(workdir),
-            "--nprobe",
-            args.nprobe,
-        ]
-        subprocess.run(cmd, check=True, env=os.environ.copy())
-        found = json.loads((workdir / "search.json").read_text())
+        found = search_in_fresh_process("benchmarks.ten_million", workdir, ["--nprobe", args.nprobe])
     _report(info, found)
     return 0
 

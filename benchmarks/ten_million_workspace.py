@@ -24,8 +24,6 @@ import argparse
 import io
 import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,16 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.engines import Search, recall, timed
-from benchmarks.ten_million import SLICE, AnonPeak, K, SlicedData, memory_mb, reset_peak, slices
+from benchmarks.ten_million import (
+    SLICE,
+    AnonPeak,
+    K,
+    SlicedData,
+    memory_mb,
+    reset_peak,
+    search_in_fresh_process,
+    slices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -326,11 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         built = ingest(args, ws)
         (workdir / "ingest.json").write_text(json.dumps(built))
         logger.info("ingested: %s", built)
-        cmd = [sys.executable, "-m", "benchmarks.ten_million_workspace", "--search-only", "--workdir", str(workdir)]
-        cmd += ["--n", str(args.n), "--dim", str(args.dim), "--per-parent", str(args.per_parent)]
-        cmd += ["--queries", str(args.queries)]
-        subprocess.run(cmd, check=True, env=os.environ.copy())
-        found = json.loads((workdir / "search.json").read_text())
+        options = ["--n", str(args.n), "--dim", str(args.dim), "--per-parent", str(args.per_parent)]
+        found = search_in_fresh_process(
+            "benchmarks.ten_million_workspace", workdir, [*options, "--queries", str(args.queries)]
+        )
     _report(built, found)
     return 0
 

@@ -623,8 +623,7 @@ class RootStore:
     def vector_ids(self, txn: lmdb.Transaction | None = None) -> np.ndarray:
         """Ids of all stored chunk vectors, sorted (int64; keys only, 8 bytes each: 80 MB at 10M chunks)."""
         with self._view(txn) as t:
-            keys = b"".join(bytes(k) for k in t.cursor(db=self._db["vectors"]).iternext(keys=True, values=False))
-        return np.frombuffer(keys, dtype=">u8").astype(np.int64)
+            return _keyed_ids(t, self._db["vectors"])
 
     def iter_vectors(
         self, batch_size: int = 65536, *, txn: lmdb.Transaction | None = None
@@ -799,12 +798,11 @@ class RootStore:
                 if cid not in chunk_ids:
                     problems.append(f"chunk {cid}: orphan (its parent {owner!r} does not list it)")
         if int(t.stat(self._db["vectors"])["entries"]) != walk.vectors or walk.without_vector:
-            records = {_U64.unpack(bytes(k))[0] for k in t.cursor(db=self._db["chunks"]).iternext(values=False)}
-            vectors = {_U64.unpack(bytes(k))[0] for k in t.cursor(db=self._db["vectors"]).iternext(values=False)}
-            if records != vectors:
+            records, vectors = _keyed_ids(t, self._db["chunks"]), _keyed_ids(t, self._db["vectors"])
+            if not np.array_equal(records, vectors):
                 problems.append(
-                    f"vectors and chunk records differ: {len(vectors - records)} vector(s) without a record, "
-                    f"{len(records - vectors)} record(s) without a vector"
+                    f"vectors and chunk records differ: {len(np.setdiff1d(vectors, records))} vector(s) without a "
+                    f"record, {len(np.setdiff1d(records, vectors))} record(s) without a vector"
                 )
         return problems
 
@@ -822,6 +820,12 @@ class _CheckWalk:
     vectors: int = 0
     without_vector: int = 0
     missing: list[int] = field(default_factory=list)
+
+
+def _keyed_ids(txn: lmdb.Transaction, db: Any) -> np.ndarray:
+    """The chunk ids keyed in ``db`` (the chunk records' or the vectors' table), sorted (int64; keys only)."""
+    keys = b"".join(bytes(k) for k in txn.cursor(db=db).iternext(keys=True, values=False))
+    return np.frombuffer(keys, dtype=">u8").astype(np.int64)  # _U64 keys: big-endian, so in id order
 
 
 def _last_id(txn: lmdb.Transaction, db: Any) -> int:
