@@ -41,7 +41,15 @@ from PIL import Image, ImageEnhance, ImageFilter
 from crossscale.encode import ColorHistogramEncoder, Encoder, RegionEncoder, create_encoder, embed, embed_regions
 from crossscale.index import ChunkIndex, ParentMap
 from crossscale.query import search_parents
-from crossscale.rank import VERIFIED_BONUS, GeometricVerifier, ParentRanker, RegionRefiner, Verifier
+from crossscale.rank import (
+    VERIFIED_BONUS,
+    GeometricVerifier,
+    MapRefiner,
+    ParentRanker,
+    Refiner,
+    RegionRefiner,
+    Verifier,
+)
 from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
 from crossscale.types import Box, ChunkDetails, ChunkRecord, Query
 
@@ -273,7 +281,7 @@ class Config:
     aggregator: str = "max"
     baseline: bool = False
     box: str = "best"
-    refiner: Callable[[Encoder], RegionRefiner] | None = None  # re-scores the top parents after ranking
+    refiner: Callable[[Encoder], Refiner] | None = None  # re-scores the top parents after ranking
     verifier: Callable[[], Verifier] | None = None  # checks the top parents geometrically, before refining
     vector_dtype: str = "float32"  # as the store keeps them ("float16": rounded, as a float16 workspace reads them)
     reduce_dim: int | None = None  # the index projects vectors to this many dimensions (ChunkIndex(reduce_dim=))
@@ -564,7 +572,11 @@ def default_configs() -> list[Config]:
                 "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10"
                 + ("" if (kp, side) == (2000, 1024) else f" (sift, {kp} keypoints at {side} px)")
                 + f", {refine}, float16 vectors"
-                + (" (default)" if (kp, side, refine) == (4000, 1600, "refine top 3 unless verified") else ""),
+                + (
+                    " (the default until 2026-12-05)"
+                    if (kp, side, refine) == (4000, 1600, "refine top 3 unless verified")
+                    else ""
+                ),
                 "lite0",
                 tiles((0.5, 0.25, 0.18)),
                 box="fusion",
@@ -575,6 +587,21 @@ def default_configs() -> list[Config]:
             )
             for kp, side in ((2000, 1024), (4000, 1024), (4000, 1600), (2000, 1600))
             for refine in ("refine top 3", "refine top 3 unless verified", "no refiner")
+        ),
+        *(
+            Config(
+                "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints at 1600 px), "
+                f"map refiner (top 3, one pass per parent){' every search' if every else ' unless verified'}, "
+                "float16 vectors" + ("" if every else " (default)"),
+                "lite0",
+                tiles((0.5, 0.25, 0.18)),
+                box="fusion",
+                verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
+                refiner=MapRefiner,
+                vector_dtype="float16",
+                refine_verified=every,
+            )
+            for every in (False, True)
         ),
         *(
             Config(

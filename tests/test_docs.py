@@ -22,7 +22,15 @@ BLOCKS = _section_blocks(DOCS / "concepts.md", "Writing your own stage")
 
 def test_there_is_an_example_for_every_protocol() -> None:
     joined = "\n".join(BLOCKS)
-    for member in ("def segment(", "def encode(", "def encode_regions(", "def rank(", "def verify(", "def refine("):
+    for member in (
+        "def segment(",
+        "def encode(",
+        "def encode_regions(",
+        "def window_map(",
+        "def rank(",
+        "def verify(",
+        "def refine(",
+    ):
         assert member in joined, member
 
 

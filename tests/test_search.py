@@ -26,7 +26,7 @@ from crossscale.encode import BackboneEncoder, ColorHistogramEncoder
 from crossscale.errors import VectorError
 from crossscale.index.root_store import NewParent
 from crossscale.query import FetchDepth, embed_queries, search_parents
-from crossscale.rank import RegionRefiner
+from crossscale.rank import MapRefiner, RegionRefiner
 from crossscale.segment import TileSegmenter
 from crossscale.types import ChunkDetails
 from tests.photos import paste_scene
@@ -363,6 +363,13 @@ def test_a_tuned_refiner_is_used_as_given(tmp_path: Path) -> None:
         assert cs.refiner is refiner
     with _hist(tmp_path / "ws", refine=False) as cs:
         assert cs.refiner is None
+
+
+def test_refine_true_picks_the_map_refiner_for_a_map_encoder(tmp_path: Path, lite0: BackboneEncoder) -> None:
+    with CrossScaleSearch.open(tmp_path / "a", encoder=lite0, segmenter="whole", progress=False, device="cpu") as cs:
+        assert isinstance(cs.refiner, MapRefiner) and cs.refiner.encoder is lite0
+    with _hist(tmp_path / "b") as cs:
+        assert isinstance(cs.refiner, RegionRefiner)  # the colour histogram has no window_map
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])

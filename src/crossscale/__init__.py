@@ -21,6 +21,7 @@ from crossscale.encode import (
     BackboneEncoder,
     CLIPEncoder,
     ColorHistogramEncoder,
+    ConvMapEncoder,
     Encoder,
     FeatureMapEncoder,
     create_encoder,
@@ -44,8 +45,8 @@ from crossscale.errors import (
     WorkspaceMismatchError,
 )
 from crossscale.index import ChunkIndex, RootStore
-from crossscale.protocols import Refiner, RegionEncoder, TextEncoder, VectorIndex, Verifier
-from crossscale.rank import GeometricVerifier, ParentRanker, Ranker, RegionRefiner
+from crossscale.protocols import MapEncoder, Refiner, RegionEncoder, TextEncoder, VectorIndex, Verifier
+from crossscale.rank import GeometricVerifier, MapRefiner, ParentRanker, Ranker, RegionRefiner
 from crossscale.search import CrossScaleSearch
 from crossscale.segment import (
     CombinedSegmenter,
@@ -76,6 +77,7 @@ __all__ = [
     "ColorHistogramEncoder",
     "CombinedSegmenter",
     "ConfigurationError",
+    "ConvMapEncoder",
     "CrossScaleError",
     "CrossScaleSearch",
     "DeviceError",
@@ -86,6 +88,8 @@ __all__ = [
     "ImageLoadError",
     "IndexFailure",
     "IndexReport",
+    "MapEncoder",
+    "MapRefiner",
     "MissingDependencyError",
     "ModelLoadError",
     "ParentMatch",

@@ -22,12 +22,14 @@ from crossscale.types import Box, Chunk, ChunkDetails, ChunkRecord, Hit, ParentM
 
 __all__ = [
     "BatchRanker",
+    "BoxMap",
     "ChunkParents",
     "DetailsLookup",
     "Encoder",
     "FeatureLoader",
     "FetchHits",
     "GroupedVectorIndex",
+    "MapEncoder",
     "ParentLoader",
     "Ranker",
     "RecordLookup",
@@ -111,6 +113,34 @@ class RegionEncoder(Encoder, Protocol):
     """
 
     def encode_regions(self, image: Image.Image, boxes: Sequence[Box]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class BoxMap(Protocol):
+    """One forward pass over a window of an image, from which any box inside the window is embedded.
+
+    ``pool(boxes)`` returns float32 rows of shape ``(len(boxes), dim)``; boxes are in the image's pixel
+    coordinates and lie inside :attr:`window`.
+    """
+
+    @property
+    def window(self) -> Box: ...
+
+    def pool(self, boxes: Sequence[Box]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class MapEncoder(Encoder, Protocol):
+    """An :class:`Encoder` that can embed many boxes of one image from one forward pass, each about as ``encode``
+    embeds the box's crop: what the :class:`~crossscale.rank.MapRefiner` searches boxes with.
+
+    ``window_map(image, window, crop_size)`` runs the network once over ``window`` of ``image``, scaled so that
+    a crop of ``crop_size`` (width, height in image pixels) spans what ``encode`` feeds the network for a whole
+    image; boxes of about that size pooled from it approximate their crops' vectors (the network sees past a
+    box's edges, so they are not equal).
+    """
+
+    def window_map(self, image: Image.Image, window: Box, crop_size: tuple[float, float]) -> BoxMap: ...
 
 
 @runtime_checkable

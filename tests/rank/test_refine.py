@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from crossscale.encode import ColorHistogramEncoder
-from crossscale.errors import ConfigurationError
-from crossscale.rank import RegionRefiner
+from crossscale.errors import ConfigurationError, VectorError
+from crossscale.protocols import Refiner
+from crossscale.rank import MapRefiner, RegionRefiner
 from crossscale.types import Box, ParentMatch, Query
 
 
@@ -185,3 +188,146 @@ def test_refiner_satisfies_its_protocol() -> None:
     from crossscale.protocols import Refiner
 
     assert isinstance(RegionRefiner(ColorHistogramEncoder()), Refiner)
+
+
+class _HistogramMap:
+    """A perfect map: each box pooled is its crop's colour histogram."""
+
+    def __init__(self, encoder: ColorHistogramEncoder, image: Image.Image, window: Box) -> None:
+        self.encoder, self.image, self.window = encoder, image, window
+
+    def pool(self, boxes: Sequence[Box]) -> np.ndarray:
+        for b in boxes:
+            if b.x0 < self.window.x0 or b.y0 < self.window.y0 or b.x1 > self.window.x1 or b.y1 > self.window.y1:
+                raise ConfigurationError(f"box {b.as_tuple()} is not inside the window {self.window.as_tuple()}")
+        return ColorHistogramEncoder.encode(self.encoder, [self.image.crop(b.as_tuple()) for b in boxes])
+
+
+class _CountingMapHistogram(ColorHistogramEncoder):
+    """The colour histogram as a MapEncoder, counting the crops it encodes and the windows it maps."""
+
+    def __init__(self) -> None:
+        super().__init__(bins=4)
+        self.crops = 0
+        self.windows: list[tuple[Box, tuple[float, float]]] = []
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        self.crops += len(images)
+        return super().encode(images)
+
+    def window_map(self, image: Image.Image, window: Box, crop_size: tuple[float, float]) -> _HistogramMap:
+        self.windows.append((window, crop_size))
+        return _HistogramMap(self, image, window)
+
+
+def test_map_refiner_finds_the_object_with_few_crops() -> None:
+    scene, truth = _scene()
+    enc = _CountingMapHistogram()
+    query = Image.new("RGB", (60, 40), (220, 30, 30))
+    qv = ColorHistogramEncoder(bins=4).encode([query])[0]
+    tile = Box(250, 100, 500, 350)  # a coarse tile containing the object
+    start = float(ColorHistogramEncoder(bins=4).encode([scene.crop(tile.as_tuple())])[0] @ qv)
+    match = ParentMatch("scene", start, tile, "tile", start, 0)
+    [out] = MapRefiner(enc).refine(Query(qv, query), [match], {"scene": scene}.get)
+    assert out.score > start and out.box.iou(truth) > 0.5 and out.box.iou(truth) > tile.iou(truth) + 0.3
+    assert enc.crops <= 5 and len(enc.windows) == 1  # 4 sizes, at most one shifted crop; one map
+    [(window, crop_size)] = enc.windows
+    assert window.width <= 2 * crop_size[0] + 1 and window.height <= 2 * crop_size[1] + 1
+    crops_before = enc.crops
+    [regional] = RegionRefiner(enc).refine(Query(qv, query), [match], {"scene": scene}.get)
+    assert enc.crops - crops_before > 2 * crops_before  # the crop refiner's cost, for comparison
+    assert out.box.iou(truth) >= regional.box.iou(truth) - 0.1
+
+
+def test_map_refiner_moves_to_a_shifted_object_only_when_its_crop_agrees() -> None:
+    """The map ranks the shifts; the crop of the best one decides, so a map that misleads cannot lower a score."""
+    scene, truth = _scene()
+    query = Image.new("RGB", (60, 40), (220, 30, 30))
+    qv = ColorHistogramEncoder(bins=4).encode([query])[0]
+    off = Box(280, 140, 400, 220)  # the object's box shifted by 20 px left and 10 px up
+    start = float(ColorHistogramEncoder(bins=4).encode([scene.crop(off.as_tuple())])[0] @ qv)
+    match = ParentMatch("scene", start, off, "tile", start, 0)
+    enc = _CountingMapHistogram()
+    [out] = MapRefiner(enc, scales=(1.0,), grow=(), side_steps=()).refine(
+        Query(qv, query), [match], {"scene": scene}.get
+    )
+    assert out.box.iou(truth) > off.iou(truth) and out.score >= start
+
+    class Misleading(_CountingMapHistogram):
+        def window_map(self, image: Image.Image, window: Box, crop_size: tuple[float, float]) -> _HistogramMap:
+            return _HistogramMap(self, Image.eval(image, lambda v: 255 - v), window)  # ranks the wrong shifts
+
+    [kept] = MapRefiner(Misleading(), scales=(1.0,), grow=(), side_steps=()).refine(
+        Query(qv, query), [match], {"scene": scene}.get
+    )
+    assert kept.score >= start
+
+
+def test_map_refiner_needs_a_map_encoder() -> None:
+    with pytest.raises(ConfigurationError, match=r"window_map.*use RegionRefiner"):
+        MapRefiner(ColorHistogramEncoder())
+
+
+@pytest.mark.parametrize("kw", [{"top_n": 0}, {"step": 0.0}, {"reach": 1.5}, {"window": 0.5}, {"scales": ()}])
+def test_map_refiner_validates(kw: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        MapRefiner(_CountingMapHistogram(), **kw)  # type: ignore[arg-type]
+
+
+def test_map_refiner_drops_deleted_parents_and_leaves_the_rest() -> None:
+    enc = _CountingMapHistogram()
+    matches = [ParentMatch(f"p{i}", 0.5 - i / 10, Box(0, 0, 10, 10), "tile", 0.5, i) for i in range(4)]
+    images = {"p0": Image.new("RGB", (40, 40)), "p2": Image.new("RGB", (40, 40)), "p3": Image.new("RGB", (40, 40))}
+    red = Image.new("RGB", (9, 9), "red")
+    out = MapRefiner(enc, top_n=2).refine(Query(enc.encode([red])[0], red), matches, images.get)
+    assert [m.parent_id for m in out] == ["p0", "p2", "p3"] and out[1:] == [matches[2], matches[3]]
+    assert isinstance(MapRefiner(enc), Refiner)
+
+
+def test_map_refiner_on_a_parent_smaller_than_its_window() -> None:
+    """A match box that is the whole (small) parent: the window is clipped to the image, every box stays inside."""
+    enc = _CountingMapHistogram()
+    arr = np.full((30, 50, 3), 100, np.uint8)
+    arr[5:25, 10:40] = (220, 30, 30)
+    parent = Image.fromarray(arr)
+    red = Image.new("RGB", (9, 9), (220, 30, 30))
+    match = ParentMatch("p", 0.1, Box(0, 0, 50, 30), "whole", 0.1, 0)
+    [out] = MapRefiner(enc).refine(Query(enc.encode([red])[0], red), [match], {"p": parent}.get)
+    assert out.score > 0.1 and 0 <= out.box.x0 < out.box.x1 <= 50 and 0 <= out.box.y0 < out.box.y1 <= 30
+    assert all(w.x1 <= 50 and w.y1 <= 30 for w, _ in enc.windows)
+
+
+@pytest.mark.parametrize(
+    ("rows", "error"),
+    [
+        (lambda n, d: np.full((n, d), 50.0, np.float32), None),  # not unit rows: normalised, as crops are
+        (lambda n, d: np.zeros((n, d), np.float32), None),  # all-zero boxes score 0, never divide by zero
+        (lambda n, d: np.full((n, d), np.nan, np.float32), "NaN or inf"),
+        (lambda n, d: np.ones((n, 3), np.float32), r"into shape \(\d+, 3\); expected \(\d+, 8\)"),
+    ],
+)
+def test_map_refiner_checks_what_a_window_map_returns(rows, error: str | None) -> None:  # type: ignore[no-untyped-def]
+    class OddMap:
+        def __init__(self, window: Box) -> None:
+            self.window = window
+
+        def pool(self, boxes: Sequence[Box]) -> np.ndarray:
+            return rows(len(boxes), 8)
+
+    class Odd(ColorHistogramEncoder):
+        def window_map(self, image: Image.Image, window: Box, crop_size: tuple[float, float]) -> OddMap:
+            return OddMap(window)
+
+    enc = Odd(bins=2)
+    assert enc.dim == 8
+    scene, _ = _scene()
+    red = Image.new("RGB", (9, 9), (220, 30, 30))
+    query = Query(enc.encode([red])[0], red)
+    match = ParentMatch("scene", 0.1, Box(250, 100, 500, 350), "tile", 0.1, 0)
+    refiner = MapRefiner(enc)
+    if error is None:
+        [out] = refiner.refine(query, [match], {"scene": scene}.get)
+        assert out.parent_id == "scene" and np.isfinite(out.score)
+    else:
+        with pytest.raises(VectorError, match=error):
+            refiner.refine(query, [match], {"scene": scene}.get)

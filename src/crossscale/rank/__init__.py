@@ -17,7 +17,7 @@ from crossscale.rank.aggregators import (
     create_aggregator,
 )
 from crossscale.rank.ranker import BOX_MODES, ParentRanker
-from crossscale.rank.refine import RegionRefiner
+from crossscale.rank.refine import MapRefiner, RegionRefiner
 from crossscale.rank.verify import VERIFIED_BONUS, GeometricVerifier, LocalFeatures
 
 _VERIFIERS: Registry[Verifier] = Registry("verifier")
@@ -58,6 +58,7 @@ __all__ = [
     "FetchHits",
     "GeometricVerifier",
     "LocalFeatures",
+    "MapRefiner",
     "MaxAggregator",
     "MeanTopNAggregator",
     "ParentRanker",
