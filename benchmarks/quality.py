@@ -611,10 +611,10 @@ def default_configs() -> list[Config]:
                 tiles((0.5, 0.25, 0.18)),
                 box="fusion",
                 verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
-                refiner=None if refine == "no refiner" else RegionRefiner,
+                refiner={"no refiner": None, "map refiner unless verified": MapRefiner}.get(refine, RegionRefiner),
                 refine_verified=False,
             )
-            for refine in ("refine top 3 unless verified", "no refiner")
+            for refine in ("refine top 3 unless verified", "map refiner unless verified", "no refiner")
         ),
         *(
             Config(

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from crossscale.encode import FeatureMapEncoder, RegionEncoder, create_encoder
+from crossscale.encode import FeatureMapEncoder, MapEncoder, RegionEncoder, create_encoder
 from crossscale.encode.feature_map import gem_pool_boxes
 from crossscale.errors import ConfigurationError
 from crossscale.types import Box
@@ -125,3 +125,38 @@ def test_lite0_regions_find_an_object_in_a_scene(photos: dict[str, Image.Image])
     regions = enc.encode_regions(scene, boxes)
     sims = regions @ enc.encode([photos["chelsea"].resize((300, 200))])[0]
     assert int(np.argmax(sims)) == 0, sims  # the region that holds the cat, not the background
+
+
+def test_pooling_moves_maps_off_a_device_without_float64() -> None:
+    """Apple's MPS has no float64, which the integral images need: maps from it are pooled on the CPU (no Mac
+    here, so a stand-in with an MPS device); maps elsewhere stay where they are."""
+    from crossscale.encode._pool import float64_ready
+
+    class OnMPS:
+        device = torch.device("mps")
+
+        def cpu(self) -> str:
+            return "a CPU copy"
+
+    assert float64_ready(OnMPS()) == "a CPU copy"  # type: ignore[arg-type,comparison-overlap]
+    here = torch.ones(3)
+    assert float64_ready(here) is here
+
+
+def test_a_window_that_is_the_box_gives_the_crops_vector(photos: dict[str, Image.Image]) -> None:
+    """window_map: a box of a window scaled as encode() resizes its crop (long side at query_size, aspect kept) is
+    GeM-pooled as encode() pools the crop; boxes inside a larger window see their surroundings too."""
+    enc = _tiny(query_size=96)
+    image = photos["coffee"]
+    box = Box(40, 30, 240, 180)
+    [alone] = enc.window_map(image, box, (box.width, box.height)).pool([box])
+    [crop] = enc.encode([image.crop(box.as_tuple())])
+    np.testing.assert_allclose(alone, crop, atol=1e-5)
+    window = Box(0, 0, 400, 300)
+    box_map = enc.window_map(image, window, (box.width, box.height))
+    [in_context] = box_map.pool([box])
+    assert float(in_context @ crop) > 0.9 and isinstance(enc, MapEncoder)
+    with pytest.raises(ConfigurationError, match="longer than max_side=2048"):
+        enc.window_map(image, window, (2, 2))
+    with pytest.raises(ConfigurationError, match="not inside the window"):
+        box_map.pool([Box(300, 200, 450, 320)])

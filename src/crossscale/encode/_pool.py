@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image
 
 from crossscale.errors import ConfigurationError
@@ -13,7 +15,27 @@ from crossscale.types import Box
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["box_cells", "check_boxes_inside", "gem_pool_boxes", "mean_pool_boxes"]
+__all__ = [
+    "WindowMap",
+    "box_cells",
+    "check_boxes_inside",
+    "checked_crop_size",
+    "float64_ready",
+    "gem_pool_boxes",
+    "mean_pool_boxes",
+    "window_input_size",
+]
+
+MIN_SIDE = 32  # the smallest input side a stride-32 network makes one cell of
+
+
+def float64_ready(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` where float64 arithmetic runs: itself, or a CPU copy from a device without float64 (Apple's MPS).
+
+    The pooling sums run in float64 (an integral image's differences lose precision in float32); a feature map
+    is small (channels x cells), so the copy costs little next to the forward pass that made it.
+    """
+    return tensor.cpu() if tensor.device.type == "mps" else tensor
 
 
 def box_cells(
@@ -53,6 +75,7 @@ def gem_pool_boxes(
     """
     import torch
 
+    feature_map = float64_ready(feature_map)
     channels, height, width = feature_map.shape
     powered = feature_map.double().clamp_min(1e-6).pow(p)
     integral = torch.zeros((channels, height + 1, width + 1), dtype=torch.float64, device=feature_map.device)
@@ -72,6 +95,7 @@ def mean_pool_boxes(feature_map: torch.Tensor, boxes: Sequence[Box], scale: tupl
     """
     import torch
 
+    feature_map = float64_ready(feature_map)
     channels, height, width = feature_map.shape
     integral = torch.zeros((channels, height + 1, width + 1), dtype=torch.float64, device=feature_map.device)
     integral[:, 1:, 1:] = feature_map.double().cumsum(1).cumsum(2)
@@ -79,3 +103,74 @@ def mean_pool_boxes(feature_map: torch.Tensor, boxes: Sequence[Box], scale: tupl
     sums = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]  # C x n
     pooled: torch.Tensor = (sums / ((r1 - r0) * (c1 - c0))).T.float()
     return pooled
+
+
+def checked_crop_size(crop_size: object) -> tuple[float, float]:
+    """``crop_size`` as two positive finite floats (width, height).
+
+    Raises:
+        ConfigurationError: anything else, named.
+    """
+    try:
+        cw, ch = (float(v) for v in crop_size)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"crop_size must be (width, height), got {crop_size!r}") from None
+    if not (math.isfinite(cw) and math.isfinite(ch) and cw > 0 and ch > 0):
+        raise ConfigurationError(f"crop_size must be two positive numbers, got {crop_size!r}")
+    return cw, ch
+
+
+def window_input_size(window: Box, scale: tuple[float, float], max_side: int) -> tuple[int, int]:
+    """The input size (width, height) of a pass over ``window`` scaled by ``scale`` (x, y), each side at least
+    one cell.
+
+    Raises:
+        ConfigurationError: a side would be longer than ``max_side``.
+    """
+    size = (max(MIN_SIDE, round(window.width * scale[0])), max(MIN_SIDE, round(window.height * scale[1])))
+    if max(size) > max_side:
+        raise ConfigurationError(
+            f"window {window.as_tuple()} would be a {size[0]}x{size[1]} pass, longer than max_side={max_side}"
+        )
+    return size
+
+
+class WindowMap:
+    """One forward pass over a window of an image (``C x H x W``): any box inside the window, pooled from its cells.
+
+    Made by the encoders' ``window_map``; satisfies :class:`crossscale.protocols.BoxMap`. ``p=None`` averages the
+    cells (maps of any sign); a number GeM-pools them with that exponent (non-negative maps).
+    """
+
+    def __init__(self, window: Box, feature_map: torch.Tensor, dim: int, p: float | None = None) -> None:
+        self.window = window
+        self._map = feature_map
+        self._scale = (feature_map.shape[2] / window.width, feature_map.shape[1] / window.height)
+        self.dim = dim
+        self.p = p
+
+    def pool(self, boxes: Sequence[Box]) -> np.ndarray:
+        """Each box's cells (those whose centres it holds, at least one) pooled, as unit float32 rows of shape
+        ``(len(boxes), dim)``; a box over cells that are all zero gets a zero row.
+
+        Raises:
+            ConfigurationError: a box is not inside :attr:`window`.
+        """
+        w = self.window
+        outside = [b for b in boxes if b.x0 < w.x0 or b.y0 < w.y0 or b.x1 > w.x1 or b.y1 > w.y1]
+        if outside:
+            raise ConfigurationError(f"box {outside[0].as_tuple()} is not inside the window {w.as_tuple()}")
+        if not boxes:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        local = [Box(b.x0 - w.x0, b.y0 - w.y0, b.x1 - w.x0, b.y1 - w.y0) for b in boxes]
+        if self.p is None:
+            pooled = mean_pool_boxes(self._map, local, self._scale)
+        else:
+            pooled = gem_pool_boxes(self._map, local, self._scale, self.p)
+        rows = pooled.cpu().numpy()
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        out: np.ndarray = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 1e-12)
+        return out
+
+    def __repr__(self) -> str:
+        return f"WindowMap(window={self.window.as_tuple()}, cells={tuple(self._map.shape[1:])}, p={self.p})"

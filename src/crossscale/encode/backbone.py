@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from crossscale._checks import int_at_least
-from crossscale.encode._pool import check_boxes_inside, mean_pool_boxes
+from crossscale.encode._pool import MIN_SIDE, WindowMap, check_boxes_inside, checked_crop_size, window_input_size
 from crossscale.encode._torch import IMAGENET_MEAN, IMAGENET_STD, PixelNormaliser, TorchImageEncoder
 from crossscale.errors import ConfigurationError, MissingDependencyError
 from crossscale.types import Box
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["BackboneEncoder", "ConvMapEncoder", "WindowMap", "efficientnet_lite0", "load_efficientnet_lite0"]
-
-_MIN_SIDE = 32  # the smallest input side a stride-32 network makes one cell of
 
 
 class BackboneEncoder(TorchImageEncoder):
@@ -80,41 +77,6 @@ class BackboneEncoder(TorchImageEncoder):
         return f"BackboneEncoder(name={self.name!r}, dim={self.dim}, device={str(self.device)!r})"
 
 
-class WindowMap:
-    """One forward pass of a :class:`ConvMapEncoder` over a window of an image: boxes inside it, average-pooled.
-
-    Made by :meth:`ConvMapEncoder.window_map`; satisfies :class:`crossscale.protocols.BoxMap`.
-    """
-
-    def __init__(self, window: Box, feature_map: torch.Tensor, dim: int) -> None:
-        self.window = window
-        self._map = feature_map  # C x H x W
-        self._scale = (feature_map.shape[2] / window.width, feature_map.shape[1] / window.height)
-        self.dim = dim
-
-    def pool(self, boxes: Sequence[Box]) -> np.ndarray:
-        """The average of the map's cells under each box (cells whose centres it holds, at least one), as unit
-        float32 rows of shape ``(len(boxes), dim)``; a box over cells that are all zero gets a zero row.
-
-        Raises:
-            ConfigurationError: a box is not inside :attr:`window`.
-        """
-        w = self.window
-        outside = [b for b in boxes if b.x0 < w.x0 or b.y0 < w.y0 or b.x1 > w.x1 or b.y1 > w.y1]
-        if outside:
-            raise ConfigurationError(f"box {outside[0].as_tuple()} is not inside the window {w.as_tuple()}")
-        if not boxes:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        local = [Box(b.x0 - w.x0, b.y0 - w.y0, b.x1 - w.x0, b.y1 - w.y0) for b in boxes]
-        rows = mean_pool_boxes(self._map, local, self._scale).cpu().numpy()
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        out: np.ndarray = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 1e-12)
-        return out
-
-    def __repr__(self) -> str:
-        return f"WindowMap(window={self.window.as_tuple()}, cells={tuple(self._map.shape[1:])})"
-
-
 class ConvMapEncoder(BackboneEncoder):
     """A CNN whose embedding is its last convolutional map, average-pooled; it can also embed many boxes of one
     image from one pass (:meth:`window_map`), which is how :class:`crossscale.rank.MapRefiner` searches boxes.
@@ -163,7 +125,7 @@ class ConvMapEncoder(BackboneEncoder):
             precision=precision,
         )
         self.feature_map = feature_map
-        self.max_side = int_at_least("max_side", max_side, _MIN_SIDE)
+        self.max_side = int_at_least("max_side", max_side, MIN_SIDE)
 
     def window_map(self, image: Image.Image, window: Box, crop_size: tuple[float, float]) -> WindowMap:
         """One forward pass over ``window`` of ``image``, scaled (per axis, as :meth:`encode` squashes) so that a
@@ -176,21 +138,8 @@ class ConvMapEncoder(BackboneEncoder):
         import torch
 
         check_boxes_inside(image, [window])
-        try:
-            cw, ch = (float(v) for v in crop_size)
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"crop_size must be (width, height), got {crop_size!r}") from None
-        if not (math.isfinite(cw) and math.isfinite(ch) and cw > 0 and ch > 0):
-            raise ConfigurationError(f"crop_size must be two positive numbers, got {crop_size!r}")
-        size = (
-            max(_MIN_SIDE, round(window.width * self.image_size / cw)),
-            max(_MIN_SIDE, round(window.height * self.image_size / ch)),
-        )
-        if max(size) > self.max_side:
-            raise ConfigurationError(
-                f"window {window.as_tuple()} at crop_size ({cw:g}, {ch:g}) would be a {size[0]}x{size[1]} pass, "
-                f"longer than max_side={self.max_side}"
-            )
+        cw, ch = checked_crop_size(crop_size)
+        size = window_input_size(window, (self.image_size / cw, self.image_size / ch), self.max_side)
         crop = image.crop(window.as_tuple())
         rgb = crop if crop.mode == "RGB" else crop.convert("RGB")
         pixels = torch.from_numpy(self._normalise(rgb, size)).permute(2, 0, 1)[None].contiguous()

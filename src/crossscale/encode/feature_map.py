@@ -16,7 +16,16 @@ from PIL import Image
 
 from crossscale._checks import int_at_least, number_in
 from crossscale._vectors import l2_normalize
-from crossscale.encode._pool import box_cells, check_boxes_inside, gem_pool_boxes
+from crossscale.encode._pool import (
+    MIN_SIDE,
+    WindowMap,
+    box_cells,
+    check_boxes_inside,
+    checked_crop_size,
+    float64_ready,
+    gem_pool_boxes,
+    window_input_size,
+)
 from crossscale.encode._torch import IMAGENET_MEAN, IMAGENET_STD, PixelNormaliser, TorchImageEncoder
 from crossscale.encode.backbone import load_efficientnet_lite0
 from crossscale.errors import ConfigurationError
@@ -28,8 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["FeatureMapEncoder", "box_cells", "check_boxes_inside", "efficientnet_lite0_regions", "gem_pool_boxes"]
-
-_MIN_SIDE = 32  # the smallest input side a stride-32 network makes one cell of
 
 
 class FeatureMapEncoder(TorchImageEncoder):
@@ -54,6 +61,7 @@ class FeatureMapEncoder(TorchImageEncoder):
         query_size: long side of a query (or crop) in pixels.
         p: the GeM exponent (1: average pooling; larger: closer to max pooling).
         mean, std: per-channel normalisation on the 0-255 scale.
+        max_side: the longest input side :meth:`window_map` runs at; a larger pass is refused.
         device, batch_size, precision: as for every encoder (``batch_size``: images per pass in :meth:`encode`).
     """
 
@@ -69,13 +77,15 @@ class FeatureMapEncoder(TorchImageEncoder):
         p: float = 3.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        max_side: int = 2048,
         device: str = "auto",
         batch_size: int = 32,
         precision: str = "auto",
     ) -> None:
         super().__init__(device=device, batch_size=batch_size, precision=precision)
-        self.map_size = int_at_least("map_size", map_size, _MIN_SIDE)
-        self.query_size = int_at_least("query_size", query_size, _MIN_SIDE)
+        self.max_side = int_at_least("max_side", max_side, MIN_SIDE)
+        self.map_size = int_at_least("map_size", map_size, MIN_SIDE)
+        self.query_size = int_at_least("query_size", query_size, MIN_SIDE)
         self.p = number_in("p", p, 1.0, 16.0)
         self.model = self._placed(model)
         self.feature_map = feature_map
@@ -89,7 +99,7 @@ class FeatureMapEncoder(TorchImageEncoder):
         import torch
 
         scale = long_side / max(image.size)
-        size = (max(_MIN_SIDE, round(image.width * scale)), max(_MIN_SIDE, round(image.height * scale)))
+        size = (max(MIN_SIDE, round(image.width * scale)), max(MIN_SIDE, round(image.height * scale)))
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         return torch.from_numpy(self._normalise(rgb, size)).permute(2, 0, 1)[None].contiguous()
 
@@ -117,7 +127,7 @@ class FeatureMapEncoder(TorchImageEncoder):
             for rows in by_shape.values():
                 for start in range(0, len(rows), self.batch_size):
                     chunk = rows[start : start + self.batch_size]
-                    maps = self._maps(torch.cat([pixels[i] for i in chunk])).double().clamp_min(1e-6)
+                    maps = float64_ready(self._maps(torch.cat([pixels[i] for i in chunk]))).double().clamp_min(1e-6)
                     pooled = maps.pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
                     out[chunk] = pooled.float().cpu().numpy()
         return l2_normalize(out)
@@ -140,6 +150,26 @@ class FeatureMapEncoder(TorchImageEncoder):
             pooled = gem_pool_boxes(feature_map, boxes, scale, self.p)
         return l2_normalize(pooled.cpu().numpy())
 
+    def window_map(self, image: Image.Image, window: Box, crop_size: tuple[float, float]) -> WindowMap:
+        """One forward pass over ``window`` of ``image``, scaled (aspect kept, as :meth:`encode` resizes) so that a
+        crop of ``crop_size`` (width, height in pixels of ``image``) has ``query_size`` on its long side; boxes
+        are GeM-pooled from it as :meth:`encode` pools a whole image (a window that is the box gives its vector).
+
+        Raises:
+            ConfigurationError: ``window`` is not inside the image, ``crop_size`` is not two positive numbers,
+                or the pass would be longer than ``max_side`` on a side.
+        """
+        import torch
+
+        check_boxes_inside(image, [window])
+        scale = self.query_size / max(checked_crop_size(crop_size))
+        size = window_input_size(window, (scale, scale), self.max_side)
+        crop = image.crop(window.as_tuple())
+        rgb = crop if crop.mode == "RGB" else crop.convert("RGB")
+        pixels = torch.from_numpy(self._normalise(rgb, size)).permute(2, 0, 1)[None].contiguous()
+        with torch.inference_mode():
+            return WindowMap(window, self._maps(pixels)[0].float(), self.dim, self.p)
+
     @property
     def settings(self) -> dict[str, float]:
         """The arguments its vectors depend on; a workspace records them, so that reopening it rebuilds this encoder
@@ -155,6 +185,7 @@ def efficientnet_lite0_regions(
     map_size: int = 1024,
     query_size: int = 224,
     p: float = 3.0,
+    max_side: int = 2048,
     device: str = "auto",
     batch_size: int = 32,
     precision: str = "auto",
@@ -175,6 +206,7 @@ def efficientnet_lite0_regions(
         p=p,
         mean=(127.0, 127.0, 127.0),
         std=(128.0, 128.0, 128.0),
+        max_side=max_side,
         device=device,
         batch_size=batch_size,
         precision=precision,

@@ -29,7 +29,7 @@ class _Scored:
     box: Box
 
 
-Scorer = Callable[[Sequence["Box | None"]], list[_Scored]]
+_Scorer = Callable[[Sequence["Box | None"]], list[_Scored]]
 
 
 def _slid(cx: float, cy: float, w: float, h: float, bounds: Box) -> Box | None:
@@ -58,7 +58,7 @@ def _clipped(x0: float, y0: float, x1: float, y1: float, bounds: Box) -> Box:
 
 
 def _extent(
-    score: Scorer,
+    score: _Scorer,
     best: _Scored,
     aspect: float,
     bounds: Box,
