@@ -65,6 +65,19 @@ def check_boxes_inside(image: Image.Image, boxes: Sequence[Box]) -> None:
             raise ConfigurationError(f"box {box.as_tuple()} is not inside the {image.width}x{image.height} image")
 
 
+def _box_means(values: torch.Tensor, boxes: Sequence[Box], scale: tuple[float, float]) -> torch.Tensor:
+    """The mean of ``values`` (float64, ``C x H x W``) over each box's cells, from one integral image:
+    ``C x len(boxes)``."""
+    import torch
+
+    channels, height, width = values.shape
+    integral = torch.zeros((channels, height + 1, width + 1), dtype=torch.float64, device=values.device)
+    integral[:, 1:, 1:] = values.cumsum(1).cumsum(2)
+    c0, r0, c1, r1 = (t.to(values.device) for t in box_cells(boxes, scale, height, width))
+    sums = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]
+    return sums / ((r1 - r0) * (c1 - c0))
+
+
 def gem_pool_boxes(
     feature_map: torch.Tensor, boxes: Sequence[Box], scale: tuple[float, float], p: float
 ) -> torch.Tensor:
@@ -73,16 +86,8 @@ def gem_pool_boxes(
     ``scale`` maps image pixels to cells (cells per pixel, x and y). A box covers the cells whose centres it holds
     (rounded edges), and at least one. ``p = 1`` is average pooling; a large ``p`` tends to max pooling.
     """
-    import torch
-
-    feature_map = float64_ready(feature_map)
-    channels, height, width = feature_map.shape
-    powered = feature_map.double().clamp_min(1e-6).pow(p)
-    integral = torch.zeros((channels, height + 1, width + 1), dtype=torch.float64, device=feature_map.device)
-    integral[:, 1:, 1:] = powered.cumsum(1).cumsum(2)
-    c0, r0, c1, r1 = (t.to(feature_map.device) for t in box_cells(boxes, scale, height, width))
-    sums = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]  # C x n
-    means = (sums / ((r1 - r0) * (c1 - c0))).clamp_min(0.0)  # float64 sums can dip a hair below 0
+    powered = float64_ready(feature_map).double().clamp_min(1e-6).pow(p)
+    means = _box_means(powered, boxes, scale).clamp_min(0.0)  # float64 sums can dip a hair below 0
     pooled: torch.Tensor = means.pow(1.0 / p).T.float()
     return pooled
 
@@ -93,15 +98,7 @@ def mean_pool_boxes(feature_map: torch.Tensor, boxes: Sequence[Box], scale: tupl
     As :func:`gem_pool_boxes` with ``p = 1``, but for maps of any sign (nothing is clamped): over a whole map it
     equals ``feature_map.mean(dim=(1, 2))``, what average-pooling encoders embed an image with.
     """
-    import torch
-
-    feature_map = float64_ready(feature_map)
-    channels, height, width = feature_map.shape
-    integral = torch.zeros((channels, height + 1, width + 1), dtype=torch.float64, device=feature_map.device)
-    integral[:, 1:, 1:] = feature_map.double().cumsum(1).cumsum(2)
-    c0, r0, c1, r1 = (t.to(feature_map.device) for t in box_cells(boxes, scale, height, width))
-    sums = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]  # C x n
-    pooled: torch.Tensor = (sums / ((r1 - r0) * (c1 - c0))).T.float()
+    pooled: torch.Tensor = _box_means(float64_ready(feature_map).double(), boxes, scale).T.float()
     return pooled
 
 
