@@ -168,7 +168,8 @@ class CrossScaleSearch:
                 workspace), ``"milvus://host:19530"`` (a server), see :func:`~crossscale.index.parse_milvus_factory`
                 and docs/scaling.md.
             max_memory: the RAM budget of an ``"auto"`` index: ``"4G"`` (default), ``"512M"``, or bytes.
-                Recorded; a writer may give an existing ``"auto"`` workspace another one.
+                Recorded; a writer may give an existing ``"auto"`` workspace another one. It budgets the index's
+                bytes; the process needs more (docs/scaling.md: IVF lists filled batch by batch hold ~1.26x).
             vector_dtype: how a new workspace stores its vectors: ``"float16"`` (the default: half the bytes in
                 LMDB; cosine scores move by ~1e-3, no quality figure moved, see docs/benchmarks.md) or
                 ``"float32"``. ``None`` when reopening: the recorded one.
