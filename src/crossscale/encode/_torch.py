@@ -35,6 +35,14 @@ class PixelNormaliser:
         normalised: np.ndarray = (pixels - self._mean) / self._std
         return normalised
 
+    def tensor(self, image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+        """``image`` (converted to RGB if need be) at ``size`` (width, height), normalised: a float32 torch tensor
+        of shape ``(1, 3, height, width)``, what a one-image forward pass takes."""
+        import torch
+
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        return torch.from_numpy(self(rgb, size)).permute(2, 0, 1)[None].contiguous()
+
 
 class TorchImageEncoder:
     """Base class: subclasses set ``self.model`` and implement ``_preprocess`` and ``_forward``."""

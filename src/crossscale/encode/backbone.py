@@ -140,9 +140,7 @@ class ConvMapEncoder(BackboneEncoder):
         check_boxes_inside(image, [window])
         cw, ch = checked_crop_size(crop_size)
         size = window_input_size(window, (self.image_size / cw, self.image_size / ch), self.max_side)
-        crop = image.crop(window.as_tuple())
-        rgb = crop if crop.mode == "RGB" else crop.convert("RGB")
-        pixels = torch.from_numpy(self._normalise(rgb, size)).permute(2, 0, 1)[None].contiguous()
+        pixels = self._normalise.tensor(image.crop(window.as_tuple()), size)
         with torch.inference_mode():
             maps = self.feature_map(pixels.to(self.device, dtype=self.dtype))
             if maps.ndim != 4 or maps.shape[:2] != (1, self.dim):

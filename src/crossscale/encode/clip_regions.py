@@ -94,14 +94,11 @@ class CLIPRegionEncoder(CLIPEncoder):
 
     def _grid_pixels(self, image: Image.Image) -> torch.Tensor:
         """``image`` at ``map_size`` on its long side, each side a whole number of patches: ``1 x 3 x H x W``."""
-        import torch
-
         scale = self.map_size / max(image.size)
         cols = max(1, round(image.width * scale / self.patch_size))
         rows = max(1, round(image.height * scale / self.patch_size))
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        pixels = self._normalise(rgb, (cols * self.patch_size, rows * self.patch_size))
-        return torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous().to(self.device, dtype=self.dtype)
+        pixels = self._normalise.tensor(image, (cols * self.patch_size, rows * self.patch_size))
+        return pixels.to(self.device, dtype=self.dtype)
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -96,12 +96,9 @@ class FeatureMapEncoder(TorchImageEncoder):
 
     def _pixels(self, image: Image.Image, long_side: int) -> torch.Tensor:
         """``image`` resized, aspect kept, to ``long_side`` (each side at least one cell), normalised, ``1x3xHxW``."""
-        import torch
-
         scale = long_side / max(image.size)
         size = (max(MIN_SIDE, round(image.width * scale)), max(MIN_SIDE, round(image.height * scale)))
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        return torch.from_numpy(self._normalise(rgb, size)).permute(2, 0, 1)[None].contiguous()
+        return self._normalise.tensor(image, size)
 
     def _maps(self, pixels: torch.Tensor) -> torch.Tensor:
         maps = self.feature_map(pixels.to(self.device, dtype=self.dtype))
@@ -164,9 +161,7 @@ class FeatureMapEncoder(TorchImageEncoder):
         check_boxes_inside(image, [window])
         scale = self.query_size / max(checked_crop_size(crop_size))
         size = window_input_size(window, (scale, scale), self.max_side)
-        crop = image.crop(window.as_tuple())
-        rgb = crop if crop.mode == "RGB" else crop.convert("RGB")
-        pixels = torch.from_numpy(self._normalise(rgb, size)).permute(2, 0, 1)[None].contiguous()
+        pixels = self._normalise.tensor(image.crop(window.as_tuple()), size)
         with torch.inference_mode():
             return WindowMap(window, self._maps(pixels)[0].float(), self.dim, self.p)
 
