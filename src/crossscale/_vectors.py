@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from crossscale.protocols import Encoder, RegionEncoder, TextEncoder
     from crossscale.types import Box
 
-__all__ = ["embed", "embed_regions", "embed_text", "l2_normalize"]
+__all__ = ["embed", "embed_regions", "embed_text", "l2_normalize", "unit_rows"]
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -35,6 +35,15 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     if np.abs(norms - 1.0).max(initial=0.0) <= 1e-6:
         return arr  # already unit rows (e.g. from an encoder): skip a copy of the whole batch
     out: np.ndarray = arr / norms
+    return out
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as float32, where an all-zero row stays zero (scores 0) instead of being refused:
+    for boxes pooled from a feature map, where a region of dead cells is possible and not the encoder's fault."""
+    arr = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    out: np.ndarray = np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 1e-12)
     return out
 
 

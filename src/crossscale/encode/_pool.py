@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from crossscale._vectors import unit_rows
 from crossscale.errors import ConfigurationError
 from crossscale.types import Box
 
@@ -164,10 +165,7 @@ class WindowMap:
             pooled = mean_pool_boxes(self._map, local, self._scale)
         else:
             pooled = gem_pool_boxes(self._map, local, self._scale, self.p)
-        rows = pooled.cpu().numpy()
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        out: np.ndarray = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 1e-12)
-        return out
+        return unit_rows(pooled.cpu().numpy())
 
     def __repr__(self) -> str:
         return f"WindowMap(window={self.window.as_tuple()}, cells={tuple(self._map.shape[1:])}, p={self.p})"

@@ -6,13 +6,13 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
 from crossscale._checks import number_in, numbers_in, positive_int
-from crossscale._vectors import embed
+from crossscale._vectors import embed, unit_rows
 from crossscale.errors import ConfigurationError, VectorError
 from crossscale.protocols import BoxMap, Encoder, MapEncoder, ParentLoader
 from crossscale.types import Box, ParentMatch, Query
@@ -307,7 +307,6 @@ class MapRefiner(_TopParentRefiner):
         super().__init__(
             encoder, top_n=top_n, scales=scales, grow=grow, side_steps=side_steps, extent_margin=extent_margin
         )
-        self.map_encoder: MapEncoder = encoder
         self.reach = number_in("reach", reach, 0.0, 1.0)
         self.step = number_in("step", step, 0.0, 1.0, low_open=True)
         self.window = number_in("window", window, 1.0, 4.0)
@@ -336,9 +335,8 @@ class MapRefiner(_TopParentRefiner):
             )
         if not np.isfinite(rows).all():
             raise VectorError("the encoder's window map returned NaN or inf")
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        unit = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 1e-12)  # an all-zero box scores 0
-        return [_Scored(float(s), b) for s, b in zip(unit @ query, unique, strict=True)]
+        # an all-zero box scores 0
+        return [_Scored(float(s), b) for s, b in zip(unit_rows(rows) @ query, unique, strict=True)]
 
     def _refine_one(self, query: np.ndarray, aspect: float, match: ParentMatch, image: Image.Image) -> ParentMatch:
         bounds = Box(0, 0, image.width, image.height)
@@ -347,7 +345,7 @@ class MapRefiner(_TopParentRefiner):
             return match
         b = best.box
         window = _around(b, self.window, b.width / b.height, bounds) or bounds
-        box_map = self.map_encoder.window_map(image, window, (b.width, b.height))
+        box_map = cast(MapEncoder, self.encoder).window_map(image, window, (b.width, b.height))
 
         def on_map(boxes: Sequence[Box | None]) -> list[_Scored]:
             return self._on_map(query, box_map, boxes)
