@@ -31,6 +31,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from crossscale.encode import ColorHistogramEncoder, Encoder, RegionEncoder, create_encoder, embed, embed_regions
-from crossscale.index import ChunkIndex, ParentMap
-from crossscale.query import search_parents
+from crossscale.index import ChunkIndex, KeypointIndex, ParentMap
+from crossscale.protocols import DescriptorVerifier
+from crossscale.query import search_parents, voted_matches
 from crossscale.rank import (
     VERIFIED_BONUS,
     GeometricVerifier,
@@ -51,7 +53,7 @@ from crossscale.rank import (
     Verifier,
 )
 from crossscale.segment import Segmenter, TileSegmenter, WholeSegmenter, create_segmenter
-from crossscale.types import Box, ChunkDetails, ChunkRecord, Query
+from crossscale.types import Box, ChunkDetails, ChunkRecord, ParentMatch, Query
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +309,7 @@ class Config:
     reduce_dim: int | None = None  # the index projects vectors to this many dimensions (ChunkIndex(reduce_dim=))
     rescore: bool = True  # hits of an index with approximate scores are re-scored with the exact vectors, as shipped
     refine_verified: bool = True  # refine queries whose best match is verified too (search_parents(refine_verified=))
+    local_search: bool = False  # parents voted for by the query's keypoints join when verified (local_search=True)
 
 
 class VectorCache:
@@ -414,6 +417,29 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     verifier = config.verifier() if config.verifier is not None else None
     local = cache.local_features(verifier, dataset.parents) if verifier is not None else {}
     extract_seconds = cache.seconds_per_image("verifier:" + verifier.name) if verifier is not None else 0.0
+    candidates = None
+    keypoint_seconds = 0.0
+    if config.local_search and isinstance(verifier, DescriptorVerifier):
+        start = time.perf_counter()  # built from the stored features, as a workspace's LocalCandidates does
+        keypoints = KeypointIndex()
+        for pid, raw in local.items():
+            keypoints.add(pid, verifier.descriptors(raw))
+        keypoints.train()
+        keypoint_seconds = (time.perf_counter() - start) / len(dataset.parents)
+        chunk_ids = {pid: [r.chunk_id for r in mine] for pid, mine in owners.items()}
+
+        def candidates(query: Query, ranked: AbstractSet[str]) -> list[ParentMatch]:
+            votes = keypoints.vote(verifier.query_descriptors(query), 5 + len(ranked))
+            return voted_matches(
+                query,
+                votes,
+                ranked,
+                chunk_ids=chunk_ids.get,
+                vectors=exact,
+                records=lambda ids: {i: records[i] for i in ids},
+                ranker=ranker,
+            )
+
     n_parents = len(dataset.parents)
     if regions:
         passes = float(n_parents)
@@ -446,6 +472,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
             load_features=local.get,
             exact_vectors=exact if config.rescore and not index.scores_exact else None,
             refine_verified=config.refine_verified,
+            candidates=candidates,
         )
         latencies.append(query_encode + time.perf_counter() - start)
         rank = next((r for r, m in enumerate(matches, 1) if m.parent_id == q.parent_id), None)
@@ -472,7 +499,7 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
     return Result(
         config,
         chunks_per_parent=len(records) / n_parents,
-        index_seconds_per_parent=(seg_seconds + encode_seconds) / n_parents + extract_seconds,
+        index_seconds_per_parent=(seg_seconds + encode_seconds) / n_parents + extract_seconds + keypoint_seconds,
         query_ms=1000 * float(np.median(latencies)),
         metrics=metrics,
         per_query=per_split,
@@ -623,6 +650,41 @@ def default_configs() -> list[Config]:
             )
             for every in (False, True)
         ),
+        Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints at 1600 px), "
+            "map refiner (top 3, one pass per parent) unless verified, float16 vectors, local search",
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
+            refiner=MapRefiner,
+            vector_dtype="float16",
+            refine_verified=False,
+            local_search=True,
+        ),
+        *(
+            Config(
+                f"lite0 regions (one pass, map {size}), whole+tiles(.5,.25,.18), box=fusion, verify top 10 "
+                f"(sift, 4000 keypoints at {side} px), map refiner unless verified, local search",
+                "lite0-regions" if size == 1024 else f"lite0-regions-{size}",
+                tiles((0.5, 0.25, 0.18)),
+                box="fusion",
+                verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=side),
+                refiner=MapRefiner,
+                refine_verified=False,
+                local_search=True,
+            )
+            for size, side in (
+                (1024, 1600),
+                (768, 1600),
+                (1024, 1280),
+                (768, 1280),
+                (640, 1280),
+                (896, 1280),
+                (896, 1024),
+                (1024, 1024),
+            )
+        ),
         *(
             Config(
                 "lite0 regions (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, verify top 10 "
@@ -740,6 +802,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hist": ColorHistogramEncoder(),
         "lite0": create_encoder("efficientnet-lite0", device="cpu"),
         "lite0-regions": create_encoder("efficientnet-lite0-regions", device="cpu"),
+        **{
+            f"lite0-regions-{size}": create_encoder("efficientnet-lite0-regions", device="cpu", map_size=size)
+            for size in (896, 768, 640)
+        },
     }
     cache = VectorCache()
     results = []
@@ -754,7 +820,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:  # is the right parent among the 10 the verifier checks?
         h, t = (r.metrics.get(split, {}).get("r@10", float("nan")) for split in ("hard", "transformed"))
         print(f"r@10 hard / transformed: {h:.2f} / {t:.2f}: {r.config.name}")
-    chosen = [r for r in results if r.config.name.endswith(("(default)", "verification)"))] or results[-1:]
+    chosen = [r for r in results if r.config.name.endswith(("(default)", "verification)", "local search"))]
+    chosen = chosen or results[-1:]
     for r in chosen:
         print()
         print(operating_points(r))

@@ -138,6 +138,10 @@ def test_a_workspace_with_a_verifier_from_the_command_line(
     assert all(r["inliers"] is None for r in json.loads(capsys.readouterr().out))
     assert main(["search", str(tmp_path / "q.png"), "-w", ws, "--json", "--refine-verified", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["inliers"] is not None
+    search = ["search", str(tmp_path / "q.png"), "-w", ws, "--json", "-k", "1", "--local-search", "--device", "cpu"]
+    assert main(search) == 0
+    [only] = json.loads(capsys.readouterr().out)
+    assert only["source"].endswith("astronaut.png") and only["inliers"] is not None
 
 
 def test_index_structure_and_budget_from_the_command_line(

@@ -11,7 +11,7 @@ import pytest
 
 from crossscale.errors import ConfigurationError
 from crossscale.index import ChunkIndex, ParentMap
-from crossscale.query import FetchDepth, _reach_depth, search_parents
+from crossscale.query import FetchDepth, _reach_depth, parent_match, search_parents, voted_matches
 from crossscale.rank import ParentRanker
 from crossscale.types import Box, ChunkDetails, ChunkRecord, Query
 
@@ -411,3 +411,101 @@ def test_reach_depth_is_where_the_kth_parent_first_appears(rng: np.random.Genera
                         want = at + 1
                         break
             assert need == want
+
+
+class VerifiesParents:
+    """A verifier that confirms the matches of the parents in ``confirm``, whatever the query."""
+
+    name = "verifies-parents"
+
+    def __init__(self, confirm: set[str]) -> None:
+        self.confirm = confirm
+        self.checked: list[str] = []
+
+    def extract(self, image: object) -> bytes:
+        return b""
+
+    def verify(self, query: Query, matches: Any, features: Any) -> list[Any]:
+        self.checked += [m.parent_id for m in matches]
+        out = [dataclasses.replace(m, inliers=30, score=1.5) if m.parent_id in self.confirm else m for m in matches]
+        return sorted(out, key=lambda m: (-m.score, m.parent_id))
+
+
+def _exact(x: np.ndarray) -> Any:
+    return lambda ids: (np.asarray(ids, np.int64), x[np.asarray(ids, np.int64)])
+
+
+def test_candidates_join_only_when_verified_and_never_beyond_top_k(alike: dict[str, Any]) -> None:
+    query = alike["queries"][0]
+    ranker = ParentRanker(box="best")
+    common = {"index": alike["index"], "records": _lookup(alike["records"]), "parents": alike["parents"]}
+    plain = search_parents([query], 3, ranker=ranker, **common)[0]
+    ranked = [m.parent_id for m in plain]
+    far = next(f"p{p:02d}" for p in range(PARENTS) if f"p{p:02d}" not in ranked)
+    other = next(f"p{p:02d}" for p in range(PARENTS) if f"p{p:02d}" not in [*ranked, far])
+    seen: list[set[str]] = []
+
+    def candidates(q: Query, already: Any) -> list[Any]:
+        seen.append(set(already))
+        p = int(far[1:]), int(other[1:])
+        return [
+            match
+            for i in p
+            if (
+                match := parent_match(
+                    q.vector,
+                    range(i * ALIKE, (i + 1) * ALIKE),
+                    vectors=_exact(alike["x"]),
+                    records=_lookup(alike["records"]),
+                    ranker=ranker,
+                )
+            )
+            is not None
+        ]
+
+    verifier = VerifiesParents({far})
+    got = search_parents(
+        [query], 3, ranker=ranker, verifier=verifier, load_features=lambda p: b"", candidates=candidates, **common
+    )[0]
+    assert seen == [set(ranked)]  # told what the vector search returned
+    assert [m.parent_id for m in got] == [far, *ranked[:2]]  # verified: first; the unverified candidate: dropped
+    assert got[0].inliers == 30 and len(got) == 3
+    assert verifier.checked == [*ranked, far, other]
+    with pytest.raises(ConfigurationError, match="candidates need a verifier"):
+        search_parents([query], 3, ranker=ranker, candidates=candidates, **common)
+
+
+def test_parent_match_is_what_the_ranker_makes_of_all_the_parents_chunks(alike: dict[str, Any]) -> None:
+    query = alike["queries"][3]
+    ranker = ParentRanker(box="fusion")
+    [[best]] = search_parents([query], 1, index=alike["index"], records=_lookup(alike["records"]), ranker=ranker)
+    p = int(best.parent_id[1:])
+    again = parent_match(
+        query.vector,
+        range(p * ALIKE, (p + 1) * ALIKE),
+        vectors=_exact(alike["x"]),
+        records=_lookup(alike["records"]),
+        ranker=ranker,
+    )
+    assert again is not None and again.parent_id == best.parent_id and again.chunk_id == best.chunk_id
+    assert again.score == pytest.approx(best.score, rel=1e-5) and again.box == best.box
+    gone = parent_match(
+        query.vector,
+        [10**6],
+        vectors=lambda ids: (np.zeros(0, np.int64), np.zeros((0, DIM))),
+        records=_lookup({}),
+        ranker=ranker,
+    )
+    assert gone is None
+
+
+def test_voted_matches_keep_the_best_voted_parents_not_yet_ranked(alike: dict[str, Any]) -> None:
+    query = alike["queries"][5]
+    votes = [("p01", 9), ("p02", 7), ("p03", 5), ("p04", 2), ("p05", 8)]
+    common = {"vectors": _exact(alike["x"]), "records": _lookup(alike["records"]), "ranker": ParentRanker()}
+
+    def chunk_ids(pid: str) -> range | None:
+        return None if pid == "p03" else range(int(pid[1:]) * ALIKE, (int(pid[1:]) + 1) * ALIKE)
+
+    got = voted_matches(query, votes, {"p02"}, chunk_ids=chunk_ids, top_n=3, min_votes=3, **common)
+    assert [m.parent_id for m in got] == ["p01", "p05"]  # p02 ranked already, p03 gone, p04 too few votes

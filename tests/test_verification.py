@@ -207,3 +207,56 @@ def test_a_verified_search_skips_the_refiner_unless_asked(tmp_path: Path, scenes
         assert refiner.calls == 2
     with pytest.raises(ConfigurationError, match="refine_verified must be True or False"):
         _open(tmp_path / "ws", refine_verified="yes")
+
+
+@pytest.fixture
+def hidden(photos: dict[str, Image.Image]) -> tuple[list[tuple[str, Image.Image]], Image.Image, Box]:
+    """Six parents; a small astronaut pasted into one whose colours are far from the query's."""
+    scene = photos["coffee"].resize((1200, 900))
+    box = Box(820, 80, 1020, 280)
+    scene.paste(photos["astronaut"].resize((200, 200)), (820, 80))
+    names = ("rocket", "chelsea", "retina", "immunohistochemistry", "hubble_deep_field")
+    parents = [("scene", scene), *((n, photos[n]) for n in names)]
+    return parents, photos["astronaut"].resize((256, 256)), box
+
+
+class WidthEncoder:
+    """Sees nothing but an image's width: a vector search that cannot find a small object in a wide scene."""
+
+    name = "width"
+    dim = 2
+
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        return np.array([[1.0, im.width / 1000] for im in images], dtype=np.float32)
+
+
+def test_local_search_finds_the_parent_the_vector_search_misses(tmp_path: Path, hidden) -> None:  # type: ignore[no-untyped-def]
+    parents, query, box = hidden
+    with _open(tmp_path / "ws", encoder=WidthEncoder(), segmenter="whole", verifier="sift") as cs:
+        cs.index(parents)
+        plain = cs.search(query, top_k=2)
+        assert "scene" not in [m.parent_id for m in plain]  # 1,200 px wide, the query 256
+    with _open(tmp_path / "ws", encoder=WidthEncoder(), local_search=True) as cs:
+        assert cs.local is not None and cs.local.index is None  # built at the first search
+        [best, second] = cs.search(query, top_k=2)
+        assert best.parent_id == "scene" and best.inliers is not None and best.box.iou(box) > 0.8
+        assert second.parent_id == plain[0].parent_id and second.inliers is None  # the rest: the vector search's
+        assert best.chunk_id in cs.store.parent("scene").chunk_ids  # a real match of the scene's chunks
+        assert cs.local.index is not None and len(cs.local.index) == 6
+        cs.delete("scene")  # the keypoint index follows the store
+        assert "scene" not in [m.parent_id for m in cs.search(query, top_k=2)]
+        assert len(cs.local.index) == 5
+        cs.index([("again", parents[0][1])])
+        assert cs.search(query, top_k=1)[0].parent_id == "again"
+        assert cs.verify().ok
+
+
+def test_local_search_needs_a_verifier_with_descriptors(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    with pytest.raises(ConfigurationError, match="local_search needs a verifier"):
+        _open(tmp_path / "none", verifier=False, local_search=True)
+    with pytest.raises(ConfigurationError, match="local_search must be True or False"):
+        _open(tmp_path / "bad", local_search="yes")
+    with _open(tmp_path / "ws", verifier="sift", local_search=True, verify_matches=False) as cs:
+        cs.index([("c", photos["coffee"])])
+        assert cs.search(photos["coffee"].crop((100, 100, 300, 300)), top_k=1)[0].inliers is None  # not verifying
+        assert cs.local is not None and cs.local.index is None  # so no local search either

@@ -71,6 +71,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         refine=not args.no_refine,
         verify_matches=not args.no_verify,
         refine_verified=args.refine_verified,
+        local_search=args.local_search,
     ) as cs:
         if args.text is not None:
             matches = cs.search_text(args.text, top_k=args.top_k, min_score=args.min_score)
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-verified",
         action="store_true",
         help="refine a search even when its best match was verified (slower; only the matches below it change)",
+    )
+    p.add_argument(
+        "--local-search",
+        action="store_true",
+        help="also find parents by their local features (SIFT votes over every parent's, verified before they are "
+        "shown): finds small objects the vectors miss; reads every parent's features first (docs/benchmarks.md)",
     )
     p.add_argument("--json", action="store_true")
     p.add_argument(

@@ -11,7 +11,7 @@ object lacks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -23,7 +23,9 @@ from crossscale.types import Box, Chunk, ChunkDetails, ChunkRecord, Hit, ParentM
 __all__ = [
     "BatchRanker",
     "BoxMap",
+    "CandidateFinder",
     "ChunkParents",
+    "DescriptorVerifier",
     "DetailsLookup",
     "Encoder",
     "FeatureLoader",
@@ -58,6 +60,11 @@ FeatureLoader = Callable[[str], "bytes | None"]
 DetailsLookup = Callable[[np.ndarray], ChunkDetails]
 """``details(chunk_ids)`` (a 1-D int64 array) returns their boxes, kinds and labels in that order, unknown for ids
 it does not know (a workspace's :meth:`~crossscale.index.ParentMap.details`)."""
+
+CandidateFinder = Callable[[Query, Set[str]], Sequence[ParentMatch]]
+"""``candidates(query, ranked)`` returns matches for parents found by another route than the query's vector (e.g.
+its local features), leaving out the parent ids in ``ranked``; the query path verifies them and keeps the verified
+ones (``crossscale.query.search_parents``)."""
 
 VectorLookup = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 """``vectors(chunk_ids)`` (an int64 array) returns ``(ids, vectors)`` of the given ids that are stored, in the order
@@ -271,6 +278,20 @@ class Verifier(Protocol):
     def extract(self, image: Image.Image) -> bytes: ...
 
     def verify(self, query: Query, matches: Sequence[ParentMatch], features: FeatureLoader) -> list[ParentMatch]: ...
+
+
+@runtime_checkable
+class DescriptorVerifier(Verifier, Protocol):
+    """A :class:`Verifier` whose local features can also *find* parents, not only check them.
+
+    ``descriptors(features)`` turns what ``extract`` stored of a parent into an (n, d) uint8 array of descriptors
+    compared by L2 distance, and ``query_descriptors(query)`` gives the query's of the same kind. The facade keeps
+    every parent's in a :class:`~crossscale.index.KeypointIndex` (``CrossScaleSearch(local_search=True)``).
+    """
+
+    def descriptors(self, features: bytes) -> np.ndarray: ...
+
+    def query_descriptors(self, query: Query) -> np.ndarray: ...
 
 
 def check_stage(stage: object, protocol: type, what: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence, Set
 from typing import NamedTuple, TypeGuard
 
 import numpy as np
@@ -20,6 +20,7 @@ from crossscale._vectors import embed, l2_normalize
 from crossscale.errors import ConfigurationError
 from crossscale.protocols import (
     BatchRanker,
+    CandidateFinder,
     ChunkParents,
     DetailsLookup,
     Encoder,
@@ -35,7 +36,7 @@ from crossscale.protocols import (
 )
 from crossscale.types import Hit, HitArrays, ParentMatch, Query
 
-__all__ = ["FetchDepth", "embed_queries", "search_parents"]
+__all__ = ["FetchDepth", "embed_queries", "parent_match", "search_parents", "voted_matches"]
 
 
 def embed_queries(encoder: Encoder, images: Sequence[Image.Image]) -> list[Query]:
@@ -138,6 +139,79 @@ class _ExactScores:
             self._learn([row], more[None])
             done = self._views[key] = np.concatenate([done, self._of(row, more)])
         return done[:k]
+
+
+def parent_match(
+    vector: np.ndarray,
+    chunk_ids: Sequence[int],
+    *,
+    vectors: VectorLookup,
+    records: RecordLookup,
+    ranker: Ranker,
+) -> ParentMatch | None:
+    """What ``ranker`` makes of one parent for a query ``vector``, from all of the parent's chunks
+    scored exactly against their stored vectors: the match a search would have given it had its chunks been among
+    the hits. ``None`` if none of its chunks is stored any more (deleted since).
+
+    For parents found by another route than the vector search (``search_parents(candidates=)``).
+    """
+    ids, rows = vectors(np.asarray(chunk_ids, dtype=np.int64).reshape(-1))
+    if not len(ids):
+        return None
+    unit = l2_normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+    scores = l2_normalize(np.asarray(rows, dtype=np.float32)) @ unit
+    best = np.argsort(-scores, kind="stable")
+    hits = _hits(scores[best], np.asarray(ids)[best], records)
+    if not hits:
+        return None
+    found = ranker.rank(lambda k: hits[:k], 1, available=len(hits))
+    return found[0] if found else None
+
+
+def voted_matches(
+    query: Query,
+    votes: Sequence[tuple[str, int]],
+    ranked: Set[str],
+    *,
+    chunk_ids: Callable[[str], Sequence[int] | None],
+    vectors: VectorLookup,
+    records: RecordLookup,
+    ranker: Ranker,
+    top_n: int = 5,
+    min_votes: int = 3,
+) -> list[ParentMatch]:
+    """Matches for the ``top_n`` best-voted parents (``votes``: ``(parent_id, votes)``, most first, as
+    :meth:`~crossscale.index.KeypointIndex.vote` gives them) with at least ``min_votes`` that are not in ``ranked``,
+    each as :func:`parent_match` makes it; ``chunk_ids(parent_id)`` gives a parent's chunk ids (``None``: gone)."""
+    picked = [pid for pid, n in votes if n >= min_votes and pid not in ranked][:top_n]
+    found: list[ParentMatch] = []
+    for pid in picked:
+        ids = chunk_ids(pid)
+        if ids is None:
+            continue
+        match = parent_match(query.vector, ids, vectors=vectors, records=records, ranker=ranker)
+        if match is not None:
+            found.append(match)
+    return found
+
+
+def _with_candidates(
+    query: Query,
+    matches: list[ParentMatch],
+    top_k: int,
+    candidates: CandidateFinder,
+    verifier: Verifier,
+    load_features: FeatureLoader,
+) -> list[ParentMatch]:
+    """``matches`` (already verified) with the candidates the verifier confirms, best first, at most ``top_k``:
+    a candidate only enters when verified, so the rest of the ranking is the vector search's."""
+    found = candidates(query, frozenset(m.parent_id for m in matches))
+    if not found:
+        return matches
+    confirmed = [m for m in verifier.verify(query, found, load_features) if m.inliers is not None]
+    if not confirmed:
+        return matches
+    return sorted(matches + confirmed, key=lambda m: (-m.score, m.parent_id))[:top_k]
 
 
 def _best_first(exact: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -374,6 +448,7 @@ def search_parents(
     refine_verified: bool = False,
     details: DetailsLookup | None = None,
     fetch_depth: FetchDepth | None = None,
+    candidates: CandidateFinder | None = None,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
@@ -415,6 +490,11 @@ def search_parents(
         fetch_depth: learns how deep the first search goes (:class:`FetchDepth`); needs ``parents``. Only for an
             index whose shallower searches are prefixes of deeper ones (``prefix_stable``): the result is then
             the same as without it.
+        candidates: parents found by another route (e.g. a :class:`~crossscale.index.KeypointIndex`'s vote over the
+            query's local features), given the parent ids the ranker returned; needs ``verifier``. Those the
+            verifier confirms join the matches (ranked by their verified scores, at most ``top_k`` in all); the
+            others are dropped, so the unverified ranking stays the vector search's. Found for the
+            parents a vector search misses: a small object seen by a few of a region's cells.
 
     Raises:
         ConfigurationError: a bad ``top_k`` or ``min_score``, or a refiner without ``load_parent``.
@@ -425,6 +505,8 @@ def search_parents(
         raise ConfigurationError("a refiner needs load_parent to read the parents it re-scores")
     if verifier is not None and load_features is None:
         raise ConfigurationError("a verifier needs load_features to read what it stored of the parents")
+    if candidates is not None and verifier is None:
+        raise ConfigurationError("candidates need a verifier: only the ones it confirms are kept")
     if not queries:
         return []
     vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
@@ -482,6 +564,8 @@ def search_parents(
         matches = ranker.rank(fetch, top_k, available=available) if ranked is None else ranked
         if verifier is not None and load_features is not None:
             matches = verifier.verify(query, matches, load_features)
+            if candidates is not None:
+                matches = _with_candidates(query, matches, top_k, candidates, verifier, load_features)
         if refiner is not None and load_parent is not None:
             verified = [m for m in matches if m.inliers is not None]  # exact boxes, ranked first: nothing to refine
             if refine_verified or not verified:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,15 +32,25 @@ from crossscale._stages import (
     StageRequest,
 )
 from crossscale._vectors import embed_text, l2_normalize
-from crossscale.errors import CapabilityError, ConfigurationError, VectorError
-from crossscale.index import RootStore
+from crossscale.errors import CapabilityError, ConfigurationError, ParentNotFoundError, VectorError
+from crossscale.index import KeypointIndex, RootStore
 from crossscale.index.root_store import ParentRecord
 from crossscale.ingest import ingest, iter_inputs
-from crossscale.protocols import Encoder, MapEncoder, Ranker, Refiner, Segmenter, TextEncoder, Verifier, check_stage
-from crossscale.query import FetchDepth, embed_queries, search_parents
+from crossscale.protocols import (
+    DescriptorVerifier,
+    Encoder,
+    MapEncoder,
+    Ranker,
+    Refiner,
+    Segmenter,
+    TextEncoder,
+    Verifier,
+    check_stage,
+)
+from crossscale.query import FetchDepth, embed_queries, search_parents, voted_matches
 from crossscale.rank import MapRefiner, ParentRanker, RegionRefiner
 from crossscale.segment import create_segmenter
-from crossscale.types import IndexReport, Query, SearchResult
+from crossscale.types import IndexReport, ParentMatch, Query, SearchResult
 from crossscale.workspace import (
     WORKSPACE_FORMAT,
     AnyChunkIndex,
@@ -54,6 +67,7 @@ __all__ = [
     "DEFAULT_VERIFIER",
     "WORKSPACE_FORMAT",
     "CrossScaleSearch",
+    "LocalCandidates",
     "VerifyReport",
     "default_refiner",
 ]
@@ -65,6 +79,113 @@ def default_refiner(encoder: Encoder) -> Refiner:
     :class:`~crossscale.rank.RegionRefiner`. On the quality benchmark both gave the same figures, the map
     refiner at under half the query time of a refined search (docs/benchmarks.md)."""
     return MapRefiner(encoder) if isinstance(encoder, MapEncoder) else RegionRefiner(encoder)
+
+
+class LocalCandidates:
+    """Parents found by their local features, for the verifier to confirm (``CrossScaleSearch(local_search=True)``).
+
+    Holds every parent's descriptors (what the workspace's verifier stored, as its ``descriptors`` reads them) in a
+    :class:`~crossscale.index.KeypointIndex`, built at the first search and kept in step with the store (parents
+    added or deleted since are added or dropped before a search). For a query, the ``top_n`` parents with the most
+    votes (at least ``min_votes``) that the vector search did not return become matches, each as the ranker makes
+    it from all of the parent's chunks scored exactly.
+
+    It is derived from the store and holds nothing of its own: nothing of it is written, and a workspace without it
+    opens and verifies as before.
+    """
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        verifier: DescriptorVerifier,
+        *,
+        top_n: int = 5,
+        min_votes: int = 3,
+        progress: bool = False,
+    ) -> None:
+        self.workspace = workspace
+        self.verifier = verifier
+        self.progress = progress
+        self.top_n = positive_int("top_n", top_n)
+        self.min_votes = positive_int("min_votes", min_votes)
+        self.index: KeypointIndex | None = None
+        self._generation = -1
+        self._without: set[str] = set()  # parents checked that have no usable local features
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalCandidates(top_n={self.top_n}, min_votes={self.min_votes}, index={self.index!r})"
+
+    def candidates(self, query: Query, ranked: AbstractSet[str], ranker: Ranker) -> list[ParentMatch]:
+        """Matches for the best-voted parents of ``query`` not in ``ranked``."""
+        if query.image is None:
+            return []
+        mine = self.verifier.query_descriptors(query)
+        with self._lock:
+            index = self._current()
+            if not len(mine) or index.descriptor_count == 0:
+                return []
+            votes = index.vote(mine, self.top_n + len(ranked)) if mine.shape[1] == index.dim else []
+        return voted_matches(
+            query,
+            votes,
+            ranked,
+            chunk_ids=self._chunk_ids,
+            vectors=self.workspace.store.vectors,
+            records=self.workspace.records,
+            ranker=ranker,
+            top_n=self.top_n,
+            min_votes=self.min_votes,
+        )
+
+    def _chunk_ids(self, parent_id: str) -> tuple[int, ...] | None:
+        try:
+            return self.workspace.store.parent(parent_id).chunk_ids
+        except ParentNotFoundError:  # deleted since the last sync
+            return None
+
+    def _current(self) -> KeypointIndex:
+        """The keypoint index, brought up to date with the store's parents."""
+        store = self.workspace.store
+        generation = store.generation
+        if self.index is not None and generation == self._generation:
+            return self.index
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        held = set(self.index.parent_ids()) if self.index is not None else set()
+        stored = set(store.parent_ids())
+        self._without &= stored
+        for pid in held - stored:
+            if self.index is not None:
+                self.index.remove(pid)
+        new = sorted(stored - held - self._without)
+        for pid in tqdm(new, unit="img", disable=not self.progress or len(new) < 100, desc="local features"):
+            raw = store.local_features(pid)
+            try:
+                if raw is None:
+                    raise ValueError("none stored")
+                rows = self.verifier.descriptors(raw)
+                if self.index is None:
+                    self.index = KeypointIndex(int(np.shape(rows)[1]) if np.ndim(rows) == 2 else 128)
+                self.index.add(pid, rows)
+            except (ValueError, VectorError) as exc:
+                self._without.add(pid)
+                logger.debug("parent %r: no usable local features (%s); not searchable by them", pid, exc)
+        if self.index is None:
+            self.index = KeypointIndex()
+        self.index.train()
+        self._generation = generation
+        if new:
+            logger.info(
+                "local search: %d parents' keypoints added in %.1f s; %d parents, %d descriptors, %.0f MB",
+                len(new),
+                time.perf_counter() - started,
+                len(self.index),
+                self.index.descriptor_count,
+                self.index.nbytes / 1e6,
+            )
+        return self.index
 
 
 class CrossScaleSearch:
@@ -101,6 +222,7 @@ class CrossScaleSearch:
         verifier: Verifier | None = None,
         verify_matches: bool = True,
         refine_verified: bool = False,
+        local_search: bool = False,
         device: str,
         batch_size: int,
         progress: bool,
@@ -114,6 +236,14 @@ class CrossScaleSearch:
         self.verifier = verifier
         self.verify_matches = verify_matches
         self.refine_verified = refine_verified
+        self.local: LocalCandidates | None = None
+        if local_search:
+            if not isinstance(verifier, DescriptorVerifier):
+                raise ConfigurationError(
+                    "local_search needs a verifier whose local features can find parents "
+                    f"(crossscale.protocols.DescriptorVerifier, e.g. 'sift'); this workspace's verifier is {verifier!r}"
+                )
+            self.local = LocalCandidates(workspace, verifier, progress=progress)
         self.fetch_depth: FetchDepth | None = FetchDepth()
         self.device = device
         self.batch_size = batch_size
@@ -143,6 +273,7 @@ class CrossScaleSearch:
         verifier_kwargs: Mapping[str, Any] | None = None,
         verify_matches: bool = True,
         refine_verified: bool = False,
+        local_search: bool = False,
         max_memory: str | int | None = None,
         vector_dtype: str | None = None,
         reduce_dim: int | None = None,
@@ -206,6 +337,12 @@ class CrossScaleSearch:
                 unrefined scores). On the quality benchmark every figure was the same as refining every search, at
                 1/13-1/17 of its median query time (docs/benchmarks.md).
                 ``True``: refine every search.
+            local_search: also find parents by the verifier's local features (:class:`LocalCandidates`: a vote of
+                the query's keypoints over every parent's, in a :class:`~crossscale.index.KeypointIndex` built at
+                the first search and kept in RAM, ~0.36 MB per parent with ``"sift"``); the best-voted parents the
+                vector search missed join the results when the verifier confirms them. It finds small objects a
+                region's vector misses (docs/benchmarks.md). Needs a verifier with descriptors (``"sift"``).
+                A search-time setting: nothing is stored, any workspace with local features can use it.
 
         Raises:
             WorkspaceMismatchError: reopened with an encoder (or verifier) other than the one that built it.
@@ -219,7 +356,11 @@ class CrossScaleSearch:
             raise ConfigurationError(
                 f"refine must be True, False or a Refiner (an object with refine(query, matches, load)), got {refine!r}"
             )
-        for flag, value in (("verify_matches", verify_matches), ("refine_verified", refine_verified)):
+        for flag, value in (
+            ("verify_matches", verify_matches),
+            ("refine_verified", refine_verified),
+            ("local_search", local_search),
+        ):
             if not isinstance(value, bool):
                 raise ConfigurationError(f"{flag} must be True or False, got {value!r}")
         if ranker is not None:
@@ -246,6 +387,7 @@ class CrossScaleSearch:
             verifier=request.built[VERIFIERS],
             verify_matches=verify_matches,
             refine_verified=refine_verified,
+            local_search=local_search,
             device=device,
             batch_size=batch_size,
             progress=progress,
@@ -430,11 +572,15 @@ class CrossScaleSearch:
             refine_verified=self.refine_verified,
             details=self.workspace.chunk_details(),
             fetch_depth=self.fetch_depth if getattr(index, "prefix_stable", False) else None,
+            candidates=self._candidates if self.local is not None and self.verify_matches else None,
         )
         return [
             SearchResult([m._attached(self.image) for m in row], query.image if query.image is not None else query.text)
             for query, row in zip(queries, results, strict=True)
         ]
+
+    def _candidates(self, query: Query, ranked: AbstractSet[str]) -> list[ParentMatch]:
+        return [] if self.local is None else self.local.candidates(query, ranked, self.ranker)
 
     # ================================================================== the workspace, delegated
     path = Forward[Path]("workspace")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from crossscale.errors import ConfigurationError
 from crossscale.rank import VERIFIED_BONUS, GeometricVerifier, LocalFeatures, Verifier, create_verifier
+from crossscale.rank.verify import root_sift
 from crossscale.types import Box, ParentMatch, Query
 
 
@@ -189,3 +190,37 @@ def _noise_png():  # type: ignore[no-untyped-def]
     Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(buf, format="PNG")
     buf.seek(0)
     return buf
+
+
+def test_root_sift_is_the_hellinger_embedding_scaled_to_bytes() -> None:
+    rng = np.random.default_rng(0)
+    sift = rng.integers(0, 256, size=(50, 128)).astype(np.uint8)
+    sift[3] = 0
+    rows = root_sift(sift)
+    assert rows.dtype == np.uint8 and rows.shape == (50, 128) and not rows[3].any()
+    unit = rows[np.arange(50) != 3].astype(np.float64) / 255
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=0.02)  # L2 unit, up to the rounding
+    a, b = sift[0].astype(np.float64), sift[1].astype(np.float64)
+    hellinger = np.sum(np.sqrt(a / a.sum() * b / b.sum()))
+    assert float(unit[0] @ unit[1]) == pytest.approx(hellinger, abs=0.02)
+
+
+def test_descriptors_read_what_extract_stored_and_the_query_is_extracted_once(
+    photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = GeometricVerifier(max_keypoints=300)
+    stored = verifier.extract(photos["astronaut"])
+    np.testing.assert_array_equal(verifier.descriptors(stored), root_sift(LocalFeatures.from_bytes(stored).descriptors))
+    with pytest.raises(ValueError, match="local features"):
+        verifier.descriptors(b"nonsense")
+    calls: list[int] = []
+    features = verifier.features
+    monkeypatch.setattr(verifier, "features", lambda im, side: calls.append(side) or features(im, side))
+    query = Query(np.ones(4, np.float32), photos["astronaut"].crop((100, 100, 300, 300)))
+    first = verifier.query_descriptors(query)
+    assert verifier.query_descriptors(query) is not None and calls == [verifier.query_max_side]
+    np.testing.assert_array_equal(verifier.query_descriptors(query), first)
+    other = Query(query.vector, photos["coffee"])
+    verifier.query_descriptors(other)
+    assert len(calls) == 2
+    assert verifier.query_descriptors(Query(query.vector, None, "text")).shape == (0, 128)

@@ -2,6 +2,7 @@
 
 from crossscale.index.choose import DEFAULT_MAX_MEMORY, IndexPlan, choose_index, parse_memory, search_params
 from crossscale.index.chunk_index import ChunkIndex
+from crossscale.index.keypoint_index import KeypointIndex
 from crossscale.index.milvus import MilvusChunkIndex, MilvusTarget, is_milvus_factory, parse_milvus_factory
 from crossscale.index.parent_map import ParentMap
 from crossscale.index.root_store import ChunkRecord, ParentRecord, RootStore
@@ -11,6 +12,7 @@ __all__ = [
     "ChunkRecord",
     "DEFAULT_MAX_MEMORY",
     "IndexPlan",
+    "KeypointIndex",
     "MilvusChunkIndex",
     "MilvusTarget",
     "ParentMap",

@@ -24,7 +24,7 @@ from crossscale.types import Box, ParentMatch, Query
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VERIFIED_BONUS", "GeometricVerifier", "LocalFeatures"]
+__all__ = ["VERIFIED_BONUS", "GeometricVerifier", "LocalFeatures", "root_sift"]
 
 #: added to the score of a verified match: verified matches rank above all others (cosine scores are <= 1), and a
 #: ``min_score`` of 1.0 keeps verified matches only.
@@ -39,6 +39,16 @@ def _cv2() -> Any:
     except ImportError as exc:  # pragma: no cover - a core dependency (and ultralytics')
         raise MissingDependencyError("geometric verification needs OpenCV: pip install opencv-python") from exc
     return cv2
+
+
+def root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """SIFT descriptors as RootSIFT (Arandjelovic & Zisserman, 2012: L1-normalised, square-rooted, so that L2
+    distances compare them as the Hellinger kernel does), scaled to 0-255 and rounded to uint8. All-zero rows stay
+    zero."""
+    rows = np.asarray(descriptors, dtype=np.float32)
+    rows = rows / np.maximum(rows.sum(axis=1, keepdims=True), 1e-12)
+    scaled: np.ndarray = np.clip(np.round(255.0 * np.sqrt(np.maximum(rows, 0.0))), 0, 255).astype(np.uint8)
+    return scaled
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -122,6 +132,7 @@ class GeometricVerifier:
         self.ratio = number_in("ratio", ratio, 0.0, 1.0, low_open=True)
         self.reprojection_error = number_in("reprojection_error", reprojection_error, 0.0, 100.0, low_open=True)
         self._sift: Any = None
+        self._last_query: tuple[Image.Image, LocalFeatures] | None = None
 
     @property
     def name(self) -> str:
@@ -166,6 +177,31 @@ class GeometricVerifier:
         """A parent's keypoints, serialised for the store (:class:`LocalFeatures`)."""
         return self.features(image, self.max_side).to_bytes()
 
+    def query_features(self, query: Query) -> LocalFeatures:
+        """The query's keypoints (shrunk to ``query_max_side``); none for a text query. The last query's are kept,
+        so that finding candidates and verifying them extract them once."""
+        if query.image is None:
+            return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), (0, 0))
+        last = self._last_query
+        if last is not None and last[0] is query.image:
+            return last[1]
+        mine = self.features(query.image, self.query_max_side)
+        self._last_query = (query.image, mine)
+        return mine
+
+    def descriptors(self, features: bytes) -> np.ndarray:
+        """A parent's stored features (:meth:`extract`'s bytes) as RootSIFT descriptors scaled to 0-255, uint8:
+        what a :class:`~crossscale.index.KeypointIndex` holds.
+
+        Raises:
+            ValueError: ``features`` is not :meth:`extract`'s output.
+        """
+        return root_sift(LocalFeatures.from_bytes(features).descriptors)
+
+    def query_descriptors(self, query: Query) -> np.ndarray:
+        """The query's descriptors, as :meth:`descriptors` gives a parent's."""
+        return root_sift(self.query_features(query).descriptors)
+
     def verify(self, query: Query, matches: Sequence[ParentMatch], features: FeatureLoader) -> list[ParentMatch]:
         """``matches`` with each of the first ``top_n`` verified where the geometry agrees, re-sorted.
 
@@ -175,7 +211,7 @@ class GeometricVerifier:
         """
         if query.image is None or not matches:
             return list(matches)
-        mine = self.features(query.image, self.query_max_side)
+        mine = self.query_features(query)
         if len(mine) < 4:
             logger.debug("query has %d keypoints: too few to verify anything", len(mine))
             return list(matches)

@@ -1,0 +1,121 @@
+"""KeypointIndex: every parent's local descriptors in one faiss index, and a vote with the ratio test across parents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crossscale import ConfigurationError
+from crossscale.errors import VectorError
+from crossscale.index import KeypointIndex
+
+
+def _descriptors(rng: np.random.Generator, n: int, dim: int = 128) -> np.ndarray:
+    return rng.integers(0, 256, size=(n, dim), dtype=np.uint8)
+
+
+def _noisy(rows: np.ndarray, rng: np.random.Generator, spread: int = 6) -> np.ndarray:
+    noise = rng.integers(-spread, spread + 1, size=rows.shape)
+    return np.clip(rows.astype(np.int64) + noise, 0, 255).astype(np.uint8)
+
+
+def test_the_parent_holding_the_query_descriptors_gets_the_votes() -> None:
+    rng = np.random.default_rng(0)
+    index = KeypointIndex()
+    parents = {f"p{i}": _descriptors(rng, 300) for i in range(20)}
+    for pid, rows in parents.items():
+        index.add(pid, rows)
+    query = _noisy(parents["p7"][:40], rng)
+    votes = index.vote(query, 3)
+    assert votes[0] == ("p7", 40)
+    assert all(n < 40 for _, n in votes[1:])
+    assert len(index) == 20 and index.descriptor_count == 6000 and index.nbytes == 6000 * 136
+
+
+def test_a_descriptor_two_parents_share_votes_for_neither() -> None:
+    rng = np.random.default_rng(1)
+    shared = _descriptors(rng, 30)
+    index = KeypointIndex()
+    index.add("a", np.concatenate([shared, _descriptors(rng, 100)]))
+    index.add("b", np.concatenate([shared, _descriptors(rng, 100)]))
+    own = index.vote(np.concatenate([shared, index_rows := _descriptors(rng, 5)]), 5)
+    assert own == []  # the shared ones fail the ratio test; the random ones are far from everything...
+    index.add("c", index_rows)
+    assert index.vote(index_rows, 5) == [("c", 5)]  # ...until a parent holds them
+
+
+def test_removed_and_replaced_parents() -> None:
+    rng = np.random.default_rng(2)
+    rows = {pid: _descriptors(rng, 200) for pid in "abc"}
+    index = KeypointIndex()
+    for pid, r in rows.items():
+        index.add(pid, r)
+    assert index.vote(rows["b"][:20], 1) == [("b", 20)]
+    assert index.remove("b") and not index.remove("b") and "b" not in index
+    assert all(pid != "b" for pid, _ in index.vote(rows["b"][:20], 3))
+    index.add("a", rows["b"])  # replaces a's descriptors
+    assert index.vote(rows["b"][:20], 1) == [("a", 20)]
+    assert all(n <= 2 for _, n in index.vote(rows["a"][:20], 3))  # a's old descriptors are gone: chance votes only
+    assert index.descriptor_count == 400 and list(index.parent_ids()) == ["c", "a"]
+
+
+def test_it_is_trained_again_as_it_grows_and_still_finds_every_parent() -> None:
+    rng = np.random.default_rng(3)
+    index = KeypointIndex(nprobe=4)
+    centres = _descriptors(rng, 16)  # clustered, as real descriptors are
+    rows: dict[str, np.ndarray] = {}
+
+    def grow(count: int) -> None:
+        for _ in range(count):
+            pid = f"p{len(rows)}"
+            picks = centres[rng.integers(0, len(centres), 200)]
+            rows[pid] = _noisy(picks, rng, spread=40)
+            index.add(pid, rows[pid])
+
+    grow(4)
+    assert index.vote(_noisy(rows["p1"][:30], rng, 2), 1)[0][0] == "p1"
+    lists_before = index._index.nlist
+    grow(60)  # 16x the descriptors the lists were trained on
+    assert index.vote(_noisy(rows["p50"][:30], rng, 2), 1)[0][0] == "p50"
+    assert index._index.nlist > lists_before
+    for pid in ("p0", "p3", "p20", "p63"):
+        assert index.vote(_noisy(rows[pid][:30], rng, 2), 1)[0][0] == pid
+
+
+def test_bad_input_is_named() -> None:
+    index = KeypointIndex()
+    with pytest.raises(VectorError, match=r"parent 'x'.*\(n, 128\) uint8"):
+        index.add("x", np.zeros((3, 128), np.float32))
+    with pytest.raises(VectorError, match=r"parent 'x'"):
+        index.add("x", np.zeros((3, 64), np.uint8))
+    with pytest.raises(VectorError, match="non-empty string"):
+        index.add("", np.zeros((3, 128), np.uint8))
+    with pytest.raises(VectorError, match="query descriptors"):
+        index.vote(np.zeros(128, np.uint8), 1)
+    with pytest.raises(ConfigurationError, match="top_n"):
+        index.vote(np.zeros((1, 128), np.uint8), 0)
+    with pytest.raises(ConfigurationError, match="ratio"):
+        KeypointIndex(ratio=1.5)
+    assert index.vote(np.zeros((1, 128), np.uint8), 1) == []  # empty: no parent to vote for
+    index.add("none", np.zeros((0, 128), np.uint8))  # a parent with no keypoints is held, and never voted for
+    assert "none" in index and index.vote(np.zeros((2, 128), np.uint8), 1) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    parents=st.integers(1, 6),
+    per_parent=st.integers(0, 40),
+    queries=st.integers(0, 30),
+    seed=st.integers(0, 2**16),
+)
+def test_votes_are_bounded_by_the_query_descriptors(parents: int, per_parent: int, queries: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    index = KeypointIndex(dim=8)
+    for i in range(parents):
+        index.add(f"p{i}", _descriptors(rng, per_parent, 8))
+    votes = index.vote(_descriptors(rng, queries, 8), parents)
+    assert sum(n for _, n in votes) <= queries
+    assert all(n > 0 for _, n in votes) and len({p for p, _ in votes}) == len(votes)
+    assert [n for _, n in votes] == sorted((n for _, n in votes), reverse=True)
