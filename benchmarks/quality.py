@@ -664,9 +664,10 @@ def default_configs() -> list[Config]:
         ),
         *(
             Config(
-                f"lite0 regions (one pass, map {size}), whole+tiles(.5,.25,.18), box=fusion, verify top 10 "
+                f"lite0 regions (one pass, map {size}{'' if query == 224 else f', query {query}'}), "
+                f"whole+tiles(.5,.25,.18), box=fusion, verify top 10 "
                 f"(sift, 4000 keypoints at {side} px), map refiner unless verified, local search",
-                "lite0-regions" if size == 1024 else f"lite0-regions-{size}",
+                "lite0-regions" + ("" if size == 1024 else f"-{size}") + ("" if query == 224 else f"-q{query}"),
                 tiles((0.5, 0.25, 0.18)),
                 box="fusion",
                 verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=side),
@@ -674,15 +675,18 @@ def default_configs() -> list[Config]:
                 refine_verified=False,
                 local_search=True,
             )
-            for size, side in (
-                (1024, 1600),
-                (768, 1600),
-                (1024, 1280),
-                (768, 1280),
-                (640, 1280),
-                (896, 1280),
-                (896, 1024),
-                (1024, 1024),
+            for size, side, query in (
+                (1024, 1600, 224),
+                (768, 1600, 224),
+                (1024, 1280, 224),
+                (768, 1280, 224),
+                (640, 1280, 224),
+                (896, 1280, 224),
+                (896, 1024, 224),
+                (1024, 1024, 224),
+                # the query at the map's scale: 224 x size / 1024 (FeatureMapEncoder's docstring)
+                (896, 1280, 196),
+                (768, 1280, 168),
             )
         ),
         *(
@@ -805,6 +809,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         **{
             f"lite0-regions-{size}": create_encoder("efficientnet-lite0-regions", device="cpu", map_size=size)
             for size in (896, 768, 640)
+        },
+        **{
+            f"lite0-regions-{size}-q{query}": create_encoder(
+                "efficientnet-lite0-regions", device="cpu", map_size=size, query_size=query
+            )
+            for size, query in ((896, 196), (768, 168))
         },
     }
     cache = VectorCache()

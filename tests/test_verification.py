@@ -248,6 +248,15 @@ def test_local_search_finds_the_parent_the_vector_search_misses(tmp_path: Path, 
         assert len(cs.local.index) == 5
         cs.index([("again", parents[0][1])])
         assert cs.search(query, top_k=1)[0].parent_id == "again"
+        verifier = cs.verifier
+        assert isinstance(verifier, GeometricVerifier)
+        scene_n = len(verifier.descriptors(cs.store.local_features("again") or b""))
+        held = cs.local.index.descriptor_count
+        cs.delete("again")
+        cs.index([("again", parents[1][1])])  # the same id, other pixels: its old keypoints must go
+        assert all(m.inliers is None for m in cs.search(query, top_k=2))  # the astronaut is in no parent now
+        other_n = len(verifier.descriptors(cs.store.local_features("again") or b""))
+        assert scene_n != other_n and cs.local.index.descriptor_count == held - scene_n + other_n
         assert cs.verify().ok
 
 

@@ -110,7 +110,7 @@ class LocalCandidates:
         self.min_votes = positive_int("min_votes", min_votes)
         self.index: KeypointIndex | None = None
         self._generation = -1
-        self._without: set[str] = set()  # parents checked that have no usable local features
+        self._marks: dict[str, int] = {}  # parents looked at (held, or without usable features): first chunk id
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -153,14 +153,15 @@ class LocalCandidates:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
-        held = set(self.index.parent_ids()) if self.index is not None else set()
-        stored = set(store.parent_ids())
-        self._without &= stored
-        for pid in held - stored:
+        # each parent's first chunk id tells a parent deleted and indexed again under its id since (new chunk ids)
+        stored = {pid: (chunks[0] if chunks else -1) for pid, chunks in store.parent_chunks()}
+        for pid in [p for p, mark in self._marks.items() if stored.get(p) != mark]:
+            del self._marks[pid]
             if self.index is not None:
                 self.index.remove(pid)
-        new = sorted(stored - held - self._without)
+        new = sorted(set(stored).difference(self._marks))
         for pid in tqdm(new, unit="img", disable=not self.progress or len(new) < 100, desc="local features"):
+            self._marks[pid] = stored[pid]
             raw = store.local_features(pid)
             try:
                 if raw is None:
@@ -170,7 +171,6 @@ class LocalCandidates:
                     self.index = KeypointIndex(int(np.shape(rows)[1]) if np.ndim(rows) == 2 else 128)
                 self.index.add(pid, rows)
             except (ValueError, VectorError) as exc:
-                self._without.add(pid)
                 logger.debug("parent %r: no usable local features (%s); not searchable by them", pid, exc)
         if self.index is None:
             self.index = KeypointIndex()

@@ -99,8 +99,14 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(ConfigurationError, match="ratio"):
         KeypointIndex(ratio=1.5)
     assert index.vote(np.zeros((1, 128), np.uint8), 1) == []  # empty: no parent to vote for
+    index.train()  # nothing to train on: nothing happens
     index.add("none", np.zeros((0, 128), np.uint8))  # a parent with no keypoints is held, and never voted for
+    index.train()
     assert "none" in index and index.vote(np.zeros((2, 128), np.uint8), 1) == []
+    index.add("one", np.ones((3, 128), np.uint8))
+    assert index.vote(np.ones((2, 128), np.uint8), 2) == [("one", 2)]
+    index.remove("one")
+    assert index.vote(np.ones((2, 128), np.uint8), 2) == [] and index.descriptor_count == 0
 
 
 @settings(max_examples=25, deadline=None)

@@ -179,12 +179,14 @@ class KeypointIndex:
     def train(self) -> None:
         """Train the inverted lists on the descriptors held, if there are none yet or the collection has grown
         fourfold since they were trained (the first :meth:`vote` does it otherwise)."""
+        if not self._total:  # nothing to train on: a vote finds nothing either way
+            return
         grown = self._total >= 4 * max(1, self._trained_for) and _lists_for(self._total) > 1
         if self._index is None or grown:
             self._train()
 
     def _searchable(self) -> Any:
-        self.train()
+        self.train()  # vote() returns before this when nothing is held, so there is an index now
         return self._index
 
     def _held(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
