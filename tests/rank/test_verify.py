@@ -223,4 +223,6 @@ def test_descriptors_read_what_extract_stored_and_the_query_is_extracted_once(
     other = Query(query.vector, photos["coffee"])
     verifier.query_descriptors(other)
     assert len(calls) == 2
+    verifier.query_descriptors(Query(other.vector, other.image))  # a new search's query, the same pixels: again
+    assert len(calls) == 3
     assert verifier.query_descriptors(Query(query.vector, None, "text")).shape == (0, 128)

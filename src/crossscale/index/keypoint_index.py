@@ -61,7 +61,8 @@ class KeypointIndex:
         seed: for the training sample.
 
     Memory: ``dim + 8`` bytes per stored descriptor (the descriptor and its id), plus the lists' growth slack;
-    ~0.36 MB per parent at the SIFT verifier's defaults (~2,700 keypoints of a photo kept).
+    ~0.36 MB per parent at the SIFT verifier's defaults (~2,700 keypoints of a photo kept). Training again holds
+    the old and the new lists side by side for a moment (twice that).
     """
 
     def __init__(self, dim: int = 128, *, ratio: float = 0.8, nprobe: int = 8, seed: int = 0) -> None:
@@ -169,7 +170,7 @@ class KeypointIndex:
         passed = (first >= 0) & (~has_other | (distances[:, 0] < self.ratio**2 * nearest_other))
         counts = np.bincount(first[passed], minlength=len(self._slots))
         order = np.argsort(-counts, kind="stable")[:top_n]
-        return [(self._slots[s] or "", int(counts[s])) for s in order if counts[s] > 0 and self._slots[s] is not None]
+        return [(name, int(counts[s])) for s in order if counts[s] > 0 and (name := self._slots[s]) is not None]
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -208,19 +209,19 @@ class KeypointIndex:
             yield rows, self._ids(slot, len(rows))
 
     def _train(self) -> None:
+        """A new inverted file for what is held: lists trained on a random sample, then every descriptor added from
+        the old lists block by block (the old and the new index side by side at most, no third copy)."""
         faiss = _faiss()
-        blocks = list(self._held())
-        codes = np.concatenate([c for c, _ in blocks]) if blocks else np.zeros((0, self.dim), np.uint8)
-        ids = np.concatenate([i for _, i in blocks]) if blocks else np.zeros(0, np.int64)
-        nlist = _lists_for(len(codes))
+        total = self._total
+        nlist = _lists_for(total)
+        rng = np.random.default_rng(self.seed)
+        share = min(1.0, 1.1 * _SAMPLE_PER_LIST * nlist / total)  # ~64 per list, a little over so none run short
+        sample = np.concatenate([codes[rng.random(len(codes)) < share] for codes, _ in self._held()])
         quantizer = faiss.IndexFlatL2(self.dim)
         index = faiss.IndexIVFScalarQuantizer(
             quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit_direct, faiss.METRIC_L2
         )
         index.by_residual = False
-        rng = np.random.default_rng(self.seed)
-        take = min(len(codes), _SAMPLE_PER_LIST * nlist)
-        sample = codes[np.sort(rng.choice(len(codes), take, replace=False))] if take < len(codes) else codes
         floats = sample.astype(np.float32)
         if nlist >= TWO_LEVEL_MIN_LISTS:  # flat k-means over this many lists takes minutes on 2 cores
             norms = np.linalg.norm(floats, axis=1, keepdims=True)
@@ -228,10 +229,9 @@ class KeypointIndex:
             quantizer.add(two_level_centroids(unit, nlist) * float(np.median(norms)))  # RootSIFT: norms alike
         index.train(floats)  # with the centroids in place faiss trains only the (identity) codes
         index.nprobe = min(self.nprobe, nlist)
-        step = 65_536
-        for start in range(0, len(codes), step):
-            index.add_with_ids(codes[start : start + step].astype(np.float32), ids[start : start + step])
+        for codes, ids in self._held():
+            index.add_with_ids(codes.astype(np.float32), ids)
         self._index = index
         self._pending = []
-        self._trained_for = len(codes)
-        logger.debug("keypoint index trained: %d descriptors in %d lists", len(codes), nlist)
+        self._trained_for = total
+        logger.debug("keypoint index trained: %d descriptors in %d lists", total, nlist)

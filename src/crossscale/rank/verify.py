@@ -132,7 +132,7 @@ class GeometricVerifier:
         self.ratio = number_in("ratio", ratio, 0.0, 1.0, low_open=True)
         self.reprojection_error = number_in("reprojection_error", reprojection_error, 0.0, 100.0, low_open=True)
         self._sift: Any = None
-        self._last_query: tuple[Image.Image, LocalFeatures] | None = None
+        self._last_query: tuple[Query, LocalFeatures] | None = None
 
     @property
     def name(self) -> str:
@@ -178,15 +178,16 @@ class GeometricVerifier:
         return self.features(image, self.max_side).to_bytes()
 
     def query_features(self, query: Query) -> LocalFeatures:
-        """The query's keypoints (shrunk to ``query_max_side``); none for a text query. The last query's are kept,
-        so that finding candidates and verifying them extract them once."""
+        """The query's keypoints (shrunk to ``query_max_side``); none for a text query. The last query's are kept
+        (for that :class:`Query` object, which a search makes afresh), so that finding candidates and verifying them
+        extract them once."""
         if query.image is None:
             return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), (0, 0))
         last = self._last_query
-        if last is not None and last[0] is query.image:
+        if last is not None and last[0] is query:
             return last[1]
         mine = self.features(query.image, self.query_max_side)
-        self._last_query = (query.image, mine)
+        self._last_query = (query, mine)
         return mine
 
     def descriptors(self, features: bytes) -> np.ndarray:
