@@ -17,6 +17,7 @@ from crossscale import (
 )
 from crossscale.encode import ColorHistogramEncoder
 from crossscale.rank import VERIFIED_BONUS, GeometricVerifier, list_verifiers
+from crossscale.workspace import Workspace
 
 
 def _open(path: Path, **kw: object) -> CrossScaleSearch:
@@ -211,7 +212,7 @@ def test_a_verified_search_skips_the_refiner_unless_asked(tmp_path: Path, scenes
 
 @pytest.fixture
 def hidden(photos: dict[str, Image.Image]) -> tuple[list[tuple[str, Image.Image]], Image.Image, Box]:
-    """Six parents; a small astronaut pasted into one whose colours are far from the query's."""
+    """Six parents; a small astronaut pasted into the widest one, the query the whole astronaut photo."""
     scene = photos["coffee"].resize((1200, 900))
     box = Box(820, 80, 1020, 280)
     scene.paste(photos["astronaut"].resize((200, 200)), (820, 80))
@@ -260,9 +261,17 @@ def test_local_search_finds_the_parent_the_vector_search_misses(tmp_path: Path, 
         assert cs.verify().ok
 
 
-def test_local_search_needs_a_verifier_with_descriptors(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+def test_local_search_needs_a_verifier_with_descriptors(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[Path] = []
+    close = Workspace.close
+    monkeypatch.setattr(Workspace, "close", lambda self: closed.append(self.path) or close(self))
     with pytest.raises(ConfigurationError, match="local_search needs a verifier"):
         _open(tmp_path / "none", verifier=False, local_search=True)
+    assert closed == [tmp_path / "none"]  # the refused open let the workspace (its lock, its LMDB) go
+    with _open(tmp_path / "none") as cs:
+        assert cs.verifier is None and cs.local is None
     with pytest.raises(ConfigurationError, match="local_search must be True or False"):
         _open(tmp_path / "bad", local_search="yes")
     with _open(tmp_path / "ws", verifier="sift", local_search=True, verify_matches=False) as cs:

@@ -378,21 +378,25 @@ class CrossScaleSearch:
         )
         workspace = Workspace.open(path, request.configure, readonly=readonly, device=device, map_size=map_size)
         enc = request.built[ENCODERS]
-        return cls(
-            workspace,
-            encoder=enc,
-            segmenter=request.built[SEGMENTERS],
-            ranker=ranker or ParentRanker(),
-            refiner=default_refiner(enc) if refine is True else None if refine is False else refine,
-            verifier=request.built[VERIFIERS],
-            verify_matches=verify_matches,
-            refine_verified=refine_verified,
-            local_search=local_search,
-            device=device,
-            batch_size=batch_size,
-            progress=progress,
-            max_pixels=max_pixels,
-        )
+        try:
+            return cls(
+                workspace,
+                encoder=enc,
+                segmenter=request.built[SEGMENTERS],
+                ranker=ranker or ParentRanker(),
+                refiner=default_refiner(enc) if refine is True else None if refine is False else refine,
+                verifier=request.built[VERIFIERS],
+                verify_matches=verify_matches,
+                refine_verified=refine_verified,
+                local_search=local_search,
+                device=device,
+                batch_size=batch_size,
+                progress=progress,
+                max_pixels=max_pixels,
+            )
+        except BaseException:  # e.g. local_search with the workspace's recorded verifier: let its lock go
+            workspace.close()
+            raise
 
     # ================================================================== indexing
     @property
