@@ -232,3 +232,23 @@ def test_verify_reports_chunks_indexed_twice_and_chunks_not_indexed(tmp_path: Pa
         index.remove(ids[1:2])  # removes every copy of the second chunk's id
         problems = cs.verify().problems
         assert any("0 vector(s) of no stored chunk, 1 stored chunk(s) not indexed" in p for p in problems), problems
+
+
+def test_chunk_details_are_worked_out_once_per_new_parent(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crossscale.types import ChunkDetails
+
+    calls: list[int] = []
+    of = ChunkDetails.of
+    monkeypatch.setattr(ChunkDetails, "of", staticmethod(lambda chunks: calls.append(len(chunks)) or of(chunks)))
+    with CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter="whole+tiles", verifier=False, progress=False
+    ) as cs:
+        cs.index([("a", photos["coffee"]), ("b", photos["rocket"])])
+        chunks = [len(cs.record(p).chunk_ids) for p in ("a", "b")]
+        assert calls == chunks  # one for the store and the parent map together, per parent
+        assert cs.verify().ok
+        stored = {pid: details for pid, _, details in cs.store.parent_details()}
+        in_map = cs.workspace.parents.details(np.asarray(cs.record("a").chunk_ids))
+        np.testing.assert_array_equal(in_map.boxes, stored["a"].boxes)  # the map holds what the store holds

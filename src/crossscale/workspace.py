@@ -510,9 +510,7 @@ class Workspace:
                     np.concatenate([np.asarray(ids, np.int64) for ids in assigned]),
                     [p.parent_id for p, ids in zip(parents, assigned, strict=True) for _ in ids],
                 )
-            self.parents.add_many(
-                (p.parent_id, ids, ChunkDetails.of(p.chunks)) for p, ids in zip(parents, assigned, strict=True)
-            )
+            self.parents.add_many((p.parent_id, ids, p.details) for p, ids in zip(parents, assigned, strict=True))
         if assigned and self._grow_if_outgrown():
             self._checkpoint()
         return assigned

@@ -11,6 +11,7 @@ memory map grows on demand instead of failing with ``MapFullError``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -222,6 +223,11 @@ class NewParent:
             )
             chunks = [Chunk(c[0], None, *c[1:]) if isinstance(c, tuple) else c for c in self.chunks]
             object.__setattr__(self, "chunks", chunks)
+
+    @functools.cached_property
+    def details(self) -> ChunkDetails:
+        """The chunks' boxes, kinds and labels as columns: worked out once, for the store and the parent map."""
+        return ChunkDetails.of(self.chunks)
 
 
 class RootStore:
@@ -537,7 +543,7 @@ class RootStore:
                     p.parent_id, p.width, p.height, p.format, len(p.data), tuple(ids), p.source, dict(p.metadata)
                 )
                 txn.put(key, record_p.to_json(), db=self._db["parents"])
-                txn.put(key, ChunkDetails.of(p.chunks).to_bytes(), db=self._db["details"])
+                txn.put(key, p.details.to_bytes(), db=self._db["details"])
                 txn.put(key, p.data, db=self._db["roots"])
                 if p.local is not None:
                     txn.put(key, p.local, db=self._db["local"])
