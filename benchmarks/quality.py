@@ -520,6 +520,23 @@ def default_configs() -> list[Config]:
 
         return make
 
+    def crops_map_refined(*, every: bool, local: bool = False) -> Config:
+        """The default (crops, SIFT 4,000 at 1,600 px, the map refiner unless verified, float16 vectors), refining
+        ``every`` search instead, or with ``local`` search."""
+        return Config(
+            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints at 1600 px), "
+            f"map refiner (top 3, one pass per parent){' every search' if every else ' unless verified'}, "
+            "float16 vectors" + (", local search" if local else "" if every else " (default)"),
+            "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
+            refiner=MapRefiner,
+            vector_dtype="float16",
+            refine_verified=every,
+            local_search=local,
+        )
+
     return [
         Config("colour histogram, whole image", "hist", WholeSegmenter, baseline=True),
         Config("colour histogram, whole+tiles(.5,.35,.25)", "hist", tiles((0.5, 0.35, 0.25)), baseline=True),
@@ -635,33 +652,9 @@ def default_configs() -> list[Config]:
             for kp, side in ((2000, 1024), (4000, 1024), (4000, 1600), (2000, 1600))
             for refine in ("refine top 3", "refine top 3 unless verified", "no refiner")
         ),
-        *(
-            Config(
-                "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints at 1600 px), "
-                f"map refiner (top 3, one pass per parent){' every search' if every else ' unless verified'}, "
-                "float16 vectors" + ("" if every else " (default)"),
-                "lite0",
-                tiles((0.5, 0.25, 0.18)),
-                box="fusion",
-                verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
-                refiner=MapRefiner,
-                vector_dtype="float16",
-                refine_verified=every,
-            )
-            for every in (False, True)
-        ),
-        Config(
-            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints at 1600 px), "
-            "map refiner (top 3, one pass per parent) unless verified, float16 vectors, local search",
-            "lite0",
-            tiles((0.5, 0.25, 0.18)),
-            box="fusion",
-            verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
-            refiner=MapRefiner,
-            vector_dtype="float16",
-            refine_verified=False,
-            local_search=True,
-        ),
+        crops_map_refined(every=False),
+        crops_map_refined(every=True),
+        crops_map_refined(every=False, local=True),
         *(
             Config(
                 f"lite0 regions (one pass, map {size}{'' if query == 224 else f', query {query}'}), "

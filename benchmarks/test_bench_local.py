@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from crossscale.index import KeypointIndex
+from crossscale.index.keypoint_index import ratio_votes
 from crossscale.rank import GeometricVerifier
 from crossscale.rank.verify import root_sift
 
@@ -65,17 +66,11 @@ def data() -> dict[str, Any]:
 
 
 def _vote(index: Any, owner: np.ndarray, query: np.ndarray) -> int:
-    """The best-voted parent (-1: no vote) of an exhaustive search, with KeypointIndex's rule."""
+    """The best-voted parent (-1: no vote) of an exhaustive search, by KeypointIndex's rule (``ratio_votes``)."""
     if not len(query):
         return -1
     distances, ids = index.search(query.astype(np.float32), 8)
-    slots = np.where(ids >= 0, owner[ids.clip(min=0)], -1)
-    first = slots[:, 0]
-    other = (slots != first[:, None]) & (slots >= 0)
-    has_other = other.any(axis=1)
-    nearest_other = distances[np.arange(len(query)), np.where(has_other, other.argmax(axis=1), 0)]
-    passed = (first >= 0) & (~has_other | (distances[:, 0] < RATIO**2 * nearest_other))
-    counts = np.bincount(first[passed], minlength=len(owner))
+    counts = ratio_votes(distances, np.where(ids >= 0, owner[ids.clip(min=0)], -1), RATIO, len(owner))
     return int(np.argmax(counts)) if counts.any() else -1
 
 

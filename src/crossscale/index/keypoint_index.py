@@ -27,19 +27,34 @@ from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KeypointIndex"]
+__all__ = ["KeypointIndex", "ratio_votes"]
 
 _SHIFT = 24  # descriptor id = parent slot << _SHIFT | keypoint number: up to 16M keypoints per parent
 _NEIGHBOURS = 8  # stored descriptors looked up per query descriptor (the ratio test needs another parent's)
 _PER_LIST = 256  # descriptors per inverted list the training aims for
 _MAX_LISTS = 16384
 _SAMPLE_PER_LIST = 64  # training descriptors per list
+_ADD_ROWS = 65_536  # descriptors per faiss add when filling a trained index
 
 
 def _faiss() -> Any:
     import faiss
 
     return faiss
+
+
+def ratio_votes(distances: np.ndarray, owners: np.ndarray, ratio: float, parents: int) -> np.ndarray:
+    """Votes per parent (an array of ``parents`` counts) from a kNN search of query descriptors: ``distances``
+    (squared L2, nearest first) and ``owners`` (the parent number of each neighbour, ``-1`` for padding), one row
+    per query descriptor. A row votes for its nearest neighbour's parent when that neighbour is closer than
+    ``ratio`` times the nearest neighbour of another parent (squared: ``ratio**2``), or when no other parent's is
+    among its neighbours."""
+    first = owners[:, 0]
+    other = (owners != first[:, None]) & (owners >= 0)
+    has_other = other.any(axis=1)
+    nearest_other = distances[np.arange(len(owners)), np.where(has_other, other.argmax(axis=1), 0)]
+    passed = (first >= 0) & (~has_other | (distances[:, 0] < ratio**2 * nearest_other))
+    return np.bincount(first[passed], minlength=parents)
 
 
 def _lists_for(n: int) -> int:
@@ -110,12 +125,7 @@ class KeypointIndex:
         """
         if not isinstance(parent_id, str) or not parent_id:
             raise VectorError(f"parent_id must be a non-empty string, got {parent_id!r}")
-        rows = np.asarray(descriptors)
-        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise VectorError(
-                f"descriptors of parent {parent_id!r} must be a (n, {self.dim}) uint8 array, "
-                f"got {rows.dtype} {rows.shape}"
-            )
+        rows = self._rows(descriptors, f"descriptors of parent {parent_id!r}")
         if rows.shape[0] >= 1 << _SHIFT:
             raise VectorError(f"parent {parent_id!r} has {rows.shape[0]} descriptors; at most {(1 << _SHIFT) - 1}")
         self.remove(parent_id)
@@ -154,25 +164,23 @@ class KeypointIndex:
             VectorError: ``descriptors`` is not a (n, dim) uint8 array.
         """
         top_n = positive_int("top_n", top_n)
-        rows = np.asarray(descriptors)
-        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise VectorError(f"query descriptors must be a (n, {self.dim}) uint8 array, got {rows.dtype} {rows.shape}")
+        rows = self._rows(descriptors, "query descriptors")
         if not len(rows) or not self._total:
             return []
         index = self._searchable()
         distances, ids = index.search(rows.astype(np.float32), min(_NEIGHBOURS, self._total))
-        slots = np.where(ids >= 0, ids >> _SHIFT, -1)
-        first = slots[:, 0]
-        other = (slots != first[:, None]) & (slots >= 0)
-        has_other = other.any(axis=1)
-        nearest_other = distances[np.arange(len(rows)), np.where(has_other, other.argmax(axis=1), 0)]
-        # distances are squared L2: the ratio test on distances is ratio**2 on these
-        passed = (first >= 0) & (~has_other | (distances[:, 0] < self.ratio**2 * nearest_other))
-        counts = np.bincount(first[passed], minlength=len(self._slots))
+        counts = ratio_votes(distances, np.where(ids >= 0, ids >> _SHIFT, -1), self.ratio, len(self._slots))
         order = np.argsort(-counts, kind="stable")[:top_n]
         return [(name, int(counts[s])) for s in order if counts[s] > 0 and (name := self._slots[s]) is not None]
 
     # ------------------------------------------------------------------ internals
+    def _rows(self, descriptors: np.ndarray, what: str) -> np.ndarray:
+        """``descriptors`` as an array, or a :class:`VectorError` naming ``what`` unless (n, dim) uint8."""
+        rows = np.asarray(descriptors)
+        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise VectorError(f"{what} must be a (n, {self.dim}) uint8 array, got {rows.dtype} {rows.shape}")
+        return rows
+
     @staticmethod
     def _ids(slot: int, n: int) -> np.ndarray:
         return (np.int64(slot) << _SHIFT) + np.arange(n, dtype=np.int64)
@@ -214,9 +222,17 @@ class KeypointIndex:
         faiss = _faiss()
         total = self._total
         nlist = _lists_for(total)
-        rng = np.random.default_rng(self.seed)
-        share = min(1.0, 1.1 * _SAMPLE_PER_LIST * nlist / total)  # ~64 per list, a little over so none run short
-        sample = np.concatenate([codes[rng.random(len(codes)) < share] for codes, _ in self._held()])
+        take = min(total, _SAMPLE_PER_LIST * nlist)
+        if take < total:  # the same sample as drawing from all descriptors in _held()'s order, read block by block
+            picks = np.sort(np.random.default_rng(self.seed).choice(total, take, replace=False))
+            parts, start = [], 0
+            for codes, _ in self._held():
+                lo, hi = np.searchsorted(picks, [start, start + len(codes)])
+                parts.append(codes[picks[lo:hi] - start])
+                start += len(codes)
+            sample = np.concatenate(parts)
+        else:
+            sample = np.concatenate([codes for codes, _ in self._held()])
         quantizer = faiss.IndexFlatL2(self.dim)
         index = faiss.IndexIVFScalarQuantizer(
             quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit_direct, faiss.METRIC_L2
@@ -229,8 +245,15 @@ class KeypointIndex:
             quantizer.add(two_level_centroids(unit, nlist) * float(np.median(norms)))  # RootSIFT: norms alike
         index.train(floats)  # with the centroids in place faiss trains only the (identity) codes
         index.nprobe = min(self.nprobe, nlist)
-        for codes, ids in self._held():
-            index.add_with_ids(codes.astype(np.float32), ids)
+        batch: list[tuple[np.ndarray, np.ndarray]] = []  # blocks added 65,536 rows at a time, not one call each
+        for block in (*self._held(), None):
+            if block is not None:
+                batch.append(block)
+            if batch and (block is None or sum(len(c) for c, _ in batch) >= _ADD_ROWS):
+                index.add_with_ids(
+                    np.concatenate([c for c, _ in batch]).astype(np.float32), np.concatenate([i for _, i in batch])
+                )
+                batch = []
         self._index = index
         self._pending = []
         self._trained_for = total
