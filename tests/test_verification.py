@@ -261,6 +261,84 @@ def test_local_search_finds_the_parent_the_vector_search_misses(tmp_path: Path, 
         assert cs.verify().ok
 
 
+def _found(result: list) -> list[tuple[str, int | None, float]]:  # type: ignore[type-arg]
+    return [(m.parent_id, m.inliers, round(m.score, 6)) for m in result]
+
+
+def test_the_keypoint_index_is_kept_with_the_workspace(  # type: ignore[no-untyped-def]
+    tmp_path: Path, hidden, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parents, query, _ = hidden
+    ws = tmp_path / "ws"
+    with _open(ws, encoder=WidthEncoder(), segmenter="whole", verifier="sift", local_search=True) as cs:
+        cs.index(parents[:4])
+        assert (ws / "keypoints.index").exists()  # built and written with what was indexed
+        info = cs.info()
+        assert info["local_search"] and info["keypoint_file_bytes"] == (ws / "keypoints.index").stat().st_size
+        first = _found(cs.search(query, top_k=2))
+        assert first[0][0] == "scene" and first[0][1] is not None
+    read: list[int] = []
+    descriptors = GeometricVerifier.descriptors
+    monkeypatch.setattr(GeometricVerifier, "descriptors", lambda self, raw: read.append(1) or descriptors(self, raw))
+    with _open(ws, encoder=WidthEncoder(), local_search=True, readonly=True) as cs:
+        assert _found(cs.search(query, top_k=2)) == first
+        assert read == []  # loaded from the file: no parent's features read again
+    with _open(ws, encoder=WidthEncoder()) as cs:  # a session without local search adds and deletes
+        cs.index(parents[4:])
+        cs.delete("rocket")
+        report = cs.verify()
+        assert report.ok and "keypoint index file is 3 parent change(s) behind" in " ".join(report.notes)
+        assert len(read) == 3  # verify compared the 3 parents the file reflects with their stored features
+    read.clear()
+    with _open(ws, encoder=WidthEncoder(), local_search=True) as cs:
+        assert cs.search(query, top_k=1)[0].parent_id == "scene"
+        assert len(read) == 2  # caught up: only the two new parents' features were read
+        assert cs.local is not None and cs.local.index is not None
+        assert set(cs.local.index.parent_ids()) == set(cs.parent_ids())
+    with _open(ws, encoder=WidthEncoder(), readonly=True) as cs:  # saved at close
+        report = cs.verify()
+        assert report.ok and not [n for n in report.notes if "keypoint" in n], report.notes
+    with _open(ws, encoder=WidthEncoder(), local_search=True) as cs:  # nothing changed: nothing written at close
+        before = (ws / "keypoints.index").stat().st_mtime_ns
+        cs.search(query, top_k=1)
+    assert (ws / "keypoints.index").stat().st_mtime_ns == before
+
+
+def test_a_damaged_keypoint_index_is_reported_rebuilt_and_repaired(  # type: ignore[no-untyped-def]
+    tmp_path: Path, hidden, caplog: pytest.LogCaptureFixture
+) -> None:
+    parents, query, _ = hidden
+    ws = tmp_path / "ws"
+    with _open(ws, encoder=WidthEncoder(), segmenter="whole", verifier="sift", local_search=True) as cs:
+        cs.index(parents)
+    file = ws / "keypoints.index"
+    good = file.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    file.write_bytes(bytes(damaged))
+    with _open(ws, encoder=WidthEncoder(), readonly=True) as cs:  # verify checks it without local search too
+        report = cs.verify()
+    assert not report.ok and any("keypoint index file is unreadable" in p and "repair" in p for p in report.problems)
+    with _open(ws, encoder=WidthEncoder(), local_search=True) as cs:  # searching rebuilds it, with a warning
+        assert cs.search(query, top_k=1)[0].parent_id == "scene"
+    assert any("keypoints.index is unreadable" in r.getMessage() for r in caplog.records)
+    with _open(ws, encoder=WidthEncoder(), readonly=True) as cs:
+        assert cs.verify().ok  # written again at close
+    # a file whose descriptors disagree with the stored features: verify names it, repair rebuilds it
+    from crossscale.index import KeypointIndex
+
+    index, meta = KeypointIndex.load(file)
+    index.add("scene", np.zeros((3, 128), np.uint8))
+    index.save(file, meta)
+    with _open(ws, encoder=WidthEncoder()) as cs:
+        report = cs.verify()
+        assert not report.ok and any("stored features of 1 parent(s), e.g. 'scene'" in p for p in report.problems)
+        cs.rebuild_index()  # what `crossscale repair` runs
+        assert cs.verify().ok
+    with _open(ws, encoder=WidthEncoder(), local_search=True, readonly=True) as cs:
+        assert cs.search(query, top_k=1)[0].parent_id == "scene"
+
+
 def test_local_search_needs_a_verifier_with_descriptors(
     tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,5 +354,6 @@ def test_local_search_needs_a_verifier_with_descriptors(
         _open(tmp_path / "bad", local_search="yes")
     with _open(tmp_path / "ws", verifier="sift", local_search=True, verify_matches=False) as cs:
         cs.index([("c", photos["coffee"])])
+        assert cs.local is not None and cs.local.index is not None  # built with what was indexed
+        monkeypatch.setattr(cs.local, "candidates", lambda *a: pytest.fail("voted while not verifying"))
         assert cs.search(photos["coffee"].crop((100, 100, 300, 300)), top_k=1)[0].inliers is None  # not verifying
-        assert cs.local is not None and cs.local.index is None  # so no local search either

@@ -6,6 +6,7 @@ It decides nothing itself. Indexing runs :func:`crossscale.ingest.ingest`; searc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -32,7 +33,14 @@ from crossscale._stages import (
     StageRequest,
 )
 from crossscale._vectors import embed_text, l2_normalize
-from crossscale.errors import CapabilityError, ConfigurationError, ParentNotFoundError, VectorError
+from crossscale.errors import (
+    CapabilityError,
+    ConfigurationError,
+    ParentNotFoundError,
+    VectorError,
+    WorkspaceError,
+    WorkspaceFormatError,
+)
 from crossscale.index import KeypointIndex, RootStore
 from crossscale.index.root_store import ParentRecord
 from crossscale.ingest import ingest, iter_inputs
@@ -52,6 +60,7 @@ from crossscale.rank import MapRefiner, ParentRanker, RegionRefiner
 from crossscale.segment import create_segmenter
 from crossscale.types import IndexReport, ParentMatch, Query, SearchResult
 from crossscale.workspace import (
+    KEYPOINT_FILE,
     WORKSPACE_FORMAT,
     AnyChunkIndex,
     VerifyReport,
@@ -85,13 +94,17 @@ class LocalCandidates:
     """Parents found by their local features, for the verifier to confirm (``CrossScaleSearch(local_search=True)``).
 
     Holds every parent's descriptors (what the workspace's verifier stored, as its ``descriptors`` reads them) in a
-    :class:`~crossscale.index.KeypointIndex`, built at the first search and kept in step with the store (parents
-    added or deleted since are added or dropped before a search). For a query, the ``top_n`` parents with the most
-    votes (at least ``min_votes``) that the vector search did not return become matches, each as the ranker makes
-    it from all of the parent's chunks scored exactly.
+    :class:`~crossscale.index.KeypointIndex`, kept in step with the store (parents added or deleted since are
+    added or dropped before a search, :meth:`update`). For a query, the ``top_n`` parents with the most votes (at
+    least ``min_votes``) that the vector search did not return become matches, each as the ranker makes it from all
+    of the parent's chunks scored exactly.
 
-    It is derived from the store and holds nothing of its own: nothing of it is written, and a workspace without it
-    opens and verifies as before.
+    The keypoint index is derived from the store, like the chunk index: a writer keeps it in the workspace's
+    ``keypoints.index`` (:meth:`save`; the facade saves it after each ``index()``, at ``save()`` and on
+    ``close()``), with the store generation and the parents it reflects, and loads it at the first search,
+    then catches it up with the store's parents. A missing or unreadable file is rebuilt from the stored features
+    (with a warning if unreadable); a kill while it is written leaves the old file (it is replaced atomically).
+    ``persist=False``: built in RAM at the first search, never written.
     """
 
     def __init__(
@@ -102,19 +115,28 @@ class LocalCandidates:
         top_n: int = 5,
         min_votes: int = 3,
         progress: bool = False,
+        persist: bool = True,
     ) -> None:
         self.workspace = workspace
         self.verifier = verifier
         self.progress = progress
+        self.persist = persist
         self.top_n = positive_int("top_n", top_n)
         self.min_votes = positive_int("min_votes", min_votes)
         self.index: KeypointIndex | None = None
-        self._generation = -1
+        self._generation = -1  # the store generation the index reflects (-1: compare with the store's parents)
+        self._written = False  # whether the file holds what is in memory
+        self._looked = not persist  # whether the file was looked for
         self._marks: dict[str, int] = {}  # parents looked at (held, or without usable features): first chunk id
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"LocalCandidates(top_n={self.top_n}, min_votes={self.min_votes}, index={self.index!r})"
+
+    @property
+    def file(self) -> Path:
+        """Where a writer keeps the keypoint index: ``keypoints.index`` in the workspace."""
+        return self.workspace.path / KEYPOINT_FILE
 
     def candidates(self, query: Query, ranked: AbstractSet[str], ranker: Ranker) -> list[ParentMatch]:
         """Matches for the best-voted parents of ``query`` not in ``ranked``."""
@@ -138,14 +160,127 @@ class LocalCandidates:
             min_votes=self.min_votes,
         )
 
+    def update(self) -> KeypointIndex:
+        """The keypoint index, loaded (or built) if it was not, and brought up to date with the store's parents."""
+        with self._lock:
+            return self._current()
+
+    def save(self) -> None:
+        """Write the keypoint index to :attr:`file` if it is in memory and differs from what the file holds
+        (brought up to date with the store first). Nothing for a reader, or with ``persist=False``.
+
+        Raises:
+            WorkspaceError: the file cannot be written (the store is intact; the next writer rebuilds or catches
+                up the keypoint index).
+        """
+        if not self.persist or self.workspace.readonly:
+            return
+        with self._lock:
+            if self.index is None:  # never loaded nor built in this process: the file is what it was
+                return
+            index = self._current()
+            if self._written:
+                return
+            try:
+                index.save(self.file, {"generation": self._generation, "marks": self._marks})
+            except OSError as exc:
+                raise WorkspaceError(
+                    f"{self.workspace.path}: cannot save the keypoint index ({exc.strerror or exc}); the store is "
+                    "intact and the keypoint index will be caught up from it"
+                ) from exc
+            self._written = True
+            logger.debug("keypoint index saved at generation %d", self._generation)
+
+    def rebuild(self) -> None:
+        """Build the keypoint index afresh from the stored features, and save it (``crossscale repair``)."""
+        with self._lock:
+            self.index, self._marks, self._generation, self._written, self._looked = None, {}, -1, False, True
+            self._current()
+            self.save()
+
+    def check(self) -> tuple[list[str], list[str]]:
+        """``(problems, notes)`` about :attr:`file` for ``verify()``: it must be readable, consistent, not ahead of
+        the store, and hold for each parent it reflects as many descriptors as the verifier reads from the
+        parent's stored features. Parents changed since it was written are a note (caught up at the next search).
+        Changes nothing; reads every stored feature."""
+        file = self.file
+        if not file.exists():
+            return [], ["no keypoint index file: local search builds it from the stored features"]
+        repair = "`crossscale repair` rebuilds it"
+        try:
+            KeypointIndex.check_file(file)  # the checksum first, block by block
+            index, meta = KeypointIndex.load(file)
+            saved, marks = _file_state(meta)
+        except (WorkspaceFormatError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            return [f"keypoint index file is unreadable ({exc}); {repair}"], []
+        problems = index.check()
+        store = self.workspace.store
+        with store.snapshot() as txn:
+            generation = store.generation_at(txn)
+            stored = {pid: (chunks[0] if chunks else -1) for pid, chunks in store.parent_chunks(txn)}
+        if saved > generation:
+            problems.append(f"keypoint index file is ahead of the store (generation {saved} > {generation})")
+        unmarked = [p for p in index.parent_ids() if p not in marks]
+        if unmarked:
+            problems.append(f"keypoint index holds {len(unmarked)} parent(s) it records no mark for")
+        current = [p for p, mark in marks.items() if stored.get(p) == mark]
+        wrong = [p for p in current if index.count(p) != self._usable(p, store.local_features(p))[1]]
+        if wrong:
+            problems.append(
+                f"keypoint index holds other descriptors than the stored features of {len(wrong)} parent(s), "
+                f"e.g. {wrong[0]!r}"
+            )
+        behind = len(stored) - len(current) + len(marks) - len(current)
+        notes = []
+        if behind:
+            notes.append(f"keypoint index file is {behind} parent change(s) behind: caught up at the next local search")
+        return [f"{p}; {repair}" for p in problems], notes
+
+    # ------------------------------------------------------------------ internals
     def _chunk_ids(self, parent_id: str) -> tuple[int, ...] | None:
         try:
             return self.workspace.store.parent(parent_id).chunk_ids
         except ParentNotFoundError:  # deleted since the last sync
             return None
 
+    def _usable(self, parent_id: str, raw: bytes | None) -> tuple[np.ndarray | None, int]:
+        """The verifier's descriptors of a parent's stored features and their count, or ``(None, 0)``."""
+        try:
+            if raw is None:
+                raise ValueError("none stored")
+            rows = self.verifier.descriptors(raw)
+            return rows, int(np.shape(rows)[0]) if np.ndim(rows) == 2 else 0
+        except ValueError as exc:
+            logger.debug("parent %r: no usable local features (%s); not searchable by them", parent_id, exc)
+            return None, 0
+
+    def _load(self) -> None:
+        """The keypoint index and its marks from :attr:`file`, if it is there and readable (else a warning)."""
+        self._looked = True
+        if not self.file.exists():
+            return
+        started = time.perf_counter()
+        try:
+            index, meta = KeypointIndex.load(self.file)
+            saved, marks = _file_state(meta)
+            if any(p not in marks for p in index.parent_ids()):
+                raise WorkspaceFormatError("it holds parents it records no mark for")
+        except (WorkspaceFormatError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            logger.warning("%s is unreadable (%s); rebuilding it from the stored features", self.file, exc)
+            return
+        self.index, self._marks, self._written = index, marks, True
+        logger.info(
+            "keypoint index loaded in %.1f s: %d parents, %d descriptors (generation %d)",
+            time.perf_counter() - started,
+            len(index),
+            index.descriptor_count,
+            saved,
+        )
+
     def _current(self) -> KeypointIndex:
         """The keypoint index, brought up to date with the store's parents."""
+        if not self._looked:
+            self._load()  # then compared with the store's parents, whatever generation it records
         store = self.workspace.store
         generation = store.generation
         if self.index is not None and generation == self._generation:
@@ -155,37 +290,48 @@ class LocalCandidates:
         started = time.perf_counter()
         # each parent's first chunk id tells a parent deleted and indexed again under its id since (new chunk ids)
         stored = {pid: (chunks[0] if chunks else -1) for pid, chunks in store.parent_chunks()}
-        for pid in [p for p, mark in self._marks.items() if stored.get(p) != mark]:
+        gone = [p for p, mark in self._marks.items() if stored.get(p) != mark]
+        for pid in gone:
             del self._marks[pid]
             if self.index is not None:
                 self.index.remove(pid)
         new = sorted(set(stored).difference(self._marks))
         for pid in tqdm(new, unit="img", disable=not self.progress or len(new) < 100, desc="local features"):
             self._marks[pid] = stored[pid]
-            raw = store.local_features(pid)
+            rows, _ = self._usable(pid, store.local_features(pid))
+            if rows is None:
+                continue
+            if self.index is None:
+                self.index = KeypointIndex(int(np.shape(rows)[1]) if np.ndim(rows) == 2 else 128)
             try:
-                if raw is None:
-                    raise ValueError("none stored")
-                rows = self.verifier.descriptors(raw)
-                if self.index is None:
-                    self.index = KeypointIndex(int(np.shape(rows)[1]) if np.ndim(rows) == 2 else 128)
                 self.index.add(pid, rows)
-            except (ValueError, VectorError) as exc:
+            except VectorError as exc:
                 logger.debug("parent %r: no usable local features (%s); not searchable by them", pid, exc)
         if self.index is None:
             self.index = KeypointIndex()
         self.index.train()
+        if gone or new:
+            self._written = False
         self._generation = generation
-        if new:
+        if new or gone:
             logger.info(
-                "local search: %d parents' keypoints added in %.1f s; %d parents, %d descriptors, %.0f MB",
+                "local search: %d parents' keypoints added, %d dropped in %.1f s; %d parents, %d descriptors, %.0f MB",
                 len(new),
+                len(gone),
                 time.perf_counter() - started,
                 len(self.index),
                 self.index.descriptor_count,
                 self.index.nbytes / 1e6,
             )
         return self.index
+
+
+def _file_state(meta: Mapping[str, Any]) -> tuple[int, dict[str, int]]:
+    """The store generation and the parents' marks a keypoint index file records."""
+    marks = meta["marks"]
+    if not isinstance(marks, dict):
+        raise TypeError(f"marks must be a mapping, got {type(marks).__name__}")
+    return int(meta["generation"]), {str(p): int(m) for p, m in marks.items()}
 
 
 class CrossScaleSearch:
@@ -439,7 +585,7 @@ class CrossScaleSearch:
             A bad input never stops the others.
         """
         self.workspace.check_open(write=True)
-        return ingest(
+        report = ingest(
             self.workspace,
             iter_inputs(inputs, ids, metadata),
             segmenter=self.segmenter,
@@ -450,6 +596,20 @@ class CrossScaleSearch:
             verifier=self.verifier,
             prefetch=self._default_prefetch() if prefetch is None else prefetch,
         )
+        if self.local is not None and report.added:  # the keypoint index is built with what was indexed
+            self.local.update()
+            self._save_local()
+        return report
+
+    def _save_local(self) -> None:
+        """Save the keypoint index of local search; a failure is logged (the store has committed: it is caught
+        up from the store by the next process)."""
+        if self.local is None:
+            return
+        try:
+            self.local.save()
+        except WorkspaceError as exc:
+            logger.error("%s", exc)
 
     def _default_prefetch(self) -> int:
         """1 when the encoder runs on an accelerator (the CPU stages then overlap it for free), else 0."""
@@ -613,28 +773,80 @@ class CrossScaleSearch:
         return self.workspace.image(parent_id)
 
     def info(self) -> dict[str, Any]:
-        """A summary of the workspace, JSON-ready."""
-        return self.workspace.info()
+        """A summary of the workspace, JSON-ready; with ``local_search`` (whether this object uses it) and
+        ``keypoint_file_bytes`` (the size of its keypoint index file, ``None`` if there is none)."""
+        info = self.workspace.info()
+        file = self.path / KEYPOINT_FILE
+        info["local_search"] = self.local is not None
+        info["keypoint_file_bytes"] = file.stat().st_size if file.exists() else None
+        return info
 
     def verify(self) -> VerifyReport:
-        """Check every invariant of the workspace (``crossscale verify``); changes nothing."""
-        return self.workspace.verify()
+        """Check every invariant of the workspace (``crossscale verify``); changes nothing.
+
+        With a keypoint index file (local search), also that it is readable, not ahead of the store, and holds
+        what the verifier reads from each parent's stored features (:meth:`LocalCandidates.check`).
+        """
+        report = self.workspace.verify()
+        local = self._local_for_files()
+        if local is None:
+            if (self.path / KEYPOINT_FILE).exists():
+                return dataclasses.replace(
+                    report,
+                    notes=(
+                        *report.notes,
+                        "a keypoint index file is present; without the verifier it was built with it is not checked",
+                    ),
+                )
+            return report
+        problems, notes = local.check()
+        if self.local is None and not (self.path / KEYPOINT_FILE).exists():
+            notes = []  # local search is not in use: its missing file is nothing to note
+        return dataclasses.replace(
+            report,
+            ok=report.ok and not problems,
+            problems=(*report.problems, *problems),
+            notes=(*report.notes, *notes),
+        )
+
+    def _local_for_files(self) -> LocalCandidates | None:
+        """The local search in use, or one to check or rebuild a keypoint index file left by another session
+        (``None`` if the verifier has no descriptors)."""
+        if self.local is not None:
+            return self.local
+        if isinstance(self.verifier, DescriptorVerifier):
+            return LocalCandidates(self.workspace, self.verifier, progress=self.progress)
+        return None
 
     def refresh(self) -> int:
         """Catch a reader up with what writers committed since; returns the store generation now seen."""
         return self.workspace.refresh()
 
     def save(self) -> None:
-        """Write the chunk index to disk now (also done after :meth:`index` and on :meth:`close`)."""
+        """Write the chunk index (and the keypoint index of local search, if it changed) to disk now (also done
+        after :meth:`index` and on :meth:`close`)."""
         self.workspace.save()
+        if self.local is not None:
+            self.local.save()
 
     def rebuild_index(self) -> None:
-        """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``)."""
+        """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``); also the
+        keypoint index, if local search is on or the workspace has its file."""
         self.workspace.rebuild_index()
+        if self.local is not None or (self.path / KEYPOINT_FILE).exists():
+            local = self._local_for_files()
+            if local is not None:
+                local.rebuild()
+            else:  # derived, and it cannot be rebuilt without its verifier: the next local search builds it
+                (self.path / KEYPOINT_FILE).unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Save the index, close the store and release the lock. Idempotent."""
-        self.workspace.close()
+        """Save the indexes, close the store and release the lock. Idempotent."""
+        try:
+            if not self.workspace.closed:
+                self._save_local()
+        finally:
+            self.workspace.close()
 
     def __enter__(self) -> CrossScaleSearch:
         return self

@@ -7,6 +7,8 @@ A workspace is a directory::
       store/           LMDB: parents' image bytes, metadata, chunk records, chunk vectors, change log
       chunks.index     FAISS index, derived from the store; records the store generation it reflects
       milvus.db/       (instead of chunks.index, with index_factory="milvus") the Milvus Lite chunk collection
+      keypoints.index  (with local search) every parent's local descriptors in a keypoint index, derived from the
+                       store's local features; records the store generation and the parents it reflects
       lock             held by the one process that may write
 
 The store is the source of truth. The index is saved atomically with the generation it reflects; on open it
@@ -74,6 +76,7 @@ __all__ = [
     "AnyChunkIndex",
     "ComponentSpec",
     "Configure",
+    "KEYPOINT_FILE",
     "VerifyReport",
     "WORKSPACE_FORMAT",
     "Workspace",
@@ -91,6 +94,8 @@ CONFIG_FILE = "workspace.json"
 AUTO_INDEX = "auto"
 STORE_DIR = "store"
 INDEX_FILE = "chunks.index"
+#: the keypoint index of local search (:class:`~crossscale.search.LocalCandidates`), derived from the store
+KEYPOINT_FILE = "keypoints.index"
 LOCK_FILE = "lock"
 
 AnyChunkIndex = ChunkIndex | MilvusChunkIndex

@@ -125,3 +125,76 @@ def test_votes_are_bounded_by_the_query_descriptors(parents: int, per_parent: in
     assert sum(n for _, n in votes) <= queries
     assert all(n > 0 for _, n in votes) and len({p for p, _ in votes}) == len(votes)
     assert [n for _, n in votes] == sorted((n for _, n in votes), reverse=True)
+
+
+def test_saved_and_loaded_it_votes_the_same(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(5)
+    index = KeypointIndex(nprobe=4, seed=3)
+    parents = {f"p{i}": _descriptors(rng, 150) for i in range(12)}
+    for pid, rows in parents.items():
+        index.add(pid, rows)
+    index.remove("p3")  # a slot left empty
+    index.train()
+    late = _descriptors(rng, 40)
+    index.add("late", late)  # added to the trained lists
+    path = tmp_path / "k.index"
+    index.save(path, {"generation": 7})
+    loaded, meta = KeypointIndex.load(path)
+    assert meta == {"generation": 7} and KeypointIndex.check_file(path) == {"generation": 7}
+    assert (loaded.dim, loaded.nprobe, loaded.seed, loaded.ratio) == (128, 4, 3, 0.8)
+    assert list(loaded.parent_ids()) == list(index.parent_ids()) and "p3" not in loaded
+    assert loaded.descriptor_count == index.descriptor_count == 11 * 150 + 40 and loaded.count("late") == 40
+    assert loaded.check() == []
+    for query in (_noisy(parents["p0"][:20], rng), _noisy(parents["p7"][:20], rng), _noisy(late[:10], rng)):
+        assert loaded.vote(query, 3) == index.vote(query, 3) and loaded.vote(query, 3)[0][1] >= 8
+    assert all(pid != "p3" for pid, _ in loaded.vote(parents["p3"][:20], 3))
+    new = _descriptors(rng, 30)
+    loaded.add("new", new)  # it goes on like the one saved
+    assert loaded.vote(new, 1) == [("new", 30)] and loaded.count("new") == 30
+
+
+def test_an_empty_index_saves_and_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "k.index"
+    KeypointIndex(64).save(path)
+    loaded, meta = KeypointIndex.load(path)
+    assert (len(loaded), loaded.dim, meta) == (0, 64, {})
+    assert loaded.vote(np.zeros((3, 64), np.uint8), 2) == []
+
+
+def test_a_damaged_file_is_refused_by_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from crossscale.errors import WorkspaceFormatError
+
+    rng = np.random.default_rng(6)
+    index = KeypointIndex()
+    for i in range(4):
+        index.add(f"p{i}", _descriptors(rng, 300))
+    path = tmp_path / "k.index"
+    index.save(path)
+    data = bytearray(path.read_bytes())
+    flipped = tmp_path / "flipped.index"
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(WorkspaceFormatError, match=r"flipped\.index"):
+        KeypointIndex.check_file(flipped)
+    cut = tmp_path / "cut.index"
+    cut.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(WorkspaceFormatError, match=r"cut\.index"):
+        KeypointIndex.load(cut)
+    other = tmp_path / "other.index"
+    other.write_bytes(b"x" * 40)
+    with pytest.raises(WorkspaceFormatError, match="not a crossscale keypoint index"):
+        KeypointIndex.load(other)
+
+
+def test_check_finds_descriptors_of_no_parent_and_wrong_counts() -> None:
+    rng = np.random.default_rng(7)
+    index = KeypointIndex()
+    for i in range(3):
+        index.add(f"p{i}", _descriptors(rng, 400))
+    index.train()
+    assert index.check() == []
+    index._counts["p1"] = 399  # what a damaged file's header would say
+    index._index.add_with_ids(_descriptors(rng, 2).astype(np.float32), np.array([99 << 24, 99 << 24], np.int64))
+    problems = index.check()
+    assert any("2 descriptor(s) belong to no parent" in p for p in problems)
+    assert any("1 parent(s) hold other descriptor counts" in p and "'p1'" in p for p in problems)

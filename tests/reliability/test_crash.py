@@ -142,6 +142,28 @@ def test_random_kills_with_a_milvus_index(tmp_path: Path, images: Path) -> None:
         assert cs.info()["index_device"] == "milvus"
 
 
+def test_random_kills_with_local_search(tmp_path: Path, images: Path) -> None:
+    """With the keypoint index kept in keypoints.index (written after each ingest and at close): a kill while it is
+    written, or between the store's commit and its save, leaves a workspace that opens, verifies (its file checked
+    against the stored features) and catches the keypoint index up without rebuilding it."""
+    stats = kill_randomly(tmp_path, images, kills=6, seed=5, per_cycle=6, extra=("--local-search",))
+    assert stats["kills"] + stats["sigint"] >= 6
+    records = _Records()
+    logging.getLogger("crossscale").addHandler(records)
+    try:
+        with _open(tmp_path / "cycle0", local_search=True) as cs:
+            assert (tmp_path / "cycle0" / "keypoints.index").exists()
+            index = cs.local.update() if cs.local is not None else None
+            # parents whose images gave no keypoints are looked at, not held
+            assert index is not None and len(index) > 0 and set(index.parent_ids()) <= set(cs.parent_ids())
+    finally:
+        logging.getLogger("crossscale").removeHandler(records)
+    assert not [m for m in records.messages if "unreadable" in m or "rebuild" in m], records.messages
+    with _open(tmp_path / "cycle0", readonly=True) as reader:  # saved at close: it reflects every parent
+        report = reader.verify()
+        assert report.ok and not [n for n in report.notes if "keypoint" in n], report.notes
+
+
 @pytest.mark.slow
 def test_random_kills_many(tmp_path: Path, images: Path) -> None:
     stats = kill_randomly(tmp_path, images, kills=110, seed=2)
@@ -171,6 +193,39 @@ def test_interrupt_during_index_save_keeps_the_old_index_and_catches_up(
     cs.close()
     with _open(tmp_path / "ws") as again:
         assert len(again) == 8 and again.verify().ok
+
+
+def test_interrupt_during_keypoint_save_keeps_the_old_file_and_catches_up(
+    tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crossscale._files as crossscale_files
+
+    files = sorted(images.glob("*.png"))
+    ws = tmp_path / "ws"
+    kw = {"encoder": "color-histogram", "segmenter": "whole", "verifier": "sift", "local_search": True}
+    with _open(ws, verifier_kwargs={"max_keypoints": 200}, **kw) as cs:
+        cs.index(files[:4])
+    old = (ws / "keypoints.index").read_bytes()
+    replace = crossscale_files.os.replace
+
+    def interrupted(src: str, dst: str) -> None:
+        if str(dst).endswith("keypoints.index"):
+            raise KeyboardInterrupt  # between writing the temp file and os.replace
+        replace(src, dst)
+
+    cs = _open(ws, local_search=True)
+    monkeypatch.setattr(crossscale_files.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cs.index(files[4:8])  # the store commits and the chunk index is saved; the keypoint save is interrupted
+    monkeypatch.undo()
+    assert (ws / "keypoints.index").read_bytes() == old and not list(ws.glob("*.tmp"))
+    with _open(ws, readonly=True) as reader:  # the old file: behind, not broken
+        report = reader.verify()
+        assert report.ok and "4 parent change(s) behind" in " ".join(report.notes)
+    cs.close()  # writes the keypoint index it holds
+    with _open(ws, readonly=True) as reader:
+        report = reader.verify()
+        assert report.ok and not [n for n in report.notes if "keypoint" in n]
 
 
 def test_leftover_temp_file_of_a_killed_save_is_ignored_then_removed(tmp_path: Path, images: Path) -> None:

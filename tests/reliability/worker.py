@@ -1,7 +1,7 @@
 """A writer process for crash, concurrency and disk-full tests.
 
     python -m tests.reliability.worker WORKSPACE IMAGES_DIR [--map-size BYTES] [--fsize-limit BYTES]
-        [--scales 0.5,0.25] [--flat-max N] [--index FACTORY] [--reduce-dim D]
+        [--scales 0.5,0.25] [--flat-max N] [--index FACTORY] [--reduce-dim D] [--local-search]
 
 Indexes every image of IMAGES_DIR (content-hash ids, 4 per batch), then deletes the parents whose
 file name contains "-del". Prints "ready" once imported and "done" at the end, so a test can kill it
@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--flat-max", type=int, default=0, help="an 'auto' index leaves Flat above N vectors")
     parser.add_argument("--index", default=None, help="a new workspace's index_factory, e.g. milvus")
     parser.add_argument("--reduce-dim", type=int, default=None, help="an 'auto' index projects to D dimensions")
+    parser.add_argument("--local-search", action="store_true", help="keep the keypoint index (keypoints.index)")
     args = parser.parse_args()
     if args.fsize_limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
@@ -54,6 +55,7 @@ def main() -> int:
         map_size=args.map_size,
         index_factory=args.index,
         reduce_dim=args.reduce_dim,
+        local_search=args.local_search,
     ) as cs:
         report = cs.index(files)
         added_sources = [cs.record(pid).source for pid in report.added]

@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import struct
 import time
-import zlib
 from collections.abc import Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from crossscale._checks import positive_int
 from crossscale._device import resolve_faiss_device
-from crossscale._files import atomic_write_with
 from crossscale._vectors import l2_normalize
 from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, WorkspaceFormatError
+from crossscale.index._faiss_file import IndexFile
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ChunkIndex"]
 
-_MAGIC = b"CSIDX\x00\x01\n"
-_FORMAT = 1
-#: after the faiss data: this, its length (u64) and CRC-32 (u32). Files written before it have none; readers that
-#: predate it stop reading where faiss' data ends, so it needs no new format number.
-_TRAILER = b"CSIE"
-_TRAILER_STRUCT = struct.Struct("<4sQI")
-_CHECK_BLOCK = 16 << 20
+_FILE = IndexFile(b"CSIDX\x00\x01\n", 1, "chunk index")
 #: faiss' own default; some faiss-cpu wheels ship 128000, which makes batched searches ~10x slower.
 DEFAULT_BLAS_THRESHOLD = 20
 #: the most hits faiss' GPU indexes return per query; deeper searches run on the CPU master copy
@@ -531,10 +522,7 @@ class ChunkIndex:
 
         The faiss data is streamed to the file: saving needs no second copy of the index in memory.
         """
-        import faiss
-
-        header = {
-            "format": _FORMAT,
+        header: dict[str, Any] = {
             "dim": self.dim,
             "factory": self.factory,
             "tombstones": sorted(self._tombstones),
@@ -542,20 +530,7 @@ class ChunkIndex:
         }
         if self._energy_kept is not None:
             header["energy_kept"] = self._energy_kept
-        header_bytes = json.dumps(header).encode()
-
-        def write(f: BinaryIO) -> None:
-            f.write(_MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes)
-            summed = _Summed()
-
-            def put(data: bytes) -> None:
-                summed.add(data)
-                f.write(data)
-
-            faiss.write_index(self._index, faiss.PyCallbackIOWriter(put))  # type: ignore[attr-defined]
-            f.write(_TRAILER_STRUCT.pack(_TRAILER, summed.length, summed.crc))
-
-        atomic_write_with(path, write)
+        _FILE.write(path, header, self._index)
 
     @classmethod
     def load(
@@ -568,18 +543,9 @@ class ChunkIndex:
         """
         import faiss
 
-        with open(path, "rb") as f:  # the faiss data is streamed from the file: no copy of it all in memory
-            header = _read_header(f, path)
-            summed = _Summed()
-
-            def get(n: int) -> bytes:
-                return summed.add(f.read(n))
-
-            try:
-                index = faiss.read_index(faiss.PyCallbackIOReader(get))  # type: ignore[attr-defined]
-            except RuntimeError as exc:
-                raise WorkspaceFormatError(f"{path}: corrupt faiss data: {exc}") from exc
-            _check_trailer(f.read(), summed, path)
+        header, index = _FILE.read(path)  # the faiss data is streamed from the file: no copy of it all in memory
+        if index is None:
+            raise WorkspaceFormatError(f"{path}: holds no faiss index")
         if not isinstance(_with_ids(index), (faiss.IndexIDMap, faiss.IndexIVF)):
             raise WorkspaceFormatError(f"{path}: faiss index has no id map")
         energy = header.get("energy_kept")
@@ -607,62 +573,7 @@ class ChunkIndex:
         Raises:
             WorkspaceFormatError: the file is not a crossscale index, is of a newer format, or is corrupt.
         """
-        with open(path, "rb") as f:
-            header = _read_header(f, path)
-            start = f.tell()
-            size = f.seek(0, os.SEEK_END)
-            if size - start >= _TRAILER_STRUCT.size:
-                f.seek(size - _TRAILER_STRUCT.size)
-                magic, length, _ = _TRAILER_STRUCT.unpack(f.read(_TRAILER_STRUCT.size))
-                if magic == _TRAILER and length == size - start - _TRAILER_STRUCT.size:
-                    f.seek(start)
-                    summed = _Summed()
-                    left = length
-                    while left:
-                        left -= len(summed.add(f.read(min(left, _CHECK_BLOCK))))
-                    _check_trailer(f.read(), summed, path)
-                    return dict(header.get("meta", {}))
+        header = _FILE.check(path)
+        if header is not None:
+            return dict(header.get("meta", {}))
         return cls.load(path, device="cpu")[1]  # no checksum: only faiss can tell
-
-
-class _Summed:
-    """The length and CRC-32 of the bytes passed through :meth:`add`."""
-
-    def __init__(self) -> None:
-        self.length = 0
-        self.crc = 0
-
-    def add(self, data: bytes) -> bytes:
-        self.length += len(data)
-        self.crc = zlib.crc32(data, self.crc)
-        return data
-
-
-def _read_header(f: BinaryIO, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON header of an index file, ``f`` left at the faiss data. Raises WorkspaceFormatError."""
-    start = f.read(len(_MAGIC) + 8)
-    if not start.startswith(_MAGIC) or len(start) < len(_MAGIC) + 8:
-        raise WorkspaceFormatError(f"{path}: not a crossscale chunk index file")
-    (hlen,) = struct.unpack("<Q", start[len(_MAGIC) :])
-    try:
-        header = json.loads(f.read(hlen))
-    except ValueError as exc:
-        raise WorkspaceFormatError(f"{path}: corrupt header") from exc
-    if not isinstance(header, dict) or header.get("format") != _FORMAT:
-        raise WorkspaceFormatError(
-            f"{path}: index format {header.get('format') if isinstance(header, dict) else '?'} "
-            f"is not supported (this crossscale reads format {_FORMAT})"
-        )
-    return header
-
-
-def _check_trailer(rest: bytes, summed: _Summed, path: str | os.PathLike[str]) -> None:
-    """``rest`` (the bytes after the faiss data) must be empty (a file from before checksums) or a trailer that
-    matches what was read. Raises WorkspaceFormatError."""
-    if not rest:
-        return
-    if len(rest) != _TRAILER_STRUCT.size or rest[:4] != _TRAILER:
-        raise WorkspaceFormatError(f"{path}: {len(rest)} unexpected bytes after the faiss data")
-    _, length, crc = _TRAILER_STRUCT.unpack(rest)
-    if (length, crc) != (summed.length, summed.crc):
-        raise WorkspaceFormatError(f"{path}: the faiss data fails its checksum (the file is corrupt)")

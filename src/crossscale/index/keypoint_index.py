@@ -16,13 +16,15 @@ again when it has grown fourfold since, so a search scans a few lists whatever t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from crossscale._checks import int_at_least, number_in, positive_int
-from crossscale.errors import VectorError
+from crossscale.errors import CrossScaleError, VectorError, WorkspaceFormatError
+from crossscale.index._faiss_file import IndexFile
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ _PER_LIST = 256  # descriptors per inverted list the training aims for
 _MAX_LISTS = 16384
 _SAMPLE_PER_LIST = 64  # training descriptors per list
 _ADD_ROWS = 65_536  # descriptors per faiss add when filling a trained index
+_FILE = IndexFile(b"CSKPX\x00\x01\n", 1, "keypoint index")
 
 
 def _faiss() -> Any:
@@ -113,6 +116,10 @@ class KeypointIndex:
         """Bytes of the descriptors and their ids (without the lists' slack)."""
         return self._total * (self.dim + 8)
 
+    def count(self, parent_id: str) -> int:
+        """Descriptors held for ``parent_id`` (0 if none or not held)."""
+        return self._counts.get(parent_id, 0)
+
     def parent_ids(self) -> Iterator[str]:
         """The parents held, in the order they were added."""
         return (p for p in self._slots if p is not None)
@@ -172,6 +179,102 @@ class KeypointIndex:
         counts = ratio_votes(distances, np.where(ids >= 0, ids >> _SHIFT, -1), self.ratio, len(self._slots))
         order = np.argsort(-counts, kind="stable")[:top_n]
         return [(name, int(counts[s])) for s in order if counts[s] > 0 and (name := self._slots[s]) is not None]
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> None:
+        """Write the index and ``meta`` (JSON-ready) to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+        Descriptors added since the lists were trained are put in them first (:meth:`train`), so the file holds
+        one faiss index, streamed to it (no second copy in memory), with a checksum.
+        """
+        self.train()
+        header = {
+            "dim": self.dim,
+            "ratio": self.ratio,
+            "nprobe": self.nprobe,
+            "seed": self.seed,
+            "slots": self._slots,
+            "counts": [self._counts.get(p, 0) if p is not None else 0 for p in self._slots],
+            "total": self._total,
+            "trained_for": self._trained_for,
+            "meta": dict(meta or {}),
+        }
+        _FILE.write(path, header, self._index)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> tuple[KeypointIndex, dict[str, Any]]:
+        """Read an index written by :meth:`save`; returns ``(index, meta)``.
+
+        Raises:
+            WorkspaceFormatError: not a keypoint index file, a newer format, corrupt, or inconsistent.
+            OSError: it cannot be read.
+        """
+        header, index = _FILE.read(path)
+        try:
+            obj = cls(
+                int(header["dim"]),
+                ratio=float(header["ratio"]),
+                nprobe=int(header["nprobe"]),
+                seed=int(header["seed"]),
+            )
+            slots = [None if p is None else str(p) for p in header["slots"]]
+            counts = [int(c) for c in header["counts"]]
+            total, trained_for = int(header["total"]), int(header["trained_for"])
+            meta = dict(header["meta"])
+        except (KeyError, TypeError, ValueError, AttributeError, CrossScaleError) as exc:  # missing, wrong kind
+            raise WorkspaceFormatError(f"{path}: keypoint index header is inconsistent: {exc!r}") from exc
+        held = [p for p in slots if p is not None]
+        wrong = (
+            len(counts) != len(slots)
+            or len(set(held)) != len(held)
+            or min(counts, default=0) < 0
+            or sum(counts) != total
+            or (index is None and total > 0)
+            or (index is not None and (index.ntotal != total or index.d != obj.dim))
+        )
+        if wrong:
+            raise WorkspaceFormatError(f"{path}: keypoint index header disagrees with its faiss data")
+        obj._slots = slots
+        obj._slot_of = {p: s for s, p in enumerate(slots) if p is not None}
+        obj._counts = {p: counts[s] for s, p in enumerate(slots) if p is not None}
+        obj._total = total
+        obj._trained_for = trained_for
+        obj._index = index
+        if index is not None:
+            index.nprobe = min(obj.nprobe, index.nlist)
+        return obj, meta
+
+    @staticmethod
+    def check_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The ``meta`` of a file :meth:`save` wrote, after checking its checksum block by block (without
+        loading it).
+
+        Raises:
+            WorkspaceFormatError, OSError: as :meth:`load`.
+        """
+        header = _FILE.check(path)
+        if header is None:  # every keypoint index file has a trailer
+            raise WorkspaceFormatError(f"{path}: truncated (no checksum)")
+        return dict(header.get("meta", {}))
+
+    def check(self) -> list[str]:
+        """What is inconsistent between the stored descriptors' ids and the parents held (``verify()``): ids of
+        no parent held, and parents holding another number of descriptors than recorded. Reads every list."""
+        found = np.zeros(len(self._slots), np.int64)
+        stray = 0
+        for _, ids in self._held():
+            slots = ids >> _SHIFT
+            inside = slots < len(self._slots)
+            stray += int((~inside).sum())
+            found += np.bincount(slots[inside], minlength=len(self._slots))
+        problems = []
+        dropped = sum(int(found[s]) for s, p in enumerate(self._slots) if p is None)
+        if stray or dropped:
+            problems.append(f"{stray + dropped} descriptor(s) belong to no parent held")
+        wrong = [p for s, p in enumerate(self._slots) if p is not None and found[s] != self._counts[p]]
+        if wrong:
+            problems.append(f"{len(wrong)} parent(s) hold other descriptor counts than recorded, e.g. {wrong[0]!r}")
+        return problems
 
     # ------------------------------------------------------------------ internals
     def _rows(self, descriptors: np.ndarray, what: str) -> np.ndarray:
