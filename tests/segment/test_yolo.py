@@ -26,6 +26,22 @@ def test_import_and_predict_leave_process_state_alone(photos: dict[str, Image.Im
     assert torch.get_num_threads() == threads_before, "ultralytics lowered torch's thread count"
 
 
+def test_importing_ultralytics_leaves_opencv_threads_alone() -> None:
+    """ultralytics' import turns OpenCV's threads off (``cv2.setNumThreads(0)``), which slowed SIFT extraction 1.5x
+    on 2 cores; in a fresh process, since this one may have imported it already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import cv2; cv2.setNumThreads(2); before = cv2.getNumThreads()\n"
+        "from crossscale.segment.yolo import _import_yolo; _import_yolo()\n"
+        "import sys; assert 'ultralytics' in sys.modules\n"
+        "print(before, cv2.getNumThreads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split()[-2:] == ["2", "2"], out.stdout + out.stderr  # ultralytics may print before
+
+
 def test_segments_any_size_and_mode(yolo: YoloSegmenter, photos: dict[str, Image.Image]) -> None:
     images = [photos["astronaut"], photos["rocket"].convert("L"), Image.new("RGB", (37, 500))]
     out = yolo.segment(images)

@@ -1,8 +1,9 @@
 """Object detection chunks from an ultralytics YOLO model.
 
 ultralytics is imported lazily, here only: importing it patches
-``PIL.Image.open`` and ``OMP_NUM_THREADS`` process-wide, and its first predict
-drops torch to one thread. This module undoes all three.
+``PIL.Image.open`` and ``OMP_NUM_THREADS`` process-wide and turns OpenCV's threads
+off (``cv2.setNumThreads(0)``: SIFT extraction at 1,280 px then took 1.5x as long on
+2 cores), and its first predict drops torch to one thread. This module undoes all four.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ _OFFLINE_VARS = ("YOLO_OFFLINE", "HF_HUB_OFFLINE")
 
 def _import_yolo() -> Any:
     """Import ``ultralytics.YOLO`` while keeping the process-wide state it changes."""
+    import cv2  # ultralytics' own dependency
+
     pil_open = Image.open
+    cv2_threads = cv2.getNumThreads()
     try:
         with preserved_torch_threads():
             from ultralytics import YOLO  # type: ignore[attr-defined]
@@ -37,6 +41,7 @@ def _import_yolo() -> Any:
         raise MissingDependencyError("YoloSegmenter needs ultralytics: pip install ultralytics") from exc
     finally:
         Image.open = pil_open  # type: ignore[method-assign]
+        cv2.setNumThreads(cv2_threads)
     return YOLO
 
 
