@@ -16,6 +16,7 @@ Run: ``python -m pytest benchmarks/test_bench_encode.py --benchmark-enable``. Re
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,23 +37,38 @@ def scene() -> tuple[Image.Image, list[Chunk]]:
     return image, chunks
 
 
+LAYOUTS = pytest.mark.parametrize("layout", ["channels-last", "nchw"], ids=["channels-last (default)", "nchw (before)"])
+
+
+def _laid_out(encoder: Any, layout: str) -> Any:
+    """The built-in encoder (its conv weights channels-last on the CPU), or its weights put back in NCHW as before
+    2026-12-05."""
+    import torch
+
+    if layout == "nchw":
+        encoder.model.to(memory_format=torch.contiguous_format)
+    return encoder
+
+
 @pytest.mark.benchmark(group="encode-one-parent")
-def test_crop_encoding(benchmark, scene) -> None:  # type: ignore[no-untyped-def]
+@LAYOUTS
+def test_crop_encoding(benchmark, scene, layout: str) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder = create_encoder("efficientnet-lite0", device="cpu")
+    encoder = _laid_out(create_encoder("efficientnet-lite0", device="cpu"), layout)
     crops = [image.crop(c.box.as_tuple()) for c in chunks]
     vectors = benchmark.pedantic(embed, args=(encoder, crops), rounds=3, iterations=1, warmup_rounds=1)
-    assert vectors.shape == (len(chunks), encoder.dim)
+    assert vectors.shape == (len(chunks), 1280)
     benchmark.extra_info["boxes"] = len(chunks)
 
 
 @pytest.mark.benchmark(group="encode-one-parent")
-def test_region_encoding(benchmark, scene) -> None:  # type: ignore[no-untyped-def]
+@LAYOUTS
+def test_region_encoding(benchmark, scene, layout: str) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder = create_encoder("efficientnet-lite0-regions", device="cpu")
+    encoder = _laid_out(create_encoder("efficientnet-lite0-regions", device="cpu"), layout)
     boxes = [c.box for c in chunks]
     vectors = benchmark.pedantic(embed_regions, args=(encoder, image, boxes), rounds=5, iterations=1, warmup_rounds=1)
-    assert vectors.shape == (len(chunks), encoder.dim)
+    assert vectors.shape == (len(chunks), 1280)
     benchmark.extra_info["boxes"] = len(chunks)
 
 

@@ -139,3 +139,29 @@ def test_lite0_pools_a_box_about_as_its_crop(lite0: ConvMapEncoder, photos: dict
     [crop] = lite0.encode([image.crop(box.as_tuple())])
     np.testing.assert_allclose(alone, crop, atol=1e-4)
     assert float(in_context @ crop) > 0.8 and float(in_context @ crop) > float(other @ crop)
+
+
+def test_channels_last_weights_give_the_same_vectors(photos: dict[str, Image.Image]) -> None:
+    """On the CPU, channels_last lays the conv weights out NHWC (oneDNN's faster path); the vectors stay the same."""
+    image = photos["coffee"]
+    plain, nhwc = _encoder(), _encoder(channels_last=True)
+    assert nhwc.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    crops = [image.crop((0, 0, 200, 150)), image.crop((100, 50, 300, 250)).convert("L")]
+    np.testing.assert_allclose(nhwc.encode(crops), plain.encode(crops), atol=1e-5)
+    box = Box(37, 21, 237, 171)
+    window = Box(0, 0, image.width, image.height)
+    np.testing.assert_allclose(
+        nhwc.window_map(image, window, (box.width, box.height)).pool([box]),
+        plain.window_map(image, window, (box.width, box.height)).pool([box]),
+        atol=1e-5,
+    )
+
+
+def test_the_built_in_lite0_encoders_lay_their_weights_out_channels_last(lite0: ConvMapEncoder) -> None:
+    from crossscale.encode import create_encoder
+
+    regions = create_encoder("efficientnet-lite0-regions", device="cpu")
+    for model in (lite0.model, regions.model):  # type: ignore[attr-defined]
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)

@@ -55,9 +55,20 @@ class TorchImageEncoder:
         self.device = resolve_torch_device(device)
         self.dtype = model_dtype(self.device, precision)
 
-    def _placed(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` on this encoder's device and dtype, in eval mode: the one place an encoder's model is moved."""
-        return model.to(self.device, dtype=self.dtype).eval()
+    def _placed(self, model: torch.nn.Module, *, channels_last: bool = False) -> torch.nn.Module:
+        """``model`` on this encoder's device and dtype, in eval mode: the one place an encoder's model is moved.
+
+        ``channels_last``: on the CPU, a CNN's convolution weights are also laid out channels-last (NHWC), which
+        makes oneDNN run its faster convolutions; the vectors are the same to ~1e-6. EfficientNet-Lite0 on 2 cores:
+        crops 31% faster, a parent's 1,024-px pass 15% (docs/benchmarks.md). Only for models whose code takes any
+        memory layout (a ``view`` of a conv output fails on it); not applied on GPUs, where it is unmeasured here.
+        """
+        import torch
+
+        placed = model.to(self.device, dtype=self.dtype).eval()
+        if channels_last and self.device.type == "cpu":
+            placed = placed.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return placed
 
     def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         raise NotImplementedError

@@ -63,6 +63,7 @@ class FeatureMapEncoder(TorchImageEncoder):
         mean, std: per-channel normalisation on the 0-255 scale.
         max_side: the longest input side :meth:`window_map` runs at; a larger pass is refused.
         device, batch_size, precision: as for every encoder (``batch_size``: images per pass in :meth:`encode`).
+        channels_last: as for :class:`~crossscale.encode.BackboneEncoder` (the built-in encoder sets it).
     """
 
     def __init__(
@@ -81,13 +82,14 @@ class FeatureMapEncoder(TorchImageEncoder):
         device: str = "auto",
         batch_size: int = 32,
         precision: str = "auto",
+        channels_last: bool = False,
     ) -> None:
         super().__init__(device=device, batch_size=batch_size, precision=precision)
         self.max_side = int_at_least("max_side", max_side, MIN_SIDE)
         self.map_size = int_at_least("map_size", map_size, MIN_SIDE)
         self.query_size = int_at_least("query_size", query_size, MIN_SIDE)
         self.p = number_in("p", p, 1.0, 16.0)
-        self.model = self._placed(model)
+        self.model = self._placed(model, channels_last=channels_last)
         self.feature_map = feature_map
         self.base_name = name
         self.name = f"{name}-regions(map={self.map_size},query={self.query_size},gem={self.p:g})"
@@ -205,4 +207,5 @@ def efficientnet_lite0_regions(
         device=device,
         batch_size=batch_size,
         precision=precision,
+        channels_last=True,  # EfficientNet's code takes any memory layout
     )
