@@ -38,6 +38,7 @@ def data() -> dict[str, Any]:
     rng = np.random.default_rng(0)
     verifier = GeometricVerifier(max_keypoints=2000, max_side=1024)
     parents: dict[str, np.ndarray] = {}
+    stored: dict[str, bytes] = {}
     views: dict[str, Image.Image] = {}
     for i in range(PARENTS):
         photo = photos[i % len(photos)]
@@ -48,7 +49,9 @@ def data() -> dict[str, Any]:
         if rng.random() < 0.3:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         views[f"p{i:02d}"] = view
-        parents[f"p{i:02d}"] = root_sift(verifier.features(view, 1024).descriptors)
+        features = verifier.features(view, 1024)
+        parents[f"p{i:02d}"] = root_sift(features.descriptors)
+        stored[f"p{i:02d}"] = features.to_bytes()  # what a workspace keeps for the parent
     queries = []
     for _ in range(QUERIES):
         view = views[f"p{int(rng.integers(0, PARENTS)):02d}"]
@@ -62,7 +65,15 @@ def data() -> dict[str, Any]:
     exhaustive = faiss.IndexFlatL2(128)
     exhaustive.add(np.concatenate(list(parents.values())).astype(np.float32))
     reference = [_vote(exhaustive, owner, q) for q in queries]
-    return {"parents": parents, "queries": queries, "owner": owner, "exhaustive": exhaustive, "reference": reference}
+    return {
+        "parents": parents,
+        "stored": stored,
+        "verifier": verifier,
+        "queries": queries,
+        "owner": owner,
+        "exhaustive": exhaustive,
+        "reference": reference,
+    }
 
 
 def _vote(index: Any, owner: np.ndarray, query: np.ndarray) -> int:
@@ -133,3 +144,33 @@ def test_raw_faiss_ivf_build(benchmark, data) -> None:  # type: ignore[no-untype
 
     index = benchmark.pedantic(build, rounds=3, iterations=1)
     assert index.ntotal == len(x)
+
+
+@pytest.mark.benchmark(group="local-load")
+def test_keypoint_index_built_from_stored_features(benchmark, data) -> None:  # type: ignore[no-untyped-def]
+    """What a process without ``keypoints.index`` does at its first local search (LocalCandidates): each parent's
+    stored features decoded to RootSIFT, added, the lists trained."""
+    verifier = data["verifier"]
+
+    def build() -> KeypointIndex:
+        index = KeypointIndex()
+        for pid, blob in data["stored"].items():
+            index.add(pid, verifier.descriptors(blob))
+        index.train()
+        return index
+
+    index = benchmark.pedantic(build, rounds=3, iterations=1)
+    assert index.descriptor_count == data["exhaustive"].ntotal
+
+
+@pytest.mark.benchmark(group="local-load")
+def test_keypoint_index_loaded_from_its_file(benchmark, data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What it does with the file a writer kept: one read (checksum included)."""
+    index = KeypointIndex()
+    for pid, rows in data["parents"].items():
+        index.add(pid, rows)
+    index.save(tmp_path / "keypoints.index")
+    loaded, _ = benchmark.pedantic(KeypointIndex.load, args=(tmp_path / "keypoints.index",), rounds=5, iterations=1)
+    query = data["queries"][0]
+    assert loaded.vote(query, 3) == index.vote(query, 3) and loaded.descriptor_count == index.descriptor_count
+    benchmark.extra_info["file_mb"] = (tmp_path / "keypoints.index").stat().st_size / 1e6

@@ -484,11 +484,13 @@ class CrossScaleSearch:
                 1/13-1/17 of its median query time (docs/benchmarks.md).
                 ``True``: refine every search.
             local_search: also find parents by the verifier's local features (:class:`LocalCandidates`: a vote of
-                the query's keypoints over every parent's, in a :class:`~crossscale.index.KeypointIndex` built at
-                the first search and kept in RAM, ~0.36 MB per parent with ``"sift"``); the best-voted parents the
-                vector search missed join the results when the verifier confirms them. It finds small objects a
-                region's vector misses (docs/benchmarks.md). Needs a verifier with descriptors (``"sift"``).
-                A search-time setting: nothing is stored, any workspace with local features can use it.
+                the query's keypoints over every parent's, in a :class:`~crossscale.index.KeypointIndex` held in
+                RAM, ~0.36 MB per parent with ``"sift"``); the best-voted parents the vector search missed join the
+                results when the verifier confirms them. It finds small objects a region's vector misses
+                (docs/benchmarks.md). Needs a verifier with descriptors (``"sift"``). Any workspace with local
+                features can use it: the keypoint index is derived from them, kept by a writer in
+                ``keypoints.index`` (built with what :meth:`index` adds), loaded at the first search, or built
+                then if there is no file.
 
         Raises:
             WorkspaceMismatchError: reopened with an encoder (or verifier) other than the one that built it.
