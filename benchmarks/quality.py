@@ -521,12 +521,13 @@ def default_configs() -> list[Config]:
         return make
 
     def crops_map_refined(*, every: bool, local: bool = False) -> Config:
-        """The default (crops, SIFT 4,000 at 1,600 px, the map refiner unless verified, float16 vectors), refining
-        ``every`` search instead, or with ``local`` search."""
+        """The default (crops, SIFT 4,000 at 1,600 px, the map refiner unless verified, float16 vectors, local
+        search), refining ``every`` search instead, or without ``local`` search (the default until 2026-12-05)."""
         return Config(
             "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints at 1600 px), "
             f"map refiner (top 3, one pass per parent){' every search' if every else ' unless verified'}, "
-            "float16 vectors" + (", local search" if local else "" if every else " (default)"),
+            "float16 vectors"
+            + (", local search (default)" if local else "" if every else " (the default until 2026-12-05)"),
             "lite0",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",

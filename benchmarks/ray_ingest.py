@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "encoder": "efficientnet-lite0-regions",
         "segmenter": "whole+tiles",
         "verifier": "sift",
+        "local_search": False,  # Ray's ingest does not build the keypoint index either: both sides the same work
         "batch_size": 4,
         "progress": False,
         "device": "cpu",

@@ -142,6 +142,11 @@ def test_a_workspace_with_a_verifier_from_the_command_line(
     assert main(search) == 0
     [only] = json.loads(capsys.readouterr().out)
     assert only["source"].endswith("astronaut.png") and only["inliers"] is not None
+    assert (tmp_path / "ws" / "keypoints.index").exists()  # `index` kept it: local search is on by default
+    assert main([*search[:-3], "--no-local-search", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["source"].endswith("astronaut.png")
+    with pytest.raises(SystemExit):
+        main([*search, "--no-local-search"])  # one or the other
 
 
 def test_index_structure_and_budget_from_the_command_line(

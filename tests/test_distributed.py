@@ -108,6 +108,8 @@ def test_two_nodes_give_the_workspace_index_gives(fifty: tuple[Path, Path], tmp_
     report = out["report"]
     assert isinstance(report, dict) and len(report["added"]) == 50 and not report["failed"]
     assert_same_workspace(tmp_path / "ws", plain)
+    # local search (on by default) kept its keypoint index after Ray's ingest, as after index()
+    assert (tmp_path / "ws" / "keypoints.index").exists() and (plain / "keypoints.index").exists()
     # a rerun adds nothing: every parent is present (given as bytes this time: the same content-hash ids)
     again = run_on_ray(tmp_path / "ws", images, tmp_path, "--as-bytes")
     assert isinstance(again["report"], dict) and len(again["report"]["present"]) == 50

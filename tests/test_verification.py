@@ -233,7 +233,7 @@ class WidthEncoder:
 
 def test_local_search_finds_the_parent_the_vector_search_misses(tmp_path: Path, hidden) -> None:  # type: ignore[no-untyped-def]
     parents, query, box = hidden
-    with _open(tmp_path / "ws", encoder=WidthEncoder(), segmenter="whole", verifier="sift") as cs:
+    with _open(tmp_path / "ws", encoder=WidthEncoder(), segmenter="whole", verifier="sift", local_search=False) as cs:
         cs.index(parents)
         plain = cs.search(query, top_k=2)
         assert "scene" not in [m.parent_id for m in plain]  # 1,200 px wide, the query 256
@@ -283,7 +283,7 @@ def test_the_keypoint_index_is_kept_with_the_workspace(  # type: ignore[no-untyp
     with _open(ws, encoder=WidthEncoder(), local_search=True, readonly=True) as cs:
         assert _found(cs.search(query, top_k=2)) == first
         assert read == []  # loaded from the file: no parent's features read again
-    with _open(ws, encoder=WidthEncoder()) as cs:  # a session without local search adds and deletes
+    with _open(ws, encoder=WidthEncoder(), local_search=False) as cs:  # a session without local search adds and deletes
         cs.index(parents[4:])
         cs.delete("rocket")
         report = cs.verify()
@@ -316,7 +316,9 @@ def test_a_damaged_keypoint_index_is_reported_rebuilt_and_repaired(  # type: ign
     damaged = bytearray(good)
     damaged[len(damaged) // 2] ^= 0xFF
     file.write_bytes(bytes(damaged))
-    with _open(ws, encoder=WidthEncoder(), readonly=True) as cs:  # verify checks it without local search too
+    with _open(
+        ws, encoder=WidthEncoder(), readonly=True, local_search=False
+    ) as cs:  # verify checks it without local search too
         report = cs.verify()
     assert not report.ok and any("keypoint index file is unreadable" in p and "repair" in p for p in report.problems)
     with _open(ws, encoder=WidthEncoder(), local_search=True) as cs:  # searching rebuilds it, with a warning
@@ -330,13 +332,58 @@ def test_a_damaged_keypoint_index_is_reported_rebuilt_and_repaired(  # type: ign
     index, meta = KeypointIndex.load(file)
     index.add("scene", np.zeros((3, 128), np.uint8))
     index.save(file, meta)
-    with _open(ws, encoder=WidthEncoder()) as cs:
+    with _open(ws, encoder=WidthEncoder(), local_search=False) as cs:
         report = cs.verify()
         assert not report.ok and any("stored features of 1 parent(s), e.g. 'scene'" in p for p in report.problems)
         cs.rebuild_index()  # what `crossscale repair` runs
         assert cs.verify().ok
     with _open(ws, encoder=WidthEncoder(), local_search=True, readonly=True) as cs:
         assert cs.search(query, top_k=1)[0].parent_id == "scene"
+
+
+def test_local_search_is_on_by_default_up_to_a_size(  # type: ignore[no-untyped-def]
+    tmp_path: Path, hidden, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import crossscale.search
+
+    parents, query, _ = hidden
+    ws = tmp_path / "ws"
+    with _open(ws, encoder=WidthEncoder(), segmenter="whole", verifier="sift") as cs:
+        assert cs.local is not None and cs.info()["local_search"]  # a "sift" workspace, 0 parents
+        cs.index(parents[:3])
+        assert (ws / "keypoints.index").exists()
+        assert cs.search(query, top_k=1)[0].parent_id == "scene"  # found by its keypoints, as above
+    with _open(ws, encoder=WidthEncoder(), verify_matches=False) as cs:
+        assert cs.local is None  # local search only proposes what the verifier confirms
+    with _open(ws, encoder=WidthEncoder(), local_search=False) as cs:
+        assert cs.local is None and cs.search(query, top_k=1)[0].parent_id != "scene"
+    monkeypatch.setattr(crossscale.search, "LOCAL_SEARCH_MAX_PARENTS", 3)
+    with _open(ws, encoder=WidthEncoder()) as cs:  # 3 parents: still on; an index() that outgrows it turns it off
+        assert cs.local is not None
+        cs.index(parents[3:4])
+        assert cs.local is None and "local search is off: on by default for up to 3 parents" in caplog.text
+    caplog.clear()
+    with _open(ws, encoder=WidthEncoder(), readonly=True) as cs:
+        assert cs.local is None and "this workspace has 4" in caplog.text
+    with _open(ws, encoder=WidthEncoder(), readonly=True, local_search=True) as cs:  # asked for: on whatever the size
+        assert cs.local is not None and cs.search(query, top_k=1)[0].parent_id == "scene"
+    with pytest.raises(ConfigurationError, match="local_search must be True or False"):
+        _open(ws, local_search=1)
+
+
+def test_a_parent_without_keypoints_is_looked_at_not_held(tmp_path: Path, hidden) -> None:  # type: ignore[no-untyped-def]
+    """A flat image has no keypoints (its stored features hold 0 descriptors, of no dimension): first in the
+    collection, it must not decide the keypoint index's shape."""
+    parents, query, _ = hidden
+    flat = Image.new("RGB", (300, 200), (90, 140, 200))
+    ws = tmp_path / "ws"
+    with _open(ws, encoder=WidthEncoder(), segmenter="whole", verifier="sift") as cs:
+        cs.index([("flat", flat)])
+        assert cs.local is not None and cs.local.index is not None and len(cs.local.index) == 0
+        assert [m.parent_id for m in cs.search(query, top_k=1)] == ["flat"]
+        cs.index(parents)
+        assert "flat" not in cs.local.index and len(cs.local.index) == len(parents)
+        assert cs.search(query, top_k=1)[0].parent_id == "scene" and cs.verify().ok
 
 
 def test_local_search_needs_a_verifier_with_descriptors(

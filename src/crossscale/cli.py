@@ -201,11 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refine a search even when its best match was verified (slower; only the matches below it change)",
     )
-    p.add_argument(
+    local = p.add_mutually_exclusive_group()
+    local.add_argument(
         "--local-search",
-        action="store_true",
-        help="also find parents by their local features (SIFT votes over every parent's, verified before they are "
-        "shown): finds small objects the vectors miss; reads every parent's features first (docs/benchmarks.md)",
+        action="store_const",
+        const=True,
+        dest="local_search",
+        help="find parents by their local features too (SIFT votes over every parent's, verified before they are "
+        "shown), whatever the workspace's size; by default on for up to 5,000 parents with a 'sift' verifier "
+        "(docs/benchmarks.md)",
+    )
+    local.add_argument(
+        "--no-local-search",
+        action="store_const",
+        const=False,
+        dest="local_search",
+        help="only the parents the vectors rank (no keypoint index in RAM)",
     )
     p.add_argument("--json", action="store_true")
     p.add_argument(
