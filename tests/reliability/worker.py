@@ -28,7 +28,9 @@ def main() -> int:
     parser.add_argument("--flat-max", type=int, default=0, help="an 'auto' index leaves Flat above N vectors")
     parser.add_argument("--index", default=None, help="a new workspace's index_factory, e.g. milvus")
     parser.add_argument("--reduce-dim", type=int, default=None, help="an 'auto' index projects to D dimensions")
-    parser.add_argument("--local-search", action="store_true", help="keep the keypoint index (keypoints.index)")
+    parser.add_argument(
+        "--local-search", action="store_true", help="local search whatever the size (default: the library's default)"
+    )
     args = parser.parse_args()
     if args.fsize_limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
@@ -55,7 +57,7 @@ def main() -> int:
         map_size=args.map_size,
         index_factory=args.index,
         reduce_dim=args.reduce_dim,
-        local_search=args.local_search,
+        local_search=True if args.local_search else None,  # on by default here (a few dozen parents)
     ) as cs:
         report = cs.index(files)
         added_sources = [cs.record(pid).source for pid in report.added]
