@@ -367,7 +367,7 @@ def test_local_search_is_on_by_default_up_to_a_size(  # type: ignore[no-untyped-
         assert cs.local is None and "this workspace has 4" in caplog.text
     with _open(ws, encoder=WidthEncoder(), readonly=True, local_search=True) as cs:  # asked for: on whatever the size
         assert cs.local is not None and cs.search(query, top_k=1)[0].parent_id == "scene"
-    with pytest.raises(ConfigurationError, match="local_search must be True or False"):
+    with pytest.raises(ConfigurationError, match=r"local_search must be True, False or None \(the default\)"):
         _open(ws, local_search=1)
 
 
@@ -397,7 +397,7 @@ def test_local_search_needs_a_verifier_with_descriptors(
     assert closed == [tmp_path / "none"]  # the refused open let the workspace (its lock, its LMDB) go
     with _open(tmp_path / "none") as cs:
         assert cs.verifier is None and cs.local is None
-    with pytest.raises(ConfigurationError, match="local_search must be True or False"):
+    with pytest.raises(ConfigurationError, match=r"local_search must be True, False or None \(the default\)"):
         _open(tmp_path / "bad", local_search="yes")
     with _open(tmp_path / "ws", verifier="sift", local_search=True, verify_matches=False) as cs:
         cs.index([("c", photos["coffee"])])

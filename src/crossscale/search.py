@@ -535,13 +535,11 @@ class CrossScaleSearch:
             raise ConfigurationError(
                 f"refine must be True, False or a Refiner (an object with refine(query, matches, load)), got {refine!r}"
             )
-        for flag, value in (
-            ("verify_matches", verify_matches),
-            ("refine_verified", refine_verified),
-            ("local_search", local_search),
-        ):
-            if not isinstance(value, bool) and not (flag == "local_search" and value is None):
+        for flag, value in (("verify_matches", verify_matches), ("refine_verified", refine_verified)):
+            if not isinstance(value, bool):
                 raise ConfigurationError(f"{flag} must be True or False, got {value!r}")
+        if local_search is not None and not isinstance(local_search, bool):
+            raise ConfigurationError(f"local_search must be True, False or None (the default), got {local_search!r}")
         if ranker is not None:
             check_stage(ranker, Ranker, "ranker")
         request = StageRequest(
