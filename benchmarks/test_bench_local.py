@@ -93,8 +93,9 @@ def test_exhaustive_faiss_vote(benchmark, data) -> None:  # type: ignore[no-unty
 
 
 @pytest.mark.benchmark(group="local-vote")
-def test_keypoint_index_vote(benchmark, data) -> None:  # type: ignore[no-untyped-def]
-    index = KeypointIndex()
+@pytest.mark.parametrize("codec", ["sq4", "sq8"], ids=["sq4 (default)", "sq8"])
+def test_keypoint_index_vote(benchmark, data, codec: str) -> None:  # type: ignore[no-untyped-def]
+    index = KeypointIndex(codec=codec)
     for pid, rows in data["parents"].items():
         index.add(pid, rows)
     index.train()
@@ -134,8 +135,8 @@ def test_raw_faiss_ivf_build(benchmark, data) -> None:  # type: ignore[no-untype
     sample = x[np.sort(np.random.default_rng(0).choice(len(x), min(len(x), 64 * lists), replace=False))]
 
     def build() -> Any:
-        index = faiss.IndexIVFScalarQuantizer(
-            faiss.IndexFlatL2(128), 128, lists, faiss.ScalarQuantizer.QT_8bit_direct, faiss.METRIC_L2
+        index = faiss.IndexIVFScalarQuantizer(  # KeypointIndex's default codec: 4 bits per dimension
+            faiss.IndexFlatL2(128), 128, lists, faiss.ScalarQuantizer.QT_4bit, faiss.METRIC_L2
         )
         index.by_residual = False
         index.train(sample)

@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         dest="local_search",
         help="find parents by their local features too (SIFT votes over every parent's, verified before they are "
-        "shown), whatever the workspace's size; by default on for up to 5,000 parents with a 'sift' verifier "
+        "shown), whatever the workspace's size; by default on for up to 10,000 parents with a 'sift' verifier "
         "(docs/benchmarks.md)",
     )
     local.add_argument(

@@ -84,9 +84,11 @@ __all__ = [
 
 
 #: ``local_search=None`` (the default) turns local search on for a workspace whose verifier has descriptors
-#: (``"sift"``) while it holds at most this many parents: its keypoint index takes ~0.36 MB of RAM per parent with
-#: ``"sift"`` (~1.8 GB here), which ``max_memory`` does not budget. Above it, pass ``local_search=True``.
-LOCAL_SEARCH_MAX_PARENTS = 5_000
+#: (``"sift"``) while it holds at most this many parents: its keypoint index takes ~0.19 MB of RAM per parent with
+#: ``"sift"`` (~1.9 GB here), which ``max_memory`` does not budget. Above it, pass ``local_search=True``.
+LOCAL_SEARCH_MAX_PARENTS = 10_000
+#: the keypoint index's RAM per parent with the ``"sift"`` verifier's defaults (its 4-bit codes and ids), in GB
+_LOCAL_GB_PER_PARENT = 0.19e-3
 
 
 def default_refiner(encoder: Encoder) -> Refiner:
@@ -345,7 +347,7 @@ def _local_fits(parents: int) -> bool:
         "take ~%.1f GB of RAM); open with local_search=True to use it anyway",
         LOCAL_SEARCH_MAX_PARENTS,
         parents,
-        parents * 0.36e-3,
+        parents * _LOCAL_GB_PER_PARENT,
     )
     return False
 
@@ -512,14 +514,14 @@ class CrossScaleSearch:
                 ``True``: refine every search.
             local_search: also find parents by the verifier's local features (:class:`LocalCandidates`: a vote of
                 the query's keypoints over every parent's, in a :class:`~crossscale.index.KeypointIndex` held in
-                RAM, ~0.36 MB per parent with ``"sift"``); the best-voted parents the vector search missed join the
+                RAM, ~0.19 MB per parent with ``"sift"``); the best-voted parents the vector search missed join the
                 results when the verifier confirms them. It finds small objects a region's vector misses: on the
                 quality benchmark the default's ``hard`` r@1 rose 5-8 points, nothing fell, +0-3 ms per query
                 (docs/benchmarks.md). Any workspace with local features can use it: the keypoint index is derived
                 from them, kept by a writer in ``keypoints.index`` (built with what :meth:`index` adds), loaded at
                 the first search, or built then if there is no file. ``None`` (default): on when the workspace's
                 verifier has descriptors (``"sift"``), ``verify_matches`` is on and the workspace holds at most
-                :data:`LOCAL_SEARCH_MAX_PARENTS` parents (5,000: ~1.8 GB of RAM; a warning says when it is off for
+                :data:`LOCAL_SEARCH_MAX_PARENTS` parents (10,000: ~1.9 GB of RAM; a warning says when it is off for
                 size, also when an :meth:`index` call outgrows it). ``True``: on whatever the size (a
                 :class:`ConfigurationError` without a verifier with descriptors). ``False``: off.
 

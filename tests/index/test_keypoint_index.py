@@ -31,7 +31,7 @@ def test_the_parent_holding_the_query_descriptors_gets_the_votes() -> None:
     votes = index.vote(query, 3)
     assert votes[0] == ("p7", 40)
     assert all(n < 40 for _, n in votes[1:])
-    assert len(index) == 20 and index.descriptor_count == 6000 and index.nbytes == 6000 * 136
+    assert len(index) == 20 and index.descriptor_count == 6000 and index.nbytes == 6000 * (64 + 8)  # 4-bit codes
 
 
 def test_a_descriptor_two_parents_share_votes_for_neither() -> None:
@@ -198,3 +198,28 @@ def test_check_finds_descriptors_of_no_parent_and_wrong_counts() -> None:
     problems = index.check()
     assert any("2 descriptor(s) belong to no parent" in p for p in problems)
     assert any("1 parent(s) hold other descriptor counts" in p and "'p1'" in p for p in problems)
+
+
+def test_4_bit_codes_the_default_take_half_the_bytes_and_vote_alike(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(8)
+    small, full = KeypointIndex(), KeypointIndex(codec="sq8")
+    parents = {f"p{i}": _descriptors(rng, 200) for i in range(12)}
+    for pid, rows in parents.items():
+        small.add(pid, rows)
+        full.add(pid, rows)
+    assert small.nbytes == 2400 * (64 + 8) and full.nbytes == 2400 * 136
+    for pid in ("p0", "p5", "p11"):
+        query = _noisy(parents[pid][:30], rng)
+        assert small.vote(query, 1)[0][0] == full.vote(query, 1)[0][0] == pid
+    for i in range(12, 60):  # grown fourfold: trained again from the 4-bit lists, decoded
+        small.add(f"p{i}", parents.setdefault(f"p{i}", _descriptors(rng, 200)))
+    small.train()
+    assert small.check() == [] and small.descriptor_count == 60 * 200
+    query = _noisy(parents["p3"][:30], rng)
+    assert small.vote(query, 1)[0][0] == "p3"
+    small.save(tmp_path / "k.index")
+    loaded, _ = KeypointIndex.load(tmp_path / "k.index")
+    assert loaded.codec == "sq4" and loaded.vote(query, 3) == small.vote(query, 3)
+    assert (tmp_path / "k.index").stat().st_size < 0.6 * 60 * 200 * 136
+    with pytest.raises(ConfigurationError, match="codec must be one of"):
+        KeypointIndex(codec="pq")

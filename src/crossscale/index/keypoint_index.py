@@ -7,15 +7,16 @@ keypoint of any *other* parent (Lowe's ratio test, taken across parents). An obj
 found by its own keypoints, however small it is in that parent, where one vector per region sees it mixed with
 its background. The parents with the most votes are candidates for geometric verification, which decides.
 
-Descriptors are stored as they come, one byte per dimension (SIFT's, or RootSIFT's scaled to 0-255), in an
-inverted file: the lists are trained from the descriptors held when the index is first searched and trained
-again when it has grown fourfold since, so a search scans a few lists whatever the collection's size (from
-4,096 lists, by two-level k-means, as :class:`~crossscale.index.ChunkIndex` does).
+Descriptors (SIFT's, or RootSIFT's scaled to 0-255, one byte per dimension) are stored in 4 bits per dimension
+(or as they come, ``codec="sq8"``) in an inverted file: the lists are trained from the descriptors held when the
+index is first searched and trained again when it has grown fourfold since, so a search scans a few lists whatever
+the collection's size (from 4,096 lists, by two-level k-means, as :class:`~crossscale.index.ChunkIndex` does).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from crossscale._checks import int_at_least, number_in, positive_int
-from crossscale.errors import CrossScaleError, VectorError, WorkspaceFormatError
+from crossscale.errors import ConfigurationError, CrossScaleError, VectorError, WorkspaceFormatError
 from crossscale.index._faiss_file import IndexFile
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
 
@@ -38,6 +39,8 @@ _MAX_LISTS = 16384
 _SAMPLE_PER_LIST = 64  # training descriptors per list
 _ADD_ROWS = 65_536  # descriptors per faiss add when filling a trained index
 _FILE = IndexFile(b"CSKPX\x00\x01\n", 1, "keypoint index")
+#: how stored descriptors are coded: the faiss scalar quantizer and the bytes per dimension
+CODECS = {"sq8": ("QT_8bit_direct", 1.0), "sq4": ("QT_4bit", 0.5)}
 
 
 def _faiss() -> Any:
@@ -77,13 +80,22 @@ class KeypointIndex:
             descriptor only if that one is closer than ``ratio`` times the nearest descriptor of another parent.
         nprobe: inverted lists searched per query descriptor.
         seed: for the training sample.
+        codec: how descriptors are kept: ``"sq4"`` (the default: 4 bits per dimension, each dimension's range
+            learned when the lists are trained; distances approximate) or ``"sq8"`` (each byte as it is, twice the
+            bytes). On the quality benchmark both gave the same figures in every run (docs/benchmarks.md).
 
-    Memory: ``dim + 8`` bytes per stored descriptor (the descriptor and its id), plus the lists' growth slack;
-    ~0.36 MB per parent at the SIFT verifier's defaults (~2,700 keypoints of a photo kept). Training again holds
-    the old and the new lists side by side for a moment (twice that).
+    Memory: ``dim / 2 + 8`` bytes per stored descriptor with ``"sq4"`` (its codes and its id), ``dim + 8`` with
+    ``"sq8"``, plus the lists' growth slack; ~0.19 MB (``"sq4"``) or ~0.36 MB (``"sq8"``) per parent at the SIFT
+    verifier's defaults (~2,700 keypoints of a photo kept). Training again holds the old and the new lists side by
+    side for a moment (twice that).
     """
 
-    def __init__(self, dim: int = 128, *, ratio: float = 0.8, nprobe: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self, dim: int = 128, *, ratio: float = 0.8, nprobe: int = 8, seed: int = 0, codec: str = "sq4"
+    ) -> None:
+        if codec not in CODECS:
+            raise ConfigurationError(f"codec must be one of {sorted(CODECS)}, got {codec!r}")
+        self.codec = codec
         self.dim = positive_int("dim", dim)
         self.ratio = number_in("ratio", ratio, 0.0, 1.0, low_open=True)
         self.nprobe = positive_int("nprobe", nprobe)
@@ -104,7 +116,7 @@ class KeypointIndex:
         return parent_id in self._slot_of
 
     def __repr__(self) -> str:
-        return f"KeypointIndex(parents={len(self)}, descriptors={self._total}, dim={self.dim})"
+        return f"KeypointIndex(parents={len(self)}, descriptors={self._total}, dim={self.dim}, codec={self.codec!r})"
 
     @property
     def descriptor_count(self) -> int:
@@ -114,7 +126,7 @@ class KeypointIndex:
     @property
     def nbytes(self) -> int:
         """Bytes of the descriptors and their ids (without the lists' slack)."""
-        return self._total * (self.dim + 8)
+        return self._total * (math.ceil(self.dim * CODECS[self.codec][1]) + 8)
 
     def count(self, parent_id: str) -> int:
         """Descriptors held for ``parent_id`` (0 if none or not held)."""
@@ -193,6 +205,7 @@ class KeypointIndex:
             "ratio": self.ratio,
             "nprobe": self.nprobe,
             "seed": self.seed,
+            "codec": self.codec,
             "slots": self._slots,
             "counts": [self._counts.get(p, 0) if p is not None else 0 for p in self._slots],
             "total": self._total,
@@ -216,6 +229,7 @@ class KeypointIndex:
                 ratio=float(header["ratio"]),
                 nprobe=int(header["nprobe"]),
                 seed=int(header["seed"]),
+                codec=str(header.get("codec", "sq8")),
             )
             slots = [None if p is None else str(p) for p in header["slots"]]
             counts = [int(c) for c in header["counts"]]
@@ -305,17 +319,18 @@ class KeypointIndex:
         """Every held descriptor with its id, in blocks: from the faiss lists, then what waits to be added."""
         faiss = _faiss()
         if self._index is not None:
-            lists = self._index.invlists
+            lists, code_size = self._index.invlists, self._index.code_size
             for number in range(lists.nlist):
                 size = lists.list_size(number)
                 if not size:
                     continue
-                codes = faiss.rev_swig_ptr(lists.get_codes(number), size * self.dim)
-                ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
-                yield (
-                    np.array(codes, dtype=np.uint8).reshape(size, self.dim),
-                    np.array(ids, dtype=np.int64),
-                )
+                codes = np.array(faiss.rev_swig_ptr(lists.get_codes(number), size * code_size), dtype=np.uint8)
+                ids = np.array(faiss.rev_swig_ptr(lists.get_ids(number), size), dtype=np.int64)
+                if self.codec == "sq8":  # the codes are the descriptors
+                    yield codes.reshape(size, self.dim), ids
+                else:  # decoded: what the 4-bit codes stand for, rounded back to bytes
+                    decoded = self._index.sq.decode(codes.reshape(size, code_size))
+                    yield np.clip(np.rint(decoded), 0, 255).astype(np.uint8), ids
         for slot, rows in self._pending:
             yield rows, self._ids(slot, len(rows))
 
@@ -337,16 +352,15 @@ class KeypointIndex:
         else:
             sample = np.concatenate([codes for codes, _ in self._held()])
         quantizer = faiss.IndexFlatL2(self.dim)
-        index = faiss.IndexIVFScalarQuantizer(
-            quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit_direct, faiss.METRIC_L2
-        )
+        kind = getattr(faiss.ScalarQuantizer, CODECS[self.codec][0])
+        index = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, kind, faiss.METRIC_L2)
         index.by_residual = False
         floats = sample.astype(np.float32)
         if nlist >= TWO_LEVEL_MIN_LISTS:  # flat k-means over this many lists takes minutes on 2 cores
             norms = np.linalg.norm(floats, axis=1, keepdims=True)
             unit = floats / np.maximum(norms, 1e-12)
             quantizer.add(two_level_centroids(unit, nlist) * float(np.median(norms)))  # RootSIFT: norms alike
-        index.train(floats)  # with the centroids in place faiss trains only the (identity) codes
+        index.train(floats)  # with the centroids in place faiss trains only the codes (a range per dimension for sq4)
         index.nprobe = min(self.nprobe, nlist)
         batch: list[tuple[np.ndarray, np.ndarray]] = []  # blocks added 65,536 rows at a time, not one call each
         for block in (*self._held(), None):
