@@ -223,3 +223,26 @@ def test_4_bit_codes_the_default_take_half_the_bytes_and_vote_alike(tmp_path) ->
     assert (tmp_path / "k.index").stat().st_size < 0.6 * 60 * 200 * 136
     with pytest.raises(ConfigurationError, match="codec must be one of"):
         KeypointIndex(codec="pq")
+
+
+def test_a_file_whose_header_names_another_codec_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A file of 4-bit codes whose header says 8 bits (as a file from before codecs would, read as "sq8")."""
+    import json
+    import struct
+
+    from crossscale.errors import WorkspaceFormatError
+
+    rng = np.random.default_rng(9)
+    index = KeypointIndex()
+    for i in range(3):
+        index.add(f"p{i}", _descriptors(rng, 400))
+    path = tmp_path / "k.index"
+    index.save(path)
+    data = path.read_bytes()
+    (hlen,) = struct.unpack("<Q", data[8:16])
+    header = json.loads(data[16 : 16 + hlen])
+    del header["codec"]
+    new = json.dumps(header).encode()
+    path.write_bytes(data[:8] + struct.pack("<Q", len(new)) + new + data[16 + hlen :])
+    with pytest.raises(WorkspaceFormatError, match="disagrees with its faiss data"):
+        KeypointIndex.load(path)

@@ -245,6 +245,7 @@ class KeypointIndex:
             or sum(counts) != total
             or (index is None and total > 0)
             or (index is not None and (index.ntotal != total or index.d != obj.dim))
+            or (index is not None and getattr(index, "code_size", -1) != math.ceil(obj.dim * CODECS[obj.codec][1]))
         )
         if wrong:
             raise WorkspaceFormatError(f"{path}: keypoint index header disagrees with its faiss data")
