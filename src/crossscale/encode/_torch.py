@@ -60,7 +60,7 @@ class TorchImageEncoder:
 
         ``channels_last``: on the CPU, a CNN's convolution weights are also laid out channels-last (NHWC), which
         makes oneDNN run its faster convolutions; the vectors are the same to ~1e-6. EfficientNet-Lite0 on 2 cores:
-        crops 31% faster, a parent's 1,024-px pass 15% (docs/benchmarks.md). Only for models whose code takes any
+        crops 1.48x faster, a parent's 1,024-px pass 1.23x (docs/benchmarks.md). Only for models whose code takes any
         memory layout (a ``view`` of a conv output fails on it); not applied on GPUs, where it is unmeasured here.
         """
         import torch
