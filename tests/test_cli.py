@@ -88,6 +88,11 @@ def test_verify_and_repair(tmp_path: Path, photos: dict[str, Image.Image], capsy
     assert main(["repair", "-w", ws]) == 0
     assert main(["verify", "-w", ws]) == 0
     assert "ok: 2 parents" in capsys.readouterr().out
+    keypoints = tmp_path / "ws" / "keypoints.index"  # local search (on by default) kept it at `index`
+    keypoints.write_bytes(keypoints.read_bytes()[:-9])
+    assert main(["verify", "-w", ws, "--json"]) == 1
+    assert any("keypoint index file is unreadable" in p for p in json.loads(capsys.readouterr().out)["problems"])
+    assert main(["repair", "-w", ws]) == 0 and "ok: 2 parents" in capsys.readouterr().out
 
 
 def test_search_show_writes_the_grid_and_text_queries_need_a_text_tower(
