@@ -316,9 +316,8 @@ def test_a_damaged_keypoint_index_is_reported_rebuilt_and_repaired(  # type: ign
     damaged = bytearray(good)
     damaged[len(damaged) // 2] ^= 0xFF
     file.write_bytes(bytes(damaged))
-    with _open(
-        ws, encoder=WidthEncoder(), readonly=True, local_search=False
-    ) as cs:  # verify checks it without local search too
+    # verify checks it without local search too
+    with _open(ws, encoder=WidthEncoder(), readonly=True, local_search=False) as cs:
         report = cs.verify()
     assert not report.ok and any("keypoint index file is unreadable" in p and "repair" in p for p in report.problems)
     with _open(ws, encoder=WidthEncoder(), local_search=True) as cs:  # searching rebuilds it, with a warning
