@@ -217,8 +217,7 @@ class LocalCandidates:
             return [], ["no keypoint index file: local search builds it from the stored features"]
         repair = "`crossscale repair` rebuilds it"
         try:
-            KeypointIndex.check_file(file)  # the checksum first, block by block
-            index, meta = KeypointIndex.load(file)
+            index, meta = KeypointIndex.load(file)  # its checksum checked as it is read
             saved, marks = _file_state(meta)
         except (WorkspaceFormatError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
             return [f"keypoint index file is unreadable ({exc}); {repair}"], []
@@ -226,7 +225,7 @@ class LocalCandidates:
         store = self.workspace.store
         with store.snapshot() as txn:
             generation = store.generation_at(txn)
-            stored = {pid: (chunks[0] if chunks else -1) for pid, chunks in store.parent_chunks(txn)}
+            stored = _first_chunks(store, txn)
         if saved > generation:
             problems.append(f"keypoint index file is ahead of the store (generation {saved} > {generation})")
         unmarked = [p for p in index.parent_ids() if p not in marks]
@@ -300,8 +299,7 @@ class LocalCandidates:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
-        # each parent's first chunk id tells a parent deleted and indexed again under its id since (new chunk ids)
-        stored = {pid: (chunks[0] if chunks else -1) for pid, chunks in store.parent_chunks()}
+        stored = _first_chunks(store)
         gone = [p for p, mark in self._marks.items() if stored.get(p) != mark]
         for pid in gone:
             del self._marks[pid]
@@ -350,6 +348,12 @@ def _local_fits(parents: int) -> bool:
         parents * _LOCAL_GB_PER_PARENT,
     )
     return False
+
+
+def _first_chunks(store: RootStore, txn: Any = None) -> dict[str, int]:
+    """Each stored parent's first chunk id (-1 if none): a parent's mark, which tells one deleted and indexed again
+    under its id since (new chunk ids)."""
+    return {pid: (chunks[0] if chunks else -1) for pid, chunks in store.parent_chunks(txn)}
 
 
 def _file_state(meta: Mapping[str, Any]) -> tuple[int, dict[str, int]]:

@@ -21,6 +21,15 @@ def _noisy(rows: np.ndarray, rng: np.random.Generator, spread: int = 6) -> np.nd
     return np.clip(rows.astype(np.int64) + noise, 0, 255).astype(np.uint8)
 
 
+def _filled(rng: np.random.Generator, parents: int, per_parent: int, **kw: object) -> KeypointIndex:
+    """A KeypointIndex (``kw``: its arguments) holding ``parents`` parents ``p0``, ``p1``, ... of random
+    descriptors."""
+    index = KeypointIndex(**kw)  # type: ignore[arg-type]
+    for i in range(parents):
+        index.add(f"p{i}", _descriptors(rng, per_parent))
+    return index
+
+
 def test_the_parent_holding_the_query_descriptors_gets_the_votes() -> None:
     rng = np.random.default_rng(0)
     index = KeypointIndex()
@@ -165,9 +174,7 @@ def test_a_damaged_file_is_refused_by_name(tmp_path) -> None:  # type: ignore[no
     from crossscale.errors import WorkspaceFormatError
 
     rng = np.random.default_rng(6)
-    index = KeypointIndex()
-    for i in range(4):
-        index.add(f"p{i}", _descriptors(rng, 300))
+    index = _filled(rng, 4, 300)
     path = tmp_path / "k.index"
     index.save(path)
     data = bytearray(path.read_bytes())
@@ -180,6 +187,11 @@ def test_a_damaged_file_is_refused_by_name(tmp_path) -> None:  # type: ignore[no
     cut.write_bytes(path.read_bytes()[:-30])
     with pytest.raises(WorkspaceFormatError, match=r"cut\.index"):
         KeypointIndex.load(cut)
+    bare = tmp_path / "bare.index"  # the faiss data whole, the checksum after it gone
+    bare.write_bytes(path.read_bytes()[:-16])
+    for read in (KeypointIndex.load, KeypointIndex.check_file):
+        with pytest.raises(WorkspaceFormatError, match=r"bare\.index: truncated \(no checksum\)"):
+            read(bare)
     other = tmp_path / "other.index"
     other.write_bytes(b"x" * 40)
     with pytest.raises(WorkspaceFormatError, match="not a crossscale keypoint index"):
@@ -188,9 +200,7 @@ def test_a_damaged_file_is_refused_by_name(tmp_path) -> None:  # type: ignore[no
 
 def test_check_finds_descriptors_of_no_parent_and_wrong_counts() -> None:
     rng = np.random.default_rng(7)
-    index = KeypointIndex()
-    for i in range(3):
-        index.add(f"p{i}", _descriptors(rng, 400))
+    index = _filled(rng, 3, 400)
     index.train()
     assert index.check() == []
     index._counts["p1"] = 399  # what a damaged file's header would say
@@ -233,9 +243,7 @@ def test_a_file_whose_header_names_another_codec_is_refused(tmp_path) -> None:  
     from crossscale.errors import WorkspaceFormatError
 
     rng = np.random.default_rng(9)
-    index = KeypointIndex()
-    for i in range(3):
-        index.add(f"p{i}", _descriptors(rng, 400))
+    index = _filled(rng, 3, 400)
     path = tmp_path / "k.index"
     index.save(path)
     data = path.read_bytes()

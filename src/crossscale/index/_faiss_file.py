@@ -46,12 +46,14 @@ class _Summed:
 
 @dataclass(frozen=True)
 class IndexFile:
-    """One kind of index file: its ``magic`` (8 bytes), the header ``format`` it reads and writes, and ``what`` it
-    is called in error messages."""
+    """One kind of index file: its ``magic`` (8 bytes), the header ``format`` it reads and writes, ``what`` it is
+    called in error messages, and whether every file of its kind has the checksum (``checksummed``: a file
+    without one is refused as truncated; otherwise it is taken for a file from before checksums)."""
 
     magic: bytes
     format: int
     what: str
+    checksummed: bool = False
 
     def write(self, path: str | os.PathLike[str], header: Mapping[str, Any], index: Any | None) -> None:
         """Write ``header`` (with ``format``) and the faiss ``index`` (``None``: none) to ``path`` atomically."""
@@ -102,7 +104,7 @@ class IndexFile:
     def check(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The header of a file :meth:`write` wrote, after streaming its faiss data through the checksum in
         blocks (memory stays small whatever the index's size); ``None`` for a file from before checksums, which
-        only faiss can check (load it).
+        only faiss can check (load it), unless ``checksummed`` (then it is refused).
 
         Raises:
             WorkspaceFormatError, OSError: as :meth:`read`.
@@ -112,10 +114,12 @@ class IndexFile:
             start = f.tell()
             size = f.seek(0, os.SEEK_END)
             if size - start < _TRAILER_STRUCT.size:
+                self._no_checksum(path)
                 return None
             f.seek(size - _TRAILER_STRUCT.size)
             magic, length, _ = _TRAILER_STRUCT.unpack(f.read(_TRAILER_STRUCT.size))
             if magic != _TRAILER or length != size - start - _TRAILER_STRUCT.size:
+                self._no_checksum(path)
                 return None
             f.seek(start)
             summed = _Summed()
@@ -145,11 +149,16 @@ class IndexFile:
             )
         return header
 
-    @staticmethod
-    def _check_trailer(rest: bytes, summed: _Summed, path: str | os.PathLike[str]) -> None:
-        """``rest`` (the bytes after the faiss data) must be empty (a file from before checksums) or a trailer
-        that matches what was read. Raises WorkspaceFormatError."""
+    def _no_checksum(self, path: str | os.PathLike[str]) -> None:
+        """A file without the trailer: one from before checksums, or (``checksummed``) a truncated one."""
+        if self.checksummed:
+            raise WorkspaceFormatError(f"{path}: truncated (no checksum)")
+
+    def _check_trailer(self, rest: bytes, summed: _Summed, path: str | os.PathLike[str]) -> None:
+        """``rest`` (the bytes after the faiss data) must be empty (a file from before checksums, unless
+        ``checksummed``) or a trailer that matches what was read. Raises WorkspaceFormatError."""
         if not rest:
+            self._no_checksum(path)
             return
         if len(rest) != _TRAILER_STRUCT.size or rest[:4] != _TRAILER:
             raise WorkspaceFormatError(f"{path}: {len(rest)} unexpected bytes after the faiss data")

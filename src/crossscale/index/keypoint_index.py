@@ -38,7 +38,7 @@ _PER_LIST = 256  # descriptors per inverted list the training aims for
 _MAX_LISTS = 16384
 _SAMPLE_PER_LIST = 64  # training descriptors per list
 _ADD_ROWS = 65_536  # descriptors per faiss add when filling a trained index
-_FILE = IndexFile(b"CSKPX\x00\x01\n", 1, "keypoint index")
+_FILE = IndexFile(b"CSKPX\x00\x01\n", 1, "keypoint index", checksummed=True)
 #: how stored descriptors are coded: the faiss scalar quantizer and the bytes per dimension
 CODECS = {"sq8": ("QT_8bit_direct", 1.0), "sq4": ("QT_4bit", 0.5)}
 
@@ -216,10 +216,11 @@ class KeypointIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> tuple[KeypointIndex, dict[str, Any]]:
-        """Read an index written by :meth:`save`; returns ``(index, meta)``.
+        """Read an index written by :meth:`save`; returns ``(index, meta)``. The faiss data is checked against
+        the file's checksum as it is read.
 
         Raises:
-            WorkspaceFormatError: not a keypoint index file, a newer format, corrupt, or inconsistent.
+            WorkspaceFormatError: not a keypoint index file, a newer format, corrupt, truncated, or inconsistent.
             OSError: it cannot be read.
         """
         header, index = _FILE.read(path)
@@ -267,10 +268,8 @@ class KeypointIndex:
         Raises:
             WorkspaceFormatError, OSError: as :meth:`load`.
         """
-        header = _FILE.check(path)
-        if header is None:  # every keypoint index file has a trailer
-            raise WorkspaceFormatError(f"{path}: truncated (no checksum)")
-        return dict(header.get("meta", {}))
+        header = _FILE.check(path)  # checksummed: a file without the checksum raises instead of giving None
+        return dict((header or {}).get("meta", {}))
 
     def check(self) -> list[str]:
         """What is inconsistent between the stored descriptors' ids and the parents held (``verify()``): ids of
