@@ -520,15 +520,24 @@ def default_configs() -> list[Config]:
 
         return make
 
-    def crops_map_refined(*, every: bool, local: bool = False) -> Config:
+    def crops_map_refined(*, every: bool, local: bool = False, bf16: bool = False) -> Config:
         """The default (crops, SIFT 4,000 at 1,600 px, the map refiner unless verified, float16 vectors, local
-        search), refining ``every`` search instead, or without ``local`` search (the default until 2026-12-05)."""
+        search), refining ``every`` search instead, or without ``local`` search (the default until 2026-12-05), or
+        with the encoder in ``bf16`` (``precision="bf16"``)."""
         return Config(
-            "lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints at 1600 px), "
-            f"map refiner (top 3, one pass per parent){' every search' if every else ' unless verified'}, "
+            f"lite0{' bf16' if bf16 else ''}, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints "
+            f"at 1600 px), map refiner (top 3, one pass per parent){' every search' if every else ' unless verified'}, "
             "float16 vectors"
-            + (", local search (default)" if local else "" if every else " (the default until 2026-12-05)"),
-            "lite0",
+            + (
+                ", local search"
+                if local and bf16
+                else ", local search (default)"
+                if local
+                else ""
+                if every
+                else " (the default until 2026-12-05)"
+            ),
+            "lite0-bf16" if bf16 else "lite0",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
             verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
@@ -656,6 +665,18 @@ def default_configs() -> list[Config]:
         crops_map_refined(every=False),
         crops_map_refined(every=True),
         crops_map_refined(every=False, local=True),
+        crops_map_refined(every=False, local=True, bf16=True),
+        Config(
+            "lite0 regions bf16 (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, verify top 10 "
+            "(sift, 4000 keypoints at 1280 px), map refiner unless verified, local search",
+            "lite0-regions-bf16",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1280),
+            refiner=MapRefiner,
+            refine_verified=False,
+            local_search=True,
+        ),
         *(
             Config(
                 f"lite0 regions (one pass, map {size}{'' if query == 224 else f', query {query}'}), "
@@ -800,6 +821,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hist": ColorHistogramEncoder(),
         "lite0": create_encoder("efficientnet-lite0", device="cpu"),
         "lite0-regions": create_encoder("efficientnet-lite0-regions", device="cpu"),
+        "lite0-bf16": create_encoder("efficientnet-lite0", device="cpu", precision="bf16"),
+        "lite0-regions-bf16": create_encoder("efficientnet-lite0-regions", device="cpu", precision="bf16"),
         **{
             f"lite0-regions-{size}": create_encoder("efficientnet-lite0-regions", device="cpu", map_size=size)
             for size in (896, 768, 640)

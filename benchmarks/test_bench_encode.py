@@ -37,24 +37,42 @@ def scene() -> tuple[Image.Image, list[Chunk]]:
     return image, chunks
 
 
-LAYOUTS = pytest.mark.parametrize("layout", ["channels-last", "nchw"], ids=["channels-last (default)", "nchw (before)"])
+VARIANTS = pytest.mark.parametrize(
+    "variant",
+    ["folded", "unfolded", "nchw"],
+    ids=[
+        "batch norms folded, channels-last (default)",
+        "batch norms kept, channels-last (before 2026-12-05, later)",
+        "batch norms kept, nchw (before 2026-12-05)",
+    ],
+)
 
 
-def _laid_out(encoder: Any, layout: str) -> Any:
-    """The built-in encoder (its conv weights channels-last on the CPU), or its weights put back in NCHW as before
-    2026-12-05."""
+def _built(name: str, variant: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The built-in encoder ``name`` as it is (batch norms folded into the convolutions, weights channels-last on the
+    CPU), or as it was before: the package's model with its batch norms, then also its weights in NCHW."""
+    import functools
+
     import torch
 
-    if layout == "nchw":
+    from crossscale.encode import backbone, feature_map
+
+    if variant != "folded":
+        plain = functools.partial(backbone.load_efficientnet_lite0, fold_batch_norms=False)
+        monkeypatch.setattr(backbone, "load_efficientnet_lite0", plain)
+        monkeypatch.setattr(feature_map, "load_efficientnet_lite0", plain)
+    encoder = create_encoder(name, device="cpu")
+    monkeypatch.undo()
+    if variant == "nchw":
         encoder.model.to(memory_format=torch.contiguous_format)
     return encoder
 
 
 @pytest.mark.benchmark(group="encode-one-parent")
-@LAYOUTS
-def test_crop_encoding(benchmark, scene, layout: str) -> None:  # type: ignore[no-untyped-def]
+@VARIANTS
+def test_crop_encoding(benchmark, scene, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder = _laid_out(create_encoder("efficientnet-lite0", device="cpu"), layout)
+    encoder = _built("efficientnet-lite0", variant, monkeypatch)
     crops = [image.crop(c.box.as_tuple()) for c in chunks]
     vectors = benchmark.pedantic(embed, args=(encoder, crops), rounds=3, iterations=1, warmup_rounds=1)
     assert vectors.shape == (len(chunks), 1280)
@@ -62,10 +80,10 @@ def test_crop_encoding(benchmark, scene, layout: str) -> None:  # type: ignore[n
 
 
 @pytest.mark.benchmark(group="encode-one-parent")
-@LAYOUTS
-def test_region_encoding(benchmark, scene, layout: str) -> None:  # type: ignore[no-untyped-def]
+@VARIANTS
+def test_region_encoding(benchmark, scene, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder = _laid_out(create_encoder("efficientnet-lite0-regions", device="cpu"), layout)
+    encoder = _built("efficientnet-lite0-regions", variant, monkeypatch)
     boxes = [c.box for c in chunks]
     vectors = benchmark.pedantic(embed_regions, args=(encoder, image, boxes), rounds=5, iterations=1, warmup_rounds=1)
     assert vectors.shape == (len(chunks), 1280)

@@ -165,3 +165,54 @@ def test_the_built_in_lite0_encoders_lay_their_weights_out_channels_last(lite0: 
     for model in (lite0.model, regions.model):  # type: ignore[attr-defined]
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
         assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("conv_bias", [False, True])
+@pytest.mark.parametrize("affine", [False, True])
+def test_a_folded_batch_norm_computes_what_the_norm_did(groups: int, conv_bias: bool, affine: bool) -> None:
+    from crossscale.encode import fold_batch_norm
+
+    torch.manual_seed(groups + 2 * conv_bias + 4 * affine)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=conv_bias)
+    norm = torch.nn.BatchNorm2d(8, eps=1e-3, affine=affine)
+    norm.running_mean.uniform_(-2, 2)  # type: ignore[union-attr]
+    norm.running_var.uniform_(0.1, 3)  # type: ignore[union-attr]
+    if affine:
+        torch.nn.init.uniform_(norm.weight, -2, 2)
+        torch.nn.init.uniform_(norm.bias, -1, 1)
+    x = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        raw = conv(x)
+        expected = norm.eval()(raw)
+        fold_batch_norm(conv, norm)
+        folded = conv(x)
+    assert not torch.allclose(raw, expected, atol=0.1)  # the norm did change the outputs
+    torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_batch_norm_that_cannot_be_folded_is_refused() -> None:
+    from crossscale.encode import fold_batch_norm
+
+    conv = torch.nn.Conv2d(3, 8, 3)
+    with pytest.raises(ConfigurationError, match="no running statistics"):
+        fold_batch_norm(conv, torch.nn.BatchNorm2d(8, track_running_stats=False))
+    with pytest.raises(ConfigurationError, match="6 channels, the convolution gives 8"):
+        fold_batch_norm(conv, torch.nn.BatchNorm2d(6))
+
+
+def test_lite0_with_its_batch_norms_folded_gives_the_same_features(photos: dict[str, Image.Image]) -> None:
+    """The built-in EfficientNet-Lite0 is folded (faster inference); its features are the package model's."""
+    from crossscale.encode.backbone import load_efficientnet_lite0
+
+    folded = load_efficientnet_lite0("efficientnet-lite0").eval()
+    plain = load_efficientnet_lite0("efficientnet-lite0", fold_batch_norms=False).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == 49
+    pixels = torch.from_numpy(np.asarray(photos["coffee"].resize((320, 240)), dtype=np.float32))
+    pixels = ((pixels - 127.0) / 128.0).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        expected = plain.extract_features(pixels)
+        got = folded.extract_features(pixels)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(folded(pixels), plain(pixels), atol=1e-3, rtol=1e-4)  # the classifier too

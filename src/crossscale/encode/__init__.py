@@ -19,6 +19,7 @@ from typing import Any
 
 from crossscale._registry import Registry
 from crossscale._vectors import embed, embed_regions, embed_text, l2_normalize
+from crossscale.encode._torch import fold_batch_norm
 from crossscale.encode.backbone import BackboneEncoder, ConvMapEncoder, efficientnet_lite0
 from crossscale.encode.clip import CLIPEncoder, siglip
 from crossscale.encode.clip_regions import CLIPRegionEncoder, siglip_regions
@@ -44,6 +45,7 @@ __all__ = [
     "embed_regions",
     "embed_text",
     "encoder_keywords",
+    "fold_batch_norm",
     "l2_normalize",
     "list_encoders",
     "register_encoder",

