@@ -22,6 +22,7 @@ with a cache of chunk vectors, so configurations that share chunks do not re-enc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import io
 import logging
@@ -39,7 +40,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from crossscale.encode import ColorHistogramEncoder, Encoder, RegionEncoder, create_encoder, embed, embed_regions
+from crossscale.encode import (
+    ColorHistogramEncoder,
+    ConvMapEncoder,
+    Encoder,
+    RegionEncoder,
+    create_encoder,
+    embed,
+    embed_regions,
+)
+from crossscale.encode.backbone import load_efficientnet_lite0
 from crossscale.index import ChunkIndex, KeypointIndex, ParentMap
 from crossscale.protocols import DescriptorVerifier
 from crossscale.query import search_parents, voted_matches
@@ -310,6 +320,8 @@ class Config:
     rescore: bool = True  # hits of an index with approximate scores are re-scored with the exact vectors, as shipped
     refine_verified: bool = True  # refine queries whose best match is verified too (search_parents(refine_verified=))
     local_search: bool = False  # parents voted for by the query's keypoints join when verified (local_search=True)
+    query_encoder: str | None = None  # queries and the refiner use this encoder instead (a session whose encoder
+    # differs from the one that indexed, e.g. in precision)
 
 
 class VectorCache:
@@ -413,7 +425,8 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         (pid, [r.chunk_id for r in mine], ChunkDetails.of(mine)) for pid, mine in owners.items()
     )
     ranker = ParentRanker(config.aggregator, box=config.box)
-    refiner = config.refiner(encoder) if config.refiner is not None else None
+    asker = config.query_encoder or config.encoder  # what encodes queries and refines
+    refiner = config.refiner(encoders[asker]) if config.refiner is not None else None
     verifier = config.verifier() if config.verifier is not None else None
     local = cache.local_features(verifier, dataset.parents) if verifier is not None else {}
     extract_seconds = cache.seconds_per_image("verifier:" + verifier.name) if verifier is not None else 0.0
@@ -448,15 +461,15 @@ def evaluate(dataset: Dataset, config: Config, encoders: dict[str, Encoder], cac
         passes = float(len(records))
         encode_seconds = cache.seconds_per_image(config.encoder) * len(records)
 
-    todo = [q for q in dataset.queries if (config.encoder, q.query_id) not in cache.queries]
+    todo = [q for q in dataset.queries if (asker, q.query_id) not in cache.queries]
     if todo:
-        for q, v in zip(todo, cache.encode(f"{config.encoder}:q", encoder, [q.image for q in todo]), strict=True):
-            cache.queries[(config.encoder, q.query_id)] = v
-    query_encode = cache.seconds_per_image(f"{config.encoder}:q")
+        for q, v in zip(todo, cache.encode(f"{asker}:q", encoders[asker], [q.image for q in todo]), strict=True):
+            cache.queries[(asker, q.query_id)] = v
+    query_encode = cache.seconds_per_image(f"{asker}:q")
     latencies: list[float] = []
     per_split: dict[str, list[tuple[int | None, float, float]]] = {}
     for q in dataset.queries:
-        query = Query(cache.queries[(config.encoder, q.query_id)], q.image)
+        query = Query(cache.queries[(asker, q.query_id)], q.image)
         start = time.perf_counter()
         [matches] = search_parents(  # the path CrossScaleSearch.search runs, minus the workspace
             [query],
@@ -520,24 +533,24 @@ def default_configs() -> list[Config]:
 
         return make
 
-    def crops_map_refined(*, every: bool, local: bool = False, bf16: bool = False) -> Config:
+    def crops_map_refined(*, every: bool, local: bool = False, fp32: bool = False) -> Config:
         """The default (crops, SIFT 4,000 at 1,600 px, the map refiner unless verified, float16 vectors, local
         search), refining ``every`` search instead, or without ``local`` search (the default until 2026-12-05), or
-        with the encoder in ``bf16`` (``precision="bf16"``)."""
+        with the encoder in ``fp32`` where the default precision is bf16 (a CPU with bf16 matrix units)."""
         return Config(
-            f"lite0{' bf16' if bf16 else ''}, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints "
+            f"lite0{' fp32' if fp32 else ''}, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints "
             f"at 1600 px), map refiner (top 3, one pass per parent){' every search' if every else ' unless verified'}, "
             "float16 vectors"
             + (
                 ", local search"
-                if local and bf16
+                if local and fp32
                 else ", local search (default)"
                 if local
                 else ""
                 if every
                 else " (the default until 2026-12-05)"
             ),
-            "lite0-bf16" if bf16 else "lite0",
+            "lite0-fp32" if fp32 else "lite0",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
             verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1600),
@@ -590,6 +603,14 @@ def default_configs() -> list[Config]:
         Config(
             "lite0, whole+tiles(.5,.25,.18), box=fusion, refine top 3: size, position, extent (default)",
             "lite0",
+            tiles((0.5, 0.25, 0.18)),
+            box="fusion",
+            refiner=RegionRefiner,
+        ),
+        Config(
+            "lite0 as filed (fp32, batch norms kept, NCHW), whole+tiles(.5,.25,.18), box=fusion, refine top 3 (the "
+            "default when issue #11 was filed)",
+            "lite0-as-filed",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
             refiner=RegionRefiner,
@@ -665,11 +686,18 @@ def default_configs() -> list[Config]:
         crops_map_refined(every=False),
         crops_map_refined(every=True),
         crops_map_refined(every=False, local=True),
-        crops_map_refined(every=False, local=True, bf16=True),
+        crops_map_refined(every=False, local=True, fp32=True),
+        dataclasses.replace(
+            crops_map_refined(every=False, local=True, fp32=True),
+            name="lite0, whole+tiles(.5,.25,.18), box=fusion, verify top 10 (sift, 4000 keypoints at 1600 px), map "
+            "refiner (top 3, one pass per parent) unless verified, float16 vectors, local search, indexed in fp32, "
+            "queried in the default precision",
+            query_encoder="lite0",
+        ),
         Config(
-            "lite0 regions bf16 (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, verify top 10 "
+            "lite0 regions fp32 (one pass, map 1024), whole+tiles(.5,.25,.18), box=fusion, verify top 10 "
             "(sift, 4000 keypoints at 1280 px), map refiner unless verified, local search",
-            "lite0-regions-bf16",
+            "lite0-regions-fp32",
             tiles((0.5, 0.25, 0.18)),
             box="fusion",
             verifier=functools.partial(GeometricVerifier, max_keypoints=4000, max_side=1280),
@@ -805,6 +833,23 @@ def operating_points(
     return "\n".join(lines)
 
 
+def lite0_as_filed() -> Encoder:
+    """``"efficientnet-lite0"`` as it ran when issue #11 was filed (2026-11-25): the same weights and vectors, in fp32,
+    the package's model with its batch norms, weights in NCHW; the factory's other arguments."""
+    model: Any = load_efficientnet_lite0("efficientnet-lite0", fold_batch_norms=False)
+    return ConvMapEncoder(
+        model,
+        model.extract_features,
+        name="efficientnet-lite0",
+        dim=1280,
+        image_size=224,
+        mean=(127.0, 127.0, 127.0),
+        std=(128.0, 128.0, 128.0),
+        device="cpu",
+        precision="fp32",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -821,8 +866,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hist": ColorHistogramEncoder(),
         "lite0": create_encoder("efficientnet-lite0", device="cpu"),
         "lite0-regions": create_encoder("efficientnet-lite0-regions", device="cpu"),
-        "lite0-bf16": create_encoder("efficientnet-lite0", device="cpu", precision="bf16"),
-        "lite0-regions-bf16": create_encoder("efficientnet-lite0-regions", device="cpu", precision="bf16"),
+        "lite0-fp32": create_encoder("efficientnet-lite0", device="cpu", precision="fp32"),
+        "lite0-as-filed": lite0_as_filed(),
+        "lite0-regions-fp32": create_encoder("efficientnet-lite0-regions", device="cpu", precision="fp32"),
         **{
             f"lite0-regions-{size}": create_encoder("efficientnet-lite0-regions", device="cpu", map_size=size)
             for size in (896, 768, 640)
@@ -834,6 +880,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for size, query in ((896, 196), (768, 168))
         },
     }
+    precision = getattr(encoders["lite0"], "dtype", None)
+    print(f"the encoders' default precision on this machine: {precision} (the *fp32* rows: torch.float32)", flush=True)
     cache = VectorCache()
     results = []
     for config in default_configs():

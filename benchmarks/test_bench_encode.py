@@ -4,7 +4,9 @@ Same photo (1024x768), same boxes (the default ``whole+tiles(.5,.25,.18)`` segme
 pretrained EfficientNet-Lite0 weights; the crop path is ``efficientnet-lite0`` (each crop resized to 224 px),
 the region path ``efficientnet-lite0-regions`` (one pass at 1024 px on the long side, GeM per box). Also the
 geometric verifier's per-parent extraction (SIFT, 4,000 keypoints; and its settings before and after 2026-12-04 on
-a 1600x1200 parent), the other indexing cost it adds.
+a 1600x1200 parent), the other indexing cost it adds. Each EfficientNet-Lite0 path runs as built (auto
+precision: bf16 on a CPU with bf16 matrix units), in fp32, and in fp32 as before 2026-12-05's changes (batch norms
+not folded; weights not channels-last), side by side in one run.
 
 The same comparison for CLIP ViT-B/32 (``clip`` vs ``clip-regions``: one pass at 448 px, the last layer's
 attention restricted to each box), with random weights of the real architecture: no pretrained CLIP can be
@@ -39,55 +41,57 @@ def scene() -> tuple[Image.Image, list[Chunk]]:
 
 VARIANTS = pytest.mark.parametrize(
     "variant",
-    ["folded", "unfolded", "nchw"],
+    ["default", "fp32", "fp32-kept", "fp32-kept-nchw"],
     ids=[
-        "batch norms folded, channels-last (default)",
-        "batch norms kept, channels-last (before 2026-12-05, later)",
-        "batch norms kept, nchw (before 2026-12-05)",
+        "default: auto precision (bf16 on a CPU with bf16 matrix units), batch norms folded, channels-last",
+        "fp32, batch norms folded, channels-last",
+        "fp32, batch norms kept, channels-last (before 2026-12-05, later)",
+        "fp32, batch norms kept, nchw (before 2026-12-05)",
     ],
 )
 
 
-def _built(name: str, variant: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The built-in encoder ``name`` as it is (batch norms folded into the convolutions, weights channels-last on the
-    CPU), or as it was before: the package's model with its batch norms, then also its weights in NCHW."""
+def _built(name: str, variant: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The built-in encoder ``name`` as it is (auto precision, batch norms folded into the convolutions, weights
+    channels-last on the CPU), in fp32, or in fp32 as it was before: the package's model with its batch norms, then
+    also its weights in NCHW."""
     import functools
 
     import torch
 
     from crossscale.encode import backbone, feature_map
 
-    if variant != "folded":
+    if variant.startswith("fp32-kept"):
         plain = functools.partial(backbone.load_efficientnet_lite0, fold_batch_norms=False)
         monkeypatch.setattr(backbone, "load_efficientnet_lite0", plain)
         monkeypatch.setattr(feature_map, "load_efficientnet_lite0", plain)
-    encoder = create_encoder(name, device="cpu")
+    encoder = create_encoder(name, device="cpu", **({} if variant == "default" else {"precision": "fp32"}))
     monkeypatch.undo()
-    if variant == "nchw":
+    if variant.endswith("nchw"):
         encoder.model.to(memory_format=torch.contiguous_format)
-    return encoder
+    return encoder, str(encoder.dtype).removeprefix("torch.")
 
 
 @pytest.mark.benchmark(group="encode-one-parent")
 @VARIANTS
 def test_crop_encoding(benchmark, scene, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder = _built("efficientnet-lite0", variant, monkeypatch)
+    encoder, dtype = _built("efficientnet-lite0", variant, monkeypatch)
     crops = [image.crop(c.box.as_tuple()) for c in chunks]
     vectors = benchmark.pedantic(embed, args=(encoder, crops), rounds=3, iterations=1, warmup_rounds=1)
     assert vectors.shape == (len(chunks), 1280)
-    benchmark.extra_info["boxes"] = len(chunks)
+    benchmark.extra_info.update(boxes=len(chunks), dtype=dtype)
 
 
 @pytest.mark.benchmark(group="encode-one-parent")
 @VARIANTS
 def test_region_encoding(benchmark, scene, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder = _built("efficientnet-lite0-regions", variant, monkeypatch)
+    encoder, dtype = _built("efficientnet-lite0-regions", variant, monkeypatch)
     boxes = [c.box for c in chunks]
     vectors = benchmark.pedantic(embed_regions, args=(encoder, image, boxes), rounds=5, iterations=1, warmup_rounds=1)
     assert vectors.shape == (len(chunks), 1280)
-    benchmark.extra_info["boxes"] = len(chunks)
+    benchmark.extra_info.update(boxes=len(chunks), dtype=dtype)
 
 
 @pytest.mark.benchmark(group="encode-one-parent")
@@ -118,6 +122,11 @@ def test_sift_extraction_by_settings(benchmark, keypoints: int, side: int) -> No
     benchmark.extra_info["bytes"] = len(blob)
 
 
+CLIP_PRECISIONS = pytest.mark.parametrize(
+    "precision", ["auto", "fp32"], ids=["auto precision (bf16 on a CPU with bf16 matrix units)", "fp32"]
+)
+
+
 @pytest.fixture(scope="module")
 def vit_b32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CLIP ViT-B/32's image tower (transformers' CLIPConfig defaults), random weights, a tiny text tower."""
@@ -133,20 +142,22 @@ def vit_b32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.benchmark(group="encode-one-parent-clip-vit-b32")
-def test_clip_crop_encoding(benchmark, scene, vit_b32_dir) -> None:  # type: ignore[no-untyped-def]
+@CLIP_PRECISIONS
+def test_clip_crop_encoding(benchmark, scene, vit_b32_dir, precision: str) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder = create_encoder("clip", name_or_path=str(vit_b32_dir), device="cpu")
+    encoder = create_encoder("clip", name_or_path=str(vit_b32_dir), device="cpu", precision=precision)
     crops = [image.crop(c.box.as_tuple()) for c in chunks]
     vectors = benchmark.pedantic(embed, args=(encoder, crops), rounds=2, iterations=1, warmup_rounds=0)
     assert vectors.shape == (len(chunks), 512)
-    benchmark.extra_info["boxes"] = len(chunks)
+    benchmark.extra_info.update(boxes=len(chunks), dtype=str(encoder.dtype).removeprefix("torch."))
 
 
 @pytest.mark.benchmark(group="encode-one-parent-clip-vit-b32")
-def test_clip_region_encoding(benchmark, scene, vit_b32_dir) -> None:  # type: ignore[no-untyped-def]
+@CLIP_PRECISIONS
+def test_clip_region_encoding(benchmark, scene, vit_b32_dir, precision: str) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder = create_encoder("clip-regions", name_or_path=str(vit_b32_dir), device="cpu")
+    encoder = create_encoder("clip-regions", name_or_path=str(vit_b32_dir), device="cpu", precision=precision)
     boxes = [c.box for c in chunks]
     vectors = benchmark.pedantic(embed_regions, args=(encoder, image, boxes), rounds=5, iterations=1, warmup_rounds=1)
     assert vectors.shape == (len(chunks), 512)
-    benchmark.extra_info["boxes"] = len(chunks)
+    benchmark.extra_info.update(boxes=len(chunks), dtype=str(encoder.dtype).removeprefix("torch."))

@@ -26,7 +26,9 @@ class _PatchNet(torch.nn.Module):
 
 
 def _encoder(net: torch.nn.Module | None = None, **kw: object) -> ConvMapEncoder:
+    """In fp32, whatever this CPU would pick: these tests compare pooled boxes with crops to float rounding."""
     net = net if net is not None else _PatchNet()
+    kw.setdefault("precision", "fp32")
     return ConvMapEncoder(net, net, name="patch", dim=6, image_size=64, device="cpu", **kw)  # type: ignore[arg-type]
 
 

@@ -48,7 +48,7 @@ def test_a_box_over_the_whole_image_is_the_models_own_embedding(
     checkpoint: str, request: pytest.FixtureRequest
 ) -> None:
     path = request.getfixturevalue(checkpoint)
-    encoder = CLIPRegionEncoder(path, map_size=64, device="cpu")
+    encoder = CLIPRegionEncoder(path, map_size=64, device="cpu", precision="fp32")  # _model_embedding's precision
     assert isinstance(encoder, RegionEncoder) and encoder.name.endswith("-regions(map=64)")
     image = _noise(80, 60)
     boxes = [Box(0, 0, 80, 60), Box(10, 10, 40, 30), Box(70, 50, 80, 60)]

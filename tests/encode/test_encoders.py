@@ -18,6 +18,7 @@ from crossscale.encode import (
     register_encoder,
 )
 from crossscale.errors import ConfigurationError, DeviceError, ModelLoadError, VectorError
+from crossscale.types import Box
 
 
 def _check_rows(v: np.ndarray, n: int, dim: int) -> None:
@@ -44,7 +45,8 @@ def test_clip_matches_transformers_directly(tiny_clip_dir: Path, photos: dict[st
         out = model.get_image_features(**proc(images=[photos["coffee"]], return_tensors="pt"))
     ref = (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    np.testing.assert_allclose(CLIPEncoder(tiny_clip_dir, device="cpu").encode([photos["coffee"]]), ref, atol=1e-5)
+    encoder = CLIPEncoder(tiny_clip_dir, device="cpu", precision="fp32")  # the reference's precision
+    np.testing.assert_allclose(encoder.encode([photos["coffee"]]), ref, atol=1e-5)
 
 
 def test_clip_by_name_through_factory(tiny_clip_dir: Path) -> None:
@@ -73,7 +75,7 @@ def test_lite0_is_pretrained_and_semantic(lite0: BackboneEncoder, photos: dict[s
 
 
 def test_lite0_classifies_cat_as_cat(lite0: BackboneEncoder, photos: dict[str, Image.Image]) -> None:
-    x = lite0._preprocess([photos["chelsea"]])
+    x = lite0._preprocess([photos["chelsea"]]).to(lite0.dtype)  # the encoder's precision (bf16 on AMX CPUs)
     with torch.inference_mode():
         logits = lite0.model(x)
     assert int(logits.argmax()) in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
@@ -130,13 +132,87 @@ def test_l2_normalize_rejects(bad: np.ndarray) -> None:
         l2_normalize(bad)
 
 
+@pytest.mark.parametrize("units", [True, False])
+def test_auto_precision_on_the_cpu_is_bf16_where_it_has_bf16_matrix_units(
+    units: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crossscale import _device
+
+    monkeypatch.setattr(_device, "cpu_has_bf16_matrix_units", lambda: units)
+    cpu = torch.device("cpu")
+    assert _device.model_dtype(cpu) == (torch.bfloat16 if units else torch.float32)
+    assert _device.model_dtype(cpu, "fp32") == torch.float32  # an explicit precision is kept
+    assert _device.model_dtype(torch.device("cuda")) == torch.float16  # a GPU's auto is unchanged
+    assert _device.model_dtype(torch.device("mps")) == torch.float32
+    assert create_encoder("efficientnet-lite0-regions", device="cpu").dtype == _device.model_dtype(cpu)
+
+
+def test_the_bf16_probe_says_no_when_torch_cannot_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossscale._device import cpu_has_bf16_matrix_units
+
+    def broken() -> bool:
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert cpu_has_bf16_matrix_units() is False
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert cpu_has_bf16_matrix_units() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_has_bf16_matrix_units() is True
+
+
+def test_bad_precision_is_refused() -> None:
+    with pytest.raises(DeviceError, match="precision must be 'auto', 'fp32', 'fp16' or 'bf16', got 'half'"):
+        create_encoder("efficientnet-lite0", device="cpu", precision="half")
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite0-regions"])
+def test_lite0_in_bf16_embeds_as_in_fp32_to_bf16_rounding(name: str, photos: dict[str, Image.Image]) -> None:
+    """What a CPU with bf16 matrix units runs by default: float32 unit rows close to fp32's, on every path."""
+    from crossscale.encode import embed_regions
+
+    image = photos["coffee"]
+    boxes = [Box(0, 0, image.width, image.height), Box(150, 100, 350, 260), Box(10, 10, 120, 90)]
+    crops = [image.crop(b.as_tuple()) for b in boxes]
+    half, full = (create_encoder(name, device="cpu", precision=p) for p in ("bf16", "fp32"))
+    assert half.dtype == torch.bfloat16  # type: ignore[attr-defined]
+    pairs = [(half.encode(crops), full.encode(crops))]
+    if name.endswith("regions"):
+        pairs.append((embed_regions(half, image, boxes), embed_regions(full, image, boxes)))  # type: ignore[arg-type]
+    else:
+        window = boxes[0]
+        pairs.append(
+            (
+                half.window_map(image, window, (200, 160)).pool(boxes),  # type: ignore[attr-defined]
+                full.window_map(image, window, (200, 160)).pool(boxes),  # type: ignore[attr-defined]
+            )
+        )
+    for got, expected in pairs:
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        cosines = np.sum(got * expected, axis=1)
+        assert cosines.min() > 0.98, cosines
+        assert not np.allclose(got, expected, atol=1e-5)  # it did run in bf16
+
+
+def test_clip_runs_in_bf16(tiny_clip_dir: Path, photos: dict[str, Image.Image]) -> None:
+    half = CLIPEncoder(tiny_clip_dir, device="cpu", precision="bf16")
+    full = CLIPEncoder(tiny_clip_dir, device="cpu", precision="fp32")
+    for got, expected in (
+        (half.encode([photos["coffee"]]), full.encode([photos["coffee"]])),
+        (half.encode_text(["a blue car"]), full.encode_text(["a blue car"])),
+    ):
+        assert got.dtype == np.float32
+        assert float(np.sum(got * expected)) > 0.98
+
+
 @pytest.mark.gpu
 def test_clip_on_cuda_uses_fp16(tiny_clip_dir: Path, photos: dict[str, Image.Image]) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     enc = CLIPEncoder(tiny_clip_dir, device="cuda")
     assert enc.dtype == torch.float16
-    cpu = CLIPEncoder(tiny_clip_dir, device="cpu").encode([photos["coffee"]])
+    cpu = CLIPEncoder(tiny_clip_dir, device="cpu", precision="fp32").encode([photos["coffee"]])
     np.testing.assert_allclose(enc.encode([photos["coffee"]]), cpu, atol=2e-2)
 
 
@@ -173,7 +249,8 @@ def test_clip_text_matches_transformers_directly(tiny_clip_dir: Path) -> None:
         out = model.get_text_features(**tok(["a blue car"], return_tensors="pt"))
     ref = (out if isinstance(out, torch.Tensor) else out.pooler_output).numpy()
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    np.testing.assert_allclose(CLIPEncoder(tiny_clip_dir, device="cpu").encode_text(["a blue car"]), ref, atol=1e-5)
+    encoder = CLIPEncoder(tiny_clip_dir, device="cpu", precision="fp32")  # the reference's precision
+    np.testing.assert_allclose(encoder.encode_text(["a blue car"]), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", ["", "   ", None, 3])

@@ -120,8 +120,8 @@ class ConvMapEncoder(BackboneEncoder):
         channels_last: bool = False,
     ) -> None:
         def features(x: torch.Tensor) -> torch.Tensor:
-            pooled: torch.Tensor = feature_map(x).mean(dim=(2, 3))
-            return pooled
+            pooled: torch.Tensor = feature_map(x).float().mean(dim=(2, 3))  # in float32 as window maps pool, at
+            return pooled  # any precision: a bf16 mean would round the vector to bf16
 
         super().__init__(
             model,

@@ -91,7 +91,8 @@ class CLIPEncoder(TorchImageEncoder):
             processor and, for text queries, tokenizer: ``CLIPProcessor.save_pretrained`` saves both).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         batch_size: images per forward pass.
-        precision: ``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        precision: ``"auto"`` (fp16 on CUDA, bf16 on a CPU with bf16 matrix units, fp32 elsewhere), ``"fp32"``,
+            ``"fp16"`` or ``"bf16"``.
         local_files_only: never try the network (also on when ``HF_HUB_OFFLINE=1``).
 
     Raises:
