@@ -59,7 +59,7 @@ def resolve_torch_device(device: str) -> torch.device:
 def cpu_has_bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX: Xeon Sapphire Rapids and later).
 
-    There bf16 inference is much faster than fp32 (EfficientNet-Lite0 crops ~1.9x on 2 cores, docs/benchmarks.md);
+    There bf16 inference is much faster than fp32 (EfficientNet-Lite0 crops 1.85x on 2 cores, docs/benchmarks.md);
     elsewhere bf16 is emulated or only partly accelerated, and not measured here. Asked of torch (a private check
     it has had since 2.1); if torch cannot say, the answer is no.
     """

@@ -196,14 +196,21 @@ def test_lite0_in_bf16_embeds_as_in_fp32_to_bf16_rounding(name: str, photos: dic
 
 
 def test_clip_runs_in_bf16(tiny_clip_dir: Path, photos: dict[str, Image.Image]) -> None:
-    half = CLIPEncoder(tiny_clip_dir, device="cpu", precision="bf16")
-    full = CLIPEncoder(tiny_clip_dir, device="cpu", precision="fp32")
+    """Images, texts and regions (one pass, attention restricted per box): float32 unit rows close to fp32's."""
+    from crossscale.encode import CLIPRegionEncoder
+
+    image = photos["coffee"]
+    boxes = [Box(0, 0, image.width, image.height), Box(150, 100, 350, 260)]
+    half, full = (CLIPRegionEncoder(tiny_clip_dir, map_size=96, device="cpu", precision=p) for p in ("bf16", "fp32"))
+    assert half.dtype == torch.bfloat16
     for got, expected in (
-        (half.encode([photos["coffee"]]), full.encode([photos["coffee"]])),
+        (half.encode([image]), full.encode([image])),
         (half.encode_text(["a blue car"]), full.encode_text(["a blue car"])),
+        (half.encode_regions(image, boxes), full.encode_regions(image, boxes)),
     ):
         assert got.dtype == np.float32
-        assert float(np.sum(got * expected)) > 0.98
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        assert np.sum(got * expected, axis=1).min() > 0.98
 
 
 @pytest.mark.gpu
