@@ -40,16 +40,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from crossscale.encode import (
-    ColorHistogramEncoder,
-    ConvMapEncoder,
-    Encoder,
-    RegionEncoder,
-    create_encoder,
-    embed,
-    embed_regions,
-)
-from crossscale.encode.backbone import load_efficientnet_lite0
+from benchmarks.lite0 import lite0_as_before
+from crossscale.encode import ColorHistogramEncoder, Encoder, RegionEncoder, create_encoder, embed, embed_regions
 from crossscale.index import ChunkIndex, KeypointIndex, ParentMap
 from crossscale.protocols import DescriptorVerifier
 from crossscale.query import search_parents, voted_matches
@@ -836,18 +828,10 @@ def operating_points(
 def lite0_as_filed() -> Encoder:
     """``"efficientnet-lite0"`` as it ran when issue #11 was filed (2026-11-25): the same weights and vectors, in fp32,
     the package's model with its batch norms, weights in NCHW; the factory's other arguments."""
-    model: Any = load_efficientnet_lite0("efficientnet-lite0", fold_batch_norms=False)
-    return ConvMapEncoder(
-        model,
-        model.extract_features,
-        name="efficientnet-lite0",
-        dim=1280,
-        image_size=224,
-        mean=(127.0, 127.0, 127.0),
-        std=(128.0, 128.0, 128.0),
-        device="cpu",
-        precision="fp32",
+    encoder: Encoder = lite0_as_before(
+        "efficientnet-lite0", precision="fp32", fold_batch_norms=False, channels_last=False
     )
+    return encoder
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.lite0 import lite0_as_before
 from crossscale.encode import create_encoder, embed, embed_regions
 from crossscale.rank import GeometricVerifier, LocalFeatures
 from crossscale.segment import create_segmenter
@@ -51,32 +52,24 @@ VARIANTS = pytest.mark.parametrize(
 )
 
 
-def _built(name: str, variant: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+def _built(name: str, variant: str) -> tuple[Any, str]:
     """The built-in encoder ``name`` as it is (auto precision, batch norms folded into the convolutions, weights
     channels-last on the CPU), in fp32, or in fp32 as it was before: the package's model with its batch norms, then
-    also its weights in NCHW."""
-    import functools
-
-    import torch
-
-    from crossscale.encode import backbone, feature_map
-
-    if variant.startswith("fp32-kept"):
-        plain = functools.partial(backbone.load_efficientnet_lite0, fold_batch_norms=False)
-        monkeypatch.setattr(backbone, "load_efficientnet_lite0", plain)
-        monkeypatch.setattr(feature_map, "load_efficientnet_lite0", plain)
-    encoder = create_encoder(name, device="cpu", **({} if variant == "default" else {"precision": "fp32"}))
-    monkeypatch.undo()
-    if variant.endswith("nchw"):
-        encoder.model.to(memory_format=torch.contiguous_format)
+    also its weights in NCHW; and its dtype's name."""
+    encoder = lite0_as_before(
+        name,
+        precision="auto" if variant == "default" else "fp32",
+        fold_batch_norms=not variant.startswith("fp32-kept"),
+        channels_last=not variant.endswith("nchw"),
+    )
     return encoder, str(encoder.dtype).removeprefix("torch.")
 
 
 @pytest.mark.benchmark(group="encode-one-parent")
 @VARIANTS
-def test_crop_encoding(benchmark, scene, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_crop_encoding(benchmark, scene, variant: str) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder, dtype = _built("efficientnet-lite0", variant, monkeypatch)
+    encoder, dtype = _built("efficientnet-lite0", variant)
     crops = [image.crop(c.box.as_tuple()) for c in chunks]
     vectors = benchmark.pedantic(embed, args=(encoder, crops), rounds=3, iterations=1, warmup_rounds=1)
     assert vectors.shape == (len(chunks), 1280)
@@ -85,9 +78,9 @@ def test_crop_encoding(benchmark, scene, variant: str, monkeypatch: pytest.Monke
 
 @pytest.mark.benchmark(group="encode-one-parent")
 @VARIANTS
-def test_region_encoding(benchmark, scene, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_region_encoding(benchmark, scene, variant: str) -> None:  # type: ignore[no-untyped-def]
     image, chunks = scene
-    encoder, dtype = _built("efficientnet-lite0-regions", variant, monkeypatch)
+    encoder, dtype = _built("efficientnet-lite0-regions", variant)
     boxes = [c.box for c in chunks]
     vectors = benchmark.pedantic(embed_regions, args=(encoder, image, boxes), rounds=5, iterations=1, warmup_rounds=1)
     assert vectors.shape == (len(chunks), 1280)
