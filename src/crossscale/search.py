@@ -217,9 +217,8 @@ class LocalCandidates:
             return [], ["no keypoint index file: local search builds it from the stored features"]
         repair = "`crossscale repair` rebuilds it"
         try:
-            index, meta = KeypointIndex.load(file)  # its checksum checked as it is read
-            saved, marks = _file_state(meta)
-        except (WorkspaceFormatError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            index, saved, marks = _read_file(file)  # its checksum checked as it is read
+        except _UNREADABLE as exc:
             return [f"keypoint index file is unreadable ({exc}); {repair}"], []
         problems = index.check()
         store = self.workspace.store
@@ -272,11 +271,10 @@ class LocalCandidates:
             return
         started = time.perf_counter()
         try:
-            index, meta = KeypointIndex.load(self.file)
-            saved, marks = _file_state(meta)
+            index, saved, marks = _read_file(self.file)
             if any(p not in marks for p in index.parent_ids()):
                 raise WorkspaceFormatError("it holds parents it records no mark for")
-        except (WorkspaceFormatError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except _UNREADABLE as exc:
             logger.warning("%s is unreadable (%s); rebuilding it from the stored features", self.file, exc)
             return
         self.index, self._marks, self._written = index, marks, True
@@ -356,12 +354,17 @@ def _first_chunks(store: RootStore, txn: Any = None) -> dict[str, int]:
     return {pid: (chunks[0] if chunks else -1) for pid, chunks in store.parent_chunks(txn)}
 
 
-def _file_state(meta: Mapping[str, Any]) -> tuple[int, dict[str, int]]:
-    """The store generation and the parents' marks a keypoint index file records."""
+#: what reading a keypoint index file (:func:`_read_file`) raises when the file is unreadable or inconsistent
+_UNREADABLE = (WorkspaceFormatError, OSError, KeyError, TypeError, ValueError, AttributeError)
+
+
+def _read_file(file: Path) -> tuple[KeypointIndex, int, dict[str, int]]:
+    """A keypoint index file's index, and the store generation and the parents' marks it records."""
+    index, meta = KeypointIndex.load(file)
     marks = meta["marks"]
     if not isinstance(marks, dict):
         raise TypeError(f"marks must be a mapping, got {type(marks).__name__}")
-    return int(meta["generation"]), {str(p): int(m) for p, m in marks.items()}
+    return index, int(meta["generation"]), {str(p): int(m) for p, m in marks.items()}
 
 
 class CrossScaleSearch:
