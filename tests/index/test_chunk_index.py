@@ -180,6 +180,78 @@ def test_gpu_search_matches_cpu(reduce_dim: int | None, rng: np.random.Generator
     np.testing.assert_array_equal(cpu.search(q, 10)[1], gpu.search(q, 10)[1])
 
 
+def _needs_faiss_gpu() -> None:
+    if not faiss_gpu_count():
+        pytest.skip("faiss has no GPU")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,SQ8", "IVF16,PQ8"])
+def test_gpu_structures_search_as_on_the_cpu(factory: str, rng: np.random.Generator) -> None:
+    _needs_faiss_gpu()
+    x = _unit(rng, 3000, 64)
+    q = x[:20] + 0.05 * _unit(rng, 20, 64)
+    ids = np.arange(3000, dtype=np.int64) * 3 + 2**33
+    cpu = ChunkIndex(64, factory, device="cpu")
+    gpu = ChunkIndex(64, factory, device="cuda")
+    for index in (cpu, gpu):
+        index.train(x)
+        index.add(x, ids)
+        if factory.startswith("IVF"):
+            index.set_search_params("nprobe=16")  # every list
+    (cs, ci), (gs, gi) = cpu.search(q, 10), gpu.search(q, 10)
+    assert gpu.device == "cuda:0"  # served by the GPU mirror, not fallen back
+    coded = "PQ" in factory or "SQ" in factory  # the GPU's code tables may round otherwise
+    assert (gi[:, 0] == ci[:, 0]).mean() >= (0.9 if coded else 1.0) and (gi[:, 0] == ids[:20]).mean() >= 0.9
+    np.testing.assert_allclose(gs, cs, atol=2e-2 if coded else 1e-4)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ci, gi, strict=True)]) >= (0.8 if coded else 0.95)
+
+
+@pytest.mark.gpu
+def test_gpu_search_deeper_than_the_gpu_k_limit_is_whole(rng: np.random.Generator) -> None:
+    _needs_faiss_gpu()
+    x, q = _unit(rng, GPU_MAX_K + 500, 32), _unit(rng, 3, 32)
+    ids = np.arange(len(x), dtype=np.int64)
+    index = ChunkIndex(32, device="cuda")
+    index.add(x, ids)
+    scores, got = index.search(q, GPU_MAX_K + 100)  # past faiss' GPU limit: the CPU copy answers
+    ref_s, ref_i = _brute(x, ids, q, GPU_MAX_K + 100)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    assert (got[:, :50] == ref_i[:, :50]).all() and (got >= 0).all()
+    assert index.device == "cuda:0"
+
+
+@pytest.mark.gpu
+def test_a_structure_faiss_cannot_put_on_the_gpu_is_searched_on_the_cpu(
+    rng: np.random.Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    _needs_faiss_gpu()
+    x = _unit(rng, 500, 16)
+    index = ChunkIndex(16, "HNSW16", device="cuda")
+    index.add(x, np.arange(500))
+    with caplog.at_level("WARNING", logger="crossscale.index.chunk_index"):
+        _, got = index.search(x[:5], 3)
+    assert (got[:, 0] == np.arange(5)).all()
+    assert index.device == "cpu" and "searching on CPU" in caplog.text
+
+
+@pytest.mark.gpu
+def test_gpu_mirror_follows_adds_removals_and_a_reload(tmp_path: Path, rng: np.random.Generator) -> None:
+    _needs_faiss_gpu()
+    x = _unit(rng, 400, 16)
+    index = ChunkIndex(16, device="cuda")
+    index.add(x[:200], np.arange(200))
+    assert index.search(x[300:301], 1)[1][0, 0] != 300
+    index.add(x[200:], np.arange(200, 400))  # the mirror is rebuilt: the new vectors are found
+    assert index.search(x[300:301], 1)[1][0, 0] == 300
+    index.remove([300])
+    assert 300 not in index.search(x[300:301], 5)[1]
+    index.save(tmp_path / "index")
+    loaded, _ = ChunkIndex.load(tmp_path / "index", device="cuda")
+    assert loaded.device == "cuda:0" and 300 not in loaded.search(x[300:301], 5)[1]
+    assert loaded.search(x[299:300], 1)[1][0, 0] == 299
+
+
 # ------------------------------------------------------------------ projected vectors (reduce_dim)
 def _near_a_subspace(rng: np.random.Generator, n: int, d: int, k: int) -> np.ndarray:
     """Unit vectors in a k-d subspace, all far from the origin's side: a large common mean plus spread (as CNN
