@@ -6,7 +6,11 @@ non-encoder stages weigh most: ``efficientnet-lite0-regions`` (pretrained, one f
 ``whole+tiles`` boxes, the SIFT verifier, batches of 4. Stage rows time each stage over the same images alone;
 the ingest rows index them into a fresh workspace.
 
-Run: ``python -m pytest benchmarks/test_bench_ingest.py --benchmark-enable``. Results: docs/benchmarks.md.
+Also (``slow``): many small ``index()`` calls into a large workspace, each rewriting the whole chunk index file as
+before 2026-12-05 (night) against the :class:`~crossscale._files.SaveSchedule` that writes it when due.
+
+Run: ``python -m pytest benchmarks/test_bench_ingest.py --benchmark-enable [-m slow]``. Results:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from crossscale import CrossScaleSearch
+from crossscale._files import SaveSchedule
 from crossscale.encode import create_encoder
+from crossscale.index.root_store import NewParent, RootStore
 from crossscale.ingest import Loaded, encode_batch, extract_local, iter_inputs, load_batch, segment_batch
 from crossscale.rank import GeometricVerifier
 from crossscale.segment import create_segmenter
+from crossscale.types import Box, Chunk
 
 N_IMAGES = 12
 BATCH = 4
@@ -118,3 +126,60 @@ def test_ingest(benchmark, files, stages, tmp_path, prefetch) -> None:  # type: 
         _ingest, args=(files, stages, tmp_path / "ws", prefetch), rounds=3, iterations=1, warmup_rounds=1
     )
     assert added == N_IMAGES
+
+
+# ------------------------------------------------------------------ small index() calls into a large workspace
+LARGE_PARENTS = 2000
+LARGE_CHUNKS = 141  # the default segmenter's boxes of a 4:3 photo
+SMALL_CALLS = 20
+
+
+@pytest.fixture(scope="module")
+def large_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2,000 parents x 141 random 512-d vectors (the colour histogram's dimension) written straight to the store:
+    282k vectors, a 578 MB Flat chunk index file."""
+    path = tmp_path_factory.mktemp("large") / "ws"
+    CrossScaleSearch.open(
+        path, encoder="color-histogram", segmenter="whole+tiles", progress=False, device="cpu", verifier=False
+    ).close()
+    rng = np.random.default_rng(0)
+    store = RootStore(path / "store", dim=512)
+    box = Box(0, 0, 8, 8)
+    for start in range(0, LARGE_PARENTS, 200):
+        batch = []
+        for p in range(start, start + 200):
+            x = rng.standard_normal((LARGE_CHUNKS, 512)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            batch.append(NewParent(f"p{p:05d}", b"\x89PNG", "PNG", 8, 8, [Chunk(box, None, "tile")] * LARGE_CHUNKS, x))
+        store.add_parents(batch)
+    store.close()
+    CrossScaleSearch.open(path, progress=False, device="cpu").close()  # builds and writes the index file
+    return path
+
+
+def _small_calls(path: Path, files: list[Path], prefix: str, schedule: SaveSchedule | None) -> int:
+    """SMALL_CALLS ``index()`` calls of one photo each, then ``save()``: everything is on disk at the end."""
+    with CrossScaleSearch.open(path, progress=False, device="cpu", refine=False) as cs:
+        if schedule is not None:
+            cs.workspace.save_schedule = schedule
+        added = 0
+        for i in range(SMALL_CALLS):
+            added += len(cs.index([(f"{prefix}-{i}", files[i % len(files)])]).added)
+        cs.save()
+        for i in range(SMALL_CALLS):
+            cs.delete(f"{prefix}-{i}")  # the next round adds them again
+        return added
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="small-index-calls-into-a-large-workspace")
+@pytest.mark.parametrize("when", ["every-call", "when-due"], ids=["every call (before)", "when due (default)"])
+def test_small_index_calls(benchmark, large_workspace, files, when: str) -> None:  # type: ignore[no-untyped-def]
+    """The chunk index file written after every call (the schedule forced due) or when due (the default)."""
+
+    def run() -> int:
+        schedule = SaveSchedule(share=1e9) if when == "every-call" else None
+        return _small_calls(large_workspace, files, when, schedule)
+
+    assert benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0) == SMALL_CALLS
+    benchmark.extra_info["index_file_bytes"] = (large_workspace / "chunks.index").stat().st_size

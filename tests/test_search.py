@@ -267,6 +267,74 @@ def test_index_catches_up_after_a_crash_and_rebuilds_when_corrupt(
         assert len(cs.chunk_index) == cs.store.chunk_count() > 0
 
 
+def _index_then_die(path: str, image: np.ndarray) -> None:
+    """A writer whose index files are not due after its ``index()`` call, killed before it closes."""
+    import os
+
+    from crossscale._files import SaveSchedule
+
+    cs = _hist(Path(path))
+    cs.workspace.save_schedule = SaveSchedule(last_write_seconds=10.0)
+    assert cs.local is not None
+    cs.local.save_schedule = SaveSchedule(last_write_seconds=10.0)
+    assert cs.index([("r", Image.fromarray(image))]).ok
+    os._exit(0)  # no close(), no save
+
+
+def test_large_index_files_are_not_rewritten_after_every_small_index_call(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    from crossscale._files import SaveSchedule
+
+    path = tmp_path / "ws"
+    chunks, keypoints = path / "chunks.index", path / "keypoints.index"
+    with _hist(path) as cs:
+        assert cs.local is not None
+        cs.index([("c", photos["coffee"])])  # small files: written after the call
+        before = chunks.read_bytes(), keypoints.read_bytes()
+        # as if each file took 10 s to write: a write is not due after a call of well under 100 s
+        cs.workspace.save_schedule = SaveSchedule(last_write_seconds=10.0)
+        cs.local.save_schedule = SaveSchedule(last_write_seconds=10.0)
+        assert cs.index([("r", photos["rocket"])]).ok
+        assert (chunks.read_bytes(), keypoints.read_bytes()) == before  # left for later
+        assert cs.search(photos["rocket"], top_k=1)[0].parent_id == "r"  # the indexes in memory have it
+        with CrossScaleSearch.open(path, readonly=True, progress=False) as reader:  # caught up from the store
+            assert set(reader.parent_ids()) == {"c", "r"}
+            assert reader.search(photos["rocket"], top_k=1)[0].parent_id == "r"
+        report = cs.verify()
+        assert report.ok, report.problems
+        cs.workspace.save_schedule.work_seconds = 100.0  # over 100 s of ingest with this call: 10 s is 10% of it
+        cs.local.save_schedule.work_seconds = 100.0
+        assert cs.index([("a", photos["astronaut"])]).ok
+        assert chunks.read_bytes() != before[0] and keypoints.read_bytes() != before[1]
+        cs.workspace.save_schedule = SaveSchedule(last_write_seconds=10.0)
+        cs.local.save_schedule = SaveSchedule(last_write_seconds=10.0)
+        cs.delete("a")
+        cs.index([("m", photos["chelsea"])])
+        kept = chunks.read_bytes(), keypoints.read_bytes()
+    assert chunks.read_bytes() != kept[0] and keypoints.read_bytes() != kept[1]  # close() wrote both
+    with _hist(path) as cs:
+        assert set(cs.parent_ids()) == {"c", "r", "m"} and len(cs.chunk_index) == cs.store.chunk_count()
+        assert cs.verify().ok
+
+
+def test_a_writer_killed_with_its_index_files_left_for_later_loses_nothing(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    path = tmp_path / "ws"
+    with _hist(path) as cs:
+        cs.index([("c", photos["coffee"])])
+    proc = mp.get_context("spawn").Process(target=_index_then_die, args=(str(path), np.asarray(photos["rocket"])))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0
+    with _hist(path) as cs:
+        assert set(cs.parent_ids()) == {"c", "r"} and len(cs.chunk_index) == cs.store.chunk_count()
+        assert cs.search(photos["rocket"], top_k=1)[0].parent_id == "r"
+        report = cs.verify()
+        assert report.ok, report.problems
+
+
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF2,Flat"])
 def test_other_index_factories(tmp_path: Path, photos: dict[str, Image.Image], factory: str) -> None:
     with _hist(tmp_path / "ws", index_factory=factory) as cs:

@@ -188,6 +188,24 @@ def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"] and (tmp_path / "f").read_bytes() == b"old"
 
 
+def test_a_save_is_due_when_it_costs_a_small_share_of_the_ingest_since_the_last_or_is_quick(tmp_path: Path) -> None:
+    from crossscale._files import ASSUMED_WRITE_BYTES_PER_SECOND, SaveSchedule
+
+    quick = SaveSchedule(last_write_seconds=0.05)
+    assert quick.due(0.0) and quick.due(0.0)  # a small file: after every call
+    slow = SaveSchedule(last_write_seconds=2.0)  # share 0.1: due after 20 s of ingest
+    assert not slow.due(1.0) and not slow.due(-5.0) and not slow.due(18.0)  # 19 s counted (no negative time)
+    assert slow.work_seconds == pytest.approx(19.0)
+    assert slow.due(1.0)
+    slow.wrote(3.0)  # that write took 3 s: due again after 30 s more
+    assert slow.work_seconds == 0.0 and not slow.due(29.0) and slow.due(1.0)
+    file = tmp_path / "index"
+    assert SaveSchedule.for_file(file).last_write_seconds == 0.0  # none yet: the first write is due
+    with open(file, "wb") as f:
+        f.truncate(3 * 10**8)  # sparse: 300 MB of size, no disk
+    assert SaveSchedule.for_file(file).last_write_seconds == pytest.approx(3e8 / ASSUMED_WRITE_BYTES_PER_SECOND)
+
+
 def test_the_lock_is_released_on_close_and_when_opening_fails(tmp_path: Path) -> None:
     from crossscale import ConfigurationError
 

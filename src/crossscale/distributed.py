@@ -401,6 +401,6 @@ def index_with_ray(
             else:
                 added += [p.parent_id for p in new]
                 chunks_added += sum(len(a) for a in assigned)
-    save_after_ingest(workspace, chunks_added)
+    save_after_ingest(workspace, chunks_added, time.perf_counter() - started)
     report = ingest_report(added, present, failed, chunks_added, started, how=" (Ray)")
     return cs._after_ingest(report)  # local search's keypoint index, as CrossScaleSearch.index keeps it

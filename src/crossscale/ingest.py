@@ -333,13 +333,14 @@ def store_batch(workspace: Workspace, parents: Sequence[NewParent]) -> tuple[lis
         return [], [IndexFailure(p.source or p.parent_id, reason, kind, p.parent_id) for p in parents]
 
 
-def save_after_ingest(workspace: Workspace, chunks_added: int) -> None:
-    """Save the index if the run added chunks; a failed save is logged, not raised (the store has committed, and
-    the index is caught up from it on the next open)."""
+def save_after_ingest(workspace: Workspace, chunks_added: int, seconds: float) -> None:
+    """Save the index if the run (of ``seconds``) added chunks and a write is due
+    (:meth:`Workspace.save_if_due`); a failed save is logged, not raised (the store has committed, and the index
+    is caught up from it on the next open)."""
     if not chunks_added:
         return
     try:
-        workspace.save()
+        workspace.save_if_due(seconds)
     except CrossScaleError as exc:
         logger.error("%s", exc)
 
@@ -524,5 +525,5 @@ def ingest(
     finally:
         prepared.close()  # stops the preparing thread before anything else touches the workspace
         bar.close()
-        save_after_ingest(workspace, chunks_added)
+        save_after_ingest(workspace, chunks_added, time.perf_counter() - started)
     return ingest_report(added, present, failed, chunks_added, started)

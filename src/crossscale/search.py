@@ -21,6 +21,7 @@ from PIL import Image
 
 from crossscale._checks import int_at_least, positive_int
 from crossscale._device import validate_device
+from crossscale._files import SaveSchedule
 from crossscale._forward import Forward
 from crossscale._images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from crossscale._stages import (
@@ -109,8 +110,9 @@ class LocalCandidates:
     of the parent's chunks scored exactly.
 
     The keypoint index is derived from the store, like the chunk index: a writer keeps it in the workspace's
-    ``keypoints.index`` (:meth:`save`; the facade saves it after each ``index()``, at ``save()`` and on
-    ``close()``), with the store generation and the parents it reflects, and loads it at the first search,
+    ``keypoints.index`` (:meth:`save`; the facade saves it at ``save()``, on ``close()``, and after an ``index()``
+    call when :attr:`save_schedule` finds a write due), with the store generation and the parents it reflects,
+    and loads it at the first search,
     then catches it up with the store's parents. A missing or unreadable file is rebuilt from the stored features
     (with a warning if unreadable); a kill while it is written leaves the old file (it is replaced atomically).
     ``persist=False``: built in RAM at the first search, never written.
@@ -138,6 +140,8 @@ class LocalCandidates:
         self._looked = not persist  # whether the file was looked for
         self._marks: dict[str, int] = {}  # parents looked at (held, or without usable features): first chunk id
         self._lock = threading.RLock()
+        #: when :meth:`save_if_due` rewrites the keypoint index file after ingest work
+        self.save_schedule = SaveSchedule.for_file(self.file)
 
     def __repr__(self) -> str:
         return f"LocalCandidates(top_n={self.top_n}, min_votes={self.min_votes}, index={self.index!r})"
@@ -190,6 +194,7 @@ class LocalCandidates:
             index = self._current()
             if self._written:
                 return
+            started = time.perf_counter()
             try:
                 index.save(self.file, {"generation": self._generation, "marks": self._marks})
             except OSError as exc:
@@ -198,7 +203,21 @@ class LocalCandidates:
                     "intact and the keypoint index will be caught up from it"
                 ) from exc
             self._written = True
+            self.save_schedule.wrote(time.perf_counter() - started)
             logger.debug("keypoint index saved at generation %d", self._generation)
+
+    def save_if_due(self, work_seconds: float) -> bool:
+        """:meth:`save`, if :attr:`save_schedule` finds a write due after ``work_seconds`` more of ingest; True if
+        it was due. What is not written yet is caught up from the store by the next search of any process."""
+        if not self.save_schedule.due(work_seconds):
+            logger.debug(
+                "keypoint index file left for later: its last write took %.2f s, the ingest since %.2f s",
+                self.save_schedule.last_write_seconds,
+                self.save_schedule.work_seconds,
+            )
+            return False
+        self.save()
+        return True
 
     def rebuild(self) -> None:
         """Build the keypoint index afresh from the stored features, and save it (``crossscale repair``)."""
@@ -649,16 +668,19 @@ class CrossScaleSearch:
             return report
         started = time.perf_counter()
         self.local.update()
-        self._save_local()
+        self._save_local(after=report.seconds + time.perf_counter() - started)
         return dataclasses.replace(report, seconds=report.seconds + time.perf_counter() - started)
 
-    def _save_local(self) -> None:
-        """Save the keypoint index of local search; a failure is logged (the store has committed: it is caught
-        up from the store by the next process)."""
+    def _save_local(self, *, after: float | None = None) -> None:
+        """Save the keypoint index of local search (``after``: only if due after that many seconds of ingest); a
+        failure is logged (the store has committed: it is caught up from the store by the next process)."""
         if self.local is None:
             return
         try:
-            self.local.save()
+            if after is None:
+                self.local.save()
+            else:
+                self.local.save_if_due(after)
         except WorkspaceError as exc:
             logger.error("%s", exc)
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crossscale._files import TEMP_SUFFIX, atomic_write
+from crossscale._files import TEMP_SUFFIX, SaveSchedule, atomic_write
 from crossscale._images import decode_stored
 from crossscale._memory import release_freed_memory
 from crossscale.errors import (
@@ -318,6 +318,8 @@ class Workspace:
     _dirty: bool = field(default=False, init=False, repr=False)
     _closed: bool = field(default=False, init=False)
     _budget_warned: str = field(default="", init=False, repr=False)  # the structure said to outgrow the budget
+    #: when :meth:`save_if_due` rewrites the index file after ingest work
+    save_schedule: SaveSchedule = field(default_factory=SaveSchedule, init=False, repr=False)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -393,7 +395,9 @@ class Workspace:
             if lock is not None:
                 lock.release()
             raise
-        return cls(root, config, store, index, parents, generation, lock)
+        workspace = cls(root, config, store, index, parents, generation, lock)
+        workspace.save_schedule = SaveSchedule.for_file(root / INDEX_FILE)
+        return workspace
 
     # ------------------------------------------------------------------ state
     @property
@@ -564,7 +568,8 @@ class Workspace:
         self._generation = self.store.generation_at(txn)
 
     def save(self) -> None:
-        """Write the chunk index to disk now (the facade does it after each ``index()`` and on close).
+        """Write the chunk index to disk now (the facade also does it on close, and after an ``index()`` call when
+        :meth:`save_if_due` finds it due).
 
         An ``"auto"`` index that the collection has outgrown is first rebuilt from the store in the structure
         :func:`~crossscale.index.choose_index` picks now; the file is replaced atomically, so a kill at any
@@ -573,11 +578,28 @@ class Workspace:
         self.check_open(write=True)
         self._write_index()
 
+    def save_if_due(self, work_seconds: float) -> bool:
+        """:meth:`save`, if :attr:`save_schedule` finds a write due after ``work_seconds`` more of ingest (a
+        large index file is not rewritten after every small ``index()`` call); True if it saved. What is not
+        written yet is caught up from the store by the next open, and :meth:`close` writes it."""
+        self.check_open(write=True)
+        if not self.save_schedule.due(work_seconds):
+            logger.debug(
+                "chunk index file left for later: its last write took %.2f s, the ingest since %.2f s",
+                self.save_schedule.last_write_seconds,
+                self.save_schedule.work_seconds,
+            )
+            return False
+        self._write_index()
+        return True
+
     def _write_index(self) -> None:
         """Bring the index up to date with the store, migrate it if outgrown, and write its file."""
+        started = time.perf_counter()
         self._clean()
         self._grow_if_outgrown()
         _save_index(self.path, self.store, self.index, self._generation)
+        self.save_schedule.wrote(time.perf_counter() - started)
 
     def _grow_if_outgrown(self) -> bool:
         """Rebuild an ``"auto"`` index from the store in the structure its size calls for, if that is bigger;
