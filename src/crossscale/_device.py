@@ -103,23 +103,71 @@ def faiss_gpu_count() -> int:
         return 0
 
 
+#: the distributions that install a GPU build of the ``faiss`` module (faiss-cpu installs a CPU one under the same
+#: name, so with both installed the one installed last is imported)
+FAISS_GPU_DISTRIBUTIONS = (
+    "faiss-gpu",
+    "faiss-gpu-cu12",
+    "faiss-gpu-cu11",
+    "faiss-gpu-cuvs",
+    "faiss-cuda",
+    "faiss-cuda-cu128",
+)
+
+
+def faiss_gpu_distributions() -> dict[str, str]:
+    """The installed distributions of :data:`FAISS_GPU_DISTRIBUTIONS`, with their versions."""
+    from importlib import metadata
+
+    found = {}
+    for name in FAISS_GPU_DISTRIBUTIONS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def faiss_without_gpu() -> str:
+    """Why the imported faiss serves no GPU, and what to do: the GPU build sees no GPU, a GPU build is installed
+    but faiss-cpu's files are the ones imported, or no GPU build is installed."""
+    import faiss
+
+    if hasattr(faiss, "StandardGpuResources"):
+        return "the installed faiss is a GPU build but sees no GPU (is the NVIDIA driver working? see nvidia-smi)"
+    installed = faiss_gpu_distributions()
+    if installed:
+        name, version = next(iter(installed.items()))
+        return (
+            f"{name} {version} is installed, but the faiss imported is a CPU build: faiss-cpu installs the same "
+            f"`faiss` module, and its files were installed last; reinstall the GPU build over them with "
+            f"`pip install --force-reinstall --no-deps {name}=={version}`"
+        )
+    return (
+        "the installed faiss is a CPU build; install a GPU build for your CUDA version: "
+        "`pip install 'crossscale[gpu]'` (faiss-gpu, CUDA 12) or `pip install faiss-cuda` (CUDA 13)"
+    )
+
+
 def resolve_faiss_device(device: str) -> str:
-    """``cpu`` or ``cuda:N`` for faiss; ``auto`` picks the GPU when the faiss build has one.
+    """``cpu`` or ``cuda:N`` for faiss; ``auto`` picks the GPU when the faiss build has one (and logs a warning when
+    a GPU build is installed but not the one imported).
 
     Raises:
-        DeviceError: if a GPU is asked for and the faiss build or machine has none.
+        DeviceError: if a GPU is asked for and the faiss build or machine has none, saying why
+            (:func:`faiss_without_gpu`).
     """
     validate_device(device)
     n = faiss_gpu_count()
     if device == "auto":
+        if n == 0 and faiss_gpu_distributions():
+            _warn_once(f"the chunk index searches on the CPU: {faiss_without_gpu()}")
         return "cuda:0" if n > 0 else "cpu"
     if device in ("cpu", "mps"):
         return "cpu"
     index = int(device.split(":")[1]) if ":" in device else 0
     if n == 0:
         raise DeviceError(
-            f"device={device!r} for the chunk index, but the installed faiss has no GPU support "
-            "or sees no GPU; install the extra `pip install 'crossscale[gpu]'` or use device='cpu'"
+            f"device={device!r} for the chunk index, but faiss serves no GPU: {faiss_without_gpu()}; "
+            "or use device='cpu'"
         )
     if index >= n:
         raise DeviceError(f"device={device!r} but faiss sees only {n} GPU(s)")
@@ -155,3 +203,13 @@ def preserved_torch_threads() -> Iterator[None]:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = omp
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time in this process."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)

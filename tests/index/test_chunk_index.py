@@ -166,6 +166,36 @@ def test_gpu_device_without_faiss_gpu_is_clear() -> None:
     assert ChunkIndex(4, device="auto").device == "cpu"
 
 
+def test_a_gpu_build_that_faiss_cpu_shadows_is_named_with_its_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from crossscale import _device
+
+    if faiss_gpu_count():
+        pytest.skip("faiss sees a GPU")
+    assert _device.faiss_gpu_distributions() == {}  # this environment has faiss-cpu alone
+    monkeypatch.setattr(_device, "faiss_gpu_distributions", lambda: {"faiss-gpu": "1.15.1"})
+    monkeypatch.setattr(_device, "_WARNED", set())
+    with pytest.raises(DeviceError, match=r"faiss-gpu 1\.15\.1 is installed, but the faiss imported is a CPU build"):
+        ChunkIndex(4, device="cuda")
+    with pytest.raises(DeviceError, match=r"pip install --force-reinstall --no-deps faiss-gpu==1\.15\.1"):
+        ChunkIndex(4, device="cuda:0")
+    with caplog.at_level("WARNING", logger="crossscale._device"):
+        assert ChunkIndex(4, device="auto").device == "cpu"
+        assert ChunkIndex(4, device="auto").device == "cpu"
+    assert caplog.text.count("the chunk index searches on the CPU: faiss-gpu 1.15.1 is installed") == 1  # once
+
+
+def test_a_gpu_build_that_sees_no_gpu_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    if faiss_gpu_count():
+        pytest.skip("faiss sees a GPU")
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
+    with pytest.raises(DeviceError, match="a GPU build but sees no GPU"):
+        ChunkIndex(4, device="cuda")
+    assert ChunkIndex(4, device="auto").device == "cpu"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("reduce_dim", [None, 16])
 def test_gpu_search_matches_cpu(reduce_dim: int | None, rng: np.random.Generator) -> None:
