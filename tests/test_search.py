@@ -345,6 +345,32 @@ def test_other_index_factories(tmp_path: Path, photos: dict[str, Image.Image], f
         assert cs.info()["index_factory"] == factory and len(cs.chunk_index) == cs.store.chunk_count()
 
 
+def test_an_hnsw_index_is_rebuilt_without_its_removed_vectors_once_they_are_many(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    from crossscale.workspace import COMPACT_SHARE
+
+    names = list(photos)  # 12 photos, ~130 chunks each
+    with _hist(tmp_path / "ws", index_factory="HNSW16") as cs:
+        cs.index([(n, photos[n]) for n in names])
+        cs.delete(names[0])  # ~1/12 of the vectors: tombstones, kept while they are few
+        few = cs.chunk_index.tombstone_count
+        assert 0 < few <= COMPACT_SHARE * len(cs.chunk_index)
+        cs.save()
+        assert cs.chunk_index.tombstone_count == few and len(cs.chunk_index) == cs.store.chunk_count()
+    with _hist(tmp_path / "ws") as cs:  # saved with the index
+        assert cs.chunk_index.tombstone_count == few
+        cs.delete(names[1])
+        cs.delete(names[2])
+        assert cs.chunk_index.tombstone_count > COMPACT_SHARE * len(cs.chunk_index)
+        cs.save()  # now rebuilt from the store
+        assert cs.chunk_index.tombstone_count == 0 and len(cs.chunk_index) == cs.store.chunk_count()
+        assert cs.search(photos["rocket"], top_k=1)[0].parent_id == "rocket"
+    with _hist(tmp_path / "ws") as cs:
+        assert cs.chunk_index.tombstone_count == 0 and set(cs.parent_ids()) == set(names[3:])
+        assert cs.verify().ok
+
+
 def _try_open(path: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
     try:
         CrossScaleSearch.open(path, progress=False)

@@ -74,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AnyChunkIndex",
+    "COMPACT_SHARE",
     "ComponentSpec",
     "Configure",
     "KEYPOINT_FILE",
@@ -97,6 +98,9 @@ INDEX_FILE = "chunks.index"
 #: the keypoint index of local search (:class:`~crossscale.search.LocalCandidates`), derived from the store
 KEYPOINT_FILE = "keypoints.index"
 LOCK_FILE = "lock"
+#: a writer's save rebuilds the chunk index from the store once its structure holds more removed vectors than this
+#: share of the live ones (HNSW cannot remove: it skips them at search, still holding and walking them)
+COMPACT_SHARE = 0.1
 
 AnyChunkIndex = ChunkIndex | MilvusChunkIndex
 """The chunk index a workspace derives from its store: FAISS in memory, or a Milvus collection."""
@@ -594,10 +598,12 @@ class Workspace:
         return True
 
     def _write_index(self) -> None:
-        """Bring the index up to date with the store, migrate it if outgrown, and write its file."""
+        """Bring the index up to date with the store, migrate it if outgrown (or rebuild it if it holds many
+        removed vectors), and write its file."""
         started = time.perf_counter()
         self._clean()
-        self._grow_if_outgrown()
+        if not self._grow_if_outgrown():
+            self._compact_if_tombstoned()
         _save_index(self.path, self.store, self.index, self._generation)
         self.save_schedule.wrote(time.perf_counter() - started)
 
@@ -619,8 +625,33 @@ class Workspace:
             return False
         logger.info("migrating the chunk index from %s to %s (%s)", self.index.factory, plan.factory, plan.reason)
         started = time.perf_counter()
-        # The outgrown index is let go first, so a migration holds one index, not two (at 10M: ~4 GB, not ~8).
-        # Until the new one is in, the index is dirty: an error or interrupt leaves it to be rebuilt from the store.
+        self._rebuild_in_place()
+        logger.info(
+            "migrated %d vectors to %s in %.1f s", len(self.index), self.index.factory, time.perf_counter() - started
+        )
+        return True
+
+    def _compact_if_tombstoned(self) -> bool:
+        """Rebuild the index from the store if its structure holds more removed vectors (HNSW's tombstones) than
+        :data:`COMPACT_SHARE` of the live ones; True if it did."""
+        removed = int(getattr(self.index, "tombstone_count", 0))
+        if removed == 0 or removed <= COMPACT_SHARE * len(self.index):
+            return False
+        started = time.perf_counter()
+        self._rebuild_in_place()
+        logger.info(
+            "rebuilt the %s chunk index from the store without its %d removed vectors (%d live) in %.1f s",
+            self.index.factory,
+            removed,
+            len(self.index),
+            time.perf_counter() - started,
+        )
+        return True
+
+    def _rebuild_in_place(self) -> None:
+        """Replace the index by one rebuilt from the store (:meth:`_reload`), letting the old one go first."""
+        # So a rebuild holds one index, not two (at 10M: ~4 GB, not ~8). Until the new one is in, the index is
+        # dirty: an error or interrupt leaves it to be rebuilt from the store.
         self._dirty = True
         self.index = ChunkIndex(self.config.dim, device=self.index.device)  # an empty placeholder
         release_freed_memory()
@@ -628,18 +659,17 @@ class Workspace:
             self._reload(txn)
         self._dirty = False
         release_freed_memory()  # the training sample's, the build's temporaries
-        logger.info(
-            "migrated %d vectors to %s in %.1f s", len(self.index), self.index.factory, time.perf_counter() - started
-        )
-        return True
 
     def _checkpoint(self) -> None:
         """Save the index just migrated during an ingest: reopening then starts from it, not from the outgrown
         file and every change since. A failed save is logged (the store has committed; the next save retries)."""
+        started = time.perf_counter()
         try:
             _save_index(self.path, self.store, self.index, self._generation)
         except WorkspaceError as exc:
             logger.error("%s", exc)
+        else:
+            self.save_schedule.wrote(time.perf_counter() - started)
 
     def rebuild_index(self) -> None:
         """Rebuild the chunk index from the vectors in the store, and save it (``crossscale repair``)."""

@@ -63,6 +63,45 @@ def test_remove_then_search_never_returns_removed(factory: str, rng: np.random.G
     assert set(index.ids()) == set(range(400)) - set(gone)
 
 
+@pytest.mark.parametrize("reduce_dim", [None, 8])
+def test_hnsw_searches_skip_removed_vectors_inside_the_graph(
+    reduce_dim: int | None, tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HNSW cannot remove: its tombstones are skipped by an ID selector inside the graph search, so a search asks
+    faiss for k hits (+1 for ties), not k plus every removed vector, and finds the live vectors as well."""
+    x = _unit(rng, 2000, 16)
+    ids = np.arange(2000, dtype=np.int64) + 10**9
+    index = ChunkIndex(16, "HNSW16", reduce_dim=reduce_dim, device="cpu")
+    index.add(x, ids)
+    index.set_search_params("efSearch=200")
+    gone = ids[rng.permutation(2000)[:800]]
+    index.remove(gone)
+    assert index.tombstone_count == 800 and len(index) == 1200
+    asked: list[int] = []
+    raw = index._search_raw
+    monkeypatch.setattr(index, "_search_raw", lambda q, ask: (asked.append(ask), raw(q, ask))[1])
+    q = _unit(rng, 30, 16)
+    _, got = index.search(q, 10)
+    assert asked == [11]  # not 811
+    assert not np.isin(got, gone).any() and (got >= 0).all()
+    live = ~np.isin(ids, gone)
+    if reduce_dim is None:  # scores are exact cosines: compare with brute force over the live vectors
+        _, ref = _brute(x[live], ids[live], q, 10)
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref, strict=True)]) >= 0.95
+    params = index._skip_tombstones()
+    assert params is not None and params.efSearch == 200  # the index's setting, not faiss' default 16
+    index.set_search_params("efSearch=64")
+    assert index._skip_tombstones().efSearch == 64
+    index.save(tmp_path / "i.idx")
+    loaded, _ = ChunkIndex.load(tmp_path / "i.idx", device="cpu")
+    assert loaded.tombstone_count == 800
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], index.search(q, 10)[1])
+    flat = ChunkIndex(16, device="cpu")
+    flat.add(x, ids)
+    flat.remove(gone)
+    assert flat.tombstone_count == 0 and flat._skip_tombstones() is None  # removed for real
+
+
 def test_save_load_roundtrip_with_meta_and_tombstones(tmp_path: Path, rng: np.random.Generator) -> None:
     x = _unit(rng, 50, 8)
     index = ChunkIndex(8, "HNSW8", device="cpu")

@@ -249,6 +249,7 @@ class ChunkIndex:
         self.device = resolve_faiss_device(device)
         self._index = index
         self._tombstones: set[int] = {int(i) for i in tombstones}
+        self._skipping: tuple[Any, ...] | None = None  # search parameters that skip the tombstones, and their parts
         self._gpu_index: Any = None
         self._gpu_resources: Any = None
         self._scores_exact: bool | None = None  # the structure never changes: worked out once
@@ -258,6 +259,12 @@ class ChunkIndex:
     def __len__(self) -> int:
         """Number of live (not removed) vectors."""
         return int(self._index.ntotal) - len(self._tombstones)
+
+    @property
+    def tombstone_count(self) -> int:
+        """Removed vectors the structure still holds (HNSW cannot remove them): searches skip them, and a
+        workspace rebuilds its index from the store once they are many (:data:`crossscale.workspace.COMPACT_SHARE`)."""
+        return len(self._tombstones)
 
     @property
     def is_trained(self) -> bool:
@@ -427,6 +434,7 @@ class ChunkIndex:
             # HNSW and some others cannot remove: remember tombstones, filter at search.
             present = id_arr[np.isin(id_arr, self.ids())]
             self._tombstones.update(int(i) for i in present)
+            self._skipping = None
             removed = len(present)
         self._gpu_index = None
         return removed
@@ -472,7 +480,9 @@ class ChunkIndex:
         if n == 0 or total == 0:
             return scores, ids
         rows = np.arange(n)
-        ask = min(total, k + len(self._tombstones) + 1)  # one more: is the k-th hit's score tied beyond it?
+        # one more: is the k-th hit's score tied beyond it? (and as many more as there are tombstones where the
+        # structure cannot skip them)
+        ask = min(total, k + (0 if self._skip_tombstones() is not None else len(self._tombstones)) + 1)
         while len(rows):
             d, i = self._search_raw(q[rows], ask)
             if i.shape[1] > k and ask < total:  # equal scores at the k-th hit that may go on past the last one
@@ -491,9 +501,10 @@ class ChunkIndex:
         """faiss' ``ask`` best hits of each row with removed ids taken out: ``(scores, ids)``, best first, padded
         (``-inf``, ``-1``) at the end of each row."""
         searcher = self._searcher() if ask <= GPU_MAX_K else self._index  # faiss' GPU k limit: not cut short
+        skip = self._skip_tombstones() if searcher is self._index else None
         with _blas_threshold(self.blas_threshold):
-            d, i = searcher.search(q, ask)
-        if self._tombstones:
+            d, i = searcher.search(q, ask) if skip is None else searcher.search(q, ask, params=skip)
+        if self._tombstones and skip is None:
             i = np.where(np.isin(i, np.fromiter(self._tombstones, np.int64)), -1, i)
         found = i >= 0
         if bool((found[:, :-1] >= found[:, 1:]).all()):  # padding only at the ends: as it is
@@ -506,6 +517,27 @@ class ChunkIndex:
             scores[row, : keep.sum()] = d[row][keep]
         return scores, ids
 
+    def _skip_tombstones(self) -> Any | None:
+        """faiss search parameters that skip the tombstones inside the HNSW search (an ID selector), so that a
+        search asks for ``k`` hits, not ``k`` plus every removed vector; ``None`` without tombstones or for other
+        structures (their searches ask for more and drop the removed ones)."""
+        if not self._tombstones:
+            return None
+        if self._skipping is None:
+            import faiss
+
+            core: Any = _structure(self._index)
+            if not isinstance(core, faiss.IndexHNSW):
+                self._skipping = (None,)
+            else:
+                removed = faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64))
+                keep = faiss.IDSelectorNot(removed)
+                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # (not in the stubs)
+                params.efSearch = int(core.hnsw.efSearch)  # the index's own (set_search_params), not faiss' 16
+                params.sel = keep
+                self._skipping = (params, keep, removed)  # the selectors live as long as the parameters
+        return self._skipping[0]
+
     def set_search_params(self, params: str) -> None:
         """Set search-time parameters, e.g. ``"nprobe=32"`` (IVF) or ``"efSearch=128"`` (HNSW)."""
         import faiss
@@ -515,6 +547,7 @@ class ChunkIndex:
         except RuntimeError as exc:
             raise ConfigurationError(f"cannot set {params!r} on a {self.factory!r} index: {exc}") from exc
         self._gpu_index = None
+        self._skipping = None
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> None:
