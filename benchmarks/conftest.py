@@ -11,6 +11,7 @@ from PIL import Image
 
 from crossscale import CrossScaleSearch
 from crossscale.index.root_store import NewParent, RootStore
+from crossscale.segment import create_segmenter
 from crossscale.types import Box, Chunk
 
 DIM = 512
@@ -97,3 +98,27 @@ def facade(
     queries = [encoder.key_image(i, v) for i, v in enumerate(corpus["q"])]
     yield cs, queries
     cs.close()
+
+
+@pytest.fixture(scope="session")
+def scene() -> tuple[Image.Image, list[Chunk]]:
+    """One parent for the encoding benchmarks: skimage's astronaut at 1024x768, and the default segmenter's boxes
+    of it (``whole+tiles``, ~140)."""
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut()).convert("RGB").resize((1024, 768))
+    return image, create_segmenter("whole+tiles").segment([image])[0]
+
+
+@pytest.fixture(scope="session")
+def vit_b32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CLIP ViT-B/32's image tower (transformers' CLIPConfig defaults), random weights, a tiny text tower."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    path = tmp_path_factory.mktemp("vit-b32")
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, projection_dim=512)).save_pretrained(path)
+    CLIPImageProcessor().save_pretrained(path)
+    return path

@@ -17,7 +17,6 @@ Run: ``python -m pytest benchmarks/test_bench_encode.py --benchmark-enable``. Re
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,18 +26,6 @@ from PIL import Image
 from benchmarks.lite0 import lite0_as_before
 from crossscale.encode import create_encoder, embed, embed_regions
 from crossscale.rank import GeometricVerifier, LocalFeatures
-from crossscale.segment import create_segmenter
-from crossscale.types import Chunk
-
-
-@pytest.fixture(scope="module")
-def scene() -> tuple[Image.Image, list[Chunk]]:
-    from skimage import data
-
-    image = Image.fromarray(data.astronaut()).convert("RGB").resize((1024, 768))
-    chunks = create_segmenter("whole+tiles").segment([image])[0]
-    return image, chunks
-
 
 VARIANTS = pytest.mark.parametrize(
     "variant",
@@ -118,20 +105,6 @@ def test_sift_extraction_by_settings(benchmark, keypoints: int, side: int) -> No
 CLIP_PRECISIONS = pytest.mark.parametrize(
     "precision", ["auto", "fp32"], ids=["auto precision (bf16 on a CPU with bf16 matrix units)", "fp32"]
 )
-
-
-@pytest.fixture(scope="module")
-def vit_b32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CLIP ViT-B/32's image tower (transformers' CLIPConfig defaults), random weights, a tiny text tower."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    path = tmp_path_factory.mktemp("vit-b32")
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, projection_dim=512)).save_pretrained(path)
-    CLIPImageProcessor().save_pretrained(path)
-    return path
 
 
 @pytest.mark.benchmark(group="encode-one-parent-clip-vit-b32")

@@ -20,7 +20,6 @@ Run: ``python -m pytest benchmarks/test_bench_gpu.py -m gpu --benchmark-enable``
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,6 @@ from crossscale import CrossScaleSearch
 from crossscale._device import faiss_gpu_count
 from crossscale.encode import create_encoder, embed, embed_regions
 from crossscale.index import ChunkIndex
-from crossscale.segment import create_segmenter
 from crossscale.types import Chunk
 
 pytestmark = pytest.mark.gpu
@@ -55,14 +53,6 @@ def _needs_faiss_gpu() -> None:
 
 
 # ------------------------------------------------------------------ encoding one parent
-@pytest.fixture(scope="module")
-def scene() -> tuple[Image.Image, list[Chunk]]:
-    from skimage import data
-
-    image = Image.fromarray(data.astronaut()).convert("RGB").resize((1024, 768))
-    return image, create_segmenter("whole+tiles").segment([image])[0]
-
-
 def _time_encoder(benchmark: Any, encoder: Any, scene: tuple[Image.Image, list[Chunk]], path: str) -> np.ndarray:
     image, chunks = scene
     if path == "crops":
@@ -94,20 +84,6 @@ def test_lite0_one_parent(benchmark, scene, path: str, device: str, batch_size: 
     name = "efficientnet-lite0" if path == "crops" else "efficientnet-lite0-regions"
     encoder = create_encoder(name, device=device, batch_size=batch_size)
     _time_encoder(benchmark, encoder, scene, path)
-
-
-@pytest.fixture(scope="module")
-def vit_b32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CLIP ViT-B/32's image tower (transformers' CLIPConfig defaults), random weights, a tiny text tower."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    path = tmp_path_factory.mktemp("vit-b32")
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=text, projection_dim=512)).save_pretrained(path)
-    CLIPImageProcessor().save_pretrained(path)
-    return path
 
 
 @pytest.mark.benchmark(group="gpu-encode-one-parent-clip-vit-b32")

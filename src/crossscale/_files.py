@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["ASSUMED_WRITE_BYTES_PER_SECOND", "TEMP_SUFFIX", "SaveSchedule", "atomic_write", "atomic_write_with"]
+
+logger = logging.getLogger(__name__)
 
 #: suffix of the temporary files :func:`atomic_write` makes; a crash can leave one behind.
 TEMP_SUFFIX = ".tmp"
@@ -104,10 +107,19 @@ class SaveSchedule:
             size = 0
         return cls(last_write_seconds=size / ASSUMED_WRITE_BYTES_PER_SECOND)
 
-    def due(self, work_seconds: float) -> bool:
-        """Count ``work_seconds`` more of ingest; whether a write is due now."""
+    def due(self, work_seconds: float, *, what: str = "index file") -> bool:
+        """Count ``work_seconds`` more of ingest; whether a write of ``what`` (named in the debug log line said
+        when it is not due) is due now."""
         self.work_seconds += max(0.0, float(work_seconds))
-        return self.last_write_seconds <= max(self.quick_seconds, self.share * self.work_seconds)
+        if self.last_write_seconds <= max(self.quick_seconds, self.share * self.work_seconds):
+            return True
+        logger.debug(
+            "%s left for later: its last write took %.2f s, the ingest since %.2f s",
+            what,
+            self.last_write_seconds,
+            self.work_seconds,
+        )
+        return False
 
     def wrote(self, seconds: float) -> None:
         """A write took ``seconds``: the ingest time is counted afresh from now."""

@@ -209,12 +209,7 @@ class LocalCandidates:
     def save_if_due(self, work_seconds: float) -> bool:
         """:meth:`save`, if :attr:`save_schedule` finds a write due after ``work_seconds`` more of ingest; True if
         it was due. What is not written yet is caught up from the store by the next search of any process."""
-        if not self.save_schedule.due(work_seconds):
-            logger.debug(
-                "keypoint index file left for later: its last write took %.2f s, the ingest since %.2f s",
-                self.save_schedule.last_write_seconds,
-                self.save_schedule.work_seconds,
-            )
+        if not self.save_schedule.due(work_seconds, what="keypoint index file"):
             return False
         self.save()
         return True

@@ -587,12 +587,7 @@ class Workspace:
         large index file is not rewritten after every small ``index()`` call); True if it saved. What is not
         written yet is caught up from the store by the next open, and :meth:`close` writes it."""
         self.check_open(write=True)
-        if not self.save_schedule.due(work_seconds):
-            logger.debug(
-                "chunk index file left for later: its last write took %.2f s, the ingest since %.2f s",
-                self.save_schedule.last_write_seconds,
-                self.save_schedule.work_seconds,
-            )
+        if not self.save_schedule.due(work_seconds, what="chunk index file"):
             return False
         self._write_index()
         return True

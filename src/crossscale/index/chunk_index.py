@@ -294,9 +294,11 @@ class ChunkIndex:
         """Whether ``search(q, k)`` gives the first ``k`` hits of ``search(q, K)`` for any ``K > k``: true of the
         exhaustive scans on the CPU (Flat, SQ and PQ codes, and IVF lists but fast-scan ones), which score the same
         vectors at any depth and whose ties :meth:`search` orders by id; not of HNSW, whose beam widens with
-        ``k``, of a refining index, which re-ranks ``k_factor * k`` candidates, nor of a GPU search, whose
-        selection among equal scores is its own. The query path may then search deeper at first, with the same
-        result (:class:`~crossscale.query.FetchDepth`)."""
+        ``k``, of a refining index, which re-ranks ``k_factor * k`` candidates, nor of a GPU search: searches
+        deeper than faiss' GPU limit (:data:`GPU_MAX_K`) run on the CPU copy, whose scores differ from the GPU's
+        in the last bits, and a GPU's matrix products may round differently with the batch's size, so equal
+        scores at one depth need not be equal at another. The query path may then search deeper at first, with
+        the same result (:class:`~crossscale.query.FetchDepth`)."""
         if self._prefix_stable is None:  # the structure never changes: worked out once
             import faiss
 
