@@ -78,6 +78,7 @@ __all__ = [
     "ComponentSpec",
     "Configure",
     "KEYPOINT_FILE",
+    "SaveSchedule",
     "VerifyReport",
     "WORKSPACE_FORMAT",
     "Workspace",
@@ -595,10 +596,10 @@ class Workspace:
     def _write_index(self) -> None:
         """Bring the index up to date with the store, migrate it if outgrown (or rebuild it if it holds many
         removed vectors), and write its file."""
-        started = time.perf_counter()
         self._clean()
         if not self._grow_if_outgrown():
             self._compact_if_tombstoned()
+        started = time.perf_counter()  # the write alone: a migration's time would put the next write off too long
         _save_index(self.path, self.store, self.index, self._generation)
         self.save_schedule.wrote(time.perf_counter() - started)
 

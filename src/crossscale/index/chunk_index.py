@@ -482,9 +482,10 @@ class ChunkIndex:
         if n == 0 or total == 0:
             return scores, ids
         rows = np.arange(n)
-        # one more: is the k-th hit's score tied beyond it? (and as many more as there are tombstones where the
-        # structure cannot skip them)
-        ask = min(total, k + (0 if self._skip_tombstones() is not None else len(self._tombstones)) + 1)
+        # one more: is the k-th hit's score tied beyond it? (and as many more as there are tombstones, unless the
+        # CPU index serves and skips them)
+        skipped = self.device == "cpu" and self._skip_tombstones() is not None
+        ask = min(total, k + (0 if skipped else len(self._tombstones)) + 1)
         while len(rows):
             d, i = self._search_raw(q[rows], ask)
             if i.shape[1] > k and ask < total:  # equal scores at the k-th hit that may go on past the last one
