@@ -164,6 +164,16 @@ def test_random_kills_with_local_search(tmp_path: Path, images: Path) -> None:
         assert report.ok and not [n for n in report.notes if "keypoint" in n], report.notes
 
 
+def test_random_kills_with_index_files_left_for_later(tmp_path: Path, images: Path) -> None:
+    """Index files never due after ``index()`` (as in a large workspace: written at close only): a kill anywhere
+    leaves both files behind the store, and opening catches them up from it exactly, without a rebuild."""
+    stats = kill_randomly(tmp_path, images, kills=6, seed=6, per_cycle=6, extra=("--defer-saves", "--local-search"))
+    assert stats["kills"] + stats["sigint"] >= 6
+    with _open(tmp_path / "cycle0", readonly=True) as reader:  # the finishing run closed: both files current
+        report = reader.verify()
+        assert report.ok and not [n for n in report.notes if "keypoint" in n], report.notes
+
+
 @pytest.mark.slow
 def test_random_kills_many(tmp_path: Path, images: Path) -> None:
     stats = kill_randomly(tmp_path, images, kills=110, seed=2)

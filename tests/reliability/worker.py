@@ -1,7 +1,7 @@
 """A writer process for crash, concurrency and disk-full tests.
 
     python -m tests.reliability.worker WORKSPACE IMAGES_DIR [--map-size BYTES] [--fsize-limit BYTES]
-        [--scales 0.5,0.25] [--flat-max N] [--index FACTORY] [--reduce-dim D] [--local-search]
+        [--scales 0.5,0.25] [--flat-max N] [--index FACTORY] [--reduce-dim D] [--local-search] [--defer-saves]
 
 Indexes every image of IMAGES_DIR (content-hash ids, 4 per batch), then deletes the parents whose
 file name contains "-del". Prints "ready" once imported and "done" at the end, so a test can kill it
@@ -31,6 +31,9 @@ def main() -> int:
     parser.add_argument(
         "--local-search", action="store_true", help="local search whatever the size (default: the library's default)"
     )
+    parser.add_argument(
+        "--defer-saves", action="store_true", help="index files never due after index(): written at close only"
+    )
     args = parser.parse_args()
     if args.fsize_limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
@@ -59,6 +62,12 @@ def main() -> int:
         reduce_dim=args.reduce_dim,
         local_search=True if args.local_search else None,  # on by default here (a few dozen parents)
     ) as cs:
+        if args.defer_saves:
+            from crossscale.workspace import SaveSchedule
+
+            cs.workspace.save_schedule = SaveSchedule(last_write_seconds=float("inf"))
+            if cs.local is not None:
+                cs.local.save_schedule = SaveSchedule(last_write_seconds=float("inf"))
         report = cs.index(files)
         added_sources = [cs.record(pid).source for pid in report.added]
         summary = {
