@@ -301,15 +301,28 @@ class LocalCandidates:
         )
 
     def _current(self) -> KeypointIndex:
-        """The keypoint index, brought up to date with the store's parents."""
+        """The keypoint index, brought up to date with the store's parents.
+
+        An interrupt or error half-way through leaves the index in memory out of step with its marks (a parent
+        marked and not yet added, or added twice on the next try): it is let go, so that nothing saves it, and
+        the next use loads the file again and catches it up."""
         if not self._looked:
             self._load()  # then compared with the store's parents, whatever generation it records
-        store = self.workspace.store
-        generation = store.generation
-        if self.index is not None and generation == self._generation:
+        if self.index is not None and self.workspace.store.generation == self._generation:
             return self.index
+        try:
+            return self._catch_up()
+        except BaseException:
+            self.index, self._marks, self._generation, self._looked = None, {}, -1, not self.persist
+            raise
+
+    def _catch_up(self) -> KeypointIndex:
+        """:meth:`_current`'s work: the store's parents added or deleted since are added to or dropped from the
+        index."""
         from tqdm.auto import tqdm
 
+        store = self.workspace.store
+        generation = store.generation
         started = time.perf_counter()
         stored = _first_chunks(store)
         gone = [p for p, mark in self._marks.items() if stored.get(p) != mark]

@@ -88,10 +88,11 @@ def test_hnsw_searches_skip_removed_vectors_inside_the_graph(
     if reduce_dim is None:  # scores are exact cosines: compare with brute force over the live vectors
         _, ref = _brute(x[live], ids[live], q, 10)
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref, strict=True)]) >= 0.95
-    params = index._skip_tombstones()
+    params = index._hnsw_params(11)
     assert params is not None and params.efSearch == 200  # the index's setting, not faiss' default 16
     index.set_search_params("efSearch=64")
-    assert index._skip_tombstones().efSearch == 64
+    assert index._hnsw_params(11).efSearch == 64
+    assert index._hnsw_params(100).efSearch == 167  # widened: 100 live among 2000 of which 800 removed
     index.save(tmp_path / "i.idx")
     loaded, _ = ChunkIndex.load(tmp_path / "i.idx", device="cpu")
     assert loaded.tombstone_count == 800
@@ -99,7 +100,23 @@ def test_hnsw_searches_skip_removed_vectors_inside_the_graph(
     flat = ChunkIndex(16, device="cpu")
     flat.add(x, ids)
     flat.remove(gone)
-    assert flat.tombstone_count == 0 and flat._skip_tombstones() is None  # removed for real
+    assert flat.tombstone_count == 0 and flat._hnsw_params(11) is None  # removed for real
+
+
+def test_hnsw_rows_are_full_when_k_passes_the_beam_or_most_vectors_are_removed(rng: np.random.Generator) -> None:
+    """A search returns k hits whenever k live vectors exist: the beam is widened past ``efSearch`` (16) to k,
+    and, with 90% removed (a beam of 16 then holds ~2 live vectors), to hold k live ones."""
+    x = _unit(rng, 3000, 16)
+    index = ChunkIndex(16, "HNSW16", device="cpu")
+    index.add(x, np.arange(3000))
+    index.set_search_params("efSearch=16")
+    _, got = index.search(x[:5], 1000)  # faiss alone: ~225 hits
+    assert (got >= 0).all()
+    _, everything = index.search(x[:2], 3000)
+    assert all(sorted(row) == list(range(3000)) for row in everything)
+    index.remove(np.arange(3000)[np.arange(3000) % 10 != 0])
+    _, got = index.search(x[:20], 50)
+    assert (got >= 0).all() and (got % 10 == 0).all()
 
 
 def test_save_load_roundtrip_with_meta_and_tombstones(tmp_path: Path, rng: np.random.Generator) -> None:

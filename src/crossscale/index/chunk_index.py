@@ -154,6 +154,13 @@ def _structure(index: Any) -> Any:
     return faiss.downcast_index(core.index) if isinstance(core, faiss.IndexIDMap) else core
 
 
+def _hnsw_search_parameters() -> Any:
+    """A new ``faiss.SearchParametersHNSW`` (not in faiss' type stubs)."""
+    import faiss
+
+    return faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+
+
 def _principal_axes(x: np.ndarray, k: int) -> tuple[np.ndarray, float]:
     """The ``k`` leading eigenvectors of the uncentred second moment ``xᵀx`` of the rows of ``x``, as a
     ``(k, d)`` float32 matrix, and the share of ``x``'s energy they keep."""
@@ -249,7 +256,7 @@ class ChunkIndex:
         self.device = resolve_faiss_device(device)
         self._index = index
         self._tombstones: set[int] = {int(i) for i in tombstones}
-        self._skipping: tuple[Any, ...] | None = None  # search parameters that skip the tombstones, and their parts
+        self._skipping: tuple[Any, ...] | None = None  # the ID selector that skips the tombstones, and its parts
         self._gpu_index: Any = None
         self._gpu_resources: Any = None
         self._scores_exact: bool | None = None  # the structure never changes: worked out once
@@ -484,7 +491,7 @@ class ChunkIndex:
         rows = np.arange(n)
         # one more: is the k-th hit's score tied beyond it? (and as many more as there are tombstones, unless the
         # CPU index serves and skips them)
-        skipped = self.device == "cpu" and self._skip_tombstones() is not None
+        skipped = self.device == "cpu" and self._can_skip_tombstones()
         ask = min(total, k + (0 if skipped else len(self._tombstones)) + 1)
         while len(rows):
             d, i = self._search_raw(q[rows], ask)
@@ -504,7 +511,7 @@ class ChunkIndex:
         """faiss' ``ask`` best hits of each row with removed ids taken out: ``(scores, ids)``, best first, padded
         (``-inf``, ``-1``) at the end of each row."""
         searcher = self._searcher() if ask <= GPU_MAX_K else self._index  # faiss' GPU k limit: not cut short
-        skip = self._skip_tombstones() if searcher is self._index else None
+        skip = self._hnsw_params(ask) if searcher is self._index else None
         with _blas_threshold(self.blas_threshold):
             d, i = searcher.search(q, ask) if skip is None else searcher.search(q, ask, params=skip)
         if self._tombstones and skip is None:
@@ -520,26 +527,39 @@ class ChunkIndex:
             scores[row, : keep.sum()] = d[row][keep]
         return scores, ids
 
-    def _skip_tombstones(self) -> Any | None:
-        """faiss search parameters that skip the tombstones inside the HNSW search (an ID selector), so that a
-        search asks for ``k`` hits, not ``k`` plus every removed vector; ``None`` without tombstones or for other
-        structures (their searches ask for more and drop the removed ones)."""
+    def _can_skip_tombstones(self) -> bool:
+        """Whether the structure skips the tombstones inside its search (HNSW, with an ID selector), so that a
+        search asks for ``k`` hits, not ``k`` plus every removed vector; the selector is made once per set of
+        tombstones."""
         if not self._tombstones:
-            return None
+            return False
         if self._skipping is None:
             import faiss
 
-            core: Any = _structure(self._index)
-            if not isinstance(core, faiss.IndexHNSW):
-                self._skipping = (None,)
-            else:
+            if isinstance(_structure(self._index), faiss.IndexHNSW):
                 removed = faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64))
-                keep = faiss.IDSelectorNot(removed)
-                params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # (not in the stubs)
-                params.efSearch = int(core.hnsw.efSearch)  # the index's own (set_search_params), not faiss' 16
-                params.sel = keep
-                self._skipping = (params, keep, removed)  # the selectors live as long as the parameters
-        return self._skipping[0]
+                self._skipping = (faiss.IDSelectorNot(removed), removed)  # the second lives as long as the first
+            else:
+                self._skipping = (None,)
+        return self._skipping[0] is not None
+
+    def _hnsw_params(self, ask: int) -> Any | None:
+        """faiss search parameters for ``ask`` hits of an HNSW index, or ``None`` for other structures. The beam
+        (``efSearch``) is the index's own (:meth:`set_search_params`), widened to hold ``ask`` live vectors: a
+        beam narrower than ``ask`` returns fewer hits than asked (faiss does not widen it: 225 of 1,000 at
+        ``efSearch`` 16), and with most vectors removed a beam finds a live one only so often. The tombstones
+        are skipped inside the graph walk (an ID selector)."""
+        import faiss
+
+        core: Any = _structure(self._index)
+        if not isinstance(core, faiss.IndexHNSW):
+            return None
+        params = _hnsw_search_parameters()
+        live = max(1, len(self))
+        params.efSearch = max(int(core.hnsw.efSearch), -(-ask * int(self._index.ntotal) // live))
+        if self._can_skip_tombstones() and self._skipping is not None:
+            params.sel = self._skipping[0]
+        return params
 
     def set_search_params(self, params: str) -> None:
         """Set search-time parameters, e.g. ``"nprobe=32"`` (IVF) or ``"efSearch=128"`` (HNSW)."""
@@ -550,7 +570,6 @@ class ChunkIndex:
         except RuntimeError as exc:
             raise ConfigurationError(f"cannot set {params!r} on a {self.factory!r} index: {exc}") from exc
         self._gpu_index = None
-        self._skipping = None
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> None:
