@@ -7,10 +7,12 @@ means the same thing everywhere.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from crossscale.errors import DeviceError
@@ -115,15 +117,16 @@ FAISS_GPU_DISTRIBUTIONS = (
 )
 
 
-def faiss_gpu_distributions() -> dict[str, str]:
-    """The installed distributions of :data:`FAISS_GPU_DISTRIBUTIONS`, with their versions."""
+@functools.cache  # asked at each ChunkIndex(device="auto") without a GPU; the imported faiss is the process's
+def faiss_gpu_distributions() -> Mapping[str, str]:
+    """The installed distributions of :data:`FAISS_GPU_DISTRIBUTIONS`, with their versions (read-only)."""
     from importlib import metadata
 
     found = {}
     for name in FAISS_GPU_DISTRIBUTIONS:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
-    return found
+    return MappingProxyType(found)
 
 
 def faiss_without_gpu() -> str:

@@ -256,7 +256,7 @@ class ChunkIndex:
         self.device = resolve_faiss_device(device)
         self._index = index
         self._tombstones: set[int] = {int(i) for i in tombstones}
-        self._skipping: tuple[Any, ...] | None = None  # the ID selector that skips the tombstones, and its parts
+        self._skipping: tuple[Any, Any] | None = None  # the ID selector that skips the tombstones, and its part
         self._gpu_index: Any = None
         self._gpu_resources: Any = None
         self._scores_exact: bool | None = None  # the structure never changes: worked out once
@@ -490,8 +490,8 @@ class ChunkIndex:
             return scores, ids
         rows = np.arange(n)
         # one more: is the k-th hit's score tied beyond it? (and as many more as there are tombstones, unless the
-        # CPU index serves and skips them)
-        skipped = self.device == "cpu" and self._can_skip_tombstones()
+        # CPU index serves and HNSW skips them: _hnsw_params)
+        skipped = self.device == "cpu" and self._hnsw() is not None
         ask = min(total, k + (0 if skipped else len(self._tombstones)) + 1)
         while len(rows):
             d, i = self._search_raw(q[rows], ask)
@@ -527,37 +527,32 @@ class ChunkIndex:
             scores[row, : keep.sum()] = d[row][keep]
         return scores, ids
 
-    def _can_skip_tombstones(self) -> bool:
-        """Whether the structure skips the tombstones inside its search (HNSW, with an ID selector), so that a
-        search asks for ``k`` hits, not ``k`` plus every removed vector; the selector is made once per set of
-        tombstones."""
-        if not self._tombstones:
-            return False
-        if self._skipping is None:
-            import faiss
+    def _hnsw(self) -> Any | None:
+        """The HNSW structure holding the vectors (a non-owning view), or ``None`` for other structures."""
+        import faiss
 
-            if isinstance(_structure(self._index), faiss.IndexHNSW):
-                removed = faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64))
-                self._skipping = (faiss.IDSelectorNot(removed), removed)  # the second lives as long as the first
-            else:
-                self._skipping = (None,)
-        return self._skipping[0] is not None
+        core: Any = _structure(self._index)
+        return core if isinstance(core, faiss.IndexHNSW) else None
 
     def _hnsw_params(self, ask: int) -> Any | None:
         """faiss search parameters for ``ask`` hits of an HNSW index, or ``None`` for other structures. The beam
         (``efSearch``) is the index's own (:meth:`set_search_params`), widened to hold ``ask`` live vectors: a
         beam narrower than ``ask`` returns fewer hits than asked (faiss does not widen it: 225 of 1,000 at
         ``efSearch`` 16), and with most vectors removed a beam finds a live one only so often. The tombstones
-        are skipped inside the graph walk (an ID selector)."""
-        import faiss
-
-        core: Any = _structure(self._index)
-        if not isinstance(core, faiss.IndexHNSW):
+        are skipped inside the graph walk, so a search asks for ``k`` hits, not ``k`` plus every removed vector
+        (an ID selector, made once per set of tombstones)."""
+        core = self._hnsw()
+        if core is None:
             return None
         params = _hnsw_search_parameters()
         live = max(1, len(self))
         params.efSearch = max(int(core.hnsw.efSearch), -(-ask * int(self._index.ntotal) // live))
-        if self._can_skip_tombstones() and self._skipping is not None:
+        if self._tombstones:
+            if self._skipping is None:
+                import faiss
+
+                removed = faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64))
+                self._skipping = (faiss.IDSelectorNot(removed), removed)  # the second lives as long as the first
             params.sel = self._skipping[0]
         return params
 
