@@ -76,6 +76,19 @@ class SlicedData:
         return x
 
 
+def more_queries(data: SlicedData, n: int, seed: int, slices_used: int = 10) -> np.ndarray:
+    """``n`` more queries of the build's kind (noisy copies of random regions) for throughput at large batches,
+    without exact parents: drawn from ``slices_used`` random slices (parents' clusters are random, so these are
+    spread as the build's are), made again from the seed."""
+    rng = np.random.default_rng([seed, 2])
+    starts = rng.choice(-(-data.n // SLICE), min(slices_used, -(-data.n // SLICE)), replace=False) * SLICE
+    per = -(-n // len(starts))
+    picked = np.concatenate([data.slice(int(s))[rng.choice(min(SLICE, data.n - int(s)), per)] for s in starts])[:n]
+    q = picked + 0.3 * np.asarray(rng.standard_normal(picked.shape), np.float32) / np.sqrt(data.dim)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return np.asarray(q, dtype=np.float32)
+
+
 def rss_mb() -> tuple[float, float]:
     """``(VmRSS, VmHWM)`` of this process in MiB (Linux)."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -195,7 +208,7 @@ def build(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return info
 
 
-def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
+def search(workdir: Path, nprobes: Sequence[int], batch_sizes: Sequence[int] = ()) -> dict[str, Any]:
     """Load the index and the default encoder, then time search_parents; peak RSS from after the imports."""
     import torch
 
@@ -263,7 +276,10 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
             )
             logger.info("%s", results[-1])
     _, peak = rss_mb()
+    # after the peak: making the extra queries holds the data set's parent centres and slices for a while
+    batches = _large_batches(index, parents, info, q, exact, plan_nprobe, batch_sizes)
     return {
+        "batches": batches,
         "base_rss_mb": base_rss,
         "base_anon_mb": base["RssAnon"],
         "base_file_mb": base["RssFile"],
@@ -277,6 +293,48 @@ def search(workdir: Path, nprobes: Sequence[int]) -> dict[str, Any]:
         "parent_map_bytes": parents.nbytes,
         "results": results,
     }
+
+
+def _large_batches(
+    index: Any,
+    parents: Any,
+    info: dict[str, Any],
+    q: np.ndarray,
+    exact: np.ndarray,
+    nprobe: int,
+    sizes: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Queries per second of one batch of each size through the query path (FetchDepth, as the facade), with
+    ``ChunkIndex``'s list-by-list scan (now) and without it (faiss' search, before), one after the other; the
+    batch starts with the queries that have exact parents (its recall) and goes on with :func:`more_queries`."""
+    from benchmarks.engines import parent_search, recall
+    from crossscale.index import _list_scan, search_params
+    from crossscale.query import FetchDepth
+
+    if not sizes:
+        return []
+    index.set_search_params(search_params(info["factory"], nprobe))
+    data = SlicedData(info["n"], info["dim"], info["per_parent"])
+    extra = more_queries(data, max(0, max(sizes) - len(q)), seed=5)
+    pool = np.concatenate([q, extra])
+    rows = []
+    real = _list_scan.pays
+    for size in sizes:
+        for how in ("list scan", "faiss"):
+            _list_scan.pays = real if how == "list scan" else (lambda *args: False)  # type: ignore[assignment]
+            try:
+                depth = FetchDepth()
+                search = parent_search(index, parents, lambda i: str(i // info["per_parent"]), 8, depth)
+                search(pool[:200])  # FetchDepth learns from a first batch, as it would from a user's earlier queries
+                t = time.perf_counter()
+                got = search(pool[:size])
+                qps = size / (time.perf_counter() - t)
+            finally:
+                _list_scan.pays = real
+            known = min(size, len(q))
+            rows.append({"batch": size, "how": how, "qps": qps, "recall": recall(got[:known], exact[:known].tolist())})
+            logger.info("%s", rows[-1])
+    return rows
 
 
 def search_in_fresh_process(module: str, workdir: Path, options: Sequence[str]) -> dict[str, Any]:
@@ -297,20 +355,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-memory", default="4G")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the index here (default: a temp folder)")
     parser.add_argument("--nprobe", default="", help="more nprobe values to search with, e.g. 32,64")
+    parser.add_argument(
+        "--batch", default="1000,4000", help="batch sizes for batched throughput with and without the list scan"
+    )
     parser.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     nprobes = [int(v) for v in args.nprobe.split(",") if v.strip()]
+    batch_sizes = [int(v) for v in args.batch.split(",") if v.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         if args.search_only:
-            (workdir / "search.json").write_text(json.dumps(search(workdir, nprobes)))
+            (workdir / "search.json").write_text(json.dumps(search(workdir, nprobes, batch_sizes)))
             return 0
         t = time.perf_counter()
         info = build(args, workdir)
         logger.info("built in %.0f s: %s", time.perf_counter() - t, info)
-        found = search_in_fresh_process("benchmarks.ten_million", workdir, ["--nprobe", args.nprobe])
+        found = search_in_fresh_process(
+            "benchmarks.ten_million", workdir, ["--nprobe", args.nprobe, "--batch", args.batch]
+        )
     _report(info, found)
     return 0
 
@@ -342,6 +406,11 @@ def _report(info: dict[str, Any], found: dict[str, Any]) -> None:
         f"{'' if found['peak_reset'] else ' (the peak could not be reset: it includes loading)'}; "
         f"index + model = {index_mb + model_mb:.0f} MiB; parent map {found['parent_map_bytes'] / mib:.1f} MiB"
     )
+    if found.get("batches"):
+        print("| batch | search | parent recall@10 (queries with exact parents) | batched q/s |")
+        print("| ---: | --- | ---: | ---: |")
+        for row in found["batches"]:
+            print(f"| {row['batch']:,} | {row['how']} | {row['recall']:.3f} | {row['qps']:.0f} |")
     if "peak_anon_while_searching_mb" in found:
         own = found["peak_anon_while_searching_mb"]
         print(

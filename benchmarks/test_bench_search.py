@@ -258,3 +258,41 @@ def test_hnsw_search_with_tombstones(benchmark, hnsw_removed, monkeypatch, how: 
     recall = np.mean([len(set(a) & set(b)) / K_CHUNKS for a, b in zip(got, hnsw_removed["exact"], strict=True)])
     benchmark.extra_info["recall_at_80"] = round(float(recall), 4)
     assert recall >= 0.95
+
+
+# ------------------------------------------------------------------ batched IVF search, list by list
+IVF_N = 200_000
+IVF_DIM = 128
+
+
+@pytest.fixture(scope="module", params=["IVF1024,Flat", "IVF1024,SQ8"])
+def ivf_batch(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """200k clustered region vectors of 128-d (``benchmarks.scale``'s kind: 100 alike regions per parent), in a
+    ChunkIndex of ``request.param`` searched at ``nprobe`` 32; 2,000 queries (noisy copies of regions)."""
+    from benchmarks.scale import make_data
+
+    data = make_data(IVF_N, IVF_DIM, 100, 2000, seed=3)
+    index = ChunkIndex(IVF_DIM, request.param, device="cpu")
+    index.train(data["x"][:: IVF_N // 50_000])
+    index.add(data["x"], np.arange(IVF_N))
+    index.set_search_params("nprobe=32")
+    return {"index": index, "q": np.ascontiguousarray(data["q"], dtype=np.float32), "factory": request.param}
+
+
+@pytest.mark.benchmark(group="ivf-batch-search")
+@pytest.mark.parametrize("rows", [256, 2000])
+@pytest.mark.parametrize("how", ["faiss", "ChunkIndex"], ids=["raw faiss", "ChunkIndex (list by list)"])
+def test_ivf_batch_search(benchmark, ivf_batch, rows: int, how: str) -> None:  # type: ignore[no-untyped-def]
+    """A batch of ``rows`` queries, k=80: faiss' own IVF search (each query scans its 32 lists) against
+    ChunkIndex.search, which scans each probed list once for all of its queries (a batch of 2,000 reads each
+    list for ~60 of them; one of 256 for ~8). Same index, same queries; the hits must be faiss' own."""
+    index, q = ivf_batch["index"], ivf_batch["q"][:rows]
+    with fast_blas():
+        want_scores, want_ids = index._index.search(q, K_CHUNKS)
+        if how == "faiss":
+            scores, ids = benchmark(index._index.search, q, K_CHUNKS)
+        else:
+            scores, ids = benchmark(index.search, q, K_CHUNKS)
+    benchmark.extra_info["factory"] = ivf_batch["factory"]
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    assert np.mean(ids == want_ids) > 0.99  # the same hits; near-equal scores may swap places
