@@ -28,6 +28,7 @@ def test_streamed_slices_are_the_same_every_time_and_unit_length() -> None:
 def test_a_small_run_builds_searches_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 10 MB cannot hold 20k float32 vectors of 256-d in IVF-Flat: the plan is IVF-SQ8, as at 10M in 4 GB
     argv = ["--n", "20000", "--queries", "8", "--max-memory", "10M", "--workdir", str(tmp_path), "--nprobe", "512"]
+    argv += ["--batch", "8,300"]  # batched throughput with the list scan and without
     assert ten_million.main(argv) == 0
     build = json.loads((tmp_path / "build.json").read_text())
     found = json.loads((tmp_path / "search.json").read_text())
@@ -42,5 +43,14 @@ def test_a_small_run_builds_searches_and_reports(tmp_path: Path, capsys: pytest.
     assert all(0.0 <= r["recall"] <= 1.0 and r["p50_ms"] > 0 for r in found["results"])
     assert found["peak_while_searching_mb"] >= found["rss_after_load_mb"] > found["base_rss_mb"] > 0
     assert found["peak_while_searching_mb"] > found["peak_anon_while_searching_mb"] > found["base_anon_mb"] > 0
+    batches = found["batches"]
+    assert [(b["batch"], b["how"]) for b in batches] == [
+        (8, "list scan"),
+        (8, "faiss"),
+        (300, "list scan"),
+        (300, "faiss"),
+    ]
+    assert batches[2]["recall"] == batches[3]["recall"] == found["results"][0]["recall"]  # the 8 with exact parents
+    assert all(b["qps"] > 0 for b in batches)
     out = capsys.readouterr().out
-    assert "| 105 | 128 | no |" in out and "own memory (RssAnon)" in out
+    assert "| 105 | 128 | no |" in out and "own memory (RssAnon)" in out and "| 300 | list scan |" in out

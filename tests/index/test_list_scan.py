@@ -112,9 +112,10 @@ def test_an_l2_index_or_a_codes_cap_is_left_to_faiss(rng: np.random.Generator) -
     assert ListScan.of(l2) is None
     capped = ChunkIndex(DIM, "IVF16,Flat", device="cpu")
     capped.add(x, np.arange(2000))
-    assert ListScan.of(capped._index) is not None
+    scan = ListScan.of(capped._index)
+    assert scan is not None and scan.search(x[:300], 5) is not None
     capped.set_search_params("max_codes=100")  # faiss stops scanning after 100 codes: not what a scan does
-    assert ListScan.of(capped._index) is None
+    assert scan.search(x[:300], 5) is None
 
 
 def test_a_batch_whose_queries_share_few_lists_is_left_to_faiss(
@@ -252,3 +253,16 @@ def test_any_batch_the_scan_takes_gets_faiss_hits(
     got = scan.search(q, k)
     if got is not None:
         _assert_same_hits(got, index._index.search(q, k))
+
+
+def test_a_loaded_index_scans_too(rng: np.random.Generator, tmp_path: Any) -> None:
+    """The scanner is worked out from the loaded faiss index (SQ ranges included), not carried over."""
+    index = _index(rng, "IVF16,SQ8", reduce_dim=8)
+    q = _clustered(rng, 300)
+    want = index.search(q, 20)
+    index.save(tmp_path / "index")
+    loaded, _ = ChunkIndex.load(tmp_path / "index", device="cpu")
+    assert loaded._list_scan() is not None
+    got = loaded.search(q, 20)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])  # the same path on the same data: the same bits

@@ -11,7 +11,7 @@ Supported structures: ``IVF*,Flat``, and IVF lists of the scalar quantizer's 8-b
 for all dimensions) or float16 ones (``SQfp16``), with or without residuals; behind an optional projection; with
 faiss' in-memory inverted lists. Others are left to faiss (:meth:`ListScan.of` returns ``None``): PQ, fast-scan,
 4-, 6-bit and direct codes, bfloat16 ones (faiss scores those against a bfloat16 copy of the query), lists on
-disk, and a ``max_codes`` cap.
+disk; and so are searches under a ``max_codes`` cap (:meth:`ListScan.search` returns ``None``).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class ListScan:
         if not isinstance(outer, faiss.IndexIVF) or outer.metric_type != faiss.METRIC_INNER_PRODUCT:
             return None
         invlists: Any = outer.invlists
-        if int(outer.max_codes) or not isinstance(faiss.downcast_InvertedLists(invlists), faiss.ArrayInvertedLists):
+        if not isinstance(faiss.downcast_InvertedLists(invlists), faiss.ArrayInvertedLists):
             return None
         d = int(outer.d)
         if type(outer) is faiss.IndexIVFFlat:
@@ -112,6 +112,8 @@ class ListScan:
         the batch's queries share too few lists for a scan to be faster than faiss (:func:`pays`): the caller
         then asks faiss."""
         ivf = self._ivf
+        if int(ivf.max_codes):  # faiss stops each query's scan after that many codes (set_search_params)
+            return None
         nlist, total = int(ivf.nlist), int(ivf.ntotal)
         nprobe = max(1, min(int(ivf.nprobe), nlist))
         # decided before any work (a batch left to faiss costs nothing more): the lists the batch is expected to
