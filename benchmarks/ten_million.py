@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,28 +304,44 @@ def _large_batches(
     nprobe: int,
     sizes: Sequence[int],
 ) -> list[dict[str, Any]]:
-    """Queries per second of one batch of each size through the query path (FetchDepth, as the facade), with
-    ``ChunkIndex``'s list-by-list scan (now) and without it (faiss' search, before), one after the other; the
-    batch starts with the queries that have exact parents (its recall) and goes on with :func:`more_queries`."""
-    from benchmarks.engines import parent_search, recall
-    from crossscale.index import _list_scan, search_params
+    """:func:`batched_rows` for the index loaded here, through the query path with the facade's FetchDepth."""
+    from benchmarks.engines import parent_search
+    from crossscale.index import search_params
     from crossscale.query import FetchDepth
+
+    index.set_search_params(search_params(info["factory"], nprobe))
+    data = SlicedData(info["n"], info["dim"], info["per_parent"])
+    per_parent = info["per_parent"]
+    return batched_rows(
+        lambda: parent_search(index, parents, lambda i: str(i // per_parent), 8, FetchDepth()), q, exact, data, sizes
+    )
+
+
+def batched_rows(
+    make_search: Callable[[], Callable[[np.ndarray], list[list[int]]]],
+    q: np.ndarray,
+    exact: np.ndarray,
+    data: SlicedData,
+    sizes: Sequence[int],
+) -> list[dict[str, Any]]:
+    """Queries per second of one batch of each size, with ``ChunkIndex``'s list-by-list scan (now) and without it
+    (faiss' search, before), one after the other, each through a fresh ``make_search()`` that first learns from 200
+    queries (as a FetchDepth would from a user's earlier queries). A batch starts with the queries that have exact
+    parents (its recall) and goes on with :func:`more_queries`."""
+    from benchmarks.engines import recall
+    from crossscale.index import _list_scan
 
     if not sizes:
         return []
-    index.set_search_params(search_params(info["factory"], nprobe))
-    data = SlicedData(info["n"], info["dim"], info["per_parent"])
-    extra = more_queries(data, max(0, max(sizes) - len(q)), seed=5)
-    pool = np.concatenate([q, extra])
+    pool = np.concatenate([q, more_queries(data, max(0, max(sizes) - len(q)), seed=5)])
     rows = []
     real = _list_scan.pays
     for size in sizes:
         for how in ("list scan", "faiss"):
             _list_scan.pays = real if how == "list scan" else (lambda *args: False)  # type: ignore[assignment]
             try:
-                depth = FetchDepth()
-                search = parent_search(index, parents, lambda i: str(i // info["per_parent"]), 8, depth)
-                search(pool[:200])  # FetchDepth learns from a first batch, as it would from a user's earlier queries
+                search = make_search()
+                search(pool[:200])
                 t = time.perf_counter()
                 got = search(pool[:size])
                 qps = size / (time.perf_counter() - t)

@@ -45,7 +45,7 @@ def test_queries_have_their_exact_parents() -> None:
 
 def test_a_small_run_ingests_migrates_searches_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 10 MB cannot hold 20k float32 vectors of 256-d: the index leaves Flat for IVF-SQ8 during the one call
-    argv = ["--n", "20000", "--queries", "8", "--max-memory", "10M", "--workdir", str(tmp_path)]
+    argv = ["--n", "20000", "--queries", "8", "--max-memory", "10M", "--workdir", str(tmp_path), "--batch", "300"]
     assert bench.main(argv) == 0
     built = json.loads((tmp_path / "ingest.json").read_text())
     found = json.loads((tmp_path / "search.json").read_text())
@@ -58,5 +58,9 @@ def test_a_small_run_ingests_migrates_searches_and_verifies(tmp_path: Path, caps
     assert found["recall"] >= 0.9 and found["p50_ms"] > 0 and found["qps_batch"] > 0
     bare = found["without_rescoring"]
     assert bare["recall"] >= 0.9 and bare["p50_ms"] > 0 and "got" not in bare
+    batches = found["batches"]  # a batch of 300 through cs.search_vectors, with the list scan and without
+    assert [(b["batch"], b["how"]) for b in batches] == [(300, "list scan"), (300, "faiss")]
+    assert batches[0]["recall"] == batches[1]["recall"] == found["recall"] and batches[0]["qps"] > 0
     out = capsys.readouterr().out
     assert "one index() call" in out and f"| {built['structure']} |" in out and "not re-scored" in out
+    assert "| 300 | list scan |" in out

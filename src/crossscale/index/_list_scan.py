@@ -34,8 +34,8 @@ __all__ = ["ListScan", "pays"]
 #: each list it visits (Python and the calls around one matrix product), for each dimension of each code it
 #: decodes (8-bit and float16 codes; IVF-Flat lists are read as they are) and for each (query, code) pair (its
 #: share of the matrix product, the heap, the copies); faiss pays for each dimension of each pair it scores, one
-#: query at a time (the lower of the rates measured: 0.105-0.17 ns at 256-d, 0.071-0.131 at 128-d). The
-#: rule (:func:`pays`) errs towards faiss: it missed a 1.5x faster scan of 512 queries at 10M regions.
+#: query at a time, at or below the lowest rates measured (SQ8 codes 0.071-0.105 ns, IVF-Flat 0.131-0.17). So
+#: the rule (:func:`pays`) errs towards faiss: it missed a 1.4x faster scan of 512 queries at 10M regions.
 LIST_NS = 38_600.0
 DECODE_NS = 0.25
 PAIR_NS = 5.0
@@ -112,7 +112,7 @@ class ListScan:
         the batch's queries share too few lists for a scan to be faster than faiss (:func:`pays`): the caller
         then asks faiss."""
         ivf = self._ivf
-        if int(ivf.max_codes):  # faiss stops each query's scan after that many codes (set_search_params)
+        if len(q) < 2 or int(ivf.max_codes):  # nothing to share; faiss' scans stop after max_codes codes
             return None
         nlist, total = int(ivf.nlist), int(ivf.ntotal)
         nprobe = max(1, min(int(ivf.nprobe), nlist))
@@ -120,7 +120,7 @@ class ListScan:
         # visit if its queries probed lists at random, and the codes in them (measured at 10M and 1M regions of
         # clustered data, within 2% of what batches of 128-1,000 queries visited and probed)
         share = 1.0 if nlist == 1 else -math.expm1(len(q) * nprobe * math.log1p(-1 / nlist))
-        if len(q) < 2 or not pays(nlist * share, total * share, len(q) * nprobe * total / nlist, ivf.d, self._decodes):
+        if not pays(nlist * share, total * share, len(q) * nprobe * total / nlist, ivf.d, self._decodes):
             return None
         for transform in self._transforms:
             q = transform.apply(q)
