@@ -1,7 +1,7 @@
 """Ten million regions on one machine: the "auto" index at 10M, its RAM, and parent search against exact search.
 
     python -m benchmarks.ten_million [--n 10000000] [--dim 256] [--per-parent 100] [--queries 200]
-                                     [--max-memory 4G] [--workdir DIR] [--nprobe 32,64,128]
+                                     [--max-memory 4G] [--workdir DIR] [--nprobe 32,64,128] [--batch 1000,4000]
 
 The data is :func:`benchmarks.scale.make_data`'s kind (clustered region vectors, ``per_parent`` alike regions per
 parent, queries are noisy copies of random regions), but streamed: 10M vectors of 256-d are 10 GB of float32, so
@@ -18,7 +18,8 @@ loads it, with the default encoder (EfficientNet-Lite0) beside it, then :func:`c
 alone and the whole batch at once, at the plan's ``nprobe`` (with the ranker's default ``overfetch`` of 8, and with
 one deep enough for alike chunks: ``per_parent`` up to a power of two) and at each ``--nprobe``. Prints build time,
 index bytes, parent recall@10 against exact, single-query p50 / p95, batched queries per second and peak RSS against
-``index bytes + model bytes``. Results: docs/benchmarks.md.
+``index bytes + model bytes``; then one batch of each ``--batch`` size with ``ChunkIndex``'s list-by-list scan and
+without it (:func:`batched_rows`). Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations

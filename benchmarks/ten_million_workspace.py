@@ -3,6 +3,7 @@ migrations as it grows, reopening, searching and verifying.
 
     python -m benchmarks.ten_million_workspace [--n 10000000] [--dim 256] [--per-parent 100] [--queries 200]
                                                [--max-memory 4G] [--batch-size 16] [--workdir DIR]
+                                               [--batch 1000,4000]
 
 :mod:`benchmarks.ten_million` measures the index alone; this runs the same data through
 :class:`~crossscale.CrossScaleSearch` as a user's collection would go. ``n / per_parent`` parents are indexed in
@@ -15,7 +16,8 @@ and the ``"auto"`` index migrates from Flat through IVF to IVF-SQ8 as the collec
 Ingest (this process): parents and regions per second, each migration (structure, vectors, seconds), peak RSS,
 bytes on disk. Search (a fresh process, read-only as a serving process would open it): open time, RSS, parent
 recall@10 against exact search of the same vectors, single-query p50 / p95 and batched queries per second through
-``cs.search_vectors``, then ``verify()``. Results: docs/benchmarks.md.
+``cs.search_vectors``, and with ``--batch`` one batch of each size with ``ChunkIndex``'s list-by-list scan and
+without it (:func:`benchmarks.ten_million.batched_rows`), then ``verify()``. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
