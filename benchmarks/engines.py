@@ -43,6 +43,7 @@ import numpy as np
 
 from benchmarks.scale import build_index, make_data
 from crossscale.index import ParentMap, choose_index
+from crossscale.protocols import VectorLookup
 from crossscale.query import FetchDepth, search_parents
 from crossscale.rank import ParentRanker
 from crossscale.types import Box, Chunk, ChunkDetails, ChunkRecord, Query
@@ -105,18 +106,36 @@ def deep_overfetch(per_parent: int) -> int:
     return 1 << (per_parent - 1).bit_length()
 
 
+class RankedAlone:
+    """``ranker`` without its ``rank_batch``: the query path then folds each query's hits alone, one ``rank`` call
+    (and, re-scoring, one stored-vector lookup per depth) per query. That is what it did before 2026-12-06 for every
+    query the first depth left unsettled (with alike chunks, most), so it is the "before" of the batch fold."""
+
+    def __init__(self, ranker: ParentRanker) -> None:
+        self._ranker = ranker
+        self.overfetch = ranker.overfetch
+        self.group_size = ranker.group_size
+
+    def rank(self, fetch: Any, top_k: int, *, available: int) -> Any:
+        return self._ranker.rank(fetch, top_k, available=available)
+
+
 def parent_search(
     index: Any,
     parents: ParentMap,
     parent_name: Callable[[int], str],
     overfetch: int = 8,
     fetch_depth: FetchDepth | None = None,
+    *,
+    exact_vectors: VectorLookup | None = None,
+    fold: bool = True,
 ) -> Search:
     """The facade's query path over ``index`` and ``parents`` (a workspace's parent map holds every chunk's box,
     kind and label, so no record is read: the batch is folded at once); a record lookup made from each chunk's
     parent's name is there for the queries the ranker takes alone. ``overfetch`` is the ranker's (8, its default:
     a first search of 80 chunks for 10 parents); ``fetch_depth`` learns how deep the first search goes, across
-    the searches made with it, as the facade's does."""
+    the searches made with it, as the facade's does; ``exact_vectors`` re-scores the hits (as the facade does for
+    an SQ8, PQ or projected index); ``fold=False`` ranks each query alone (:class:`RankedAlone`)."""
     ranker = ParentRanker(box="best", overfetch=overfetch)
 
     def records(ids: Any) -> dict[int, ChunkRecord]:
@@ -129,10 +148,11 @@ def parent_search(
             K,
             index=index,
             records=records,
-            ranker=ranker,
+            ranker=ranker if fold else RankedAlone(ranker),
             parents=parents,
             details=parents.details,
             fetch_depth=fetch_depth,
+            exact_vectors=exact_vectors,
         )
         return [[int(m.parent_id) for m in row] for row in found]
 
@@ -140,9 +160,9 @@ def parent_search(
 
 
 def crossscale_search(
-    index: Any, parent_of: np.ndarray, overfetch: int = 8, fetch_depth: FetchDepth | None = None
+    index: Any, parent_of: np.ndarray, overfetch: int = 8, fetch_depth: FetchDepth | None = None, **options: Any
 ) -> Search:
-    """:func:`parent_search` with the parent map of ``parent_of`` (chunk id → parent number)."""
+    """:func:`parent_search` with the parent map of ``parent_of`` (chunk id → parent number); ``options`` go to it."""
     n_parents = int(parent_of.max()) + 1
     starts = np.searchsorted(parent_of, np.arange(n_parents))
     stops = np.append(starts[1:], len(parent_of))
@@ -150,7 +170,7 @@ def crossscale_search(
         (f"{p}", range(a, b), ChunkDetails.of([Chunk(BOX, None, "tile")] * (b - a)))
         for p, (a, b) in enumerate(zip(starts, stops, strict=True))
     )
-    return parent_search(index, parents, lambda i: f"{parent_of[i]}", overfetch, fetch_depth)
+    return parent_search(index, parents, lambda i: f"{parent_of[i]}", overfetch, fetch_depth, **options)
 
 
 def seed_match_then_aggregate(x: np.ndarray, parent_of: np.ndarray) -> Search:

@@ -18,8 +18,9 @@ loads it, with the default encoder (EfficientNet-Lite0) beside it, then :func:`c
 alone and the whole batch at once, at the plan's ``nprobe`` (with the ranker's default ``overfetch`` of 8, and with
 one deep enough for alike chunks: ``per_parent`` up to a power of two) and at each ``--nprobe``. Prints build time,
 index bytes, parent recall@10 against exact, single-query p50 / p95, batched queries per second and peak RSS against
-``index bytes + model bytes``; then one batch of each ``--batch`` size with ``ChunkIndex``'s list-by-list scan and
-without it (:func:`batched_rows`). Results: docs/benchmarks.md.
+``index bytes + model bytes``; then one batch of each ``--batch`` size in each of :data:`BATCH_WAYS`: with
+``ChunkIndex``'s list-by-list scan or faiss' search, the batch folded together or each query ranked alone
+(:func:`batched_rows`). Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -314,21 +315,35 @@ def _large_batches(
     data = SlicedData(info["n"], info["dim"], info["per_parent"])
     per_parent = info["per_parent"]
     return batched_rows(
-        lambda: parent_search(index, parents, lambda i: str(i // per_parent), 8, FetchDepth()), q, exact, data, sizes
+        lambda fold: parent_search(index, parents, lambda i: str(i // per_parent), 8, FetchDepth(), fold=fold),
+        q,
+        exact,
+        data,
+        sizes,
     )
 
 
+#: the ways :func:`batched_rows` searches a batch: (name, ChunkIndex's list-by-list scan, the batch folded together)
+BATCH_WAYS = (
+    ("list scan, batch folded", True, True),  # now
+    ("list scan, each query alone", True, False),  # 2026-12-05, late
+    ("faiss, each query alone", False, False),  # before
+)
+
+
 def batched_rows(
-    make_search: Callable[[], Callable[[np.ndarray], list[list[int]]]],
+    make_search: Callable[[bool], Callable[[np.ndarray], list[list[int]]]],
     q: np.ndarray,
     exact: np.ndarray,
     data: SlicedData,
     sizes: Sequence[int],
 ) -> list[dict[str, Any]]:
-    """Queries per second of one batch of each size, with ``ChunkIndex``'s list-by-list scan (now) and without it
-    (faiss' search, before), one after the other, each through a fresh ``make_search()`` that first learns from 200
-    queries (as a FetchDepth would from a user's earlier queries). A batch starts with the queries that have exact
-    parents (its recall) and goes on with :func:`more_queries`."""
+    """Queries per second of one batch of each size, in each of :data:`BATCH_WAYS`: with ``ChunkIndex``'s
+    list-by-list scan or faiss' own search, and with the batch's hits folded together depth by depth
+    (``make_search(True)``) or each query's ranked alone (``make_search(False)``: a ranker without ``rank_batch``),
+    one after the other, each through a fresh ``make_search`` that first learns from 200 queries (as a FetchDepth
+    would from a user's earlier queries). A batch starts with the queries that have exact parents (its recall) and
+    goes on with :func:`more_queries`."""
     from benchmarks.engines import recall
     from crossscale.index import _list_scan
 
@@ -338,10 +353,10 @@ def batched_rows(
     rows = []
     real = _list_scan.pays
     for size in sizes:
-        for how in ("list scan", "faiss"):
-            _list_scan.pays = real if how == "list scan" else (lambda *args: False)  # type: ignore[assignment]
+        for how, scan, fold in BATCH_WAYS:
+            _list_scan.pays = real if scan else (lambda *args: False)  # type: ignore[assignment]
             try:
-                search = make_search()
+                search = make_search(fold)
                 search(pool[:200])
                 t = time.perf_counter()
                 got = search(pool[:size])
@@ -372,9 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-memory", default="4G")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the index here (default: a temp folder)")
     parser.add_argument("--nprobe", default="", help="more nprobe values to search with, e.g. 32,64")
-    parser.add_argument(
-        "--batch", default="1000,4000", help="batch sizes for batched throughput with and without the list scan"
-    )
+    parser.add_argument("--batch", default="1000,4000", help="batch sizes for batched throughput, each in BATCH_WAYS")
     parser.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

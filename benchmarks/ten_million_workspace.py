@@ -16,8 +16,9 @@ and the ``"auto"`` index migrates from Flat through IVF to IVF-SQ8 as the collec
 Ingest (this process): parents and regions per second, each migration (structure, vectors, seconds), peak RSS,
 bytes on disk. Search (a fresh process, read-only as a serving process would open it): open time, RSS, parent
 recall@10 against exact search of the same vectors, single-query p50 / p95 and batched queries per second through
-``cs.search_vectors``, and with ``--batch`` one batch of each size with ``ChunkIndex``'s list-by-list scan and
-without it (:func:`benchmarks.ten_million.batched_rows`), then ``verify()``. Results: docs/benchmarks.md.
+``cs.search_vectors``, and with ``--batch`` one batch of each size in each of
+:data:`benchmarks.ten_million.BATCH_WAYS` (list-by-list scan or faiss' search; the batch folded together or each
+query ranked alone: :func:`benchmarks.ten_million.batched_rows`), then ``verify()``. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         peak = memory_mb()["VmHWM"]
         bare_p50, bare_p95, bare_qps, bare_got = timed(_without_rescoring(cs), q)
         sizes = [int(v) for v in args.batch.split(",") if v.strip()]
-        batches = batched_rows(lambda: _fresh_depth(cs), q, exact, data, sizes)  # the store's page cache is warm
+        batches = batched_rows(lambda fold: _fresh_depth(cs, fold), q, exact, data, sizes)  # page cache warm
         info = cs.info()
         t = time.perf_counter()
         with AnonPeak() as verifying:
@@ -287,11 +288,24 @@ def _parent_numbers(results: Sequence[Sequence[Any]]) -> list[list[int]]:
     return [[int(m.parent_id[1:]) for m in row] for row in results]
 
 
-def _fresh_depth(cs: Any) -> Search:
-    """``cs.search_vectors`` (the default path: SQ8 hits re-scored with the stored vectors), its FetchDepth reset."""
+def _fresh_depth(cs: Any, fold: bool = True) -> Search:
+    """``cs.search_vectors`` (the default path: SQ8 hits re-scored with the stored vectors), its FetchDepth reset;
+    ``fold=False``: with the facade's ranker wrapped in :class:`benchmarks.engines.RankedAlone` for the call (each
+    query's hits folded alone)."""
+    from benchmarks.engines import RankedAlone
+
     if cs.fetch_depth is not None:
         cs.fetch_depth.reset()
-    return lambda rows: _parent_numbers(cs.search_vectors(rows, top_k=K))
+    ranker = cs.ranker
+
+    def run(rows: np.ndarray) -> list[list[int]]:
+        cs.ranker = ranker if fold else RankedAlone(ranker)
+        try:
+            return _parent_numbers(cs.search_vectors(rows, top_k=K))
+        finally:
+            cs.ranker = ranker
+
+    return run
 
 
 def _without_rescoring(cs: Any) -> Search:
@@ -329,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-memory", default="4G")
     parser.add_argument("--batch-size", type=int, default=16, help="the facade's default")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the workspace here (default: a temp folder)")
-    parser.add_argument("--batch", default="", help="batch sizes for throughput with and without the list scan")
+    parser.add_argument("--batch", default="", help="batch sizes for throughput, each in BATCH_WAYS")
     parser.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -91,3 +91,39 @@ def test_raw_milvus_lite_grouped_search(benchmark, alike, lite) -> None:  # type
 @pytest.mark.benchmark(group="parents-of-alike-chunks")
 def test_crossscale_milvus_lite_backend(benchmark, alike, lite) -> None:  # type: ignore[no-untyped-def]
     benchmark(_check, lite["ours"], alike, 1.0)
+
+
+# ---------------------------------------------------------------------- a batch folded depth by depth
+BATCH = 500
+
+
+@pytest.fixture(scope="module")
+def alike_batch() -> dict[str, Any]:
+    """The same kind of data (20k alike regions of 128-d, 100 per parent), 500 queries, in an IVF-SQ8 index whose
+    hits are re-scored against the stored (float16) vectors, as a workspace's are; the stored vectors are read
+    from numpy here, not LMDB, so what a lookup costs is left out (it favours ranking each query alone)."""
+    data: dict[str, Any] = dict(make_data(N, 128, PER_PARENT, BATCH, seed=2))
+    data["exact"] = exact_parents(data["x"], data["parent_of"], data["q"])
+    index = ChunkIndex(128, "IVF64,SQ8", device="cpu")
+    index.train(data["x"])
+    index.add(data["x"], np.arange(N))
+    index.set_search_params("nprobe=16")
+    stored = data["x"].astype(np.float16)
+    data["index"] = index
+    data["stored"] = lambda ids: (np.asarray(ids, np.int64), stored[np.asarray(ids, np.int64)].astype(np.float32))
+    return data
+
+
+@pytest.mark.benchmark(group="batch-fold")
+@pytest.mark.parametrize("fold", [True, False], ids=["folded together", "each query alone"])
+@pytest.mark.parametrize("rescore", [True, False], ids=["re-scored", "index scores"])
+def test_batch_fold(benchmark, alike_batch, fold: bool, rescore: bool) -> None:  # type: ignore[no-untyped-def]
+    """A batch of 500 queries over alike chunks (most need 160-320 hits before 10 parents show), ranked with the
+    batch folded together depth by depth (one rank_batch and one stored-vector lookup per depth) or each query
+    alone (one rank and one lookup per query and depth: the path before). The same parents either way."""
+    options: dict[str, Any] = {"exact_vectors": alike_batch["stored"] if rescore else None}
+    search = crossscale_search(alike_batch["index"], alike_batch["parent_of"], fold=fold, **options)
+    other = crossscale_search(alike_batch["index"], alike_batch["parent_of"], fold=not fold, **options)
+    got = benchmark(search, alike_batch["q"])
+    assert got == other(alike_batch["q"])
+    assert recall(got, alike_batch["exact"]) >= 0.9

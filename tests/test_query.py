@@ -132,13 +132,17 @@ class CodedIndex(CountingIndex):
         return np.where(ids >= 0, np.round(scores + noise, 1), scores), ids
 
 
-def test_approximate_scores_are_replaced_by_exact_ones(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("with_details", [False, True], ids=["ranked-alone", "batch-fold"])
+def test_approximate_scores_are_replaced_by_exact_ones(rng: np.random.Generator, with_details: bool) -> None:
     x = rng.standard_normal((400, DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     index = ChunkIndex(DIM, device="cpu")
     index.add(x, np.arange(400) + 1000)
     records = {1000 + i: ChunkRecord(1000 + i, f"p{i // 4:03d}", Box(0, 0, 4, 4), "tile") for i in range(400)}
-    parents = ParentMap.from_parents((f"p{p:03d}", range(1000 + 4 * p, 1004 + 4 * p)) for p in range(100))
+    parents = ParentMap.from_parents(
+        (f"p{p:03d}", ids, ChunkDetails.of([records[i] for i in ids]) if with_details else None)
+        for p, ids in ((p, range(1000 + 4 * p, 1004 + 4 * p)) for p in range(100))
+    )
     queries = [Query(v / np.linalg.norm(v), None) for v in rng.standard_normal((12, DIM)).astype(np.float32)]
     gone = {1000 + 3, 1000 + 17}  # deleted since the index was built: no stored vector, no record
 
@@ -146,7 +150,11 @@ def test_approximate_scores_are_replaced_by_exact_ones(rng: np.random.Generator)
         keep = np.asarray([i for i in ids if i not in gone], dtype=np.int64)
         return keep, x[keep - 1000].astype(np.float16)  # as a float16 store reads them back
 
-    common = {"records": _lookup({k: v for k, v in records.items() if k not in gone}), "parents": parents}
+    common = {
+        "records": _lookup({k: v for k, v in records.items() if k not in gone}),
+        "parents": parents,
+        "details": parents.details if with_details else None,
+    }
     exact = search_parents(queries, 5, index=index, ranker=ParentRanker(box="best"), **common)
     coded = CodedIndex(index)
     blurred = search_parents(queries, 5, index=coded, ranker=ParentRanker(box="best"), **common)
@@ -157,7 +165,17 @@ def test_approximate_scores_are_replaced_by_exact_ones(rng: np.random.Generator)
         np.testing.assert_allclose([m.score for m in a], [m.score for m in b], atol=2e-3)
 
 
-def test_a_deepened_query_reads_each_stored_vector_once(alike: dict[str, Any]) -> None:
+def _with_details(alike: dict[str, Any]) -> ParentMap:
+    """``alike``'s parent map, with every chunk's details (as a workspace's holds them)."""
+    records = alike["records"]
+    return ParentMap.from_parents(
+        (name, ids, ChunkDetails.of([records[i] for i in ids]))
+        for name, ids in ((f"p{p:02d}", range(p * ALIKE, (p + 1) * ALIKE)) for p in range(PARENTS))
+    )
+
+
+@pytest.mark.parametrize("with_details", [False, True], ids=["ranked-alone", "batch-fold"])
+def test_a_deepened_query_reads_each_stored_vector_once(alike: dict[str, Any], with_details: bool) -> None:
     """Re-scoring reads a query's hits from the store once, however often the ranker deepens it (alike chunks:
     40, 80, 160, 320 hits; each search used to read all of its hits again), with the results it had."""
     index: ChunkIndex = alike["index"]
@@ -169,7 +187,13 @@ def test_a_deepened_query_reads_each_stored_vector_once(alike: dict[str, Any]) -
         reads.append(keep)
         return keep, x[keep].astype(np.float16)
 
-    common = {"records": _lookup(alike["records"]), "ranker": ParentRanker(box="best"), "parents": alike["parents"]}
+    parents = _with_details(alike) if with_details else alike["parents"]
+    common = {
+        "records": _lookup(alike["records"]),
+        "ranker": ParentRanker(box="best"),
+        "parents": parents,
+        "details": parents.details if with_details else None,
+    }
     for raw in alike["queries"][:6]:
         query = Query(raw.vector / np.linalg.norm(raw.vector), None)  # search_parents takes unit queries
         reads.clear()
@@ -181,6 +205,50 @@ def test_a_deepened_query_reads_each_stored_vector_once(alike: dict[str, Any]) -
         assert len(read) == len(np.unique(read)) <= max(k for _, k in counting.searches)
         assert [m.parent_id for m in got] == [m.parent_id for m in want]
         np.testing.assert_allclose([m.score for m in got], [m.score for m in want], atol=2e-3)
+
+
+def test_a_batch_fold_reads_the_stored_vectors_of_each_depth_in_one_lookup(alike: dict[str, Any]) -> None:
+    """Folded together, the batch's hits are re-scored depth by depth, each depth's unread hits of all the queries
+    in one lookup; the matches are those of each query ranked alone."""
+    x = alike["x"]
+    lookups: list[int] = []
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(ids, dtype=np.int64)
+        lookups.append(len(keep))
+        return keep, x[keep].astype(np.float16)
+
+    parents = _with_details(alike)
+    queries = [Query(q.vector / np.linalg.norm(q.vector), None) for q in alike["queries"]]
+    common = {"index": alike["index"], "records": _lookup(alike["records"]), "parents": parents}
+    ranker = ParentRanker(box="fusion")
+    folds: list[int] = []
+    batch = ranker.rank_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        folds.append(len(args[0]))
+        return batch(*args, **kwargs)
+
+    ranker.rank_batch = counted  # type: ignore[method-assign]
+    got = search_parents(queries, 5, ranker=ranker, details=parents.details, exact_vectors=stored, **common)
+    assert len(folds) == len(lookups) >= 3 and folds[0] == len(queries) > folds[-1]
+    alone = search_parents(queries, 5, ranker=ParentRanker(box="fusion"), exact_vectors=stored, **common)
+    assert len(lookups) > len(folds) + len(queries)  # ranked alone: a lookup per query and depth
+    _assert_same_matches(got, alone, "batch fold vs alone")
+
+
+def test_queries_a_batch_ranker_leaves_are_ranked_alone(alike: dict[str, Any]) -> None:
+    """A batch ranker may leave a query (None) at every depth: once its searches reach no deeper, rank() ranks it
+    from its first hits, and the matches are the same."""
+
+    class Leaves(ParentRanker):
+        def rank_batch(self, scores: np.ndarray, *args: Any, **kwargs: Any) -> list[Any]:
+            return [None] * len(scores)
+
+    parents = _with_details(alike)
+    common = {"index": alike["index"], "records": _lookup(alike["records"]), "parents": parents}
+    want = search_parents(alike["queries"], 5, ranker=ParentRanker(), details=parents.details, **common)
+    assert search_parents(alike["queries"], 5, ranker=Leaves(), details=parents.details, **common) == want
 
 
 class VerifiesSome:
@@ -242,33 +310,47 @@ def test_queries_settled_by_the_verifier_skip_the_refiner_unless_asked(
 
 
 def test_with_details_the_batch_is_ranked_at_once_and_no_record_is_read(alike: dict[str, Any]) -> None:
-    """Queries whose first hits hold enough parents come from one batch fold, the others from rank(); either way
-    the matches are those the records give, and no record is read."""
+    """With details, the whole batch is folded together, depth by depth: the queries whose first hits hold enough
+    parents in one rank_batch, those that need more in the next, twice as deep; none is ranked alone. The matches
+    are those the records give, and no record is read."""
     records = alike["records"]
-    parents = ParentMap.from_parents(
-        (name, ids, ChunkDetails.of([records[i] for i in ids]))
-        for name, ids in ((f"p{p:02d}", range(p * ALIKE, (p + 1) * ALIKE)) for p in range(PARENTS))
-    )
+    parents = _with_details(alike)
     ranker = ParentRanker()
-    calls: list[int] = []
+    calls: list[tuple[int, int, int]] = []  # per rank_batch: queries, hits each, queries settled
     batch = ranker.rank_batch
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         out = batch(*args, **kwargs)
-        calls.append(sum(row is not None for row in out))
+        calls.append((*args[0].shape, sum(row is not None for row in out)))
         return out
 
-    ranker.rank_batch = counted  # type: ignore[method-assign]
+    def alone(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a query was ranked alone")
 
     def no_records(ids: Iterable[int]) -> dict[int, ChunkRecord]:
         raise AssertionError("a record was read")
 
+    n = len(alike["queries"])
     for top_k in (1, 5):
         common = {"index": alike["index"], "ranker": ranker, "parents": parents}
-        got = search_parents(alike["queries"], top_k, records=no_records, details=parents.details, **common)
-        assert got == search_parents(alike["queries"], top_k, records=_lookup(records), **common)
-    assert calls[0] == len(alike["queries"])  # one parent: the first 8 hits always hold it
-    assert calls[1] < len(alike["queries"])  # five alike parents: most queries need deeper hits, ranked alone
+        want = search_parents(alike["queries"], top_k, records=_lookup(records), **common)
+        calls.clear()
+        ranker.rank_batch, ranker.rank = counted, alone  # type: ignore[method-assign]
+        try:
+            got = search_parents(alike["queries"], top_k, records=no_records, details=parents.details, **common)
+        finally:
+            del ranker.rank_batch, ranker.rank
+        assert got == want
+        assert sum(settled for _, _, settled in calls) == n
+        assert calls[0][:2] == (n, 8 * top_k)
+        if top_k == 1:
+            assert len(calls) == 1  # one parent: the first 8 hits always hold it
+        else:  # five alike parents: most queries need deeper hits, folded together at 80, 160, 320
+            assert [width for _, width, _ in calls] == [40, 80, 160, 320][: len(calls)] and len(calls) > 2
+            assert all(
+                queries == previous - settled
+                for (queries, _, _), (previous, _, settled) in zip(calls[1:], calls[:-1], strict=True)
+            )
 
 
 def test_a_batch_ranker_that_loses_rows_is_named(alike: dict[str, Any]) -> None:

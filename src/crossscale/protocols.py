@@ -230,12 +230,15 @@ class Ranker(Protocol):
 
 @runtime_checkable
 class BatchRanker(Ranker, Protocol):
-    """A :class:`Ranker` that also folds many queries' first hits at once (:class:`~crossscale.rank.ParentRanker`).
+    """A :class:`Ranker` that also folds many queries' hits at once (:class:`~crossscale.rank.ParentRanker`).
 
-    ``rank_batch(scores, chunk_ids, parents, top_k, available=, parent_id=, details=)`` gets 2-D arrays whose row
-    ``r`` holds query ``r``'s first ``min(available, top_k * overfetch)`` hits, best first, with their parent
-    codes (``-1``: padding or no parent). It returns, per query, what ``rank`` would return for it, or ``None``
-    where it needs more hits or a record (the query path then calls ``rank`` for that query).
+    ``rank_batch(scores, chunk_ids, parents, top_k, available=, parent_id=, details=, records=)`` gets 2-D arrays
+    whose row ``r`` holds query ``r``'s first ``k`` hits, best first, with their parent codes (``-1``: padding or no
+    parent), where ``k`` is a depth ``rank`` asks for (``top_k * overfetch``, doubled any number of times, at most
+    ``available``). It returns, per query, what ``rank`` would return for it, or ``None`` where ``rank`` would ask
+    for more hits: the query path then hands it those queries' first ``2 * k`` hits, and calls ``rank`` for a query
+    whose searches do not reach that deep. ``details`` gives the chunks' boxes in bulk; ``records`` reads what they
+    do not hold.
     """
 
     def rank_batch(
@@ -248,6 +251,7 @@ class BatchRanker(Ranker, Protocol):
         available: int,
         parent_id: Callable[[int], str],
         details: DetailsLookup,
+        records: RecordLookup,
     ) -> list[list[ParentMatch] | None]: ...
 
 

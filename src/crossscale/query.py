@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from crossscale._checks import optional_finite, positive_int
-from crossscale._vectors import embed, l2_normalize
+from crossscale._vectors import cosines, embed, l2_normalize, row_norms
 from crossscale.errors import ConfigurationError
 from crossscale.protocols import (
     BatchRanker,
@@ -73,72 +73,92 @@ def _distinct_parents(ids: np.ndarray, codes: np.ndarray | None, records: Record
 
 
 class _ExactScores:
-    """The exact cosines of one batch's hits against their queries, from the stored vectors: each (query, chunk)
-    is read and scored once, so a query the ranker deepens is re-scored over the hits it has not seen yet, not
-    over all of them again (with alike chunks a query's hits were read ~5 times)."""
+    """The exact cosines of one batch's hits against their queries, from the stored vectors.
+
+    Scores are kept per search made for a query (a :class:`_Fetched`): a look at its first ``k`` hits scores only
+    the hits past those already scored, and a hit another of the query's searches scored is not read again, so each
+    (query, chunk) is read once however often the ranker deepens it (with alike chunks a query's hits were read ~5
+    times). The hits of all the queries looked at together are read in one lookup."""
 
     def __init__(self, queries: np.ndarray, lookup: VectorLookup) -> None:
         self._queries = queries
         self._lookup = lookup
-        empty_ids, empty_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        self._ids = [empty_ids] * len(queries)  # per query: the chunk ids scored so far, sorted
-        self._scores = [empty_scores] * len(queries)  # their exact scores; NaN: no vector stored (deleted since)
-        self._views: dict[int, np.ndarray] = {}  # id of a search's _Fetched -> exact scores of its first hits
+        self._done: dict[int, np.ndarray] = {}  # id of a search's _Fetched -> exact scores of its first hits
+        self._scored: list[list[_Fetched]] = [[] for _ in range(len(queries))]  # per query: its searches scored
 
-    def _learn(self, rows: Sequence[int], ids: np.ndarray) -> None:
-        """Score the hits of ``rows`` (``ids``: a row of hits each) not scored yet: one lookup for all of them."""
-        new = [np.setdiff1d(row_ids[row_ids >= 0], self._ids[r]) for r, row_ids in zip(rows, ids, strict=True)]
-        wanted = np.unique(np.concatenate(new)) if new else np.zeros(0, np.int64)
-        if not len(wanted):
-            return
-        found_ids, found = self._lookup(wanted)
-        order = np.argsort(found_ids)
-        found_ids = found_ids[order]
-        found = l2_normalize(found[order])  # unit up to their float16 rounding: made exact
-        for r, fresh in zip(rows, new, strict=True):
-            if not len(fresh):
-                continue
-            scores = np.full(len(fresh), np.nan, dtype=np.float32)
+    def of_searches(self, rows: Sequence[int], views: Sequence[_Fetched], k: int) -> np.ndarray:
+        """The exact scores of the first ``k`` hits of each search ``views[i]`` (made for query ``rows[i]``, with at
+        least ``k`` hits), as a ``(len(rows), k)`` array aligned with the searches' ids; NaN for padding and for hits
+        whose vector is no longer stored (deleted since)."""
+        fresh: list[tuple[int, np.ndarray, np.ndarray]] = []  # (i, the new scores, positions in them to read)
+        for i, (r, view) in enumerate(zip(rows, views, strict=True)):
+            done = self._done.get(id(view))
+            if done is None:  # a search not looked at yet: what the query's other searches scored is reused
+                new, unread = self._known(r, view.ids[:k])
+                self._scored[r].append(view)  # the search stays alive (in _Fetched lists) while its id is a key
+                self._done[id(view)] = np.zeros(0, np.float32)
+                fresh.append((i, new, unread))
+            elif len(done) < k:  # deeper into a search: hits past those it scored
+                more = view.ids[len(done) : k]
+                fresh.append((i, np.full(len(more), np.nan, dtype=np.float32), np.flatnonzero(more >= 0)))
+        if fresh:
+            self._read(rows, views, fresh)
+        return np.stack([self._done[id(view)][:k] for view in views]) if views else np.zeros((0, k), np.float32)
+
+    def _known(self, row: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores for the first hits ``ids`` of a search of query ``row``: NaN for padding, those its other searches
+        scored, NaN elsewhere; and the positions still to read. A deeper search whose first hits are those of the
+        last one (an index whose shallower searches are prefixes of deeper ones) takes its scores as they are."""
+        scores = np.full(len(ids), np.nan, dtype=np.float32)
+        unread = ids >= 0
+        others = self._scored[row]
+        if not others or not unread.any():
+            return scores, np.flatnonzero(unread)
+        last = others[-1]
+        done = self._done[id(last)]
+        if len(done) <= len(ids) and np.array_equal(ids[: len(done)], last.ids[: len(done)]):
+            scores[: len(done)] = done
+            unread[: len(done)] = False
+            return scores, np.flatnonzero(unread)
+        known_ids = np.concatenate([o.ids[: len(self._done[id(o)])] for o in others])
+        known = np.concatenate([self._done[id(o)] for o in others])
+        order = np.argsort(known_ids, kind="stable")
+        known_ids, known = known_ids[order], known[order]
+        at = np.searchsorted(known_ids, ids).clip(max=len(known_ids) - 1)
+        seen = unread & (known_ids[at] == ids)
+        scores[seen] = known[at[seen]]
+        unread &= ~seen
+        return scores, np.flatnonzero(unread)
+
+    def _read(
+        self, rows: Sequence[int], views: Sequence[_Fetched], fresh: list[tuple[int, np.ndarray, np.ndarray]]
+    ) -> None:
+        """Read the stored vectors of every unread hit in ``fresh`` in one lookup, score them, and append each
+        search's new scores to what it had."""
+        wanted = [views[i].ids[len(self._done[id(views[i])]) + unread] for i, _, unread in fresh]
+        flat = np.concatenate(wanted)
+        found_ids, found, norms = np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
+        if len(flat):
+            found_ids, found = self._lookup(np.unique(flat))
+            if len(found_ids) > 1 and not bool((found_ids[1:] > found_ids[:-1]).all()):  # ours keep the order given
+                order = np.argsort(found_ids)
+                found_ids, found = found_ids[order], found[order]
             if len(found_ids):
-                at = np.searchsorted(found_ids, fresh).clip(max=len(found_ids) - 1)
-                stored = found_ids[at] == fresh
-                scores[stored] = found[at[stored]] @ self._queries[r]
-            merged_ids = np.concatenate([self._ids[r], fresh])
-            keep = np.argsort(merged_ids)
-            self._ids[r], self._scores[r] = merged_ids[keep], np.concatenate([self._scores[r], scores])[keep]
-
-    def _of(self, row: int, ids: np.ndarray) -> np.ndarray:
-        """The exact scores of hits ``ids`` of query ``row``, all scored already; NaN for padding and for hits
-        whose vector is no longer stored."""
-        exact = np.full(len(ids), np.nan, dtype=np.float32)
-        hits = ids >= 0
-        if hits.any():
-            exact[hits] = self._scores[row][np.searchsorted(self._ids[row], ids[hits])]
-        return exact
-
-    def rescored(self, rows: Sequence[int], scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's hits (of query ``rows[i]``) with their exact scores, re-sorted best first (a stable sort:
-        equal scores keep the index's order); hits whose vector is no longer stored become padding."""
-        self._learn(rows, ids)
-        out_scores = np.full(scores.shape, -np.inf, dtype=np.float32)
-        out_ids = np.full(ids.shape, -1, dtype=np.int64)
-        for i, r in enumerate(rows):
-            row_scores, row_ids = _best_first(self._of(r, ids[i]), ids[i])
-            out_scores[i, : len(row_ids)] = row_scores
-            out_ids[i, : len(row_ids)] = row_ids
-        return out_scores, out_ids
-
-    def of_search(self, row: int, view: _Fetched, k: int) -> np.ndarray:
-        """The exact scores of the first ``k`` hits of one search made for query ``row`` (aligned with
-        ``view.ids[:k]``): the ranker takes its first 80, 160, 320, ... hits in turn, and only the hits it has not
-        taken before are scored."""
-        key = id(view)  # the batch's searches live as long as this object
-        done = self._views.get(key, np.zeros(0, np.float32))
-        if len(done) < k:
-            more = view.ids[len(done) : k]
-            self._learn([row], more[None])
-            done = self._views[key] = np.concatenate([done, self._of(row, more)])
-        return done[:k]
+                norms = row_norms(found)
+        at = np.searchsorted(found_ids, flat).clip(max=max(0, len(found_ids) - 1))
+        stored = found_ids[at] == flat if len(found_ids) else np.zeros(len(flat), bool)
+        offset = 0
+        for (i, new, unread), want in zip(fresh, wanted, strict=True):
+            span = slice(offset, offset + len(want))
+            offset += len(want)
+            scores = np.full(len(want), np.nan, dtype=np.float32)
+            here = stored[span]
+            if here.any():
+                rows_at = at[span][here]
+                scores[here] = cosines(found[rows_at], norms[rows_at], self._queries[rows[i]])
+            new[unread] = scores
+            key = id(views[i])
+            self._done[key] = np.concatenate([self._done[key], new])
 
 
 def parent_match(
@@ -159,7 +179,7 @@ def parent_match(
     if not len(ids):
         return None
     unit = l2_normalize(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
-    scores = l2_normalize(np.asarray(rows, dtype=np.float32)) @ unit
+    scores = cosines(rows, row_norms(rows), unit)
     best = np.argsort(-scores, kind="stable")
     hits = _hits(scores[best], np.asarray(ids)[best], records)
     if not hits:
@@ -215,12 +235,14 @@ def _with_candidates(
 
 
 def _best_first(exact: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hits ``ids`` with their exact scores (NaN: drop), best first; a stable sort keeps the index's order among
-    equal scores."""
-    stored = ~np.isnan(exact)
-    kept_scores, kept_ids = exact[stored], ids[stored]
-    best = np.argsort(-kept_scores, kind="stable")
-    return kept_scores[best], kept_ids[best]
+    """Each row's hits ``ids`` with their exact scores, best first, equal scores by lower chunk id (as
+    :class:`~crossscale.index.ChunkIndex` orders its own); hits scored NaN (padding, or no vector stored) become
+    padding at the end: score ``-inf``, id ``-1``. Two arrays of ``exact``'s 2-D shape."""
+    missing = np.isnan(exact)
+    order = np.lexsort((ids, np.where(missing, np.inf, -exact)), axis=1)
+    gone = np.take_along_axis(missing, order, axis=1)
+    scores = np.where(gone, -np.inf, np.take_along_axis(exact, order, axis=1)).astype(np.float32)
+    return scores, np.where(gone, -1, np.take_along_axis(ids, order, axis=1))
 
 
 class _Fetched(NamedTuple):
@@ -234,14 +256,14 @@ class _Fetched(NamedTuple):
 
 
 class _FirstFetch(NamedTuple):
-    """What :func:`_first_fetch` found: per query, the result of each search made for it, shallowest first; the
-    first ``top_k * overfetch`` hits of the whole batch's first plain search as ``(scores, ids, codes)`` matrices
-    (``None`` after a grouped one, or without a parent map); and, when asked to learn (with a parent map), how deep
-    some queries' first search would have had to be to need no other: where its ``top_k``-th parent first
-    appears, or where the index ran out of hits for it (``0`` for the queries not sampled)."""
+    """What :func:`_first_fetch` found: per query, the result of each search made for it, shallowest first;
+    whether the batch's first search was a plain one whose hits' parents are known (not a grouped one, and with a
+    parent map); and, when asked to learn (with a parent map), how deep some queries' first search would have had
+    to be to need no other: where its ``top_k``-th parent first appears, or where the index ran out of hits for it
+    (``0`` for the queries not sampled)."""
 
     fetched: list[list[_Fetched]]
-    first: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    plain: bool
     reached: np.ndarray | None
 
 
@@ -344,7 +366,7 @@ def _first_fetch(
     """
     n, available = len(vectors), len(index)
     if available <= 0:
-        return _FirstFetch([[] for _ in range(n)], None, None)  # nothing to search (the ranker asks for nothing)
+        return _FirstFetch([[] for _ in range(n)], False, None)  # nothing to search (the ranker asks for nothing)
     k = max(1, min(available, top_k * ranker.overfetch))
     group_size = getattr(ranker, "group_size", None)
     grouped = False
@@ -355,7 +377,7 @@ def _first_fetch(
         scores, ids = index.search(vectors, max(k, min(available, k * depth)))
     codes = None if parents is None else parents.parent_codes(ids)
     fetched = [[_Fetched(scores[r], ids[r], None if codes is None else codes[r], not grouped)] for r in range(n)]
-    first = None if grouped or codes is None else (scores[:, :k], ids[:, :k], codes[:, :k])
+    plain = not grouped and codes is not None
     reached = np.zeros(n, dtype=np.int64) if learn and not grouped and codes is not None else None  # needs_more
 
     def search_again(rows: list[int], depth: int, *, replace: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -372,7 +394,7 @@ def _first_fetch(
         if last_rows:
             last_ids, last_codes = search_again(last_rows, k, replace=True)
     if last_codes is None or not last_rows:
-        return _FirstFetch(fetched, first, reached)  # counting parents would read every hit's record: the ranker asks
+        return _FirstFetch(fetched, plain, reached)  # counting parents would read every hit's record: the ranker asks
 
     def needs_more(rows: list[int], ids: np.ndarray, codes: np.ndarray) -> list[int]:
         """The rows (of one search) that got all they asked for, yet fewer than ``top_k`` parents; for the first
@@ -391,7 +413,7 @@ def _first_fetch(
         k = min(available, 2 * k)
         more_ids, more_codes = search_again(short, k)
         short = [] if more_codes is None else needs_more(short, more_ids, more_codes)
-    return _FirstFetch(fetched, first, reached)
+    return _FirstFetch(fetched, plain, reached)
 
 
 def _ranks_batches(ranker: Ranker) -> TypeGuard[BatchRanker]:
@@ -429,6 +451,81 @@ def _reach_depth(codes: np.ndarray, top_k: int) -> np.ndarray:
     at = np.partition(firsts, top_k - 1, axis=1)[:, top_k - 1]
     need: np.ndarray = np.where(at < width, at + 1, 0).astype(np.int64)
     return need
+
+
+def _shallowest(views: Sequence[_Fetched], k: int) -> _Fetched | None:
+    """The shallowest of a query's searches that holds ``k`` hits (``None``: none does). Its first ``k`` hits are
+    what a search of ``k`` gives (ties stay in its order), whereas a deeper search's could differ."""
+    deep_enough = [view for view in views if len(view.ids) >= k]
+    return min(deep_enough, key=lambda view: len(view.ids)) if deep_enough else None
+
+
+def _as_searched(
+    rows: Sequence[int], views: Sequence[_Fetched], k: int, exact: _ExactScores | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The first ``k`` hits of each search ``views[i]`` (made for query ``rows[i]``, with at least ``k`` hits) as the
+    ranker sees a search of ``k``: ``(scores, ids, parent codes)``, one row each. Raw hits are re-scored exactly and
+    re-sorted when ``exact`` is given (as a search of ``k`` would be, not the deeper one), those no longer stored
+    made padding; the codes are the searches' own, ``None`` where they must be looked up again (after re-sorting,
+    or when a search has none). The searches are all raw (plain ones) or all not (grouped)."""
+    scores = np.stack([view.scores[:k] for view in views])
+    ids = np.stack([view.ids[:k] for view in views])
+    if exact is not None and all(view.raw for view in views):
+        return (*_best_first(exact.of_searches(rows, views, k), ids), None)
+    if all(view.codes is not None for view in views):
+        return scores, ids, np.stack([view.codes[:k] for view in views])  # type: ignore[index]
+    return scores, ids, None
+
+
+def _rank_together(
+    fetched: list[list[_Fetched]],
+    top_k: int,
+    *,
+    ranker: BatchRanker,
+    available: int,
+    parents: ChunkParents,
+    details: DetailsLookup,
+    records: RecordLookup,
+    exact: _ExactScores | None,
+) -> list[list[ParentMatch] | None]:
+    """What ``ranker.rank`` returns for each query, folded for the whole batch at once: the first
+    ``top_k * overfetch`` hits of every query in one ``rank_batch``, then twice as many of those it leaves, and so
+    on, each depth cut from the query's searches as a search of that depth gives it. ``None`` for a query whose
+    searches do not reach the depth it needs (ranked alone)."""
+    out: list[list[ParentMatch] | None] = [None] * len(fetched)
+    k = max(1, min(available, top_k * ranker.overfetch))
+    pending = list(range(len(fetched)))
+    while pending:
+        found = [(r, view) for r in pending if (view := _shallowest(fetched[r], k)) is not None]
+        if not found:
+            break
+        rows = [r for r, _ in found]
+        scores, ids, codes = _as_searched(rows, [view for _, view in found], k, exact)
+        codes = parents.parent_codes(ids) if codes is None else codes
+        got = ranker.rank_batch(
+            scores,
+            ids,
+            codes,
+            top_k,
+            available=available,
+            parent_id=parents.parent_id,
+            details=details,
+            records=records,
+        )
+        if len(got) != len(rows):
+            raise ConfigurationError(
+                f"ranker {type(ranker).__name__}.rank_batch returned {len(got)} rows for {len(rows)} queries"
+            )
+        pending = []
+        for r, matches in zip(rows, got, strict=True):
+            if matches is None:
+                pending.append(r)
+            else:
+                out[r] = matches
+        if k >= available:
+            break
+        k = min(available, 2 * k)
+    return out
 
 
 def search_parents(
@@ -512,7 +609,7 @@ def search_parents(
     vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
     available = len(index)
     depth = 1 if fetch_depth is None or parents is None else fetch_depth.factor
-    fetched, first, reached = _first_fetch(
+    fetched, plain, reached = _first_fetch(
         vectors,
         top_k,
         index=index,
@@ -525,40 +622,32 @@ def search_parents(
     if fetch_depth is not None and reached is not None:
         fetch_depth.record(reached, max(1, min(available, top_k * ranker.overfetch)))
     exact = None if exact_vectors is None else _ExactScores(vectors, exact_vectors)
-    if first is not None and exact is not None and parents is not None:
-        first_ids = exact.rescored(range(len(vectors)), first[0], first[1])
-        first = (*first_ids, parents.parent_codes(first_ids[1]))
     together: list[list[ParentMatch] | None] = [None] * len(queries)
-    if first is not None and parents is not None and details is not None and _ranks_batches(ranker):
-        # the whole batch's first hits in one numpy fold; a query that needs more is ranked alone below
-        together = ranker.rank_batch(*first, top_k, available=available, parent_id=parents.parent_id, details=details)
-        if len(together) != len(queries):
-            raise ConfigurationError(
-                f"ranker {type(ranker).__name__}.rank_batch returned {len(together)} rows for {len(queries)} queries"
-            )
+    if plain and parents is not None and details is not None and _ranks_batches(ranker):
+        together = _rank_together(
+            fetched,
+            top_k,
+            ranker=ranker,
+            available=available,
+            parents=parents,
+            details=details,
+            records=records,
+            exact=exact,
+        )
     results: list[list[ParentMatch]] = []
     for row, query in enumerate(queries):
 
         def fetch(k: int, row: int = row) -> Sequence[Hit]:
-            deep_enough = [view for view in fetched[row] if len(view.ids) >= k]
-            if deep_enough:  # the shallowest search that holds k hits: as if searched for k (ties stay put)
-                view = min(deep_enough, key=lambda view: len(view.ids))
-                row_scores, row_ids, row_codes, raw = view.scores[:k], view.ids[:k], view.codes, view.raw
-                row_codes = None if row_codes is None else row_codes[:k]
-                if raw and exact is not None:  # re-scored as a search of k would be, not the deeper one
-                    row_scores, row_ids = _best_first(exact.of_search(row, view, k), row_ids)
-                    row_codes = None
-            else:
+            view = _shallowest(fetched[row], k)
+            if view is None:
                 more_scores, more_ids = index.search(vectors[row : row + 1], k)
-                row_scores, row_ids, row_codes = more_scores[0], more_ids[0], None
-                if exact is not None:
-                    rescored_scores, rescored_ids = exact.rescored([row], row_scores[None], row_ids[None])
-                    row_scores, row_ids = rescored_scores[0], rescored_ids[0]
+                view = _Fetched(more_scores[0], more_ids[0], None, True)
+                fetched[row].append(view)
+            scores, ids, codes = _as_searched([row], [view], k, exact)
             if parents is None:
-                return _hits(row_scores, row_ids, records)
-            if row_codes is None:
-                row_codes = parents.parent_codes(row_ids)
-            return _hit_arrays(row_scores, row_ids, row_codes, parents, records, details)
+                return _hits(scores[0], ids[0], records)
+            codes = parents.parent_codes(ids) if codes is None else codes
+            return _hit_arrays(scores[0], ids[0], codes[0], parents, records, details)
 
         ranked = together[row]
         matches = ranker.rank(fetch, top_k, available=available) if ranked is None else ranked

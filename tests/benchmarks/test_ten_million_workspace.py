@@ -14,6 +14,7 @@ from PIL import Image
 from crossscale.protocols import RegionEncoder, Segmenter
 
 bench = pytest.importorskip("benchmarks.ten_million_workspace")
+BATCH_WAYS = pytest.importorskip("benchmarks.ten_million").BATCH_WAYS
 
 
 @pytest.mark.parametrize("p", [0, 1, 255, 256, 65_537, (1 << 24) - 1])
@@ -59,8 +60,8 @@ def test_a_small_run_ingests_migrates_searches_and_verifies(tmp_path: Path, caps
     bare = found["without_rescoring"]
     assert bare["recall"] >= 0.9 and bare["p50_ms"] > 0 and "got" not in bare
     batches = found["batches"]  # a batch of 300 through cs.search_vectors, with the list scan and without
-    assert [(b["batch"], b["how"]) for b in batches] == [(300, "list scan"), (300, "faiss")]
-    assert batches[0]["recall"] == batches[1]["recall"] == found["recall"] and batches[0]["qps"] > 0
+    assert [(b["batch"], b["how"]) for b in batches] == [(300, how) for how, _, _ in BATCH_WAYS]
+    assert {b["recall"] for b in batches} == {found["recall"]} and all(b["qps"] > 0 for b in batches)
     out = capsys.readouterr().out
     assert "one index() call" in out and f"| {built['structure']} |" in out and "not re-scored" in out
-    assert "| 300 | list scan |" in out
+    assert "| 300 | list scan, batch folded |" in out

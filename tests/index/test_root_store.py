@@ -31,6 +31,9 @@ def test_add_read_delete(tmp_path: Path) -> None:
     assert store.chunk_records([1, 2, 99])[2].parent_id == "b" and 99 not in store.chunk_records([99])
     got_ids, vecs = store.vectors([4, 0, 77])
     assert list(got_ids) == [4, 0] and vecs.shape == (2, 4)
+    all_found, again = store.vectors(np.array([4, 0]))  # every id stored: the ids asked, in their order
+    assert all_found.dtype == np.int64 and list(all_found) == [4, 0] and np.array_equal(again, vecs)
+    np.testing.assert_array_equal(vecs, np.eye(4, dtype=np.float32)[[2, 0]])  # chunk 4: b's third; chunk 0: a's first
     assert store.delete_parent("a") == [0, 1]
     assert len(store) == 1 and store.chunk_count() == 3 and store.vectors([0])[0].size == 0
     with pytest.raises(ParentNotFoundError, match="'a'"):

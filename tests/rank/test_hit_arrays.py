@@ -157,52 +157,89 @@ def test_a_batch_ranks_each_query_as_rank_does(
     overfetch: int,
     data: st.DataObject,
 ) -> None:
-    """rank_batch, from the details alone, returns per query exactly what rank returns reading records; and
-    declines (None) only a query whose first hits hold too few parents while more could be fetched."""
+    """rank_batch, from the details alone, returns per query exactly what rank returns reading records, at its
+    first depth and at the deeper ones rank asks for; and None exactly where rank would ask for more hits."""
     ranker = ParentRanker(agg, box=box, min_score=min_score, box_margin=0.2, overfetch=overfetch)  # type: ignore[arg-type]
     available = data.draw(st.integers(max(1, len(records)), max(1, len(records)) + 5))
-    width = min(available, top_k * overfetch)
+    width = min(available, top_k * overfetch * 2 ** data.draw(st.integers(0, 3)))
     rows = data.draw(hit_rows(len(records), width))
     parents = mapped(records)
     scores, ids, codes = padded(rows, width, parents)
     lookup = Records([Hit(r, 0.0) for r in records])
     got = ranker.rank_batch(
-        scores, ids, codes, top_k, available=available, parent_id=parents.parent_id, details=parents.details
+        scores,
+        ids,
+        codes,
+        top_k,
+        available=available,
+        parent_id=parents.parent_id,
+        details=parents.details,
+        records=lookup,
     )
     assert lookup.asked == []  # no record read
-    for r, row in enumerate(rows):
-        keep = codes[r] >= 0
-        arrays = HitArrays(scores[r][keep], ids[r][keep], codes[r][keep], parents.parent_id, lookup)
-        expected = ranker.rank(lambda k, a=arrays: a, top_k, available=available)
-        with_details = HitArrays(
-            scores[r][keep], ids[r][keep], codes[r][keep], parents.parent_id, lookup, details=parents.details
-        )
-        assert ranker.rank(lambda k, a=with_details: a, top_k, available=available) == expected
-        if got[r] is None:
-            seen = len({parents.parent_id(c) for c in codes[r][keep].tolist()})
-            assert (len(row) == width < available and seen < top_k) or min_score is not None
-        else:
+    for r in range(len(rows)):
+        asked: list[int] = []
+
+        def first(k: int, r: int = r, details: object = None, asked: list[int] = asked) -> HitArrays:
+            """Query r's first k hits, as a search of k gives them."""
+            asked.append(k)
+            keep = codes[r, :k] >= 0
+            return HitArrays(
+                scores[r, :k][keep], ids[r, :k][keep], codes[r, :k][keep], parents.parent_id, lookup, details=details
+            )  # type: ignore[arg-type]
+
+        expected = ranker.rank(first, top_k, available=available)
+        with_details = ranker.rank(lambda k, r=r: first(k, r, parents.details), top_k, available=available)
+        assert with_details == expected
+        if asked[-1] > width:
+            assert got[r] is None  # rank asks for more than these hits
+        elif asked[-1] == width:
             assert got[r] == expected
+        # else rank settles the query with fewer hits: the query path never hands rank_batch this many
 
 
-def test_a_batch_declines_queries_whose_details_are_unknown() -> None:
-    records = [ChunkRecord(i, f"p{i % 3}", Box(0, 0, 2, 2), "tile") for i in range(6)]
+def test_a_query_whose_details_are_unknown_is_ranked_from_its_records() -> None:
+    records = [ChunkRecord(i, f"p{i % 3}", Box(i, 0, i + 2, 2), "tile") for i in range(6)]
     parents = mapped(records, with_details=False)
     scores, ids, codes = padded([[(0, 0.9), (1, 0.8), (2, 0.7)]], 3, parents)
-    got = ParentRanker(overfetch=1).rank_batch(
-        scores, ids, codes, 3, available=6, parent_id=parents.parent_id, details=parents.details
+    lookup = Records([Hit(r, 0.0) for r in records])
+    ranker = ParentRanker(overfetch=1)
+    got = ranker.rank_batch(
+        scores, ids, codes, 3, available=6, parent_id=parents.parent_id, details=parents.details, records=lookup
     )
-    assert got == [None]
+    assert sorted(lookup.asked) == [0, 1, 2]  # the records of the three parents' best chunks
+    arrays = HitArrays(scores[0], ids[0], codes[0], parents.parent_id, lookup)
+    assert got == [ranker.rank(lambda k: arrays, 3, available=6)]
+    assert [m.parent_id for m in got[0]] == ["p0", "p1", "p2"]  # type: ignore[union-attr]
 
 
-def test_a_batch_of_another_width_than_the_ranker_asks_is_declined() -> None:
-    records = [ChunkRecord(i, f"p{i}", Box(0, 0, 2, 2), "tile") for i in range(4)]
+@pytest.mark.parametrize("width", [2, 3, 5, 12])
+def test_a_batch_of_a_width_rank_never_asks_for_is_refused(width: int) -> None:
+    records = [ChunkRecord(i, f"p{i}", Box(0, 0, 2, 2), "tile") for i in range(20)]
     parents = mapped(records)
-    scores, ids, codes = padded([[(0, 0.9), (1, 0.8)]], 2, parents)
-    ranker = ParentRanker(overfetch=8)  # would ask for min(4, 3 * 8) = 4 hits, not 2
-    assert ranker.rank_batch(
-        scores, ids, codes, 3, available=4, parent_id=parents.parent_id, details=parents.details
-    ) == [None]
+    scores, ids, codes = padded([[(0, 0.9), (1, 0.8)]], width, parents)
+    ranker = ParentRanker(overfetch=2)  # asks for min(20, 2 * 2) = 4 hits, then 8, 16, 20
+    with pytest.raises(ConfigurationError, match=f"got {width} hits per query"):
+        ranker.rank_batch(
+            scores, ids, codes, 2, available=20, parent_id=parents.parent_id, details=parents.details, records=dict
+        )  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="three 2-D arrays of one shape"):
+        ranker.rank_batch(
+            scores[0],
+            ids[0],
+            codes[0],
+            2,
+            available=20,
+            parent_id=parents.parent_id,
+            details=parents.details,
+            records=dict,
+        )  # type: ignore[arg-type]
+    for fine in (4, 8, 16, 20):
+        scores, ids, codes = padded([[(0, 0.9), (1, 0.8)]], fine, parents)
+        got = ranker.rank_batch(
+            scores, ids, codes, 2, available=20, parent_id=parents.parent_id, details=parents.details, records=dict
+        )  # type: ignore[arg-type]
+        assert [m.parent_id for m in got[0]] == ["p0", "p1"]  # type: ignore[union-attr]
 
 
 def test_details_round_trip_through_bytes() -> None:

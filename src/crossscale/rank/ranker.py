@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +20,7 @@ from crossscale.rank.aggregators import (
     SumAggregator,
     create_aggregator,
 )
-from crossscale.types import CHUNK_KINDS, Box, ChunkDetails, Hit, HitArrays, ParentMatch
+from crossscale.types import CHUNK_KINDS, Box, ChunkDetails, ChunkRecord, Hit, HitArrays, ParentMatch
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class ParentRanker:
         """Group the hits of one or more queries (``rows``) by query and parent, best first then lower id within
         a group, and score each group, as :meth:`_scored` does for one query's :class:`Hit` list."""
         scores64 = scores.astype(np.float64)
-        order, presorted = _grouping_order(scores, ids, codes, rows)
+        order, strictly = _grouping_order(scores, ids, codes, rows)
         in_rows, in_codes, in_order = rows[order], codes[order], scores64[order]
         new = np.ones(len(order), dtype=bool)
         new[1:] = (in_rows[1:] != in_rows[:-1]) | (in_codes[1:] != in_codes[:-1])
@@ -149,7 +149,7 @@ class ParentRanker:
             near = np.add.reduceat(close.astype(np.int64), starts)
         passing = np.ones(len(starts), bool) if self.min_score is None else parent_scores >= self.min_score
         # a parent's max is its first hit: with hits in index order, parents rank in the order they first appear
-        by_first = order[starts] if presorted and isinstance(self.aggregator, MaxAggregator) else None
+        by_first = order[starts] if strictly and isinstance(self.aggregator, MaxAggregator) else None
         return _Folded(order, starts, sizes, near, parent_scores, in_rows[starts], in_codes[starts], passing, by_first)
 
     def _fold_hits(self, hits: HitArrays) -> _Folded:
@@ -289,18 +289,33 @@ class ParentRanker:
         available: int,
         parent_id: Callable[[int], str],
         details: Callable[[np.ndarray], ChunkDetails],
+        records: Callable[[Iterable[int]], Mapping[int, ChunkRecord]],
     ) -> list[list[ParentMatch] | None]:
-        """:meth:`rank` for many queries at once, from one search's hits, folded together with numpy.
+        """:meth:`rank` for many queries at once, from their first ``k`` hits each, folded together with numpy.
 
-        Row ``r`` of the arrays holds query ``r``'s first ``min(available, top_k * overfetch)`` hits, best first
-        (``parents`` codes them, ``-1`` for padding or an id of no parent). A query whose hits hold enough
-        parents gets exactly what :meth:`rank` returns for it; one that needs more hits, or a chunk whose details
-        are unknown, gets ``None`` (rank it alone).
+        Row ``r`` of the arrays holds query ``r``'s first ``k`` hits, best first (``parents`` codes them, ``-1``
+        for padding or an id of no parent), where ``k`` is a depth :meth:`rank` asks for: ``top_k * overfetch``,
+        doubled any number of times, at most ``available``. A query that these hits settle gets exactly what
+        :meth:`rank` returns for it; one for which :meth:`rank` would ask for more hits gets ``None``. Matches are
+        built from the chunks' ``details``; ``records`` are read only for a query whose details are unknown.
+
+        Raises:
+            ConfigurationError: a bad ``top_k``, arrays of different shapes, or a width :meth:`rank` never asks for.
         """
         top_k = positive_int("top_k", top_k)
-        n, width = scores.shape if scores.ndim == 2 else (0, 0)
-        if n == 0 or available <= 0 or width != min(available, top_k * self.overfetch):
-            return [None] * n
+        if not scores.shape == chunk_ids.shape == parents.shape or scores.ndim != 2:
+            raise ConfigurationError(
+                f"rank_batch needs three 2-D arrays of one shape, got {scores.shape}, {chunk_ids.shape}, "
+                f"{parents.shape}"
+            )
+        n, width = scores.shape
+        if n == 0 or available <= 0:
+            return [[] for _ in range(n)]  # as rank: nothing to fetch
+        if not self._asks_for(width, top_k, available):
+            raise ConfigurationError(
+                f"rank_batch got {width} hits per query; rank asks for min(available={available}, "
+                f"top_k * overfetch = {top_k * self.overfetch}) doubled any number of times"
+            )
         valid = parents >= 0
         rows = np.nonzero(valid)[0]
         flat_scores, flat_ids, flat_codes = scores[valid], chunk_ids[valid], parents[valid]
@@ -318,14 +333,30 @@ class ParentRanker:
         built = self._matches_of_details(
             folded, [g for row in taken for g in row], flat_scores, flat_ids, parent_id, details
         )
-        if built is None:  # some details are unknown: each query on its own, which reads what it needs
-            return [None] * n
         out: list[list[ParentMatch] | None] = []
         at = 0
         for r in range(n):
-            out.append(built[at : at + len(taken[r])] if done[r] else None)
+            if not done[r]:
+                out.append(None)
+            elif built is not None:
+                out.append(built[at : at + len(taken[r])])
+            else:  # some details are unknown: this query's own fold, which reads the records it needs
+                keep = valid[r]
+                hits = HitArrays(
+                    scores[r][keep], chunk_ids[r][keep], parents[r][keep], parent_id, records, details=details
+                )
+                out.append(self._matches_of_arrays(hits, self._fold_hits(hits), top_k))
             at += len(taken[r])
         return out
+
+    def _asks_for(self, width: int, top_k: int, available: int) -> bool:
+        """Whether :meth:`rank` asks for ``width`` hits at some point: ``top_k * overfetch`` doubled, capped at
+        ``available``."""
+        first = min(available, top_k * self.overfetch)
+        if width == first or (width == available and available > 0):
+            return True
+        ratio, rest = divmod(width, first) if first > 0 else (0, 1)
+        return rest == 0 and ratio > 1 and ratio & (ratio - 1) == 0 and width < available
 
     def rank(self, fetch: FetchHits, top_k: int, *, available: int) -> list[ParentMatch]:
         """The ``top_k`` best parents, fetching more chunks until enough distinct parents are seen.
@@ -375,15 +406,24 @@ def _grouping_order(
     scores: np.ndarray, ids: np.ndarray, codes: np.ndarray, rows: np.ndarray
 ) -> tuple[np.ndarray, bool]:
     """Hit positions ordered by query row, then parent code, then best score first, then lower chunk id; and
-    whether the hits came in index order (rows in order, each strictly best first).
+    whether the hits came strictly in index order (rows in order, each strictly best first: no ties).
 
-    Hits in index order need only a stable sort by ``(row, parent)``, a tenth of the general four-key sort.
+    Hits in index order (rows in order, each best first, equal scores by lower id first, as
+    :class:`~crossscale.index.ChunkIndex` returns them) need only a stable sort by ``(row, parent)``, a tenth of the
+    general four-key sort.
     """
     if len(scores) > 1 and codes.min() >= 0:
         row_step, score_step = np.diff(rows), np.diff(scores)
-        if bool(((row_step > 0) | ((row_step == 0) & (score_step < 0))).all()):
-            key = rows.astype(np.int64) * (int(codes.max()) + 1) + codes
-            return np.argsort(key, kind="stable"), True
+        same_row = row_step == 0
+        if bool(((row_step > 0) | (same_row & (score_step < 0))).all()):
+            strictly = True
+        else:
+            strictly = False
+            tie_ok = (score_step < 0) | ((score_step == 0) & (np.diff(ids) > 0))
+            if not bool(((row_step > 0) | (same_row & tie_ok)).all()):
+                return np.lexsort((ids, -scores.astype(np.float64), codes, rows)), False
+        key = rows.astype(np.int64) * (int(codes.max()) + 1) + codes
+        return np.argsort(key, kind="stable"), strictly
     return np.lexsort((ids, -scores.astype(np.float64), codes, rows)), False
 
 
