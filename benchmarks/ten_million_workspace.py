@@ -18,7 +18,8 @@ bytes on disk. Search (a fresh process, read-only as a serving process would ope
 recall@10 against exact search of the same vectors, single-query p50 / p95 and batched queries per second through
 ``cs.search_vectors``, and with ``--batch`` one batch of each size in each of
 :data:`benchmarks.ten_million.BATCH_WAYS` (list-by-list scan or faiss' search; the batch folded together or each
-query ranked alone: :func:`benchmarks.ten_million.batched_rows`), then ``verify()``. Results: docs/benchmarks.md.
+query ranked alone: :func:`benchmarks.ten_million.batched_rows`) and with ``cs.rescore`` off, then ``verify()``.
+Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from PIL import Image
 
 from benchmarks.engines import Search, recall, timed
 from benchmarks.ten_million import (
+    BATCH_WAYS,
     SLICE,
     AnonPeak,
+    BatchWay,
     K,
     SlicedData,
     batched_rows,
@@ -248,7 +251,8 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         peak = memory_mb()["VmHWM"]
         bare_p50, bare_p95, bare_qps, bare_got = timed(_without_rescoring(cs), q)
         sizes = [int(v) for v in args.batch.split(",") if v.strip()]
-        batches = batched_rows(lambda fold: _fresh_depth(cs, fold), q, exact, data, sizes)  # page cache warm
+        ways = (*BATCH_WAYS, BatchWay("list scan, batch folded, not re-scored", True, True, rescore=False))
+        batches = batched_rows(lambda way: _fresh_depth(cs, way), q, exact, data, sizes, ways)
         info = cs.info()
         t = time.perf_counter()
         with AnonPeak() as verifying:
@@ -288,48 +292,31 @@ def _parent_numbers(results: Sequence[Sequence[Any]]) -> list[list[int]]:
     return [[int(m.parent_id[1:]) for m in row] for row in results]
 
 
-def _fresh_depth(cs: Any, fold: bool = True) -> Search:
-    """``cs.search_vectors`` (the default path: SQ8 hits re-scored with the stored vectors), its FetchDepth reset;
-    ``fold=False``: with the facade's ranker wrapped in :class:`benchmarks.engines.RankedAlone` for the call (each
-    query's hits folded alone)."""
+def _fresh_depth(cs: Any, way: BatchWay = BATCH_WAYS[0]) -> Search:
+    """``cs.search_vectors`` (the default path: SQ8 hits re-scored with the stored vectors), its FetchDepth reset,
+    searching the ``way`` asks: each query ranked alone (the facade's ranker wrapped in
+    :class:`benchmarks.engines.RankedAlone` for the call) where it does not fold, with ``cs.rescore`` off where it
+    does not re-score."""
     from benchmarks.engines import RankedAlone
 
     if cs.fetch_depth is not None:
         cs.fetch_depth.reset()
-    ranker = cs.ranker
+    ranker, rescore = cs.ranker, cs.rescore
 
     def run(rows: np.ndarray) -> list[list[int]]:
-        cs.ranker = ranker if fold else RankedAlone(ranker)
+        cs.ranker, cs.rescore = (ranker if way.fold else RankedAlone(ranker)), way.rescore
         try:
             return _parent_numbers(cs.search_vectors(rows, top_k=K))
         finally:
-            cs.ranker = ranker
+            cs.ranker, cs.rescore = ranker, rescore
 
     return run
 
 
 def _without_rescoring(cs: Any) -> Search:
-    """The facade's query path over the same workspace, but ranking the index's own (SQ8) scores: no stored
-    vector is read to re-score the hits. What re-scoring costs, in the same run."""
-    from crossscale.query import FetchDepth, search_parents
-    from crossscale.types import Query
-
-    ws, depth = cs.workspace, FetchDepth()
-
-    def run(rows: np.ndarray) -> list[list[int]]:
-        found = search_parents(
-            [Query(v, None) for v in rows],
-            K,
-            index=cs.chunk_index,
-            records=ws.records,
-            parents=ws.parents,
-            ranker=cs.ranker,
-            details=ws.chunk_details(),
-            fetch_depth=depth,
-        )
-        return _parent_numbers(found)
-
-    return run
+    """The facade's query path over the same workspace with ``cs.rescore`` off: the index's own (SQ8) scores
+    ranked, no stored vector read. What re-scoring costs, in the same run."""
+    return _fresh_depth(cs, BatchWay("not re-scored", True, True, rescore=False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -237,6 +237,36 @@ def test_a_batch_fold_reads_the_stored_vectors_of_each_depth_in_one_lookup(alike
     _assert_same_matches(got, alone, "batch fold vs alone")
 
 
+def test_a_depth_too_big_for_one_lookup_is_read_in_blocks(
+    alike: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A depth whose unread hits hold more than _READ_BYTES of vectors is read in several lookups, each at most that
+    big (a search's hits stay in one), with the same matches."""
+    import crossscale.query
+
+    x = alike["x"]
+    lookups: list[int] = []
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(ids, dtype=np.int64)
+        lookups.append(len(keep))
+        return keep, x[keep].astype(np.float16)
+
+    parents = _with_details(alike)
+    queries = [Query(q.vector / np.linalg.norm(q.vector), None) for q in alike["queries"]]
+    common = {"index": alike["index"], "records": _lookup(alike["records"]), "parents": parents}
+    search = {"ranker": ParentRanker(box="fusion"), "details": parents.details, "exact_vectors": stored}
+    whole = search_parents(queries, 5, **common, **search)
+    depths = len(lookups)
+    lookups.clear()
+    monkeypatch.setattr(crossscale.query, "_READ_BYTES", 4 * DIM * 100)  # 100 vectors: two queries' first 40 hits
+    got = search_parents(queries, 5, **common, **search)
+    assert len(lookups) > 2 * depths
+    assert sum(n <= 100 for n in lookups) >= len(queries) // 2  # the first 40 hits of 25 queries: 13 lookups
+    assert max(lookups) <= 160  # one search's new hits are read together: 160 of them on the way to 320
+    _assert_same_matches(got, whole, "read in blocks")
+
+
 def test_queries_a_batch_ranker_leaves_are_ranked_alone(alike: dict[str, Any]) -> None:
     """A batch ranker may leave a query (None) at every depth: once its searches reach no deeper, rank() ranks it
     from its first hits, and the matches are the same."""

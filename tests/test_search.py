@@ -768,3 +768,30 @@ def test_the_facade_learns_how_deep_to_search_and_results_do_not_change(
             assert len(learning) < len(searches)  # fewer index searches once it has learned
         else:
             assert learning == searches
+
+
+@pytest.mark.parametrize(("factory", "approximate"), [("IVF2,SQ8", True), ("Flat", False)])
+def test_rescore_off_ranks_the_index_scores_and_reads_no_stored_vector(
+    tmp_path: Path, photos: dict[str, Image.Image], factory: str, approximate: bool
+) -> None:
+    """An SQ8 index's hits are re-scored against the stored vectors by default (the true cosines); with
+    ``cs.rescore = False`` the index's own scores are ranked and no stored vector is read; a Flat index's never."""
+    names = sorted(photos)
+    with _hist(tmp_path / "ws", index_factory=factory, verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        assert cs.rescore and cs.chunk_index.scores_exact is not approximate
+        reads: list[int] = []
+        real = cs.store.vectors
+        cs.store.vectors = lambda ids, **kw: reads.append(len(ids)) or real(ids, **kw)  # type: ignore[method-assign,func-returns-value]
+        crops = [photos[n].crop((20, 30, 220, 180)) for n in names]
+        exact = cs.search_batch(crops, top_k=3)
+        assert bool(reads) is approximate
+        reads.clear()
+        cs.rescore = False
+        own = cs.search_batch(crops, top_k=3)
+        assert reads == []
+        assert [e[0].parent_id for e in exact] == [o[0].parent_id for o in own]  # the same best parents
+        if approximate:  # SQ8's rounded scores, not the stored vectors' cosines
+            assert any(e[0].chunk_score != o[0].chunk_score for e, o in zip(exact, own, strict=True))
+        else:
+            assert own == exact

@@ -72,13 +72,18 @@ def _distinct_parents(ids: np.ndarray, codes: np.ndarray | None, records: Record
     return len({record.parent_id for record in records(int(i) for i in ids if i >= 0).values()})
 
 
+#: at most this many bytes of float32 vectors are read from the store in one lookup when re-scoring (64 MiB)
+_READ_BYTES = 64 << 20
+
+
 class _ExactScores:
     """The exact cosines of one batch's hits against their queries, from the stored vectors.
 
     Scores are kept per search made for a query (a :class:`_Fetched`): a look at its first ``k`` hits scores only
     the hits past those already scored, and a hit another of the query's searches scored is not read again, so each
     (query, chunk) is read once however often the ranker deepens it (with alike chunks a query's hits were read ~5
-    times). The hits of all the queries looked at together are read in one lookup."""
+    times). The hits of all the queries looked at together are read at once, in lookups of at most
+    :data:`_READ_BYTES`."""
 
     def __init__(self, queries: np.ndarray, lookup: VectorLookup) -> None:
         self._queries = queries
@@ -133,8 +138,23 @@ class _ExactScores:
     def _read(
         self, rows: Sequence[int], views: Sequence[_Fetched], fresh: list[tuple[int, np.ndarray, np.ndarray]]
     ) -> None:
-        """Read the stored vectors of every unread hit in ``fresh`` in one lookup, score them, and append each
-        search's new scores to what it had."""
+        """Read the stored vectors of every unread hit in ``fresh``, score them, and append each search's new
+        scores to what it had: one lookup per :data:`_READ_BYTES` of float32 vectors (a batch of 10,000 queries
+        reads over a million at one depth), so that what a lookup holds stays small."""
+        block = max(1, _READ_BYTES // (4 * max(1, self._queries.shape[1])))
+        start = 0
+        while start < len(fresh):
+            stop, count = start + 1, len(fresh[start][2])
+            while stop < len(fresh) and count + len(fresh[stop][2]) <= block:
+                count += len(fresh[stop][2])
+                stop += 1
+            self._read_block(rows, views, fresh[start:stop])
+            start = stop
+
+    def _read_block(
+        self, rows: Sequence[int], views: Sequence[_Fetched], fresh: list[tuple[int, np.ndarray, np.ndarray]]
+    ) -> None:
+        """:meth:`_read` of a few searches, in one lookup."""
         wanted = [views[i].ids[len(self._done[id(views[i])]) + unread] for i, _, unread in fresh]
         flat = np.concatenate(wanted)
         found_ids, found, norms = np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
@@ -575,15 +595,18 @@ def search_parents(
         exact_vectors: chunk ids → their exact stored vectors (:meth:`~crossscale.index.RootStore.vectors`). With
             it, every search's hits are scored again against them and re-sorted before ranking: for an index
             whose scores are approximate (projected vectors, SQ8 or PQ codes), so that candidates it found are
-            ordered, and scored, by their true cosines.
+            ordered, and scored, by their true cosines. A batch folded together reads each depth's hits of all
+            its queries at once (in lookups of at most 64 MiB of vectors); each (query, chunk) is read once where
+            the index is ``prefix_stable``.
         refine_verified: also refine the queries whose best match the verifier confirmed (their unverified matches,
             which rank below it whatever the refiner finds). ``False`` (default): the refiner runs only for queries
             with no verified match, so a settled query costs no extra encoder pass.
         details: chunk ids → their boxes, kinds and labels in bulk (a workspace's
             :meth:`~crossscale.index.ParentMap.details`); needs ``parents``. With it no record is read: a
-            :class:`~crossscale.protocols.BatchRanker` folds the whole batch's first hits at once and builds the
-            matches from the details (the result is the same), and any other ranker's
-            :class:`~crossscale.types.HitArrays` carry them.
+            :class:`~crossscale.protocols.BatchRanker` folds the whole batch's first hits at once, then those twice
+            as deep of the queries that need more, and so on, and builds the matches from the details (the result
+            is the same as each query ranked alone), and any other ranker's :class:`~crossscale.types.HitArrays`
+            carry them.
         fetch_depth: learns how deep the first search goes (:class:`FetchDepth`); needs ``parents``. Only for an
             index whose shallower searches are prefixes of deeper ones (``prefix_stable``): the result is then
             the same as without it.

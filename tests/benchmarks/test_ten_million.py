@@ -44,7 +44,7 @@ def test_a_small_run_builds_searches_and_reports(tmp_path: Path, capsys: pytest.
     assert found["peak_while_searching_mb"] >= found["rss_after_load_mb"] > found["base_rss_mb"] > 0
     assert found["peak_while_searching_mb"] > found["peak_anon_while_searching_mb"] > found["base_anon_mb"] > 0
     batches = found["batches"]
-    ways = [how for how, _, _ in ten_million.BATCH_WAYS]
+    ways = [way.name for way in ten_million.BATCH_WAYS]
     assert [(b["batch"], b["how"]) for b in batches] == [(size, how) for size in (8, 300) for how in ways]
     assert {b["recall"] for b in batches[3:]} == {found["results"][0]["recall"]}  # the 8 with exact parents
     assert all(b["qps"] > 0 for b in batches)
