@@ -207,20 +207,29 @@ def test_a_deepened_query_reads_each_stored_vector_once(alike: dict[str, Any], w
         np.testing.assert_allclose([m.score for m in got], [m.score for m in want], atol=2e-3)
 
 
-def test_a_batch_fold_reads_the_stored_vectors_of_each_depth_in_one_lookup(alike: dict[str, Any]) -> None:
-    """Folded together, the batch's hits are re-scored depth by depth, each depth's unread hits of all the queries
-    in one lookup; the matches are those of each query ranked alone."""
+def _batch_with_a_store(alike: dict[str, Any], lookups: list[int]) -> tuple[list[Query], dict[str, Any], Any]:
+    """``alike``'s queries (unit, as search_parents takes them), the search_parents arguments of its index, records
+    and parent map (with details), and a stored-vector lookup (float16, as a store reads them back) that records how
+    many ids each call asks for in ``lookups``."""
     x = alike["x"]
-    lookups: list[int] = []
 
     def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
         keep = np.asarray(ids, dtype=np.int64)
         lookups.append(len(keep))
         return keep, x[keep].astype(np.float16)
 
-    parents = _with_details(alike)
     queries = [Query(q.vector / np.linalg.norm(q.vector), None) for q in alike["queries"]]
+    parents = _with_details(alike)
     common = {"index": alike["index"], "records": _lookup(alike["records"]), "parents": parents}
+    return queries, common, stored
+
+
+def test_a_batch_fold_reads_the_stored_vectors_of_each_depth_in_one_lookup(alike: dict[str, Any]) -> None:
+    """Folded together, the batch's hits are re-scored depth by depth, each depth's unread hits of all the queries
+    in one lookup; the matches are those of each query ranked alone."""
+    lookups: list[int] = []
+    queries, common, stored = _batch_with_a_store(alike, lookups)
+    parents = common["parents"]
     ranker = ParentRanker(box="fusion")
     folds: list[int] = []
     batch = ranker.rank_batch
@@ -244,18 +253,9 @@ def test_a_depth_too_big_for_one_lookup_is_read_in_blocks(
     big (a search's hits stay in one), with the same matches."""
     import crossscale.query
 
-    x = alike["x"]
     lookups: list[int] = []
-
-    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        keep = np.asarray(ids, dtype=np.int64)
-        lookups.append(len(keep))
-        return keep, x[keep].astype(np.float16)
-
-    parents = _with_details(alike)
-    queries = [Query(q.vector / np.linalg.norm(q.vector), None) for q in alike["queries"]]
-    common = {"index": alike["index"], "records": _lookup(alike["records"]), "parents": parents}
-    search = {"ranker": ParentRanker(box="fusion"), "details": parents.details, "exact_vectors": stored}
+    queries, common, stored = _batch_with_a_store(alike, lookups)
+    search = {"ranker": ParentRanker(box="fusion"), "details": common["parents"].details, "exact_vectors": stored}
     whole = search_parents(queries, 5, **common, **search)
     depths = len(lookups)
     lookups.clear()
