@@ -364,6 +364,12 @@ class FetchDepth:
 _LEARN_ROWS = 8
 
 
+def _first_depth(top_k: int, ranker: Ranker, available: int) -> int:
+    """How many hits the ranker looks at first for each query: ``top_k * overfetch``, at least one, at most
+    ``available``."""
+    return max(1, min(available, top_k * ranker.overfetch))
+
+
 def _first_fetch(
     vectors: np.ndarray,
     top_k: int,
@@ -387,7 +393,7 @@ def _first_fetch(
     n, available = len(vectors), len(index)
     if available <= 0:
         return _FirstFetch([[] for _ in range(n)], False, None)  # nothing to search (the ranker asks for nothing)
-    k = max(1, min(available, top_k * ranker.overfetch))
+    k = _first_depth(top_k, ranker, available)
     group_size = getattr(ranker, "group_size", None)
     grouped = False
     if _is_grouped(index) and isinstance(group_size, int) and group_size > 0:
@@ -488,10 +494,10 @@ def _as_searched(
     re-sorted when ``exact`` is given (as a search of ``k`` would be, not the deeper one), those no longer stored
     made padding; the codes are the searches' own, ``None`` where they must be looked up again (after re-sorting,
     or when a search has none). The searches are all raw (plain ones) or all not (grouped)."""
-    scores = np.stack([view.scores[:k] for view in views])
     ids = np.stack([view.ids[:k] for view in views])
     if exact is not None and all(view.raw for view in views):
         return (*_best_first(exact.of_searches(rows, views, k), ids), None)
+    scores = np.stack([view.scores[:k] for view in views])
     if all(view.codes is not None for view in views):
         return scores, ids, np.stack([view.codes[:k] for view in views])  # type: ignore[index]
     return scores, ids, None
@@ -513,7 +519,7 @@ def _rank_together(
     on, each depth cut from the query's searches as a search of that depth gives it. ``None`` for a query whose
     searches do not reach the depth it needs (ranked alone)."""
     out: list[list[ParentMatch] | None] = [None] * len(fetched)
-    k = max(1, min(available, top_k * ranker.overfetch))
+    k = _first_depth(top_k, ranker, available)
     pending = list(range(len(fetched)))
     while pending:
         found = [(r, view) for r in pending if (view := _shallowest(fetched[r], k)) is not None]
@@ -643,7 +649,7 @@ def search_parents(
         learn=fetch_depth is not None,
     )
     if fetch_depth is not None and reached is not None:
-        fetch_depth.record(reached, max(1, min(available, top_k * ranker.overfetch)))
+        fetch_depth.record(reached, _first_depth(top_k, ranker, available))
     exact = None if exact_vectors is None else _ExactScores(vectors, exact_vectors)
     together: list[list[ParentMatch] | None] = [None] * len(queries)
     if plain and parents is not None and details is not None and _ranks_batches(ranker):

@@ -618,8 +618,9 @@ class RootStore:
         with self._view(txn) as txn:
             pairs = txn.cursor(db=self._db["vectors"]).getmulti([packed[i : i + 8] for i in range(0, len(packed), 8)])
             values = b"".join(v for _, v in pairs)  # copied while valid
-            keys = b"" if len(pairs) == len(wanted) else b"".join(k for k, _ in pairs)  # all found: the ids asked
-        ids = wanted if len(pairs) == len(wanted) else np.frombuffer(keys, dtype=">u8").astype(np.int64)
+            every = len(pairs) == len(wanted)  # all found: the ids are the ones asked for
+            keys = b"" if every else b"".join(k for k, _ in pairs)
+        ids = wanted if every else np.frombuffer(keys, dtype=">u8").astype(np.int64)
         vecs = np.frombuffer(values, dtype=self._dtype).reshape(len(ids), self.dim).astype(np.float32)
         return ids, vecs
 

@@ -345,14 +345,18 @@ class ParentRanker:
                 hits = HitArrays(
                     scores[r][keep], chunk_ids[r][keep], parents[r][keep], parent_id, records, details=details
                 )
-                out.append(self._matches_of_arrays(hits, self._fold_hits(hits), top_k))
+                out.append(self.fold(hits, top_k))
             at += len(taken[r])
         return out
+
+    def _first_depth(self, top_k: int, available: int) -> int:
+        """How many hits :meth:`rank` asks for first: ``top_k * overfetch``, at most ``available``."""
+        return min(available, top_k * self.overfetch)
 
     def _asks_for(self, width: int, top_k: int, available: int) -> bool:
         """Whether :meth:`rank` asks for ``width`` hits at some point: ``top_k * overfetch`` doubled, capped at
         ``available``."""
-        first = min(available, top_k * self.overfetch)
+        first = self._first_depth(top_k, available)
         if width == first or (width == available and available > 0):
             return True
         ratio, rest = divmod(width, first) if first > 0 else (0, 1)
@@ -369,7 +373,7 @@ class ParentRanker:
         top_k = positive_int("top_k", top_k)
         if available <= 0:
             return []
-        k = min(available, top_k * self.overfetch)
+        k = self._first_depth(top_k, available)
         while True:
             hits = fetch(k)
             if isinstance(hits, HitArrays):
