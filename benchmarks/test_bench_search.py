@@ -296,3 +296,38 @@ def test_ivf_batch_search(benchmark, ivf_batch, rows: int, how: str) -> None:  #
     benchmark.extra_info["factory"] = ivf_batch["factory"]
     np.testing.assert_allclose(scores, want_scores, atol=1e-5)
     assert np.mean(ids == want_ids) > 0.99  # the same hits; near-equal scores may swap places
+
+
+@pytest.mark.benchmark(group="ivf-one-query")
+@pytest.mark.parametrize("nprobe", [32, 256])
+@pytest.mark.parametrize(
+    "how", ["faiss", "ChunkIndex, one core", "ChunkIndex"], ids=["raw faiss", "ChunkIndex, not split", "ChunkIndex"]
+)
+def test_ivf_one_query(benchmark, ivf_batch, monkeypatch, how: str, nprobe: int) -> None:  # type: ignore[no-untyped-def]
+    """64 queries one at a time, k=80: faiss' IVF search runs one query on one core; ChunkIndex splits the lists a
+    query probes over the cores where they are long enough to pay for it (crossscale.index._probe_split: at
+    nprobe 256, not at 32), and "not split" is ChunkIndex without that. Same index, same (normalised) queries; the
+    hits must be faiss' own, as ChunkIndex orders them (equal scores by id)."""
+    index = ivf_batch["index"]
+    rows = [index._prepare(row[None, :]) for row in ivf_batch["q"][:64]]
+    index.set_search_params(f"nprobe={nprobe}")
+    try:
+        want = [index._index.search(row, K_CHUNKS) for row in rows]
+        if how == "faiss":
+            search = index._index.search
+        else:
+            if how == "ChunkIndex, one core":
+                monkeypatch.setattr(index, "_probe_split", lambda: None)
+            search = index.search
+
+        def one_by_one() -> list[tuple[np.ndarray, np.ndarray]]:
+            return [search(row, K_CHUNKS) for row in rows]
+
+        got = benchmark(one_by_one)
+    finally:
+        index.set_search_params("nprobe=32")
+    benchmark.extra_info["factory"] = ivf_batch["factory"]
+    for (scores, ids), (want_scores, want_ids) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(scores, want_scores)  # the same scores, bit for bit
+        mine, theirs = np.lexsort((ids[0], -scores[0])), np.lexsort((want_ids[0], -want_scores[0]))
+        np.testing.assert_array_equal(ids[0][mine], want_ids[0][theirs])  # the same hits (ties in either order)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ListScan", "pays"]
+__all__ = ["ListScan", "ivf_of", "pays"]
 
 #: What a scan costs, and faiss' search of the same batch, on the machine they were measured on (2 cores,
 #: AVX-512; docs/benchmarks.md, "Batched IVF search list by list"), in nanoseconds of wall time: a scan pays for
@@ -75,14 +75,10 @@ class ListScan:
         """The list scanner for ``index`` (an owning faiss index as :class:`ChunkIndex` builds it), or ``None``."""
         import faiss
 
-        outer: Any = faiss.downcast_index(index)
-        transforms: list[Any] = []
-        if isinstance(outer, faiss.IndexPreTransform):
-            chain: Any = outer.chain
-            transforms = [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]
-            outer = faiss.downcast_index(outer.index)
-        if not isinstance(outer, faiss.IndexIVF) or outer.metric_type != faiss.METRIC_INNER_PRODUCT:
+        found = ivf_of(index)
+        if found is None:
             return None
+        outer, transforms = found
         invlists: Any = outer.invlists
         if not isinstance(faiss.downcast_InvertedLists(invlists), faiss.ArrayInvertedLists):
             return None
@@ -190,6 +186,22 @@ class ListScan:
         codes = faiss.rev_swig_ptr(self._invlists.get_codes(list_no), size * code_size).reshape(size, code_size)
         ids = faiss.rev_swig_ptr(self._invlists.get_ids(list_no), size)
         return codes, ids
+
+
+def ivf_of(index: Any) -> tuple[Any, list[Any]] | None:
+    """The inner-product IVF structure of ``index`` (downcast) and the vector transforms before it (a projection),
+    or ``None`` where ``index`` is not an IVF index, optionally behind transforms."""
+    import faiss
+
+    outer: Any = faiss.downcast_index(index)
+    transforms: list[Any] = []
+    if isinstance(outer, faiss.IndexPreTransform):
+        chain: Any = outer.chain
+        transforms = [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]
+        outer = faiss.downcast_index(outer.index)
+    if not isinstance(outer, faiss.IndexIVF) or outer.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    return outer, transforms
 
 
 def pays(lists: float, codes: float, pairs: float, dim: int, decodes: bool) -> bool:

@@ -18,6 +18,7 @@ from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, 
 from crossscale.index._faiss_file import IndexFile
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
 from crossscale.index._list_scan import ListScan
+from crossscale.index._probe_split import ProbeSplit
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +265,8 @@ class ChunkIndex:
         self._prefix_stable: bool | None = None
         self._scan: ListScan | None = None  # batched IVF search list by list, once the index is trained
         self._scan_checked = False
+        self._split: ProbeSplit | None = None  # a single query's IVF lists searched over the cores
+        self._split_checked = False
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:
@@ -482,7 +485,9 @@ class ChunkIndex:
         search is the first ``k`` hits of any deeper one for the exhaustive structures (:attr:`prefix_stable`),
         and a chunk indexed later never displaces an equal one indexed earlier.
 
-        A batch whose queries share the IVF lists they probe (enough of them that it pays:
+        Fewer queries than threads (one query, on any multi-core machine) are searched over the cores by the
+        lists they probe (:mod:`crossscale.index._probe_split`: 1.8x faster on 2 cores at 10M regions), with
+        faiss' own scores. A batch whose queries share the IVF lists they probe (enough of them that it pays:
         :func:`crossscale.index._list_scan.pays`) is searched list by list on the CPU: each list read once and
         scored against all of its queries by one matrix product, for IVF-Flat, SQ8 and SQfp16 lists. The hits
         are faiss' (the same lists, every vector in them), 2-6x faster for 1,000-10,000 queries
@@ -526,8 +531,11 @@ class ChunkIndex:
         searcher = self._searcher() if ask <= GPU_MAX_K else self._index  # faiss' GPU k limit: not cut short
         skip = self._hnsw_params(ask) if searcher is self._index else None
         scan = self._list_scan() if searcher is self._index else None
+        split = self._probe_split() if searcher is self._index else None
         with _blas_threshold(self.blas_threshold):  # the scan's coarse search too
             listed = None if scan is None else scan.search(q, ask)  # None: a batch too small to gain from it
+            if listed is None and split is not None:
+                listed = split.search(q, ask)  # None: as many queries as threads, or more
             if listed is not None:
                 d, i = listed
             else:
@@ -551,6 +559,13 @@ class ChunkIndex:
         if not self._scan_checked and self.is_trained and not self._tombstones:
             self._scan, self._scan_checked = ListScan.of(self._index), True
         return self._scan if self._scan_checked and not self._tombstones else None
+
+    def _probe_split(self) -> ProbeSplit | None:
+        """The searcher of fewer queries than threads over an IVF index's lists, a part per thread
+        (:mod:`._probe_split`), or ``None`` for other structures; worked out once (the structure never changes)."""
+        if not self._split_checked:
+            self._split, self._split_checked = ProbeSplit.of(self._index), True
+        return self._split
 
     def _hnsw(self) -> Any | None:
         """The HNSW structure holding the vectors (a non-owning view), or ``None`` for other structures."""
