@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from crossscale._device import faiss_gpu_count
 from crossscale.errors import ChunkIndexError, ConfigurationError, DeviceError, VectorError, WorkspaceFormatError
 from crossscale.index import ChunkIndex
+from crossscale.index import chunk_index as chunk_index_module
 from crossscale.index.chunk_index import ADD_EF_SEARCH, GPU_MAX_K
 
 
@@ -212,6 +214,39 @@ def test_blas_threshold_is_restored(rng: np.random.Generator) -> None:
     index.add(_unit(rng, 10, 8), np.arange(10))
     index.search(_unit(rng, 30, 8), 3)
     assert faiss.cvar.distance_compute_blas_threshold == before
+
+
+@pytest.mark.parametrize(("rows", "blas"), [(1, False), (7, False), (8, True), (500, True)])
+def test_blas_only_from_the_index_s_query_count(rows: int, blas: bool) -> None:
+    """faiss' threshold is set per search so that 8 queries or more go through BLAS and fewer never do, whether
+    faiss compares it with the queries or with queries x dimensions (one IVF query was 1.8-2.8x slower through
+    BLAS); and it is restored after."""
+    before = faiss.cvar.distance_compute_blas_threshold
+    with chunk_index_module._blas_threshold(chunk_index_module.DEFAULT_BLAS_THRESHOLD, rows):
+        value = faiss.cvar.distance_compute_blas_threshold
+    assert faiss.cvar.distance_compute_blas_threshold == before
+    for dim in (1, 512, 4096):  # faiss uses BLAS where (queries, or queries x dimensions) >= the threshold
+        assert (rows >= value) == blas and (rows * dim >= value) == blas
+
+
+@pytest.mark.parametrize(("factory", "blas_from"), [("Flat", 1), ("IVF4,Flat", 8), ("IVF4,SQ8", 8), ("HNSW8", 1)])
+def test_searches_use_blas_by_structure(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, factory: str, blas_from: int
+) -> None:
+    """An IVF index keeps its searches of fewer than 8 queries off BLAS; a flat (or HNSW) index sets BLAS for every
+    search, so that a query scores the same alone and in a batch."""
+    seen: list[tuple[int, int]] = []
+    real = chunk_index_module._blas_threshold
+
+    def spy(min_queries: int, rows: int) -> Any:
+        seen.append((min_queries, rows))
+        return real(min_queries, rows)
+
+    monkeypatch.setattr(chunk_index_module, "_blas_threshold", spy)
+    index = ChunkIndex(8, factory, device="cpu")
+    index.add(_unit(rng, 400, 8), np.arange(400))
+    index.search(_unit(rng, 3, 8), 5)
+    assert seen and all(m == blas_from and r == 3 for m, r in seen)
 
 
 def test_gpu_device_without_faiss_gpu_is_clear() -> None:

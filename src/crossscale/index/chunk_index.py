@@ -17,7 +17,7 @@ from crossscale._vectors import l2_normalize
 from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, WorkspaceFormatError
 from crossscale.index._faiss_file import IndexFile
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
-from crossscale.index._list_scan import ListScan
+from crossscale.index._list_scan import ListScan, ivf_of
 from crossscale.index._probe_split import ProbeSplit
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["ChunkIndex"]
 
 _FILE = IndexFile(b"CSIDX\x00\x01\n", 1, "chunk index")
-#: faiss' own default; some faiss-cpu wheels ship 128000, which makes batched searches ~10x slower.
-DEFAULT_BLAS_THRESHOLD = 20
+#: an IVF index's searches of this many queries or more have faiss find their lists through BLAS, fewer through its
+#: own kernels; other structures' searches always go through BLAS. faiss decides by its
+#: ``distance_compute_blas_threshold``, compared with the queries (older faiss) or with queries x dimensions (this
+#: wheel, 1.15: its default 128,000 kept batches below ~250 queries of 512-d off BLAS, ~10x slower). One IVF query
+#: was 1.8-2.8x slower through BLAS, and BLAS wins from 4-8 queries on (docs/benchmarks.md, "One query over all
+#: the cores"). A flat index stays on BLAS for every search, so that a query scores the same alone and in a batch.
+DEFAULT_BLAS_THRESHOLD = 8
+_NEVER = 2**31 - 1  # a threshold no search reaches, in either of faiss' readings
 #: the most hits faiss' GPU indexes return per query; deeper searches run on the CPU master copy
 GPU_MAX_K = 2048
 #: an HNSW coarse quantizer's ``efSearch`` while vectors are added (each assigned to its list): faiss' default. The
@@ -35,11 +41,13 @@ ADD_EF_SEARCH = 16
 
 
 @contextlib.contextmanager
-def _blas_threshold(value: int) -> Iterator[None]:
+def _blas_threshold(min_queries: int, rows: int) -> Iterator[None]:
+    """faiss' ``distance_compute_blas_threshold`` for a search of ``rows`` queries, restored after: BLAS where
+    ``rows >= min_queries``, faiss' own kernels below, whichever way this faiss compares it."""
     import faiss
 
     before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = value
+    faiss.cvar.distance_compute_blas_threshold = 1 if rows >= min_queries else _NEVER
     try:
         yield
     finally:
@@ -195,7 +203,9 @@ class ChunkIndex:
         reduce_dim: project to this many dimensions (``< dim``); ``None``: keep ``dim``.
         device: ``"auto"`` (GPU when the faiss build has one), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
             The CPU index stays the master copy; a GPU mirror serves searches.
-        blas_threshold: faiss' ``distance_compute_blas_threshold`` used during searches.
+        blas_threshold: an IVF index's searches of at least this many queries find their lists through BLAS
+            (faiss' ``distance_compute_blas_threshold`` is set for each search so that they do, whatever faiss'
+            version compares it with), fewer through faiss' own kernels; other structures always use BLAS.
 
     Raises:
         ConfigurationError: bad ``dim``, ``reduce_dim`` or factory string.
@@ -266,6 +276,7 @@ class ChunkIndex:
         self._scan: ListScan | None = None  # batched IVF search list by list, once the index is trained
         self._scan_checked = False
         self._split: ProbeSplit | None = None  # a single query's IVF lists searched over the cores
+        self._ivf_structure: bool | None = None
         self._split_checked = False
 
     # ------------------------------------------------------------------ basic facts
@@ -532,7 +543,7 @@ class ChunkIndex:
         skip = self._hnsw_params(ask) if searcher is self._index else None
         scan = self._list_scan() if searcher is self._index else None
         split = self._probe_split() if searcher is self._index else None
-        with _blas_threshold(self.blas_threshold):  # the scan's coarse search too
+        with _blas_threshold(self._blas_from(), len(q)):  # the scan's coarse search too
             listed = None if scan is None else scan.search(q, ask)  # None: a batch too small to gain from it
             if listed is None and split is not None:
                 listed = split.search(q, ask)  # None: as many queries as threads, or more
@@ -559,6 +570,13 @@ class ChunkIndex:
         if not self._scan_checked and self.is_trained and not self._tombstones:
             self._scan, self._scan_checked = ListScan.of(self._index), True
         return self._scan if self._scan_checked and not self._tombstones else None
+
+    def _blas_from(self) -> int:
+        """From how many queries a search goes through BLAS: :attr:`blas_threshold` for an IVF index (its coarse
+        search), 1 for the others (see :data:`DEFAULT_BLAS_THRESHOLD`)."""
+        if self._ivf_structure is None:
+            self._ivf_structure = ivf_of(self._index) is not None
+        return self.blas_threshold if self._ivf_structure else 1
 
     def _probe_split(self) -> ProbeSplit | None:
         """The searcher of fewer queries than threads over an IVF index's lists, a part per thread
