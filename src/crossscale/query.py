@@ -72,8 +72,10 @@ def _distinct_parents(ids: np.ndarray, codes: np.ndarray | None, records: Record
     return len({record.parent_id for record in records(int(i) for i in ids if i >= 0).values()})
 
 
-#: at most this many bytes of float32 vectors are read from the store in one lookup when re-scoring (64 MiB)
-_READ_BYTES = 64 << 20
+#: at most this many bytes of float32 vectors are read from the store in one lookup when re-scoring (16 MiB: a
+#: lookup's Python objects and copies peak at ~2x this; at 10M regions a batch of 1,000 peaked ~95 MiB lower than
+#: with 64 MiB, at the same speed, docs/benchmarks.md)
+_READ_BYTES = 16 << 20
 
 
 class _ExactScores:
@@ -602,7 +604,7 @@ def search_parents(
             it, every search's hits are scored again against them and re-sorted before ranking: for an index
             whose scores are approximate (projected vectors, SQ8 or PQ codes), so that candidates it found are
             ordered, and scored, by their true cosines. A batch folded together reads each depth's hits of all
-            its queries at once (in lookups of at most 64 MiB of vectors); each (query, chunk) is read once where
+            its queries at once (in lookups of at most 16 MiB of vectors); each (query, chunk) is read once where
             the index is ``prefix_stable``.
         refine_verified: also refine the queries whose best match the verifier confirmed (their unverified matches,
             which rank below it whatever the refiner finds). ``False`` (default): the refiner runs only for queries
