@@ -64,9 +64,15 @@ def test_raw_faiss_search_threshold_20(benchmark, corpus) -> None:  # type: igno
 
 
 @pytest.mark.benchmark(group="chunk-search")
-def test_chunkindex_search(benchmark, corpus) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("scores", ["pair by pair", "BLAS only"])
+def test_chunkindex_search(benchmark, corpus, monkeypatch, scores: str) -> None:  # type: ignore[no-untyped-def]
+    """``ChunkIndex.search`` as it is (the hits faiss' BLAS search finds, scored again pair by pair so that a query
+    scores the same in any batch: ``crossscale.index._flat_search``) and, beside it, with faiss' BLAS scores as
+    they come (what it did before): what the pair scores cost."""
     index = ChunkIndex(corpus["x"].shape[1], device="cpu")
     index.add(corpus["x"], np.arange(len(corpus["x"])))
+    if scores == "BLAS only":
+        monkeypatch.setattr(index, "_flat_search", lambda: None)
     _, ids = benchmark(index.search, corpus["q"], K_CHUNKS)
     assert (ids[:, 0] == corpus["targets"]).all()
 

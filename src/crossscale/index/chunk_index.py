@@ -16,6 +16,7 @@ from crossscale._device import resolve_faiss_device
 from crossscale._vectors import l2_normalize
 from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, WorkspaceFormatError
 from crossscale.index._faiss_file import IndexFile
+from crossscale.index._flat_search import FlatSearch
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
 from crossscale.index._list_scan import ListScan, ivf_of
 from crossscale.index._probe_split import ProbeSplit
@@ -30,7 +31,8 @@ _FILE = IndexFile(b"CSIDX\x00\x01\n", 1, "chunk index")
 #: ``distance_compute_blas_threshold``, compared with the queries (older faiss) or with queries x dimensions (this
 #: wheel, 1.15: its default 128,000 kept batches below ~250 queries of 512-d off BLAS, ~10x slower). One IVF query
 #: was 1.8-2.8x slower through BLAS, and BLAS wins from 4-8 queries on (docs/benchmarks.md, "One query over all
-#: the cores"). A flat index stays on BLAS for every search, so that a query scores the same alone and in a batch.
+#: the cores"). A flat index stays on BLAS for every search; its hits are scored again pair by pair
+#: (:mod:`._flat_search`), so that a query scores the same alone and in any batch whatever the BLAS rounds.
 DEFAULT_BLAS_THRESHOLD = 8
 _NEVER = 2**31 - 1  # a threshold no search reaches, in either of faiss' readings
 #: the most hits faiss' GPU indexes return per query; deeper searches run on the CPU master copy
@@ -278,6 +280,8 @@ class ChunkIndex:
         self._split: ProbeSplit | None = None  # a single query's IVF lists searched over the cores
         self._ivf_structure: bool | None = None
         self._split_checked = False
+        self._flat: FlatSearch | None = None  # a flat index searched with scores that do not depend on the batch
+        self._flat_checked = False
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:
@@ -498,7 +502,9 @@ class ChunkIndex:
 
         Fewer queries than threads (one query, on any multi-core machine) are searched over the cores by the
         lists they probe (:mod:`crossscale.index._probe_split`: 1.8x faster on 2 cores at 10M regions), with
-        faiss' own scores. A batch whose queries share the IVF lists they probe (enough of them that it pays:
+        faiss' own scores. A flat index's hits come from faiss' BLAS search and are scored again pair by pair
+        (:mod:`crossscale.index._flat_search`): a query scores the same alone and in any batch, and copies the
+        same, on every CPU (one's BLAS rounded them apart). A batch whose queries share the IVF lists they probe (enough of them that it pays:
         :func:`crossscale.index._list_scan.pays`) is searched list by list on the CPU: each list read once and
         scored against all of its queries by one matrix product, for IVF-Flat, SQ8 and SQfp16 lists. The hits
         are faiss' (the same lists, every vector in them), 2-6x faster for 1,000-10,000 queries
@@ -543,10 +549,13 @@ class ChunkIndex:
         skip = self._hnsw_params(ask) if searcher is self._index else None
         scan = self._list_scan() if searcher is self._index else None
         split = self._probe_split() if searcher is self._index else None
+        flat = self._flat_search() if searcher is self._index else None
         with _blas_threshold(self._blas_from(), len(q)):  # the scan's coarse search too
             listed = None if scan is None else scan.search(q, ask)  # None: a batch too small to gain from it
             if listed is None and split is not None:
                 listed = split.search(q, ask)  # None: as many queries as threads, or more
+            if listed is None and flat is not None:
+                listed = flat.search(q, ask)  # scored pair by pair: the same in any batch
             if listed is not None:
                 d, i = listed
             else:
@@ -577,6 +586,13 @@ class ChunkIndex:
         if self._ivf_structure is None:
             self._ivf_structure = ivf_of(self._index) is not None
         return self.blas_threshold if self._ivf_structure else 1
+
+    def _flat_search(self) -> FlatSearch | None:
+        """The searcher of a flat index whose scores do not depend on the batch (:mod:`._flat_search`), or ``None``
+        for other structures; worked out once (the structure never changes)."""
+        if not self._flat_checked:
+            self._flat, self._flat_checked = FlatSearch.of(self._index), True
+        return self._flat
 
     def _probe_split(self) -> ProbeSplit | None:
         """The searcher of fewer queries than threads over an IVF index's lists, a part per thread
