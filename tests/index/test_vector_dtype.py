@@ -85,3 +85,24 @@ def test_a_float16_workspace_searches_the_vectors_it_stored(tmp_path: Path, phot
         CrossScaleSearch.open(tmp_path / "ws", vector_dtype="float32", device="cpu", **opts)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="vector_dtype must be one of"):
         CrossScaleSearch.open(tmp_path / "ws2", vector_dtype="bf16", device="cpu", **opts)  # type: ignore[arg-type]
+
+
+def test_every_float16_reads_back_as_numpy_widens_it(tmp_path: Path) -> None:
+    """The store widens float16 with faiss' decoder, not numpy's ``astype``: the same bits for every finite
+    float16 (subnormals and -0 included), whichever ids are asked, in any order, some missing."""
+    bits = np.arange(2**16, dtype=np.uint16)
+    finite = bits[np.isfinite(bits.view(np.float16))]
+    rows = np.random.default_rng(1).permutation(finite)[: len(finite) // DIM * DIM].view(np.float16).reshape(-1, DIM)
+    chunks = [Chunk(Box(0, 0, 8, 8), None, "tile")] * len(rows)
+    with RootStore(tmp_path / "s", dim=DIM, vector_dtype="float16") as store:
+        (ids,) = [
+            list(i)
+            for i in store.add_parents([NewParent("p", b"\x89PNG", "PNG", 8, 8, chunks, rows.astype(np.float32))])
+        ]
+        asked = np.array([ids[5], 10**9, ids[0], *ids[200:], 2**56], dtype=np.int64)  # ids 2**56 / 256n: zero bytes
+        got_ids, got = store.vectors(asked)
+        np.testing.assert_array_equal(got_ids, [ids[5], ids[0], *ids[200:]])
+        want = rows[[5, 0, *range(200, len(rows))]].astype(np.float32)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        (_, whole), *_ = store.iter_vectors()
+        np.testing.assert_array_equal(whole.view(np.uint32), rows.astype(np.float32).view(np.uint32))

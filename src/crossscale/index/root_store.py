@@ -21,6 +21,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -614,15 +615,32 @@ class RootStore:
         the query path re-scores thousands of hits at a time with them)."""
         wanted = np.asarray(chunk_ids, dtype=np.int64).reshape(-1)
         wanted = wanted[wanted >= 0]
-        packed = wanted.astype(">u8").tobytes()  # the keys' layout (_U64)
+        keys = wanted.astype(">u8").view("V8").tolist()  # the keys' layout (_U64), as 8-byte `bytes` each
         with self._view(txn) as txn:
-            pairs = txn.cursor(db=self._db["vectors"]).getmulti([packed[i : i + 8] for i in range(0, len(packed), 8)])
-            values = b"".join(v for _, v in pairs)  # copied while valid
+            pairs = txn.cursor(db=self._db["vectors"]).getmulti(keys)
+            values = b"".join(list(map(itemgetter(1), pairs)))  # copied while valid
             every = len(pairs) == len(wanted)  # all found: the ids are the ones asked for
-            keys = b"" if every else b"".join(k for k, _ in pairs)
-        ids = wanted if every else np.frombuffer(keys, dtype=">u8").astype(np.int64)
-        vecs = np.frombuffer(values, dtype=self._dtype).reshape(len(ids), self.dim).astype(np.float32)
-        return ids, vecs
+            found = b"" if every else b"".join(list(map(itemgetter(0), pairs)))
+        ids = wanted if every else np.frombuffer(found, dtype=">u8").astype(np.int64)
+        return ids, self._as_float32(values, len(ids))
+
+    def _as_float32(self, values: bytes, rows: int) -> np.ndarray:
+        """``rows`` stored vectors, joined in ``values``, as a ``(rows, dim)`` float32 array. float16 ones are
+        widened by faiss' fp16 decoder: the same bits as numpy's ``astype`` (every finite float16 checked), in
+        two thirds of its time on this machine's CPUs (numpy's conversion does not use the F16C instructions)."""
+        if self.vector_dtype != "float16" or not rows:
+            return np.frombuffer(values, dtype=self._dtype).reshape(rows, self.dim).astype(np.float32)
+        codes = np.frombuffer(values, dtype=np.uint8).reshape(rows, 2 * self.dim)
+        out: np.ndarray = self._fp16_decoder.decode(codes)
+        return out
+
+    @functools.cached_property
+    def _fp16_decoder(self) -> Any:
+        """faiss' float16 scalar quantizer for this store's dimension, made on first use (faiss is imported
+        only then)."""
+        import faiss
+
+        return faiss.ScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16)
 
     def chunk_ids(self, txn: lmdb.Transaction | None = None) -> set[int]:
         """Ids of all stored chunk vectors (keys only; no vector is read). :meth:`vector_ids` is the compact form."""
@@ -643,8 +661,7 @@ class RootStore:
             pairs = txn.cursor(db=self._db["vectors"]).iternext(keys=True, values=True)
             while batch := list(itertools.islice(pairs, batch_size)):
                 ids = np.frombuffer(b"".join(key for key, _ in batch), dtype=">u8").astype(np.int64)  # _U64 keys
-                raw = np.frombuffer(b"".join(value for _, value in batch), dtype=self._dtype)
-                yield ids, raw.reshape(len(batch), self.dim).astype(np.float32)
+                yield ids, self._as_float32(b"".join(value for _, value in batch), len(batch))
 
     # ------------------------------------------------------------------ change log
     def changes_since(
