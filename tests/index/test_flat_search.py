@@ -33,6 +33,7 @@ def test_only_an_inner_product_flat_index_is_searched_this_way() -> None:
     for factory in ("IVF4,Flat", "HNSW8", "SQ8"):
         assert FlatSearch.of(ChunkIndex(8, factory, device="cpu")._index) is None
     assert FlatSearch.of(faiss.IndexIDMap(faiss.IndexFlatL2(8))) is None  # scores would be distances
+    assert FlatSearch.of(faiss.IndexIDMap(faiss.IndexFlatIP(8))) is not None  # as a user's own index may be
 
 
 @pytest.mark.parametrize("dim", [8, 16, 64, 256])

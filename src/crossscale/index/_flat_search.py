@@ -13,7 +13,8 @@ which reads only the two vectors. Where the ``k``-th score is not clear of what 
 (within the two computations' rounding, :func:`rounding_bound`) the row is searched again, deeper. The result is
 the ``k`` best by the per-pair scores, ties by id: the same for a query alone or in any batch.
 
-Supported: ``IndexFlat`` (inner product) inside an ``IndexIDMap``, behind an optional projection, on the CPU.
+Supported: ``IndexFlat`` / ``IndexFlatIP`` (inner product) inside an ``IndexIDMap``, behind an optional projection,
+on the CPU.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class FlatSearch:
         if not isinstance(outer, faiss.IndexIDMap):
             return None
         flat: Any = faiss.downcast_index(outer.index)
-        if type(flat) is not faiss.IndexFlat or flat.metric_type != faiss.METRIC_INNER_PRODUCT:
+        if not isinstance(flat, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT:
             return None
         return cls(flat, outer.id_map, transforms)
 
