@@ -8,7 +8,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_info
 
@@ -42,16 +42,22 @@ def _index(rng: np.random.Generator, factory: str, n: int = 3000, nprobe: int = 
 
 def _assert_same_hits(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
     """The same hits in the same places, scores to float32 rounding; where two hits' scores are that close, their
-    order may differ (the product sums in another order), so those places are left out of the id check."""
+    order may differ (the product sums in another order), so those places are left out of the id check. ``want``
+    may hold one hit more per row than ``got`` (faiss asked for ``k + 1``): then a ``k``-th hit whose score is that
+    close to the next one's is left out too (either may be cut)."""
     (d1, i1), (d0, i0) = got, want
+    deeper = d0.shape[1] == d1.shape[1] + 1
+    live_all = i0 >= 0
+    gaps = np.abs(np.diff(np.where(live_all, d0, -10.0), axis=1)) > 1e-5
+    clear = np.ones(d0.shape, dtype=bool)
+    clear[:, 1:] &= gaps
+    clear[:, :-1] &= gaps
+    if deeper:
+        d0, i0, clear = d0[:, :-1], i0[:, :-1], clear[:, :-1]
     assert d1.shape == d0.shape and i1.shape == i0.shape
     np.testing.assert_array_equal(i1 < 0, i0 < 0)  # the same padding: as many hits per row
     live = i0 >= 0
     np.testing.assert_allclose(d1[live], d0[live], rtol=0, atol=1e-5)
-    gaps = np.abs(np.diff(np.where(live, d0, -10.0), axis=1)) > 1e-5
-    clear = np.ones(d0.shape, dtype=bool)
-    clear[:, 1:] &= gaps
-    clear[:, :-1] &= gaps
     assert clear[live].mean() > 0.5  # the check below checks something
     np.testing.assert_array_equal(i1[clear & live], i0[clear & live])
 
@@ -242,6 +248,7 @@ def test_chunk_index_scans_large_batches_list_by_list(
     k=st.integers(1, 200),
     codes=st.sampled_from(["Flat", "SQ8"]),
 )
+@example(seed=11601, n=1010, nlist=2, nprobe=1, rows=355, k=82, codes="SQ8")  # the 82nd hit tied with the 83rd
 def test_any_batch_the_scan_takes_gets_faiss_hits(
     seed: int, n: int, nlist: int, nprobe: int, rows: int, k: int, codes: str
 ) -> None:
@@ -251,8 +258,8 @@ def test_any_batch_the_scan_takes_gets_faiss_hits(
     assert scan is not None
     q = _clustered(rng, rows)
     got = scan.search(q, k)
-    if got is not None:
-        _assert_same_hits(got, index._index.search(q, k))
+    if got is not None:  # faiss' k + 1: a k-th hit tied with the next within rounding may be either (seed 11601)
+        _assert_same_hits(got, index._index.search(q, k + 1))
 
 
 def test_a_loaded_index_scans_too(rng: np.random.Generator, tmp_path: Any) -> None:

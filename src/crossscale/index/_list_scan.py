@@ -156,7 +156,7 @@ class ListScan:
                 s, e = starts[j], ends[j]
                 codes, ids = self._list(int(flat[s]), int(sizes[j]))
                 mine = queries[s:e]
-                scores = (self._decode(codes) @ scaled[mine].T).T.copy()  # (queries, codes): the heap's rows
+                scores = scaled[mine] @ self._decode(codes).T  # (queries, codes): the heap's rows, no transposed copy
                 scores += (shift[mine] + near[s:e] if self._residual else shift[mine])[:, None]
                 heaps.add(part, mine, scores, ids)
 
