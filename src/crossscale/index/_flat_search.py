@@ -49,12 +49,9 @@ class FlatSearch:
         or ``None`` if it is not an inner-product ``IndexFlat`` in an ``IndexIDMap``."""
         import faiss
 
-        outer: Any = faiss.downcast_index(index)
-        transforms: list[Any] = []
-        if isinstance(outer, faiss.IndexPreTransform):
-            chain: Any = outer.chain
-            transforms = [faiss.downcast_VectorTransform(chain.at(j)) for j in range(chain.size())]
-            outer = faiss.downcast_index(outer.index)
+        from crossscale.index._list_scan import behind_transforms
+
+        outer, transforms = behind_transforms(index)
         if not isinstance(outer, faiss.IndexIDMap):
             return None
         flat: Any = faiss.downcast_index(outer.index)

@@ -224,17 +224,24 @@ class _Heaps:
             heap.reorder()
 
 
+def behind_transforms(index: Any) -> tuple[Any, list[Any]]:
+    """The index behind ``index``'s vector transforms (a projection), downcast, and those transforms in the order
+    faiss applies them (downcast); ``index`` itself and no transforms where it has none."""
+    import faiss
+
+    outer: Any = faiss.downcast_index(index)
+    if not isinstance(outer, faiss.IndexPreTransform):
+        return outer, []
+    chain: Any = outer.chain
+    return faiss.downcast_index(outer.index), [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]
+
+
 def ivf_of(index: Any) -> tuple[Any, list[Any]] | None:
     """The inner-product IVF structure of ``index`` (downcast) and the vector transforms before it (a projection),
     or ``None`` where ``index`` is not an IVF index, optionally behind transforms."""
     import faiss
 
-    outer: Any = faiss.downcast_index(index)
-    transforms: list[Any] = []
-    if isinstance(outer, faiss.IndexPreTransform):
-        chain: Any = outer.chain
-        transforms = [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]
-        outer = faiss.downcast_index(outer.index)
+    outer, transforms = behind_transforms(index)
     if not isinstance(outer, faiss.IndexIVF) or outer.metric_type != faiss.METRIC_INNER_PRODUCT:
         return None
     return outer, transforms
