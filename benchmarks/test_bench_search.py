@@ -16,7 +16,7 @@ import pytest
 from benchmarks.conftest import CHUNKS_PER_PARENT, max_per_parent
 from crossscale.index import ChunkIndex
 from crossscale.query import search_parents
-from crossscale.types import ParentMatch, Query
+from crossscale.types import ParentMatch, Query, SearchParams
 
 K_PARENTS = 10
 K_CHUNKS = K_PARENTS * 8  # the ranker's default over-fetch
@@ -337,3 +337,47 @@ def test_ivf_one_query(benchmark, ivf_batch, monkeypatch, how: str, nprobe: int)
         np.testing.assert_array_equal(scores, want_scores)  # the same scores, bit for bit
         mine, theirs = np.lexsort((ids[0], -scores[0])), np.lexsort((want_ids[0], -want_scores[0]))
         np.testing.assert_array_equal(ids[0][mine], want_ids[0][theirs])  # the same hits (ties in either order)
+
+
+@pytest.mark.benchmark(group="per-call-nprobe")
+@pytest.mark.parametrize("rows", [1, 2000], ids=["64 queries one at a time", "a batch of 2,000"])
+@pytest.mark.parametrize(
+    "how",
+    ["faiss", "set", "params"],
+    ids=["raw faiss, SearchParametersIVF", "ChunkIndex, set on the index", "ChunkIndex, params=SearchParams"],
+)
+def test_per_call_nprobe(benchmark, ivf_batch, how: str, rows: int) -> None:  # type: ignore[no-untyped-def]
+    """nprobe 64 for the call (``params=SearchParams(nprobe=64)``, the index left at 32) against the index set to
+    64 and raw faiss searching with ``SearchParametersIVF(nprobe=64)``: what a per-call setting costs. Same index and
+    queries; ChunkIndex's two ways must give the same hits, bit for bit."""
+    index = ivf_batch["index"]
+    q = ivf_batch["q"][:rows] if rows > 1 else ivf_batch["q"][:64]
+    q = np.ascontiguousarray(index._prepare(q))  # unit rows, as ChunkIndex searches them
+    calls = [q] if rows > 1 else [row[None, :] for row in q]
+    params = SearchParams(nprobe=64)
+    faiss_params = faiss.SearchParametersIVF()  # type: ignore[attr-defined]
+    faiss_params.nprobe = 64
+    with fast_blas():
+        index.set_search_params("nprobe=64")
+        try:
+            want = [index.search(c, K_CHUNKS) for c in calls]
+        finally:
+            index.set_search_params("nprobe=32")
+        if how == "faiss":
+            got = benchmark(lambda: [index._index.search(c, K_CHUNKS, params=faiss_params) for c in calls])
+        elif how == "params":
+            got = benchmark(lambda: [index.search(c, K_CHUNKS, params=params) for c in calls])
+        else:
+            index.set_search_params("nprobe=64")
+            try:
+                got = benchmark(lambda: [index.search(c, K_CHUNKS) for c in calls])
+            finally:
+                index.set_search_params("nprobe=32")
+    benchmark.extra_info["factory"] = ivf_batch["factory"]
+    for (scores, ids), (want_scores, want_ids) in zip(got, want, strict=True):
+        if how == "faiss":  # faiss' own order among equal scores, and its batch's rounding: near-equal may swap
+            np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+            assert np.mean(ids == want_ids) > 0.99
+        else:
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_array_equal(scores, want_scores)

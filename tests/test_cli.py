@@ -185,3 +185,36 @@ def test_index_structure_and_budget_from_the_command_line(
     assert json.loads((tmp_path / "auto" / "workspace.json").read_text())["reduce_dim"] == 64
     assert main(["index", str(folder), "-w", str(tmp_path / "wide"), *opts, "--reduce-dim", "4096"]) == 2
     assert "reduce_dim must be less than the vectors' dimension (512)" in capsys.readouterr().err
+
+
+def test_search_settings_from_the_command_line(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--nprobe`` / ``--ef-search`` reach the index's searches for that search only: the index set to them gives
+    the same rows; a bad value is refused, naming it."""
+    from crossscale import ChunkIndex, CrossScaleSearch, SearchParams
+
+    names = ("coffee", "rocket", "astronaut", "chelsea")
+    ws = _index_photos(tmp_path, photos, names, "whole+tiles", "--index", "IVF4,Flat")
+    capsys.readouterr()
+    photos["rocket"].crop((100, 100, 300, 300)).save(tmp_path / "q.png")
+    given: list[object] = []
+    real = ChunkIndex.search
+
+    def spy(self: ChunkIndex, vectors: object, k: int, *, params: SearchParams | None = None) -> object:
+        given.append(params)
+        return real(self, vectors, k, params=params)
+
+    monkeypatch.setattr(ChunkIndex, "search", spy)
+    argv = ["search", str(tmp_path / "q.png"), "-w", ws, "-k", "3", "--json", "--no-refine", "--device", "cpu"]
+    assert main([*argv, "--nprobe", "3", "--ef-search", "8"]) == 0
+    assert given and all(p == SearchParams(nprobe=3, ef_search=8) for p in given)
+    got = json.loads(capsys.readouterr().out)
+    with CrossScaleSearch.open(ws, device="cpu", progress=False, refine=False) as cs:
+        cs.chunk_index.set_search_params("nprobe=3")
+        want = [m.to_dict() for m in cs.search(tmp_path / "q.png", top_k=3)]
+    assert [{k: v for k, v in row.items() if k != "source"} for row in got] == json.loads(json.dumps(want))
+    given.clear()
+    assert main(argv) == 0 and given and all(p is None for p in given)
+    assert main([*argv, "--nprobe", "0"]) == 2
+    assert "SearchParams.nprobe must be a positive int, got 0" in capsys.readouterr().err

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from crossscale.errors import ConfigurationError
+from crossscale.errors import CapabilityError, ConfigurationError
 from crossscale.index import ChunkIndex, ParentMap
 from crossscale.query import FetchDepth, _reach_depth, parent_match, search_parents, voted_matches
 from crossscale.rank import ParentRanker
-from crossscale.types import Box, ChunkDetails, ChunkRecord, Query
+from crossscale.types import Box, ChunkDetails, ChunkRecord, Query, SearchParams
 
 PARENTS, ALIKE, DIM = 30, 40, 16
 
@@ -493,8 +493,8 @@ def test_a_batch_scanned_list_by_list_finds_the_same_parents(
     scanned: list[bool] = []
     real = _list_scan.ListScan.search
 
-    def spy(self: Any, q: np.ndarray, k: int) -> Any:
-        found = real(self, q, k)
+    def spy(self: Any, q: np.ndarray, k: int, **settings: Any) -> Any:
+        found = real(self, q, k, **settings)
         scanned.append(found is not None)
         return found
 
@@ -661,3 +661,68 @@ def test_voted_matches_keep_the_best_voted_parents_not_yet_ranked(alike: dict[st
 
     got = voted_matches(query, votes, {"p02"}, chunk_ids=chunk_ids, top_n=3, min_votes=3, **common)
     assert [m.parent_id for m in got] == ["p01", "p05"]  # p02 ranked already, p03 gone, p04 too few votes
+
+
+class TunedIndex(CountingIndex):
+    """A CountingIndex whose search takes per-call settings, as ChunkIndex's does, and records them."""
+
+    def __init__(self, index: ChunkIndex) -> None:
+        super().__init__(index)
+        self.given: list[SearchParams | None] = []
+
+    def search(  # type: ignore[override]
+        self, vectors: np.ndarray, k: int, *, params: SearchParams | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        self.searches.append((len(vectors), k))
+        self.given.append(params)
+        return self.index.search(vectors, k, params=params)
+
+
+@pytest.mark.parametrize("with_parents", [True, False])
+def test_params_reach_every_search_of_the_call(alike: dict[str, Any], with_parents: bool) -> None:
+    """The batch's first search, its doublings (with a parent map) and each query's own deeper searches (without)
+    all get the call's settings."""
+    tuned = TunedIndex(alike["index"])
+    params = SearchParams(nprobe=3)
+    common = {"records": _lookup(alike["records"]), "ranker": ParentRanker(box="best")}
+    parents = {"parents": alike["parents"]} if with_parents else {}
+    search_parents(alike["queries"], 5, index=tuned, **common, **parents, params=params)
+    assert len(tuned.given) >= 4 and all(p is params for p in tuned.given)
+    assert any(n == 1 for n, _ in tuned.searches) is not with_parents  # both kinds of deeper search were checked
+    tuned.given.clear()
+    search_parents(alike["queries"], 5, index=tuned, **common, **parents)
+    assert tuned.given and all(p is None for p in tuned.given)
+
+
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "IVF4,SQ8"])
+def test_params_give_what_the_index_set_to_them_gives(rng: np.random.Generator, factory: str) -> None:
+    """nprobe for one call: the matches of the index set to it, re-scored or not; the index keeps its own."""
+    data = _tied_parents(rng, factory)
+    index: ChunkIndex = data["index"]
+    index.set_search_params("nprobe=4")
+    for exact in (False, True):
+        common: dict[str, Any] = {
+            "index": index,
+            "records": _lookup(data["records"]),
+            "ranker": ParentRanker(box="fusion"),
+            "parents": data["parents"],
+            "details": data["parents"].details,
+            "exact_vectors": data["stored"] if exact else None,
+        }
+        every = search_parents(data["queries"], 5, **common)
+        got = search_parents(data["queries"], 5, **common, params=SearchParams(nprobe=1))
+        assert search_parents(data["queries"], 5, **common) == every  # nprobe 4 still
+        index.set_search_params("nprobe=1")
+        assert search_parents(data["queries"], 5, **common) == got
+        index.set_search_params("nprobe=4")
+        assert got != every  # one list of four misses some parents
+
+
+def test_params_an_index_cannot_take_are_refused(alike: dict[str, Any]) -> None:
+    common = {"records": _lookup(alike["records"]), "ranker": ParentRanker()}
+    plain = CountingIndex(alike["index"])  # its search has no params
+    with pytest.raises(CapabilityError, match="CountingIndex does not take per-call search parameters"):
+        search_parents(alike["queries"], 5, index=plain, **common, params=SearchParams(nprobe=2))
+    assert plain.searches == []  # refused before any search
+    with pytest.raises(ConfigurationError, match=r"params must be a crossscale\.types\.SearchParams or None, got dict"):
+        search_parents(alike["queries"], 5, index=alike["index"], **common, params={"nprobe": 2})  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from crossscale.index.root_store import NewParent
 from crossscale.query import FetchDepth, embed_queries, search_parents
 from crossscale.rank import MapRefiner, RegionRefiner
 from crossscale.segment import TileSegmenter
-from crossscale.types import ChunkDetails
+from crossscale.types import ChunkDetails, SearchParams
 from tests.photos import paste_scene
 
 
@@ -620,6 +620,18 @@ def test_text_search_ranks_parents_by_their_best_chunk_with_boxes(
             assert 0 <= m.box.x0 < m.box.x1 <= w and 0 <= m.box.y0 < m.box.y1 <= h
         batch = cs.search_text_batch(["a red kite in the sky", "dog"], 3)
         assert [m.parent_id for m in batch[0]] == [m.parent_id for m in result] and cs.search_text_batch([]) == []
+        given: list[SearchParams | None] = []
+        real = cs.chunk_index.search
+
+        def spy(q: np.ndarray, k: int, *, params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+            given.append(params)
+            return real(q, k, params=params)
+
+        cs.chunk_index.search = spy  # type: ignore[method-assign]
+        params = SearchParams(nprobe=2)  # a Flat index while small: ignored, the same result
+        assert cs.search_text("a red kite in the sky", top_k=3, params=params) == result
+        assert cs.search_text_batch(["a red kite in the sky"], 3, params=params) == [result]
+        assert given and all(p is params for p in given)
 
 
 def test_text_search_is_refined_like_image_search(
@@ -802,3 +814,41 @@ def test_rescore_off_ranks_the_index_scores_and_reads_no_stored_vector(
             assert any(e[0].chunk_score != o[0].chunk_score for e, o in zip(exact, own, strict=True))
         else:
             assert own == exact
+
+
+def test_search_params_apply_to_that_call_only(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    """``params=`` on every search method reaches each index search of that call; the matches are those of the
+    index set to them; the index keeps its own settings; a bad ``params`` is refused before any image is read."""
+    names = sorted(photos)
+    with _hist(tmp_path / "ws", index_factory="IVF4,Flat", verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        crops = [photos[n].crop((20 + 9 * i, 30, 220, 180)) for i, n in enumerate(names)]
+        vectors = np.stack([q.vector for q in embed_queries(cs.encoder, crops)])
+        # each call searches as deep as the last: a batch scanned list by list scores in its own order, so hits
+        # searched in other batches (a learned first depth) may differ in the last bit
+        cs.fetch_depth = None
+        cs.chunk_index.set_search_params("nprobe=4")
+        every = cs.search_batch(crops, top_k=3)
+        given: list[SearchParams | None] = []
+        real = cs.chunk_index.search
+
+        def spy(q: np.ndarray, k: int, *, params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+            given.append(params)
+            return real(q, k, params=params)
+
+        cs.chunk_index.search = spy  # type: ignore[method-assign]
+        params = SearchParams(nprobe=1)
+        got = cs.search_batch(crops, top_k=3, params=params)
+        assert given and all(p is params for p in given)
+        given.clear()
+        alone = [cs.search(c, top_k=3, params=params) for c in crops]  # each crop embedded alone: last bits differ
+        assert len(given) >= len(crops) and all(p is params for p in given)
+        assert [[m.parent_id for m in r] for r in alone] == [[m.parent_id for m in r] for r in got]
+        assert cs.search_vectors(vectors, top_k=3, params=params) == got
+        assert cs.search_batch(crops, top_k=3) == every and given[-1] is None
+        cs.chunk_index.set_search_params("nprobe=1")
+        assert cs.search_batch(crops, top_k=3) == got
+        with pytest.raises(ConfigurationError, match=r"params must be a crossscale\.types\.SearchParams"):
+            cs.search_batch(["no/such/image.png"], params={"nprobe": 1})  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match=r"params must be a crossscale\.types\.SearchParams"):
+            cs.search_vectors(vectors, params=4)  # type: ignore[arg-type]

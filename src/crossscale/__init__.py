@@ -58,7 +58,18 @@ from crossscale.segment import (
     list_segmenters,
     register_segmenter,
 )
-from crossscale.types import Box, Chunk, ChunkRecord, Hit, IndexFailure, IndexReport, ParentMatch, Query, SearchResult
+from crossscale.types import (
+    Box,
+    Chunk,
+    ChunkRecord,
+    Hit,
+    IndexFailure,
+    IndexReport,
+    ParentMatch,
+    Query,
+    SearchParams,
+    SearchResult,
+)
 from crossscale.workspace import VerifyReport, Workspace, WorkspaceConfig
 
 __version__ = "0.2.0.dev0"
@@ -101,6 +112,7 @@ __all__ = [
     "RegionEncoder",
     "RegionRefiner",
     "RootStore",
+    "SearchParams",
     "SearchResult",
     "Segmenter",
     "TextEncoder",

@@ -60,6 +60,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
+    from crossscale.types import SearchParams
 
     if (args.query is None) == (args.text is None):
         raise ConfigurationError("give a query image or --text, not both or neither")
@@ -73,10 +74,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
         refine_verified=args.refine_verified,
         local_search=args.local_search,
     ) as cs:
+        params = None
+        if args.nprobe is not None or args.ef_search is not None:
+            params = SearchParams(nprobe=args.nprobe, ef_search=args.ef_search)
         if args.text is not None:
-            matches = cs.search_text(args.text, top_k=args.top_k, min_score=args.min_score)
+            matches = cs.search_text(args.text, top_k=args.top_k, min_score=args.min_score, params=params)
         else:
-            matches = cs.search(args.query, top_k=args.top_k, min_score=args.min_score)
+            matches = cs.search(args.query, top_k=args.top_k, min_score=args.min_score, params=params)
         rows = [{**m.to_dict(), "source": cs.record(m.parent_id).source} for m in matches]
         if args.show:  # drawn while the workspace is open: the parents are read from it
             try:
@@ -190,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", "-w", required=True)
     p.add_argument("--top-k", "-k", type=int, default=5)
     p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--nprobe", type=int, help="IVF lists searched, for this search (default: the index's own)")
+    p.add_argument("--ef-search", type=int, help="HNSW beam width, for this search (default: the index's own)")
     p.add_argument(
         "--no-refine",
         action="store_true",

@@ -7,6 +7,8 @@ measured is what ships.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence, Set
@@ -17,7 +19,7 @@ from PIL import Image
 
 from crossscale._checks import optional_finite, positive_int
 from crossscale._vectors import cosines, embed, l2_normalize, row_norms
-from crossscale.errors import ConfigurationError
+from crossscale.errors import CapabilityError, ConfigurationError
 from crossscale.protocols import (
     BatchRanker,
     CandidateFinder,
@@ -34,9 +36,12 @@ from crossscale.protocols import (
     VectorLookup,
     Verifier,
 )
-from crossscale.types import Hit, HitArrays, ParentMatch, Query
+from crossscale.types import Hit, HitArrays, ParentMatch, Query, SearchParams
 
 __all__ = ["FetchDepth", "embed_queries", "parent_match", "search_parents", "voted_matches"]
+
+#: an index's plain search as one query batch calls it: ``(vectors, k) -> (scores, ids)``
+IndexSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 def embed_queries(encoder: Encoder, images: Sequence[Image.Image]) -> list[Query]:
@@ -304,8 +309,12 @@ class FetchDepth:
     applied to each prefix, not to the deeper result). That holds for an index whose ``search(q, k)`` is the first
     ``k`` hits of ``search(q, K)`` for any ``K > k`` (Flat, SQ, PQ and IVF scans on the CPU:
     :attr:`ChunkIndex.prefix_stable <crossscale.index.ChunkIndex.prefix_stable>`); the facade uses a
-    ``FetchDepth`` only with those. Only the time a search takes depends on the queries before it. It learns from
-    a few queries of each search (8), and is safe to share between threads.
+    ``FetchDepth`` only with those. Only the time a search takes depends on the queries before it, with one
+    exception in the last bit: a batch that :class:`~crossscale.index.ChunkIndex` scans list by list scores its
+    hits by matrix products whose float32 rounding depends on the batch's shape, so a hit found by a search of
+    another depth, in a batch of other queries, may score one rounding step apart (seen on a small IVF-Flat
+    workspace: 5 of 10 queries' scores ~6e-8 apart, the same parents and boxes). It learns from a few queries of
+    each search (8), and is safe to share between threads.
 
     Args:
         window: how many recent queries it remembers (>= 1).
@@ -377,6 +386,7 @@ def _first_fetch(
     top_k: int,
     *,
     index: VectorIndex,
+    search: IndexSearch,
     ranker: Ranker,
     parents: ChunkParents | None,
     records: RecordLookup,
@@ -389,8 +399,9 @@ def _first_fetch(
     (``depth``: :attr:`FetchDepth.factor`). Then, with a parent map, the queries whose hits hold fewer than
     ``top_k`` parents (a parent's chunks are alike) are searched again together, twice as deep each round, so that
     the ranker seldom asks for more one query at a time: one batched search per doubling instead of one per query.
-    Hits are kept as the index gave them (not re-scored). ``learn``: also work out how deep the
-    first search of a few of the queries had to be (for :meth:`FetchDepth.record`).
+    Hits are kept as the index gave them (not re-scored). ``search``: ``index``'s plain search, as this batch
+    calls it (:func:`_searching`). ``learn``: also work out how deep the first search of a few of the queries had
+    to be (for :meth:`FetchDepth.record`).
     """
     n, available = len(vectors), len(index)
     if available <= 0:
@@ -402,14 +413,14 @@ def _first_fetch(
         scores, ids = index.search_grouped(vectors, top_k, group_size)
         grouped = True
     else:
-        scores, ids = index.search(vectors, max(k, min(available, k * depth)))
+        scores, ids = search(vectors, max(k, min(available, k * depth)))
     codes = None if parents is None else parents.parent_codes(ids)
     fetched = [[_Fetched(scores[r], ids[r], None if codes is None else codes[r], not grouped)] for r in range(n)]
     plain = not grouped and codes is not None
     reached = np.zeros(n, dtype=np.int64) if learn and not grouped and codes is not None else None  # needs_more
 
     def search_again(rows: list[int], depth: int, *, replace: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        more_scores, more_ids = index.search(vectors[rows], depth)
+        more_scores, more_ids = search(vectors[rows], depth)
         more_codes = None if parents is None else parents.parent_codes(more_ids)
         for j, r in enumerate(rows):
             view = _Fetched(more_scores[j], more_ids[j], None if more_codes is None else more_codes[j], True)
@@ -442,6 +453,30 @@ def _first_fetch(
         more_ids, more_codes = search_again(short, k)
         short = [] if more_codes is None else needs_more(short, more_ids, more_codes)
     return _FirstFetch(fetched, plain, reached)
+
+
+def _searching(index: VectorIndex, params: SearchParams | None) -> IndexSearch:
+    """``index.search``, given ``params`` at each call where there are any.
+
+    Raises:
+        ConfigurationError: ``params`` is not a :class:`~crossscale.types.SearchParams`.
+        CapabilityError: ``params`` for an index whose ``search`` takes none (a plugged-in index without them).
+    """
+    if params is None:
+        return index.search
+    if not isinstance(params, SearchParams):
+        raise ConfigurationError(f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}")
+    try:
+        takes = "params" in inspect.signature(index.search).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        takes = False
+    if not takes:
+        raise CapabilityError(
+            f"the chunk index {type(index).__name__} does not take per-call search parameters (its search() has no "
+            "params= argument); search without params, or use a crossscale.index.ChunkIndex"
+        )
+    tuned: Callable[..., tuple[np.ndarray, np.ndarray]] = index.search  # its signature takes params (checked)
+    return functools.partial(tuned, params=params)
 
 
 def _ranks_batches(ranker: Ranker) -> TypeGuard[BatchRanker]:
@@ -574,6 +609,7 @@ def search_parents(
     details: DetailsLookup | None = None,
     fetch_depth: FetchDepth | None = None,
     candidates: CandidateFinder | None = None,
+    params: SearchParams | None = None,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
@@ -623,9 +659,12 @@ def search_parents(
             verifier confirms join the matches (ranked by their verified scores, at most ``top_k`` in all); the
             others are dropped, so the unverified ranking stays the vector search's. Found for the
             parents a vector search misses: a small object seen by a few of a region's cells.
+        params: how hard the index looks in these searches only (:class:`~crossscale.types.SearchParams`: an IVF
+            index's ``nprobe``...), given to every plain ``index.search`` of the call as ``params=``.
 
     Raises:
-        ConfigurationError: a bad ``top_k`` or ``min_score``, or a refiner without ``load_parent``.
+        ConfigurationError: a bad ``top_k``, ``min_score`` or ``params``, or a refiner without ``load_parent``.
+        CapabilityError: ``params`` for an index whose ``search`` takes none.
     """
     top_k = positive_int("top_k", top_k)
     min_score = optional_finite("min_score", min_score)
@@ -635,6 +674,7 @@ def search_parents(
         raise ConfigurationError("a verifier needs load_features to read what it stored of the parents")
     if candidates is not None and verifier is None:
         raise ConfigurationError("candidates need a verifier: only the ones it confirms are kept")
+    search = _searching(index, params)
     if not queries:
         return []
     vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
@@ -644,6 +684,7 @@ def search_parents(
         vectors,
         top_k,
         index=index,
+        search=search,
         ranker=ranker,
         parents=parents,
         records=records,
@@ -671,7 +712,7 @@ def search_parents(
         def fetch(k: int, row: int = row) -> Sequence[Hit]:
             view = _shallowest(fetched[row], k)
             if view is None:
-                more_scores, more_ids = index.search(vectors[row : row + 1], k)
+                more_scores, more_ids = search(vectors[row : row + 1], k)
                 view = _Fetched(more_scores[0], more_ids[0], None, True)
                 fetched[row].append(view)
             scores, ids, codes = _as_searched([row], [view], k, exact)

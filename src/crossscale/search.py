@@ -59,7 +59,7 @@ from crossscale.protocols import (
 from crossscale.query import FetchDepth, embed_queries, search_parents, voted_matches
 from crossscale.rank import MapRefiner, ParentRanker, RegionRefiner
 from crossscale.segment import create_segmenter
-from crossscale.types import IndexReport, ParentMatch, Query, SearchResult
+from crossscale.types import IndexReport, ParentMatch, Query, SearchParams, SearchResult
 from crossscale.workspace import (
     KEYPOINT_FILE,
     WORKSPACE_FORMAT,
@@ -412,8 +412,9 @@ class CrossScaleSearch:
             ``verify_matches = False`` stops searches from using it.
         refine_verified: whether the refiner also runs for queries whose best match the verifier confirmed.
         fetch_depth: learns how deep the first index search of a query should go when a parent's chunks are
-            alike (:class:`~crossscale.query.FetchDepth`); it changes no result, only the number of searches,
-            and is used with indexes where that holds (``prefix_stable``). ``None`` turns it off.
+            alike (:class:`~crossscale.query.FetchDepth`); it changes no result, only the number of searches
+            (up to float32 rounding of scores where a batch is scanned list by list), and is used with indexes
+            where that holds (``prefix_stable``). ``None`` turns it off.
         rescore: whether the hits of an index whose scores are approximate (SQ8 or PQ codes, projected vectors)
             are scored again against the stored vectors before ranking (``True``, the default: parents ranked by
             their regions' true cosines). ``False`` ranks the index's own scores and reads no stored vector: at
@@ -711,13 +712,23 @@ class CrossScaleSearch:
         self.workspace.delete(parent_id)
 
     # ================================================================== searching
-    def search(self, query: ImageInput, top_k: int = 5, *, min_score: float | None = None) -> SearchResult:
+    def search(
+        self,
+        query: ImageInput,
+        top_k: int = 5,
+        *,
+        min_score: float | None = None,
+        params: SearchParams | None = None,
+    ) -> SearchResult:
         """The parents that best contain ``query``, best first.
 
         Args:
             query: the small image (path, bytes, PIL image or array), embedded whole.
             top_k: how many parents (fewer only if the workspace holds fewer).
             min_score: drop parents scoring below this.
+            params: how hard the index looks, for this call only (:class:`~crossscale.types.SearchParams`, e.g.
+                ``SearchParams(nprobe=64)``: fewer IVF lists, faster, lower recall); ``None``: the index's own
+                settings. Settings that do not apply to the index's structure are ignored.
 
         Returns:
             A :class:`~crossscale.types.SearchResult`: a list of :class:`ParentMatch` that draws itself in a
@@ -725,19 +736,31 @@ class CrossScaleSearch:
 
         Raises:
             ImageLoadError: the query cannot be read.
+            CapabilityError: ``params`` given to a plugged-in index whose ``search`` takes none.
         """
-        return self.search_batch([query], top_k, min_score=min_score)[0]
+        return self.search_batch([query], top_k, min_score=min_score, params=params)[0]
 
     def search_batch(
-        self, queries: Sequence[ImageInput], top_k: int = 5, *, min_score: float | None = None
+        self,
+        queries: Sequence[ImageInput],
+        top_k: int = 5,
+        *,
+        min_score: float | None = None,
+        params: SearchParams | None = None,
     ) -> list[SearchResult]:
         """:meth:`search` for many queries at once (one encoder pass, one index search)."""
         self._check_batch("search_batch", queries, top_k, one=str | os.PathLike | bytes | Image.Image | np.ndarray)
+        self._check_params(params)
         images = [load_image(q, max_pixels=self.max_pixels, to_store=False).image for q in queries]
-        return self._search(embed_queries(self.encoder, images) if images else [], top_k, min_score)
+        return self._search(embed_queries(self.encoder, images) if images else [], top_k, min_score, params)
 
     def search_vectors(
-        self, vectors: np.ndarray, top_k: int = 5, *, min_score: float | None = None
+        self,
+        vectors: np.ndarray,
+        top_k: int = 5,
+        *,
+        min_score: float | None = None,
+        params: SearchParams | None = None,
     ) -> list[SearchResult]:
         """The parents that best contain each query given as an embedding (one row per query), best first.
 
@@ -752,6 +775,7 @@ class CrossScaleSearch:
         """
         self.workspace.check_open()
         positive_int("top_k", top_k)
+        self._check_params(params)
         try:
             array = np.asarray(vectors)
         except ValueError as exc:  # ragged rows
@@ -764,9 +788,11 @@ class CrossScaleSearch:
                 f"query vectors have dimension {rows.shape[1]}, the workspace's encoder "
                 f"{self.workspace.config.encoder_name!r} gives {self.workspace.config.dim}"
             )
-        return self._search([Query(v, None) for v in rows], top_k, min_score)
+        return self._search([Query(v, None) for v in rows], top_k, min_score, params)
 
-    def search_text(self, text: str, top_k: int = 5, *, min_score: float | None = None) -> SearchResult:
+    def search_text(
+        self, text: str, top_k: int = 5, *, min_score: float | None = None, params: SearchParams | None = None
+    ) -> SearchResult:
         """The parents that best show what ``text`` describes, and where, best first.
 
         Needs an encoder with a text tower (:class:`~crossscale.protocols.TextEncoder`: CLIP, SigLIP); the
@@ -777,13 +803,19 @@ class CrossScaleSearch:
             CapabilityError: the workspace's encoder embeds images only.
             ConfigurationError: ``text`` is not a non-empty string.
         """
-        return self.search_text_batch([text], top_k, min_score=min_score)[0]
+        return self.search_text_batch([text], top_k, min_score=min_score, params=params)[0]
 
     def search_text_batch(
-        self, texts: Sequence[str], top_k: int = 5, *, min_score: float | None = None
+        self,
+        texts: Sequence[str],
+        top_k: int = 5,
+        *,
+        min_score: float | None = None,
+        params: SearchParams | None = None,
     ) -> list[SearchResult]:
         """:meth:`search_text` for many texts at once."""
         self._check_batch("search_text_batch", texts, top_k, one=str)
+        self._check_params(params)
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ConfigurationError(f"text query {i} must be a non-empty string, got {text!r}")
@@ -795,7 +827,8 @@ class CrossScaleSearch:
         if not texts:
             return []
         vectors = embed_text(self.encoder, texts)
-        return self._search([Query(v, None, text) for v, text in zip(vectors, texts, strict=True)], top_k, min_score)
+        queries = [Query(v, None, text) for v, text in zip(vectors, texts, strict=True)]
+        return self._search(queries, top_k, min_score, params)
 
     def _check_batch(self, method: str, items: object, top_k: object, *, one: Any) -> None:
         """The checks every search makes first: open, a valid ``top_k``, and a sequence rather than one item."""
@@ -805,7 +838,17 @@ class CrossScaleSearch:
             single = method.removesuffix("_batch")
             raise ConfigurationError(f"{method} takes a sequence of queries; use {single}() for one")
 
-    def _search(self, queries: list[Query], top_k: int, min_score: float | None) -> list[SearchResult]:
+    @staticmethod
+    def _check_params(params: object) -> None:
+        """Refuse ``params`` that are not a :class:`SearchParams` before any query is read or embedded."""
+        if params is not None and not isinstance(params, SearchParams):
+            raise ConfigurationError(
+                f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
+            )
+
+    def _search(
+        self, queries: list[Query], top_k: int, min_score: float | None, params: SearchParams | None
+    ) -> list[SearchResult]:
         index = self.workspace.searchable_index()
         results = search_parents(
             queries,
@@ -824,6 +867,7 @@ class CrossScaleSearch:
             details=self.workspace.chunk_details(),
             fetch_depth=self.fetch_depth if getattr(index, "prefix_stable", False) else None,
             candidates=self._candidates if self.local is not None and self.verify_matches else None,
+            params=params,
         )
         return [
             SearchResult([m._attached(self.image) for m in row], query.image if query.image is not None else query.text)

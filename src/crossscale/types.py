@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
+from crossscale._checks import positive_int
 from crossscale._forward import Forward
 from crossscale.errors import ConfigurationError
 
@@ -35,6 +36,7 @@ __all__ = [
     "IndexReport",
     "ParentMatch",
     "Query",
+    "SearchParams",
     "SearchResult",
 ]
 
@@ -587,6 +589,37 @@ class SearchResult(list["ParentMatch"]):
         from crossscale.display import results_html
 
         return results_html(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParams:
+    """How hard one search looks, for that call only: the index's own settings and other searches are untouched.
+
+    Give it to a search (``cs.search(query, params=SearchParams(nprobe=64))``,
+    :meth:`crossscale.index.ChunkIndex.search`) to trade parent recall for speed per call, e.g. a fast first page
+    and a thorough second one, or two services sharing one index. A setting that does not apply to the index's
+    structure is ignored (a workspace's ``"auto"`` index changes structure as it grows: ``Flat`` has none).
+
+    Attributes:
+        nprobe: IVF lists searched per query (faiss' ``nprobe``); ``None``: the index's own (``"auto"``: its
+            plan's). Search time grows about in proportion.
+        ef_search: the width of an HNSW graph's search beam: the graph holding the vectors (``HNSW32``...) or an
+            IVF index's coarse quantizer (``IVF16384_HNSW32,...``); ``None``: the index's own, and for a coarse
+            quantizer with ``nprobe`` given, ``2 * nprobe`` (as :func:`crossscale.index.search_params` sets it).
+            An HNSW index widens it to the hits asked for, as it always does.
+
+    Raises:
+        ConfigurationError: a setting that is not a positive int.
+    """
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("nprobe", "ef_search"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, positive_int(f"SearchParams.{name}", value))
 
 
 @dataclass(frozen=True, slots=True)

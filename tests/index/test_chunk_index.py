@@ -81,7 +81,7 @@ def test_hnsw_searches_skip_removed_vectors_inside_the_graph(
     assert index.tombstone_count == 800 and len(index) == 1200
     asked: list[int] = []
     raw = index._search_raw
-    monkeypatch.setattr(index, "_search_raw", lambda q, ask: (asked.append(ask), raw(q, ask))[1])
+    monkeypatch.setattr(index, "_search_raw", lambda q, ask, params: (asked.append(ask), raw(q, ask, params))[1])
     q = _unit(rng, 30, 16)
     _, got = index.search(q, 10)
     assert asked == [11]  # not 811
@@ -549,7 +549,7 @@ def test_equal_scores_past_the_kth_hit_are_fetched_until_they_end_not_further(rn
     index.add(x, np.arange(5000))
     asked: list[int] = []
     real = index._search_raw
-    index._search_raw = lambda q, ask: asked.append(ask) or real(q, ask)  # type: ignore[method-assign]
+    index._search_raw = lambda q, ask, params: asked.append(ask) or real(q, ask, params)  # type: ignore[method-assign]
     scores, ids = index.search(x[:1], 10)
     assert asked == [11, 22, 44]  # 11: tied at the 10th; 22: still tied at the last; 44: the ties end inside
     assert ids[0].tolist() == [0, *range(100, 109)] and (scores[0] == scores[0, 0]).all()

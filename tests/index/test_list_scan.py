@@ -217,8 +217,8 @@ def test_chunk_index_scans_large_batches_list_by_list(
     answered: list[bool] = []
     real = ListScan.search
 
-    def spy(self: ListScan, q: np.ndarray, k: int) -> Any:
-        found = real(self, q, k)
+    def spy(self: ListScan, q: np.ndarray, k: int, **settings: Any) -> Any:
+        found = real(self, q, k, **settings)
         answered.append(found is not None)
         return found
 

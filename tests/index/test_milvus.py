@@ -12,6 +12,7 @@ import pytest
 
 from crossscale.errors import ChunkIndexError, ConfigurationError, MissingDependencyError, VectorError
 from crossscale.index import ChunkIndex, MilvusTarget, is_milvus_factory, parse_milvus_factory
+from crossscale.types import SearchParams
 
 # ------------------------------------------------------------------ factory strings (no pymilvus needed)
 
@@ -111,6 +112,17 @@ def test_search_equals_faiss_flat_with_padding_and_64_bit_ids(lite: MilvusChunkI
     s, i = lite.search(q, 400)  # more than it holds: padded as faiss pads
     assert (i[:, 300:] == -1).all() and np.isneginf(s[:, 300:]).all() and (i[:, :300] >= 0).all()
     assert len(lite) == 300 and (lite.ids() == np.sort(ids)).all()
+
+
+def test_search_settings_are_taken_and_change_nothing(lite: MilvusChunkIndex, rng: np.random.Generator) -> None:
+    """A search with ``params`` (as the facade passes them) works on Milvus' exact FLAT index, with the same hits."""
+    x, q = _unit(rng, 200, 16), _unit(rng, 5, 16)
+    lite.add(x, np.arange(200, dtype=np.int64), groups=[f"p{i % 20}" for i in range(200)])
+    want = lite.search(q, 10)
+    got = lite.search(q, 10, params=SearchParams(nprobe=1, ef_search=4))
+    assert (got[1] == want[1]).all() and (got[0] == want[0]).all()
+    with pytest.raises(ConfigurationError, match="params must be a crossscale"):
+        lite.search(q, 10, params="nprobe=1")  # type: ignore[arg-type]
 
 
 def test_grouped_search_gives_the_best_parents_by_their_best_chunk(

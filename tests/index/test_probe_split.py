@@ -124,8 +124,8 @@ def test_chunk_index_splits_one_query(two_threads: None, monkeypatch: pytest.Mon
     calls: list[int] = []
     real = ProbeSplit.search
 
-    def counted(self: ProbeSplit, q: np.ndarray, k: int, threads: int | None = None) -> Any:
-        out = real(self, q, k, threads)
+    def counted(self: ProbeSplit, q: np.ndarray, k: int, threads: int | None = None, **settings: Any) -> Any:
+        out = real(self, q, k, threads, **settings)
         calls.append(0 if out is None else len(q))
         return out
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ListScan", "ivf_of", "pays"]
+__all__ = ["ListScan", "ivf_of", "ivf_search_parameters", "pays", "probe_settings"]
 
 #: What a scan costs, and faiss' search of the same batch, on the machine they were measured on (2 cores,
 #: AVX-512; docs/benchmarks.md, "Batched IVF search list by list"), in nanoseconds of wall time: a scan pays for
@@ -102,16 +102,18 @@ class ListScan:
         step = (vdiff / np.float32(255)).astype(np.float32)
         return cls(outer, transforms, lambda codes: codes.astype(np.float32), step, vmin + np.float32(0.5) * step)
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The ``k`` best hits of each (unit, float32) query row, as faiss' ``search`` at the index's ``nprobe``:
-        ``(scores, ids)``, best first, padded with ids ``-1`` where the probed lists hold fewer. ``None`` where
-        the batch's queries share too few lists for a scan to be faster than faiss (:func:`pays`): the caller
-        then asks faiss."""
+    def search(
+        self, q: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ``k`` best hits of each (unit, float32) query row, as faiss' ``search`` at the index's ``nprobe``
+        (or this call's ``nprobe`` and coarse ``ef_search``: :func:`probe_settings`): ``(scores, ids)``, best
+        first, padded with ids ``-1`` where the probed lists hold fewer. ``None`` where the batch's queries share
+        too few lists for a scan to be faster than faiss (:func:`pays`): the caller then asks faiss."""
         ivf = self._ivf
         if len(q) < 2 or int(ivf.max_codes):  # nothing to share; faiss' scans stop after max_codes codes
             return None
         nlist, total = int(ivf.nlist), int(ivf.ntotal)
-        nprobe = max(1, min(int(ivf.nprobe), nlist))
+        nprobe, coarse_params = probe_settings(ivf, nprobe, ef_search)
         # decided before any work (a batch left to faiss costs nothing more): the lists the batch is expected to
         # visit if its queries probed lists at random, and the codes in them (measured at 10M and 1M regions of
         # clustered data, within 2% of what batches of 128-1,000 queries visited and probed)
@@ -121,7 +123,7 @@ class ListScan:
         for transform in self._transforms:
             q = transform.apply(q)
         q = np.ascontiguousarray(q, dtype=np.float32)
-        coarse, lists = ivf.quantizer.search(q, nprobe)
+        coarse, lists = ivf.quantizer.search(q, nprobe, params=coarse_params)
         rows = max(1, _HEAP_SLOTS // k)
         parts = [
             self._search_part(q[s : s + rows], coarse[s : s + rows], lists[s : s + rows], k)
@@ -245,6 +247,43 @@ def ivf_of(index: Any) -> tuple[Any, list[Any]] | None:
     if not isinstance(outer, faiss.IndexIVF) or outer.metric_type != faiss.METRIC_INNER_PRODUCT:
         return None
     return outer, transforms
+
+
+def probe_settings(ivf: Any, nprobe: int | None, ef_search: int | None) -> tuple[int, Any]:
+    """How a search of the IVF index ``ivf`` probes under one call's settings (``None``: the index's own): the
+    lists per query (at most the index's lists) and the search parameters of its coarse quantizer, ``None`` for
+    the quantizer's own. An HNSW quantizer searches with a beam of ``ef_search`` where given, else ``2 * nprobe``
+    where ``nprobe`` is given (what :func:`crossscale.index.search_params` sets on an index: a narrower beam
+    returns fewer lists than asked), else its own."""
+    import faiss
+
+    probes = max(1, min(int(ivf.nprobe) if nprobe is None else int(nprobe), int(ivf.nlist)))
+    if ef_search is not None:
+        beam = int(ef_search)
+    elif nprobe is not None:
+        beam = 2 * int(nprobe)
+    else:
+        return probes, None
+    if not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+        return probes, None
+    params: Any = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+    params.efSearch = beam
+    return probes, params
+
+
+def ivf_search_parameters(ivf: Any, nprobe: int | None, ef_search: int | None) -> Any:
+    """faiss ``SearchParametersIVF`` for one search of ``ivf`` (or an index wrapping it) under one call's settings
+    (:func:`probe_settings`; its coarse quantizer's in ``quantizer_params``, ``None`` for the quantizer's own), the
+    index's ``max_codes`` kept."""
+    import faiss
+
+    probes, coarse_params = probe_settings(ivf, nprobe, ef_search)
+    params: Any = faiss.SearchParametersIVF()  # type: ignore[attr-defined]
+    params.nprobe = probes
+    params.max_codes = int(ivf.max_codes)
+    if coarse_params is not None:
+        params.quantizer_params = coarse_params  # faiss' wrapper keeps a reference with it
+    return params
 
 
 def pays(lists: float, codes: float, pairs: float, dim: int, decodes: bool) -> bool:

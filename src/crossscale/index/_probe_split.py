@@ -56,17 +56,29 @@ class ProbeSplit:
             return None
         return cls(ivf, transforms)
 
-    def search(self, q: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-        """The ``k`` best hits of each (unit, float32) query row, as faiss' ``search`` gives them: ``(scores,
-        ids)``, best first, padded with ids ``-1``. ``None`` where splitting does not help (as many queries as
-        threads, or more; one list probed; lists too short to pay for the threads: :data:`MIN_SCAN_NS`; a
-        ``max_codes`` cap): the caller then asks faiss. ``threads``: how many parts (default: faiss' OpenMP
-        threads, at most the CPUs)."""
+    def search(
+        self,
+        q: np.ndarray,
+        k: int,
+        threads: int | None = None,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ``k`` best hits of each (unit, float32) query row, as faiss' ``search`` gives them (at the index's
+        ``nprobe``, or this call's ``nprobe`` and coarse ``ef_search``: :func:`._list_scan.probe_settings`):
+        ``(scores, ids)``, best first, padded with ids ``-1``. ``None`` where splitting does not help (as many
+        queries as threads, or more; one list probed; lists too short to pay for the threads:
+        :data:`MIN_SCAN_NS`; a ``max_codes`` cap): the caller then asks faiss. ``threads``: how many parts
+        (default: faiss' OpenMP threads, at most the CPUs)."""
+        from crossscale.index._list_scan import ivf_search_parameters
+
         ivf = self._ivf
         parts = _threads() if threads is None else int(threads)
         if parts < 2 or not 0 < len(q) < parts:
             return None
-        nprobe, total = int(ivf.nprobe), int(ivf.ntotal)
+        params = ivf_search_parameters(ivf, nprobe, ef_search)
+        nprobe, total = int(params.nprobe), int(ivf.ntotal)
         if (nprobe, total, MIN_SCAN_NS) != self._judged[:3]:  # what the lists hold changes only with adds
             worth = min(nprobe, int(ivf.nlist)) >= 2 and _scan_ns(ivf, nprobe) >= MIN_SCAN_NS
             self._judged = (nprobe, total, MIN_SCAN_NS, worth)
@@ -76,7 +88,7 @@ class ProbeSplit:
         for transform in self._transforms:
             q = transform.apply(q)
         q = np.ascontiguousarray(q, dtype=np.float32)
-        coarse, lists = ivf.quantizer.search(q, nprobe)
+        coarse, lists = ivf.quantizer.search(q, nprobe, params=params.quantizer_params)
         # the lists nearest first, dealt out back and forth (0 1 1 0 0 1 ...): the near lists are the large ones
         # in clustered data, so each part gets a like share of them; the other parts' columns are -1 (skipped)
         snake = np.arange(nprobe) % (2 * parts)
@@ -84,8 +96,7 @@ class ProbeSplit:
         shares = [np.where(owner == p, lists, -1) for p in range(parts)]
 
         def run(share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            scores, ids = ivf.search_preassigned(q, k, share, coarse)
-            return scores, ids
+            return _search_preassigned(ivf, q, k, share, coarse, params)
 
         pending = [_pool(parts - 1).submit(run, share) for share in shares[1:]]
         found = [run(shares[0])] + [p.result() for p in pending]
@@ -94,6 +105,24 @@ class ProbeSplit:
         return faiss.merge_knn_results(  # type: ignore[no-any-return]
             np.stack([s for s, _ in found]), np.stack([i for _, i in found]), keep_max=True
         )
+
+
+def _search_preassigned(
+    ivf: Any, q: np.ndarray, k: int, lists: np.ndarray, coarse: np.ndarray, params: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """faiss' ``search_preassigned`` of the (float32, contiguous) rows ``q`` in the probed ``lists`` (``-1``:
+    skipped) at distances ``coarse``, under ``params`` (whose ``nprobe`` is ``lists``' columns). Called below faiss'
+    Python wrapper, which takes no parameters and wants the index's own ``nprobe`` of columns; faiss releases the
+    GIL while it searches."""
+    import faiss
+
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    coarse = np.ascontiguousarray(coarse, dtype=np.float32)
+    scores = np.empty((len(q), k), dtype=np.float32)
+    ids = np.empty((len(q), k), dtype=np.int64)
+    sp = faiss.swig_ptr
+    ivf.search_preassigned_c(len(q), sp(q), k, sp(lists), sp(coarse), sp(scores), sp(ids), False, params)
+    return scores, ids
 
 
 def _scan_ns(ivf: Any, nprobe: int) -> float:

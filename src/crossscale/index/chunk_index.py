@@ -18,8 +18,9 @@ from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, 
 from crossscale.index._faiss_file import IndexFile
 from crossscale.index._flat_search import FlatSearch
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
-from crossscale.index._list_scan import ListScan, ivf_of
+from crossscale.index._list_scan import ListScan, ivf_of, ivf_search_parameters, probe_settings
 from crossscale.index._probe_split import ProbeSplit
+from crossscale.types import SearchParams
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +279,8 @@ class ChunkIndex:
         self._scan: ListScan | None = None  # batched IVF search list by list, once the index is trained
         self._scan_checked = False
         self._split: ProbeSplit | None = None  # a single query's IVF lists searched over the cores
-        self._ivf_structure: bool | None = None
+        self._ivf: Any = None
+        self._ivf_checked = False
         self._split_checked = False
         self._flat: FlatSearch | None = None  # a flat index searched with scores that do not depend on the batch
         self._flat_checked = False
@@ -491,8 +493,13 @@ class ChunkIndex:
                 return self._index
         return self._gpu_index
 
-    def search(self, vectors: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, vectors: Any, k: int, *, params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best chunks for each query row.
+
+        ``params`` (:class:`~crossscale.types.SearchParams`): how hard this call looks (an IVF index's
+        ``nprobe``, an HNSW graph's ``ef_search``), for this call only: the index's own settings
+        (:meth:`set_search_params`) and concurrent searches are untouched. Settings that do not apply to the
+        structure are ignored.
 
         Hits of equal score are ordered by id, smallest first (the first added first), and where equal scores
         straddle the ``k``-th hit the ones with the smallest ids are kept. faiss' own order and choice among them
@@ -517,6 +524,10 @@ class ChunkIndex:
             than ``k`` results exist, ids are ``-1`` and scores ``-inf``.
         """
         k = positive_int("k", k)
+        if params is not None and not isinstance(params, SearchParams):
+            raise ConfigurationError(
+                f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
+            )
         q = self._prepare(vectors)
         n = len(q)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
@@ -530,7 +541,7 @@ class ChunkIndex:
         skipped = self.device == "cpu" and self._hnsw() is not None
         ask = min(total, k + (0 if skipped else len(self._tombstones)) + 1)
         while len(rows):
-            d, i = self._search_raw(q[rows], ask)
+            d, i = self._search_raw(q[rows], ask, params)
             if i.shape[1] > k and ask < total:  # equal scores at the k-th hit that may go on past the last one
                 open_tie = (d[:, k] == d[:, k - 1]) & (i[:, -1] >= 0) & (d[:, -1] == d[:, k - 1])
                 done = ~open_tie
@@ -543,24 +554,29 @@ class ChunkIndex:
             rows, ask = rows[~done], min(total, 2 * ask)  # equal scores past the k-th: until they all are in
         return scores, ids
 
-    def _search_raw(self, q: np.ndarray, ask: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_raw(self, q: np.ndarray, ask: int, params: SearchParams | None) -> tuple[np.ndarray, np.ndarray]:
         """faiss' ``ask`` best hits of each row with removed ids taken out: ``(scores, ids)``, best first, padded
-        (``-inf``, ``-1``) at the end of each row."""
+        (``-inf``, ``-1``) at the end of each row; under one call's ``params``, if any."""
+        nprobe, ef = (None, None) if params is None else (params.nprobe, params.ef_search)
         searcher = self._searcher() if ask <= GPU_MAX_K else self._index  # faiss' GPU k limit: not cut short
-        skip = self._hnsw_params(ask) if searcher is self._index else None
+        skip = self._hnsw_params(ask, ef) if searcher is self._index else None
         scan = self._list_scan() if searcher is self._index else None
         split = self._probe_split() if searcher is self._index else None
         flat = self._flat_search() if searcher is self._index else None
         with _blas_threshold(self._blas_from(), len(q)):  # the scan's coarse search too
-            listed = None if scan is None else scan.search(q, ask)  # None: a batch too small to gain from it
+            listed = None if scan is None else scan.search(q, ask, nprobe=nprobe, ef_search=ef)  # None: too small
             if listed is None and split is not None:
-                listed = split.search(q, ask)  # None: as many queries as threads, or more
+                listed = split.search(q, ask, nprobe=nprobe, ef_search=ef)  # None: as many queries as threads
             if listed is None and flat is not None:
                 listed = flat.search(q, ask)  # scored pair by pair: the same in any batch
             if listed is not None:
                 d, i = listed
+            elif skip is not None:
+                d, i = searcher.search(q, ask, params=skip)
+            elif (nprobe is not None or ef is not None) and (ivf := self._ivf_view()) is not None:
+                d, i = searcher.search(q, ask, params=self._ivf_params(ivf, searcher, nprobe, ef))
             else:
-                d, i = searcher.search(q, ask) if skip is None else searcher.search(q, ask, params=skip)
+                d, i = searcher.search(q, ask)
         if self._tombstones and skip is None:
             i = np.where(np.isin(i, np.fromiter(self._tombstones, np.int64)), -1, i)
         found = i >= 0
@@ -584,9 +600,26 @@ class ChunkIndex:
     def _blas_from(self) -> int:
         """From how many queries a search goes through BLAS: :attr:`blas_threshold` for an IVF index (its coarse
         search), 1 for the others (see :data:`DEFAULT_BLAS_THRESHOLD`)."""
-        if self._ivf_structure is None:
-            self._ivf_structure = ivf_of(self._index) is not None
-        return self.blas_threshold if self._ivf_structure else 1
+        return self.blas_threshold if self._ivf_view() is not None else 1
+
+    def _ivf_view(self) -> Any | None:
+        """The index's IVF structure (a downcast, non-owning view), or ``None`` for other structures; worked out
+        once (the structure never changes)."""
+        if not self._ivf_checked:
+            found = ivf_of(self._index)
+            self._ivf, self._ivf_checked = (None if found is None else found[0]), True
+        return self._ivf
+
+    def _ivf_params(self, ivf: Any, searcher: Any, nprobe: int | None, ef: int | None) -> Any:
+        """faiss' ``SearchParametersIVF`` for one search by ``searcher`` under one call's settings. A GPU copy's
+        coarse quantizer is its own flat one: only ``nprobe`` is given to it."""
+        if searcher is self._index:
+            return ivf_search_parameters(ivf, nprobe, ef)
+        import faiss
+
+        tuned: Any = faiss.SearchParametersIVF()  # type: ignore[attr-defined]
+        tuned.nprobe = probe_settings(ivf, nprobe, None)[0]
+        return tuned
 
     def _flat_search(self) -> FlatSearch | None:
         """The searcher of a flat index whose scores do not depend on the batch (:mod:`._flat_search`), or ``None``
@@ -609,19 +642,20 @@ class ChunkIndex:
         core: Any = _structure(self._index)
         return core if isinstance(core, faiss.IndexHNSW) else None
 
-    def _hnsw_params(self, ask: int) -> Any | None:
+    def _hnsw_params(self, ask: int, ef: int | None = None) -> Any | None:
         """faiss search parameters for ``ask`` hits of an HNSW index, or ``None`` for other structures. The beam
-        (``efSearch``) is the index's own (:meth:`set_search_params`), widened to hold ``ask`` live vectors: a
-        beam narrower than ``ask`` returns fewer hits than asked (faiss does not widen it: 225 of 1,000 at
-        ``efSearch`` 16), and with most vectors removed a beam finds a live one only so often. The tombstones
-        are skipped inside the graph walk, so a search asks for ``k`` hits, not ``k`` plus every removed vector
-        (an ID selector, made once per set of tombstones)."""
+        (``efSearch``) is ``ef`` (one call's) or the index's own (:meth:`set_search_params`), widened to hold
+        ``ask`` live vectors: a beam narrower than ``ask`` returns fewer hits than asked (faiss does not widen it:
+        225 of 1,000 at ``efSearch`` 16), and with most vectors removed a beam finds a live one only so often. The
+        tombstones are skipped inside the graph walk, so a search asks for ``k`` hits, not ``k`` plus every removed
+        vector (an ID selector, made once per set of tombstones)."""
         core = self._hnsw()
         if core is None:
             return None
         params = _hnsw_search_parameters()
         live = max(1, len(self))
-        params.efSearch = max(int(core.hnsw.efSearch), -(-ask * int(self._index.ntotal) // live))
+        own = int(core.hnsw.efSearch) if ef is None else ef
+        params.efSearch = max(own, -(-ask * int(self._index.ntotal) // live))
         if self._tombstones:
             if self._skipping is None:
                 import faiss

@@ -37,6 +37,7 @@ import numpy as np
 from crossscale._checks import positive_int
 from crossscale.errors import ChunkIndexError, ConfigurationError, MissingDependencyError
 from crossscale.index.chunk_index import _check_ids, _unit_rows
+from crossscale.types import SearchParams
 
 logger = logging.getLogger(__name__)
 
@@ -398,14 +399,22 @@ class MilvusChunkIndex:
                 ids[row, : len(pairs)] = [i for _, i in pairs]
         return scores, ids
 
-    def search(self, vectors: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, vectors: Any, k: int, *, params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best chunks for each query row (at most 16384: a Milvus server's limit).
+
+        ``params`` (:class:`~crossscale.types.SearchParams`) is taken as :meth:`ChunkIndex.search
+        <crossscale.index.ChunkIndex.search>` takes it, so that a search with settings works on either; the
+        collection's index is Milvus' exact ``FLAT``, which has none of them, so they change nothing.
 
         Returns:
             ``(scores, ids)``, both of shape ``(n, k)``, best first (equal scores: lower id first); where fewer
             than ``k`` results exist, ids are ``-1`` and scores ``-inf``.
         """
         k = positive_int("k", k)
+        if params is not None and not isinstance(params, SearchParams):
+            raise ConfigurationError(
+                f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
+            )
         q = self._prepare(vectors)
         if len(q) == 0 or self._count == 0:
             return self._pad([], len(q), k)
