@@ -80,6 +80,7 @@ def test_reopening_names_the_recorded_collection(tmp_path: Path, photos: dict[st
         recorded = cs.info()["index_factory"]
         target = parse_milvus_factory(recorded)
         assert target.uri == "milvus.db" and target.collection and cs.info()["index_device"] == "milvus"
+        assert cs.info()["search_settings"] == {"nprobe": None, "ef_search": None}  # an exact FLAT collection
         assert cs.workspace.config.format == 2
         cs.index([("c", photos["coffee"])])
     assert (tmp_path / "ws" / "milvus.db").exists() and not (tmp_path / "ws" / "chunks.index").exists()

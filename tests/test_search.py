@@ -828,6 +828,7 @@ def test_search_params_apply_to_that_call_only(tmp_path: Path, photos: dict[str,
         # searched in other batches (a learned first depth) may differ in the last bit
         cs.fetch_depth = None
         cs.chunk_index.set_search_params("nprobe=4")
+        assert cs.info()["search_settings"] == {"nprobe": 4, "ef_search": None}
         every = cs.search_batch(crops, top_k=3)
         given: list[SearchParams | None] = []
         real = cs.chunk_index.search
@@ -846,6 +847,7 @@ def test_search_params_apply_to_that_call_only(tmp_path: Path, photos: dict[str,
         assert [[m.parent_id for m in r] for r in alone] == [[m.parent_id for m in r] for r in got]
         assert cs.search_vectors(vectors, top_k=3, params=params) == got
         assert cs.search_batch(crops, top_k=3) == every and given[-1] is None
+        assert cs.info()["search_settings"] == {"nprobe": 4, "ef_search": None}
         cs.chunk_index.set_search_params("nprobe=1")
         assert cs.search_batch(crops, top_k=3) == got
         with pytest.raises(ConfigurationError, match=r"params must be a crossscale\.types\.SearchParams"):

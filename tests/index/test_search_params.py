@@ -172,6 +172,25 @@ def test_concurrent_searches_each_get_their_own_nprobe(monkeypatch: pytest.Monke
     assert wrong == []
 
 
+@pytest.mark.parametrize(
+    ("factory", "own", "want", "kwargs"),
+    [
+        ("Flat", None, SearchParams(), {}),
+        ("HNSW16", "efSearch=40", SearchParams(ef_search=40), {}),
+        ("IVF32,SQ8", "nprobe=5", SearchParams(nprobe=5), {}),
+        ("IVF32,Flat", "nprobe=7", SearchParams(nprobe=7), {"reduce_dim": 8}),
+        ("IVF32_HNSW32,SQ8", "nprobe=6,quantizer_efSearch=12", SearchParams(nprobe=6, ef_search=12), {}),
+    ],
+)
+def test_the_index_own_settings_are_readable_and_a_call_leaves_them(
+    factory: str, own: str | None, want: SearchParams, kwargs: dict[str, Any]
+) -> None:
+    index, q = _index(factory, own=own, **kwargs)
+    assert index.search_settings == want
+    index.search(q, 5, params=SearchParams(nprobe=1, ef_search=3))
+    assert index.search_settings == want
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8", np.float32(4)])
 @pytest.mark.parametrize("field", ["nprobe", "ef_search"])
 def test_bad_settings_are_refused(field: str, bad: object) -> None:

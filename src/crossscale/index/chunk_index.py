@@ -341,6 +341,19 @@ class ChunkIndex:
         return self.device == "cpu" and self._prefix_stable
 
     @property
+    def search_settings(self) -> SearchParams:
+        """The index's own search settings, which a search without ``params`` uses, as a
+        :class:`~crossscale.types.SearchParams`: an IVF index's ``nprobe``, and the beam (``ef_search``) of an HNSW
+        index or of an IVF index's HNSW coarse quantizer; ``None`` where the structure has no such setting.
+        :meth:`set_search_params` changes them; a search's ``params`` do not."""
+        import faiss
+
+        ivf = self._ivf_view()
+        graph: Any = self._hnsw() if ivf is None else faiss.downcast_index(ivf.quantizer)
+        beam = int(graph.hnsw.efSearch) if isinstance(graph, faiss.IndexHNSW) else None
+        return SearchParams(nprobe=None if ivf is None else int(ivf.nprobe), ef_search=beam)
+
+    @property
     def energy_kept(self) -> float | None:
         """The share of the training sample's energy (sum of squared coordinates) that the projection keeps:
         ``None`` until it is learned, or when vectors are not reduced."""
