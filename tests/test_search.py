@@ -33,6 +33,19 @@ from crossscale.types import ChunkDetails, SearchParams
 from tests.photos import paste_scene
 
 
+def _params_given(cs: CrossScaleSearch) -> list[SearchParams | None]:
+    """The ``params`` each of ``cs``'s index searches gets from now on, in a list that fills as it searches."""
+    given: list[SearchParams | None] = []
+    real = cs.chunk_index.search
+
+    def spy(q: np.ndarray, k: int, *, params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+        given.append(params)
+        return real(q, k, params=params)  # type: ignore[call-arg]
+
+    cs.chunk_index.search = spy  # type: ignore[method-assign]
+    return given
+
+
 def _hist(path: Path, **kw: object) -> CrossScaleSearch:
     kw.setdefault("encoder", "color-histogram")
     kw.setdefault("segmenter", "whole+tiles")
@@ -620,14 +633,7 @@ def test_text_search_ranks_parents_by_their_best_chunk_with_boxes(
             assert 0 <= m.box.x0 < m.box.x1 <= w and 0 <= m.box.y0 < m.box.y1 <= h
         batch = cs.search_text_batch(["a red kite in the sky", "dog"], 3)
         assert [m.parent_id for m in batch[0]] == [m.parent_id for m in result] and cs.search_text_batch([]) == []
-        given: list[SearchParams | None] = []
-        real = cs.chunk_index.search
-
-        def spy(q: np.ndarray, k: int, *, params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
-            given.append(params)
-            return real(q, k, params=params)
-
-        cs.chunk_index.search = spy  # type: ignore[method-assign]
+        given = _params_given(cs)
         params = SearchParams(nprobe=2)  # a Flat index while small: ignored, the same result
         assert cs.search_text("a red kite in the sky", top_k=3, params=params) == result
         assert cs.search_text_batch(["a red kite in the sky"], 3, params=params) == [result]
@@ -830,14 +836,7 @@ def test_search_params_apply_to_that_call_only(tmp_path: Path, photos: dict[str,
         cs.chunk_index.set_search_params("nprobe=4")
         assert cs.info()["search_settings"] == {"nprobe": 4, "ef_search": None}
         every = cs.search_batch(crops, top_k=3)
-        given: list[SearchParams | None] = []
-        real = cs.chunk_index.search
-
-        def spy(q: np.ndarray, k: int, *, params: SearchParams | None = None) -> tuple[np.ndarray, np.ndarray]:
-            given.append(params)
-            return real(q, k, params=params)
-
-        cs.chunk_index.search = spy  # type: ignore[method-assign]
+        given = _params_given(cs)
         params = SearchParams(nprobe=1)
         got = cs.search_batch(crops, top_k=3, params=params)
         assert given and all(p is params for p in given)
