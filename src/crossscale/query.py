@@ -462,10 +462,8 @@ def _searching(index: VectorIndex, params: SearchParams | None) -> IndexSearch:
         ConfigurationError: ``params`` is not a :class:`~crossscale.types.SearchParams`.
         CapabilityError: ``params`` for an index whose ``search`` takes none (a plugged-in index without them).
     """
-    if params is None:
+    if SearchParams.checked(params) is None:
         return index.search
-    if not isinstance(params, SearchParams):
-        raise ConfigurationError(f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}")
     try:
         takes = "params" in inspect.signature(index.search).parameters
     except (TypeError, ValueError):  # a builtin without a signature

@@ -750,7 +750,7 @@ class CrossScaleSearch:
     ) -> list[SearchResult]:
         """:meth:`search` for many queries at once (one encoder pass, one index search)."""
         self._check_batch("search_batch", queries, top_k, one=str | os.PathLike | bytes | Image.Image | np.ndarray)
-        self._check_params(params)
+        SearchParams.checked(params)  # before any query is read or embedded
         images = [load_image(q, max_pixels=self.max_pixels, to_store=False).image for q in queries]
         return self._search(embed_queries(self.encoder, images) if images else [], top_k, min_score, params)
 
@@ -775,7 +775,7 @@ class CrossScaleSearch:
         """
         self.workspace.check_open()
         positive_int("top_k", top_k)
-        self._check_params(params)
+        SearchParams.checked(params)  # before any query is read or embedded
         try:
             array = np.asarray(vectors)
         except ValueError as exc:  # ragged rows
@@ -815,7 +815,7 @@ class CrossScaleSearch:
     ) -> list[SearchResult]:
         """:meth:`search_text` for many texts at once."""
         self._check_batch("search_text_batch", texts, top_k, one=str)
-        self._check_params(params)
+        SearchParams.checked(params)  # before any query is read or embedded
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ConfigurationError(f"text query {i} must be a non-empty string, got {text!r}")
@@ -837,14 +837,6 @@ class CrossScaleSearch:
         if isinstance(items, one):
             single = method.removesuffix("_batch")
             raise ConfigurationError(f"{method} takes a sequence of queries; use {single}() for one")
-
-    @staticmethod
-    def _check_params(params: object) -> None:
-        """Refuse ``params`` that are not a :class:`SearchParams` before any query is read or embedded."""
-        if params is not None and not isinstance(params, SearchParams):
-            raise ConfigurationError(
-                f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
-            )
 
     def _search(
         self, queries: list[Query], top_k: int, min_score: float | None, params: SearchParams | None

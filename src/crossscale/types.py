@@ -621,6 +621,19 @@ class SearchParams:
             if value is not None:
                 object.__setattr__(self, name, positive_int(f"SearchParams.{name}", value))
 
+    @staticmethod
+    def checked(params: object) -> SearchParams | None:
+        """``params`` as a search's ``params=`` argument takes it: a :class:`SearchParams` or ``None``.
+
+        Raises:
+            ConfigurationError: anything else, naming its type.
+        """
+        if params is not None and not isinstance(params, SearchParams):
+            raise ConfigurationError(
+                f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
+            )
+        return params
+
 
 @dataclass(frozen=True, slots=True)
 class IndexFailure:

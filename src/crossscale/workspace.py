@@ -68,7 +68,7 @@ from crossscale.index.milvus import (
 )
 from crossscale.index.root_store import VECTOR_DTYPES, NewParent, ParentRecord
 from crossscale.protocols import DetailsLookup
-from crossscale.types import ChunkDetails, ChunkRecord, SearchParams
+from crossscale.types import ChunkDetails, ChunkRecord
 
 logger = logging.getLogger(__name__)
 
@@ -497,7 +497,7 @@ class Workspace:
             "max_memory": self.config.max_memory,
             "vector_dtype": self.store.vector_dtype,
             "index_device": self.index.device,
-            "search_settings": _settings_of(self.index),
+            "search_settings": dataclasses.asdict(self.index.search_settings),
             "store_bytes": self.store.disk_bytes(),
             "verifier": self.config.verifier_name,
             "parents_with_local_features": self.store.local_count(),
@@ -914,13 +914,6 @@ def _catch_up(store: RootStore, index: AnyChunkIndex | None, parents: ParentMap 
     if changes:
         logger.info("caught the chunk index up by %d store change(s)", len(changes))
     return True
-
-
-def _settings_of(index: AnyChunkIndex) -> dict[str, int | None]:
-    """``index``'s own search settings as JSON (``ChunkIndex.search_settings``); all ``None`` for an index that has
-    none (Milvus' exact ``FLAT``)."""
-    settings = getattr(index, "search_settings", None)
-    return dataclasses.asdict(settings if isinstance(settings, SearchParams) else SearchParams())
 
 
 def _details_of(records: list[ChunkRecord]) -> ChunkDetails:

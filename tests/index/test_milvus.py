@@ -121,6 +121,7 @@ def test_search_settings_are_taken_and_change_nothing(lite: MilvusChunkIndex, rn
     want = lite.search(q, 10)
     got = lite.search(q, 10, params=SearchParams(nprobe=1, ef_search=4))
     assert (got[1] == want[1]).all() and (got[0] == want[0]).all()
+    assert lite.search_settings == SearchParams()
     with pytest.raises(ConfigurationError, match="params must be a crossscale"):
         lite.search(q, 10, params="nprobe=1")  # type: ignore[arg-type]
 

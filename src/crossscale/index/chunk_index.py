@@ -537,10 +537,7 @@ class ChunkIndex:
             than ``k`` results exist, ids are ``-1`` and scores ``-inf``.
         """
         k = positive_int("k", k)
-        if params is not None and not isinstance(params, SearchParams):
-            raise ConfigurationError(
-                f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
-            )
+        params = SearchParams.checked(params)
         q = self._prepare(vectors)
         n = len(q)
         scores = np.full((n, k), -np.inf, dtype=np.float32)

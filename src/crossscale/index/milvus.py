@@ -250,6 +250,12 @@ class MilvusChunkIndex:
         """Always True: a FLAT collection needs no training."""
         return True
 
+    @property
+    def search_settings(self) -> SearchParams:
+        """None (as :attr:`ChunkIndex.search_settings <crossscale.index.ChunkIndex.search_settings>` says of a
+        structure without settings): Milvus' exact ``FLAT`` has no ``nprobe`` or beam."""
+        return SearchParams()
+
     def __repr__(self) -> str:
         return f"MilvusChunkIndex(dim={self.dim}, uri={self.uri!r}, collection={self.collection!r}, size={self._count})"
 
@@ -411,10 +417,7 @@ class MilvusChunkIndex:
             than ``k`` results exist, ids are ``-1`` and scores ``-inf``.
         """
         k = positive_int("k", k)
-        if params is not None and not isinstance(params, SearchParams):
-            raise ConfigurationError(
-                f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
-            )
+        SearchParams.checked(params)  # taken, and changes nothing
         q = self._prepare(vectors)
         if len(q) == 0 or self._count == 0:
             return self._pad([], len(q), k)
