@@ -381,3 +381,50 @@ def test_per_call_nprobe(benchmark, ivf_batch, how: str, rows: int) -> None:  # 
         else:
             np.testing.assert_array_equal(ids, want_ids)
             np.testing.assert_array_equal(scores, want_scores)
+
+
+@pytest.fixture(scope="module")
+def coarse_lists() -> dict[str, Any]:
+    """The coarse step of the 10M plan at its size: an IVF index of 16,384 lists of 256-d behind an HNSW32
+    quantizer with a beam of 512 (``IVF16384_HNSW32,SQ8`` at nprobe 256), its centroids 16,384 regions of
+    ``benchmarks.scale``'s kind (no k-means: the step's cost is the same), and 2,000 queries. The lists hold a few
+    vectors only: what is timed is finding each query's 256 lists (:meth:`ListScan._coarse`)."""
+    from benchmarks.scale import make_data
+    from crossscale.index._list_scan import ListScan
+
+    data = make_data(20_500, 256, 100, 2000, seed=4)
+    centroids, sample = data["x"][:16_384], data["x"][16_384:]
+    quantizer = faiss.IndexHNSWFlat(256, 32, faiss.METRIC_INNER_PRODUCT)
+    quantizer.add(centroids)
+    quantizer.hnsw.efSearch = 512
+    ivf = faiss.IndexIVFScalarQuantizer(
+        quantizer, 256, 16_384, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    ivf.train(sample)  # the codes' ranges; the quantizer is trained already (it holds the 16,384 centroids)
+    ivf.add(sample)
+    ivf.nprobe = 256
+    scan = ListScan.of(ivf)
+    assert scan is not None
+    q = np.ascontiguousarray(data["q"], dtype=np.float32)
+    return {"ivf": ivf, "quantizer": quantizer, "scan": scan, "q": q / np.linalg.norm(q, axis=1, keepdims=True)}
+
+
+@pytest.mark.benchmark(group="coarse-lists")
+@pytest.mark.parametrize(
+    "how", ["beam", "product"], ids=["HNSW beam of 512 (raw faiss)", "ListScan (the exact product)"]
+)
+def test_coarse_lists_of_a_batch(benchmark, coarse_lists, how: str) -> None:  # type: ignore[no-untyped-def]
+    """2,000 queries' 256 nearest lists of 16,384: the quantizer's HNSW beam (faiss' search, what a batch's scan
+    used before) against the exact product with every centroid that ListScan uses where the beam costs more
+    (``exact_coarse_pays``: 16,384 < 512 x 64 neighbours). The product's lists are the nearest: the beam's must be
+    nearly all of them."""
+    q, quantizer, scan = coarse_lists["q"], coarse_lists["quantizer"], coarse_lists["scan"]
+    with fast_blas():
+        if how == "beam":
+            _, lists = benchmark(quantizer.search, q, 256)
+        else:
+            _, lists = benchmark(scan._coarse, q, 256, None)
+        exact = faiss.downcast_index(quantizer.storage).search(q, 256)[1]
+    found = np.mean([len(np.intersect1d(a, b)) / 256 for a, b in zip(lists, exact, strict=True)])
+    benchmark.extra_info["share of the nearest lists"] = float(found)
+    assert found > (0.999 if how == "product" else 0.95)

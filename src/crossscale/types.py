@@ -606,7 +606,9 @@ class SearchParams:
         ef_search: the width of an HNSW graph's search beam: the graph holding the vectors (``HNSW32``...) or an
             IVF index's coarse quantizer (``IVF16384_HNSW32,...``); ``None``: the index's own, and for a coarse
             quantizer with ``nprobe`` given, ``2 * nprobe`` (as :func:`crossscale.index.search_params` sets it).
-            An HNSW index widens it to the hits asked for, as it always does.
+            An HNSW index widens it to the hits asked for, as it always does. A large batch searched list by list
+            finds its lists by scoring every centroid where the beam would cost more (its exact nearest lists:
+            ``crossscale.index._list_scan.exact_coarse_pays``), so a beam wider than that changes nothing there.
 
     Raises:
         ConfigurationError: a setting that is not a positive int.

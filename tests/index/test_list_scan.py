@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_info
 
 from crossscale.index import ChunkIndex, _list_scan
-from crossscale.index._list_scan import ListScan, pays
+from crossscale.index._list_scan import ListScan, exact_coarse_pays, pays
 
 DIM = 16
 REAL_PAYS = pays
@@ -165,6 +165,62 @@ def test_lists_the_quantizer_does_not_return_are_skipped(rng: np.random.Generato
     got = scan.search(q, 30)
     assert got is not None
     _assert_same_hits(got, index._index.search(q, 30))
+
+
+def _beam_misses_lists(index: ChunkIndex, q: np.ndarray, nprobe: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+    """The HNSW quantizer's lists for ``q`` with a beam of ``ef``, and the exact nearest ones (its flat storage);
+    checked to differ, so that a test can tell which the scan used."""
+    ivf: Any = faiss.extract_index_ivf(index._index)
+    params: Any = faiss.SearchParametersHNSW()
+    params.efSearch = ef
+    beam = ivf.quantizer.search(q, nprobe, params=params)[1]
+    storage: Any = faiss.downcast_index(faiss.downcast_index(ivf.quantizer).storage)
+    exact = storage.search(q, nprobe)[1]
+    assert (np.sort(beam, axis=1) != np.sort(exact, axis=1)).any(axis=1).sum() >= 5  # the case under test
+    return beam, exact
+
+
+@pytest.mark.parametrize("per_call", [False, True])
+def test_a_wide_hnsw_beam_gives_way_to_the_exact_lists(rng: np.random.Generator, per_call: bool) -> None:
+    """A beam that visits more centroids than there are (20 x 16 neighbours > 256 lists) is replaced by a product
+    with every centroid: each query probes its nearest lists, and its hits are faiss' search of exactly those."""
+    index = _index(rng, "IVF256_HNSW8,SQ8", n=10_000, nprobe=16)
+    if not per_call:
+        index.set_search_params("quantizer_efSearch=20")
+    ivf: Any = faiss.extract_index_ivf(index._index)
+    assert faiss.downcast_index(ivf.quantizer).hnsw.nb_neighbors(0) == 16
+    q = _clustered(rng, 300)
+    _, exact = _beam_misses_lists(index, q, 16, 20)
+    scan = ListScan.of(index._index)
+    assert scan is not None
+    got = scan.search(q, 30, nprobe=16, ef_search=20) if per_call else scan.search(q, 30)
+    assert got is not None
+    centroids = faiss.downcast_index(faiss.downcast_index(ivf.quantizer).storage).search(q, 16)[0]
+    _assert_same_hits(got, ivf.search_preassigned(q, 30, exact, centroids))  # residual codes: the centroids' scores
+
+
+def test_a_narrow_hnsw_beam_is_kept(rng: np.random.Generator) -> None:
+    """A beam of 8 visits fewer centroids (8 x 16) than there are lists (256): the quantizer's own search, as
+    faiss', is cheaper, and the batch probes what it finds."""
+    index = _index(rng, "IVF256_HNSW8,SQ8", n=10_000, nprobe=16)
+    index.set_search_params("quantizer_efSearch=8")
+    q = _clustered(rng, 300)
+    _beam_misses_lists(index, q, 16, 8)
+    scan = ListScan.of(index._index)
+    assert scan is not None
+    got = scan.search(q, 30)
+    assert got is not None
+    _assert_same_hits(got, index._index.search(q, 30))
+
+
+def test_when_the_exact_lists_pay() -> None:
+    """The rule against what was measured at 10M regions (16,384 lists of 256-d, HNSW32: 64 neighbours on the
+    lowest level; 10,000 queries): a beam of 512 took 1.6-2.2 s, 256 0.74-0.79 s, the product 0.86 s."""
+    assert exact_coarse_pays(16_384, 512, 64)
+    assert not exact_coarse_pays(16_384, 256, 64)
+    assert not exact_coarse_pays(16_384, 128, 64)
+    assert exact_coarse_pays(256, 20, 16)
+    assert not exact_coarse_pays(256, 16, 16)
 
 
 def test_a_large_batch_goes_in_parts(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
