@@ -218,3 +218,43 @@ def test_search_settings_from_the_command_line(
     assert main(argv) == 0 and given and all(p is None for p in given)
     assert main([*argv, "--nprobe", "0"]) == 2
     assert "SearchParams.nprobe must be a positive int, got 0" in capsys.readouterr().err
+
+
+def test_measure_from_the_command_line(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``crossscale measure`` gives measure_search's rows for query images or a .npy of vectors, one per --nprobe;
+    bad input exits 2 with a message."""
+    import numpy as np
+
+    from crossscale import CrossScaleSearch, SearchParams
+
+    names = ("coffee", "rocket", "astronaut", "chelsea")
+    ws = _index_photos(tmp_path, photos, names, "whole+tiles", "--index", "IVF4,Flat")
+    capsys.readouterr()
+    queries = []
+    for i, name in enumerate(names):
+        queries.append(tmp_path / f"q{i}.png")
+        photos[name].crop((40 + 10 * i, 60, 260, 240)).save(queries[-1])
+    base = ["measure", "-w", ws, "-k", "2", "--device", "cpu", "--no-progress"]
+    assert main([*base, *map(str, queries), "--nprobe", "own,1,4", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["nprobe"] for r in rows] == [None, 1, 4] and all(r["queries"] == 4 for r in rows)
+    assert rows[2]["recall"] == 1.0 and all(r["queries_per_second"] > 0 for r in rows)
+    with CrossScaleSearch.open(ws, device="cpu", progress=False, refine=False) as cs:
+        vectors = cs.encoder.encode([Image.open(q).convert("RGB") for q in queries])
+        want = cs.measure_search(vectors, [SearchParams(nprobe=1)], top_k=2)[0].recall
+    np.save(tmp_path / "q.npy", vectors)
+    assert main([*base, "--vectors", str(tmp_path / "q.npy"), "--nprobe", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nprobe     1  recall@2 ") and f"{want:.4f}" in out
+    assert main([*base, "--nprobe", "1"]) == 2
+    assert "give query images or --vectors FILE.npy" in capsys.readouterr().err
+    assert main([*base, str(queries[0]), "--nprobe", "1,x"]) == 2
+    assert "--nprobe takes 'own' or numbers of lists" in capsys.readouterr().err
+    (tmp_path / "bad.npy").write_bytes(b"junk")
+    assert main([*base, "--vectors", str(tmp_path / "bad.npy")]) == 2
+    assert "not a readable .npy array" in capsys.readouterr().err
+    np.save(tmp_path / "wide.npy", np.ones((2, 7), np.float32))
+    assert main([*base, "--vectors", str(tmp_path / "wide.npy")]) == 2
+    assert "query vectors have dimension 7" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import crossscale.distributed
 import crossscale.encode
 import crossscale.index
 import crossscale.ingest
+import crossscale.measure
 import crossscale.protocols
 import crossscale.query
 import crossscale.rank
@@ -25,6 +26,7 @@ MODULES = (
     crossscale.types,
     crossscale.workspace,
     crossscale.ingest,
+    crossscale.measure,
     crossscale.query,
     crossscale.display,
     crossscale.distributed,
@@ -73,7 +75,7 @@ def test_stages_import_neither_each_other_nor_the_facade() -> None:
 
 def test_shared_modules_import_no_stage() -> None:
     shared = ("types", "protocols", "errors", "display", "_checks", "_vectors", "_images", "_files", "_forward")
-    for name in (*shared, "_device", "_registry"):
+    for name in (*shared, "_device", "_registry", "measure"):
         wrong = _imported(ROOT / f"{name}.py") & (STAGES | FACADE)
         assert not wrong, f"{name}.py imports crossscale.{sorted(wrong)}"
 

@@ -67,6 +67,7 @@ from crossscale.types import (
     IndexReport,
     ParentMatch,
     Query,
+    SearchMeasurement,
     SearchParams,
     SearchResult,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "RegionEncoder",
     "RegionRefiner",
     "RootStore",
+    "SearchMeasurement",
     "SearchParams",
     "SearchResult",
     "Segmenter",

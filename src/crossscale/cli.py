@@ -99,6 +99,53 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_measure(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from crossscale._images import load_image
+    from crossscale._vectors import embed
+    from crossscale.search import CrossScaleSearch
+    from crossscale.types import SearchParams
+
+    if bool(args.queries) == (args.vectors is not None):
+        raise ConfigurationError("give query images or --vectors FILE.npy, not both or neither")
+    settings: list[SearchParams | None] = []
+    for value in args.nprobe.split(","):
+        try:
+            settings.append(None if value.strip() == "own" else SearchParams(nprobe=int(value)))
+        except ValueError as exc:
+            raise ConfigurationError(f"--nprobe takes 'own' or numbers of lists, comma-separated: {value!r}") from exc
+    with CrossScaleSearch.open(
+        args.workspace,
+        readonly=True,
+        device=args.device,
+        progress=not args.no_progress,
+        refine=False,
+        verify_matches=False,
+        local_search=False,
+    ) as cs:
+        if args.vectors is not None:
+            try:
+                vectors = np.load(args.vectors, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise ConfigurationError(f"--vectors {args.vectors}: not a readable .npy array: {exc}") from exc
+        else:
+            vectors = embed(
+                cs.encoder, [load_image(q, max_pixels=cs.max_pixels, to_store=False).image for q in args.queries]
+            )
+        rows = cs.measure_search(vectors, settings, top_k=args.top_k, repeats=args.repeats)
+    if args.json:
+        print(json.dumps([m.to_dict() for m in rows], indent=2))
+    else:
+        for m in rows:
+            nprobe = "own" if m.params is None else m.params.nprobe
+            print(
+                f"nprobe {nprobe!s:>5}  recall@{args.top_k} {m.recall:.4f}  {m.seconds:8.3f} s  "
+                f"{m.queries_per_second:8.1f} q/s"
+            )
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
 
@@ -231,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "measure",
+        help="parent recall (against an exhaustive search) and speed of a batch search under each --nprobe",
+    )
+    p.add_argument("queries", nargs="*", help="query images (or give --vectors)")
+    p.add_argument("--vectors", metavar="NPY", help="query vectors, one row each, from the workspace's encoder")
+    p.add_argument("--workspace", "-w", required=True)
+    p.add_argument("--nprobe", default="own", help="comma-separated lists per query to compare, 'own' for the index's")
+    p.add_argument("--top-k", "-k", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=1, help="searches per setting (the fastest is kept)")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=_cmd_measure)
 
     p = sub.add_parser("info", help="describe a workspace")
     p.add_argument("--workspace", "-w", required=True)

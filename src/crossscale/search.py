@@ -59,7 +59,7 @@ from crossscale.protocols import (
 from crossscale.query import FetchDepth, embed_queries, search_parents, voted_matches
 from crossscale.rank import MapRefiner, ParentRanker, RegionRefiner
 from crossscale.segment import create_segmenter
-from crossscale.types import IndexReport, ParentMatch, Query, SearchParams, SearchResult
+from crossscale.types import IndexReport, ParentMatch, Query, SearchMeasurement, SearchParams, SearchResult
 from crossscale.workspace import (
     KEYPOINT_FILE,
     WORKSPACE_FORMAT,
@@ -776,6 +776,15 @@ class CrossScaleSearch:
         self.workspace.check_open()
         positive_int("top_k", top_k)
         SearchParams.checked(params)  # before any query is read or embedded
+        rows = self._vector_rows(vectors)
+        return self._search([Query(v, None) for v in rows], top_k, min_score, params)
+
+    def _vector_rows(self, vectors: object) -> np.ndarray:
+        """Query vectors as unit float32 rows of the workspace's dimension.
+
+        Raises:
+            VectorError: not a 2-D array of numbers of that dimension, or NaN, inf or a zero row.
+        """
         try:
             array = np.asarray(vectors)
         except ValueError as exc:  # ragged rows
@@ -788,7 +797,85 @@ class CrossScaleSearch:
                 f"query vectors have dimension {rows.shape[1]}, the workspace's encoder "
                 f"{self.workspace.config.encoder_name!r} gives {self.workspace.config.dim}"
             )
-        return self._search([Query(v, None) for v in rows], top_k, min_score, params)
+        return rows
+
+    def measure_search(
+        self,
+        vectors: np.ndarray,
+        settings: Sequence[SearchParams | None] = (None,),
+        *,
+        top_k: int = 10,
+        repeats: int = 1,
+    ) -> list[SearchMeasurement]:
+        """Parent recall and speed of a batch search of ``vectors`` (one query per row) under each of
+        ``settings``: what to read before choosing ``params`` for a collection (docs/scaling.md).
+
+        The exact parents come from an exhaustive search: every stored vector scored against every query (the
+        cosines re-scoring computes) and each parent ranked by its best chunk, the order of the default ``"max"``
+        aggregator. That reads the whole store once per group of queries (~1.4 us per stored vector, and the
+        products: about 30 s for 200 queries at 10M regions on 2 cores), with a progress bar; memory stays
+        bounded (:data:`crossscale.measure.BEST_BYTES`). Then the queries are searched once untimed (the store's
+        pages read, a learned first depth settled), and once per setting and repeat as one batch, as
+        :meth:`search_vectors` searches them but without the refiner (and the verifier), which re-rank on pixels
+        after the vector search: what is measured is the index, re-scoring and the ranker, i.e. which parents
+        reach the refiner. Each result is the fastest repeat. Queries should be what users will search with
+        (embeddings of typical query images): stored region vectors find themselves.
+
+        Returns:
+            One :class:`~crossscale.types.SearchMeasurement` per setting, in their order.
+
+        Raises:
+            VectorError: ``vectors`` is not a 2-D array of the workspace's dimension, or holds NaN, inf or a zero
+                row.
+            ConfigurationError: ``settings`` is empty or holds something other than a ``SearchParams`` or
+                ``None``; ``top_k`` or ``repeats`` is not a positive int.
+            CapabilityError: the ranker does not rank parents by their best chunk (the exact search's order).
+        """
+        from tqdm.auto import tqdm
+
+        from crossscale.measure import exact_parents, parent_recall
+
+        self.workspace.check_open()
+        positive_int("top_k", top_k)
+        positive_int("repeats", repeats)
+        if isinstance(settings, SearchParams) or not isinstance(settings, Sequence) or not settings:
+            raise ConfigurationError(f"settings must be a non-empty sequence of SearchParams or None, got {settings!r}")
+        for i, params in enumerate(settings):
+            if params is not None and not isinstance(params, SearchParams):
+                raise ConfigurationError(
+                    f"settings[{i}] must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
+                )
+        if getattr(self.ranker, "group_size", None) is None:
+            raise CapabilityError(
+                f"measure_search ranks the exact parents by their best chunk, as ParentRanker(aggregator='max') "
+                f"does; this workspace's ranker ({self.ranker!r}) ranks them otherwise"
+            )
+        rows = self._vector_rows(vectors)
+        store, parents = self.workspace.store, self.workspace.parents
+        total, chunks = len(store), store.chunk_count()
+
+        def stored() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            batch = 65536  # vectors read at a time
+            bar = tqdm(total=-(-chunks // batch), disable=not self.progress, desc="exact parents", unit="batch")
+            with bar:
+                for ids, read in store.iter_vectors(batch):
+                    yield ids, read
+                    bar.update()
+
+        codes = exact_parents(rows, top_k, stored, parents, parent_count=total)
+        exact = [[parents.parent_id(int(c)) for c in row if c >= 0] for row in codes]
+        queries = [Query(v, None) for v in rows]
+        self._search(queries, top_k, None, settings[0], plain=True)  # untimed: the store's pages, FetchDepth
+        out = []
+        for params in settings:
+            seconds = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                results = self._search(queries, top_k, None, params, plain=True)
+                seconds = min(seconds, time.perf_counter() - start)
+            found = [[m.parent_id for m in result] for result in results]
+            out.append(SearchMeasurement(params, parent_recall(found, exact), seconds, len(rows)))
+        return out
 
     def search_text(
         self, text: str, top_k: int = 5, *, min_score: float | None = None, params: SearchParams | None = None
@@ -839,9 +926,18 @@ class CrossScaleSearch:
             raise ConfigurationError(f"{method} takes a sequence of queries; use {single}() for one")
 
     def _search(
-        self, queries: list[Query], top_k: int, min_score: float | None, params: SearchParams | None
+        self,
+        queries: list[Query],
+        top_k: int,
+        min_score: float | None,
+        params: SearchParams | None,
+        *,
+        plain: bool = False,
     ) -> list[SearchResult]:
+        """The query path over the workspace; ``plain``: the vector search alone (index, re-scoring, ranker),
+        without the refiner, the verifier and local candidates, which work on pixels after it."""
         index = self.workspace.searchable_index()
+        pixels = not plain
         results = search_parents(
             queries,
             top_k,
@@ -849,16 +945,16 @@ class CrossScaleSearch:
             records=self.workspace.records,
             parents=self.workspace.parents,
             ranker=self.ranker,
-            refiner=self.refiner,
+            refiner=self.refiner if pixels else None,
             load_parent=self.workspace.image_if_present,
             min_score=min_score,
-            verifier=self.verifier if self.verify_matches else None,
+            verifier=self.verifier if self.verify_matches and pixels else None,
             load_features=self.workspace.local_features,
             exact_vectors=self.workspace.store.vectors if self._rescores(index) else None,
             refine_verified=self.refine_verified,
             details=self.workspace.chunk_details(),
             fetch_depth=self.fetch_depth if getattr(index, "prefix_stable", False) else None,
-            candidates=self._candidates if self.local is not None and self.verify_matches else None,
+            candidates=self._candidates if self.local is not None and self.verify_matches and pixels else None,
             params=params,
         )
         return [

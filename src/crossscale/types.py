@@ -36,6 +36,7 @@ __all__ = [
     "IndexReport",
     "ParentMatch",
     "Query",
+    "SearchMeasurement",
     "SearchParams",
     "SearchResult",
 ]
@@ -635,6 +636,42 @@ class SearchParams:
                 f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
             )
         return params
+
+
+@dataclass(frozen=True, slots=True)
+class SearchMeasurement:
+    """How one search setting did on a set of queries (:meth:`crossscale.CrossScaleSearch.measure_search`).
+
+    Attributes:
+        params: the setting measured (``None``: the index's own).
+        recall: parent recall@``top_k``: the mean, over the queries, of the share of each query's exact
+            ``top_k`` parents (an exhaustive search of the stored vectors, each parent ranked by its best chunk)
+            that the search returned.
+        seconds: wall time of one search of all the queries as one batch (the fastest of the repeats).
+        queries: how many queries were searched.
+    """
+
+    params: SearchParams | None
+    recall: float
+    seconds: float
+    queries: int
+
+    @property
+    def queries_per_second(self) -> float:
+        """Throughput of the batch: queries per second of wall time."""
+        return self.queries / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (the settings as ``nprobe`` and ``ef_search``, ``None`` for the index's own)."""
+        params = self.params if self.params is not None else SearchParams()
+        return {
+            "nprobe": params.nprobe,
+            "ef_search": params.ef_search,
+            "recall": self.recall,
+            "seconds": self.seconds,
+            "queries": self.queries,
+            "queries_per_second": self.queries_per_second,
+        }
 
 
 @dataclass(frozen=True, slots=True)
