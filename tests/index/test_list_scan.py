@@ -127,6 +127,8 @@ def test_an_l2_index_or_a_codes_cap_is_left_to_faiss(rng: np.random.Generator) -
 def test_a_batch_whose_queries_share_few_lists_is_left_to_faiss(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Left to faiss: not scanned, and either ``None`` (the caller asks faiss) or faiss' search of the lists
+    found, bit for bit."""
     monkeypatch.setattr(_list_scan, "pays", REAL_PAYS)
     index = ChunkIndex(256, "IVF64,Flat", device="cpu")
     index.add(_clustered(rng, 20_000, 256), np.arange(20_000))
@@ -134,7 +136,15 @@ def test_a_batch_whose_queries_share_few_lists_is_left_to_faiss(
     scan = ListScan.of(index._index)
     assert scan is not None
     assert scan.search(_clustered(rng, 1, 256), 5) is None  # one query: nothing to share
-    assert scan.search(_clustered(rng, 64, 256), 5) is None  # ~1 query per probed list (64 lists, 1 probed each)
+    real_part = ListScan._search_part
+    monkeypatch.setattr(ListScan, "_search_part", lambda *args: pytest.fail("scanned"))
+    q = _clustered(rng, 64, 256)
+    got = scan.search(q, 5)  # ~1 query per probed list (64 lists, 1 probed each)
+    if got is not None:
+        want = index._index.search(q, 5)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+    monkeypatch.setattr(ListScan, "_search_part", real_part)
     index.set_search_params("nprobe=64")
     assert scan.search(_clustered(rng, 1000, 256), 5) is not None  # every list read for all 1,000 queries
 
@@ -329,3 +339,59 @@ def test_a_loaded_index_scans_too(rng: np.random.Generator, tmp_path: Any) -> No
     got = loaded.search(q, 20)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])  # the same path on the same data: the same bits
+
+
+@pytest.mark.parametrize("actual", [True, False], ids=["the lists found pay", "they do not"])
+def test_where_only_the_lists_found_can_tell_they_decide(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, actual: bool
+) -> None:
+    """A batch that would not pay at average list sizes but would at NEAR_LISTS times them is decided by the sizes
+    of the lists the coarse search finds: scanned if they pay, else searched by faiss in those lists (one slice
+    of queries per thread), with faiss' own hits bit for bit."""
+    index = _index(rng, "IVF16,SQ8", nprobe=4)
+    ivf: Any = faiss.extract_index_ivf(index._index)
+    q = _clustered(rng, 300)
+    calls: list[tuple[float, ...]] = []
+
+    def rule(lists: float, codes: float, pairs: float, dim: int, decodes: bool) -> bool:
+        calls.append((lists, codes, pairs))
+        return [False, True, actual][len(calls) - 1]
+
+    monkeypatch.setattr(_list_scan, "pays", rule)
+    scanned: list[bool] = []
+    real_part = ListScan._search_part
+
+    def part(self: ListScan, *args: Any) -> Any:
+        scanned.append(True)
+        return real_part(self, *args)
+
+    monkeypatch.setattr(ListScan, "_search_part", part)
+    scan = ListScan.of(index._index)
+    assert scan is not None
+    got = scan.search(q, 20)
+    assert got is not None and len(calls) == 3
+    expected = 300 * 4 * 3000 / 16
+    assert calls[0][2] == pytest.approx(expected) and calls[1][2] == pytest.approx(_list_scan.NEAR_LISTS * expected)
+    lists = ivf.quantizer.search(q, 4)[1]
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(16)])
+    assert calls[2] == (len(np.unique(lists)), sizes[np.unique(lists)].sum(), sizes[lists].sum())  # what was found
+    want = ivf.search(q, 20)
+    if actual:
+        assert scanned
+        _assert_same_hits(got, want)
+    else:
+        assert not scanned
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_a_batch_that_would_not_pay_even_with_large_lists_is_left_to_faiss_at_once(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = _index(rng, "IVF16,SQ8", nprobe=4)
+    calls: list[float] = []
+    monkeypatch.setattr(_list_scan, "pays", lambda *args: bool(calls.append(args[2])))
+    monkeypatch.setattr(ListScan, "_coarse", lambda *args: pytest.fail("no coarse search"))
+    scan = ListScan.of(index._index)
+    assert scan is not None
+    assert scan.search(_clustered(rng, 300), 20) is None and len(calls) == 2

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ListScan", "exact_coarse_pays", "ivf_of", "ivf_search_parameters", "pays", "probe_settings"]
+__all__ = ["NEAR_LISTS", "ListScan", "exact_coarse_pays", "ivf_of", "ivf_search_parameters", "pays", "probe_settings"]
 
 #: What a scan costs, and faiss' search of the same batch, on the machine they were measured on (2 cores,
 #: AVX-512; docs/benchmarks.md, "Batched IVF search list by list"), in nanoseconds of wall time: a scan pays for
@@ -43,6 +43,9 @@ DECODE_NS = 0.25
 PAIR_NS = 5.0
 FAISS_FLAT_NS = 0.13
 FAISS_CODES_NS = 0.065
+#: how many times the average list's codes a query's probed lists may hold: its nearest lists are the large ones
+#: in clustered data (at 10M regions in 16,384 lists, 1,000 queries: 3.8x at nprobe 16, 2.8x at 64, 1.0x at 256)
+NEAR_LISTS = 4.0
 #: the most ``(query, hit)`` slots one pass holds in each thread's heap (12 bytes each): larger batches go in parts
 _HEAP_SLOTS = 1 << 23
 
@@ -72,6 +75,7 @@ class ListScan:
         self._residual = bool(ivf.by_residual)
         self._decodes = decodes  # False: the lists' codes are the float32 rows (IVF-Flat)
         self._graph, self._centroids, self._neighbours = _hnsw_storage(ivf.quantizer)
+        self._sizes: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))  # (ntotal, codes per list)
 
     @classmethod
     def of(cls, index: Any) -> ListScan | None:
@@ -111,22 +115,31 @@ class ListScan:
         """The ``k`` best hits of each (unit, float32) query row, as faiss' ``search`` at the index's ``nprobe``
         (or this call's ``nprobe`` and coarse ``ef_search``: :func:`probe_settings`): ``(scores, ids)``, best
         first, padded with ids ``-1`` where the probed lists hold fewer. ``None`` where the batch's queries share
-        too few lists for a scan to be faster than faiss (:func:`pays`): the caller then asks faiss."""
+        too few lists for a scan to be faster than faiss (:func:`pays`), even were their lists :data:`NEAR_LISTS`
+        times the average size: the caller then asks faiss. Where only the lists found can tell, and they tell
+        against the scan, faiss searches them (its ``search_preassigned``, one slice of queries per thread)."""
         ivf = self._ivf
         if len(q) < 2 or int(ivf.max_codes):  # nothing to share; faiss' scans stop after max_codes codes
             return None
         nlist, total = int(ivf.nlist), int(ivf.ntotal)
+        asked = (nprobe, ef_search)
         nprobe, coarse_params = probe_settings(ivf, nprobe, ef_search)
-        # decided before any work (a batch left to faiss costs nothing more): the lists the batch is expected to
-        # visit if its queries probed lists at random, and the codes in them (measured at 10M and 1M regions of
-        # clustered data, within 2% of what batches of 128-1,000 queries visited and probed)
+        # first, before any work: the lists the batch is expected to visit if its queries probed lists at random,
+        # and the codes in them (at 10M and 1M regions of clustered data, within 2% of what batches of 128-1,000
+        # queries visited and probed at nprobe 256). A query's nearest lists are the large ones in clustered data,
+        # so fewer lists probe more codes than that (up to NEAR_LISTS times): where that could change the answer,
+        # the lists the coarse search finds decide, and faiss searches them if the scan does not pay
         share = 1.0 if nlist == 1 else -math.expm1(len(q) * nprobe * math.log1p(-1 / nlist))
-        if not pays(nlist * share, total * share, len(q) * nprobe * total / nlist, ivf.d, self._decodes):
+        expected = len(q) * nprobe * total / nlist
+        sure = pays(nlist * share, total * share, expected, ivf.d, self._decodes)
+        if not sure and not pays(nlist * share, total * share, NEAR_LISTS * expected, ivf.d, self._decodes):
             return None
         for transform in self._transforms:
             q = transform.apply(q)
         q = np.ascontiguousarray(q, dtype=np.float32)
         coarse, lists = self._coarse(q, nprobe, coarse_params)
+        if not sure and not self._pays_for(lists):
+            return self._preassigned(q, k, coarse, lists, *asked)
         rows = max(1, _HEAP_SLOTS // k)
         parts = [
             self._search_part(q[s : s + rows], coarse[s : s + rows], lists[s : s + rows], k)
@@ -135,6 +148,41 @@ class ListScan:
         if len(parts) == 1:
             return parts[0]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _pays_for(self, lists: np.ndarray) -> bool:
+        """:func:`pays` for the lists a batch probes (``-1``: none), from their sizes."""
+        probed = lists[lists >= 0]
+        visited = np.unique(probed)
+        sizes = self._list_sizes()
+        return pays(len(visited), float(sizes[visited].sum()), float(sizes[probed].sum()), self._ivf.d, self._decodes)
+
+    def _list_sizes(self) -> np.ndarray:
+        """The codes in each list (worked out again when the index's size changes)."""
+        total = int(self._ivf.ntotal)
+        if self._sizes[0] != total:
+            sizes = np.array([self._invlists.list_size(i) for i in range(int(self._ivf.nlist))], dtype=np.int64)
+            self._sizes = (total, sizes)
+        return self._sizes[1]
+
+    def _preassigned(
+        self, q: np.ndarray, k: int, coarse: np.ndarray, lists: np.ndarray, nprobe: int | None, ef_search: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss' search of the (transformed) rows ``q`` in the ``lists`` found for them, at centroid scores
+        ``coarse``: its ``search_preassigned`` on one slice of the queries per thread (as its own search splits a
+        batch), so that the coarse search is not made twice."""
+        from crossscale.index import _probe_split
+
+        params = ivf_search_parameters(self._ivf, nprobe, ef_search)  # its nprobe: lists' columns
+        parts = max(1, min(_probe_split._threads(), len(q)))
+        bounds = np.linspace(0, len(q), parts + 1).astype(int)
+
+        def run(part: int) -> tuple[np.ndarray, np.ndarray]:
+            s, e = bounds[part], bounds[part + 1]
+            return _probe_split._search_preassigned(self._ivf, q[s:e], k, lists[s:e], coarse[s:e], params)
+
+        pending = [_probe_split._pool(parts - 1).submit(run, part) for part in range(1, parts)] if parts > 1 else []
+        found = [run(0)] + [p.result() for p in pending]
+        return np.concatenate([s for s, _ in found]), np.concatenate([i for _, i in found])
 
     def _coarse(self, q: np.ndarray, nprobe: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
         """Each query's ``nprobe`` lists and its scores against their centroids, from the coarse quantizer searched
