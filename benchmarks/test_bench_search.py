@@ -428,3 +428,28 @@ def test_coarse_lists_of_a_batch(benchmark, coarse_lists, how: str) -> None:  # 
     found = np.mean([len(np.intersect1d(a, b)) / 256 for a, b in zip(lists, exact, strict=True)])
     benchmark.extra_info["share of the nearest lists"] = float(found)
     assert found > (0.999 if how == "product" else 0.95)
+
+
+@pytest.mark.benchmark(group="ivf-batch-few-lists")
+@pytest.mark.parametrize("how", ["faiss", "scan", "rule"], ids=["raw faiss", "ChunkIndex, scanned", "ChunkIndex"])
+def test_ivf_batch_at_few_lists(benchmark, ivf_batch, monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
+    """2,000 queries at nprobe 4 per call (the index left at 32), k=80: few lists, which for these clustered
+    regions are larger than the average one, so whether the scan pays is decided by the lists the coarse search
+    finds (``NEAR_LISTS``). Raw faiss, ChunkIndex with the scan forced, and ChunkIndex as it decides; the hits must
+    be faiss' own."""
+    from crossscale.index import _list_scan
+
+    index, q = ivf_batch["index"], np.ascontiguousarray(ivf_batch["index"]._prepare(ivf_batch["q"]))
+    faiss_params = faiss.SearchParametersIVF()  # type: ignore[attr-defined]
+    faiss_params.nprobe = 4
+    if how == "scan":
+        monkeypatch.setattr(_list_scan, "pays", lambda *args: True)
+    with fast_blas():
+        want_scores, want_ids = index._index.search(q, K_CHUNKS, params=faiss_params)
+        if how == "faiss":
+            scores, ids = benchmark(index._index.search, q, K_CHUNKS, params=faiss_params)
+        else:
+            scores, ids = benchmark(index.search, q, K_CHUNKS, params=SearchParams(nprobe=4))
+    benchmark.extra_info["factory"] = ivf_batch["factory"]
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    assert np.mean(ids == want_ids) > 0.99  # the same hits; near-equal scores may swap places
