@@ -245,9 +245,9 @@ def test_measure_from_the_command_line(
         vectors = cs.encoder.encode([Image.open(q).convert("RGB") for q in queries])
         want = cs.measure_search(vectors, [SearchParams(nprobe=1)], top_k=2)[0].recall
     np.save(tmp_path / "q.npy", vectors)
-    assert main([*base, "--vectors", str(tmp_path / "q.npy"), "--nprobe", "1"]) == 0
+    assert main([*base, "--vectors", str(tmp_path / "q.npy"), "--nprobe", "1", "--singles", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("nprobe     1  recall@2 ") and f"{want:.4f}" in out
+    assert out.startswith("nprobe     1  recall@2 ") and f"{want:.4f}" in out and "one query p50 " in out
     assert main([*base, "--nprobe", "1"]) == 2
     assert "give query images or --vectors FILE.npy" in capsys.readouterr().err
     assert main([*base, str(queries[0]), "--nprobe", "1,x"]) == 2

@@ -133,8 +133,11 @@ def test_measure_search_finds_all_exact_parents_when_it_searches_every_list(
     with cs:
         before = cs.chunk_index.search_settings
         every, one = SearchParams(nprobe=4), SearchParams(nprobe=1)
-        got = cs.measure_search(vectors, [every, one, None], top_k=3, repeats=2)
+        got = cs.measure_search(vectors, [every, one, None], top_k=3, repeats=2, singles=3)
         assert [m.params for m in got] == [every, one, None]
+        assert all(len(m.single_ms) == 3 and all(t > 0 for t in m.single_ms) for m in got)
+        assert all(m.single_p50_ms == pytest.approx(float(np.median(m.single_ms))) for m in got)
+        assert got[0].to_dict()["single_p95_ms"] == got[0].single_p95_ms
         assert all(isinstance(m, SearchMeasurement) and m.queries == len(vectors) for m in got)
         assert all(m.seconds > 0 and m.queries_per_second == pytest.approx(len(vectors) / m.seconds) for m in got)
         assert got[0].recall == 1.0
@@ -163,6 +166,9 @@ def test_measure_search_refuses_bad_input(tmp_path: Path, photos: dict[str, Imag
             cs.measure_search(vectors, top_k=0)
         with pytest.raises(ConfigurationError, match="repeats"):
             cs.measure_search(vectors, repeats=0)
+        with pytest.raises(ConfigurationError, match="singles must be an int >= 0"):
+            cs.measure_search(vectors, singles=-1)
+        assert cs.measure_search(vectors)[0].single_p50_ms is None  # none asked for
         cs.ranker = ParentRanker(aggregator="sum")
         with pytest.raises(CapabilityError, match="best chunk"):
             cs.measure_search(vectors)

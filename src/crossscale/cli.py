@@ -133,15 +133,16 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             vectors = embed(
                 cs.encoder, [load_image(q, max_pixels=cs.max_pixels, to_store=False).image for q in args.queries]
             )
-        rows = cs.measure_search(vectors, settings, top_k=args.top_k, repeats=args.repeats)
+        rows = cs.measure_search(vectors, settings, top_k=args.top_k, repeats=args.repeats, singles=args.singles)
     if args.json:
         print(json.dumps([m.to_dict() for m in rows], indent=2))
     else:
         for m in rows:
             nprobe = "own" if m.params is None else m.params.nprobe
+            single = "" if m.single_p50_ms is None else f"  one query p50 {m.single_p50_ms:.2f} ms"
             print(
                 f"nprobe {nprobe!s:>5}  recall@{args.top_k} {m.recall:.4f}  {m.seconds:8.3f} s  "
-                f"{m.queries_per_second:8.1f} q/s"
+                f"{m.queries_per_second:8.1f} q/s{single}"
             )
     return 0
 
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nprobe", default="own", help="comma-separated lists per query to compare, 'own' for the index's")
     p.add_argument("--top-k", "-k", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1, help="searches per setting (the fastest is kept)")
+    p.add_argument("--singles", type=int, default=0, help="also time this many queries searched one at a time")
     p.add_argument("--json", action="store_true")
     common(p)
     p.set_defaults(func=_cmd_measure)

@@ -806,6 +806,7 @@ class CrossScaleSearch:
         *,
         top_k: int = 10,
         repeats: int = 1,
+        singles: int = 0,
     ) -> list[SearchMeasurement]:
         """Parent recall and speed of a batch search of ``vectors`` (one query per row) under each of
         ``settings``: what to read before choosing ``params`` for a collection (docs/scaling.md).
@@ -818,8 +819,10 @@ class CrossScaleSearch:
         pages read, a learned first depth settled), and once per setting and repeat as one batch, as
         :meth:`search_vectors` searches them but without the refiner (and the verifier), which re-rank on pixels
         after the vector search: what is measured is the index, re-scoring and the ranker, i.e. which parents
-        reach the refiner. Each result is the fastest repeat. Queries should be what users will search with
-        (embeddings of typical query images): stored region vectors find themselves.
+        reach the refiner. Each result is the fastest repeat. ``singles``: also search the first ``singles``
+        queries one at a time under each setting, for the latency of one query
+        (:attr:`~crossscale.types.SearchMeasurement.single_p50_ms`). Queries should be what users will search
+        with (embeddings of typical query images): stored region vectors find themselves.
 
         Returns:
             One :class:`~crossscale.types.SearchMeasurement` per setting, in their order.
@@ -828,7 +831,7 @@ class CrossScaleSearch:
             VectorError: ``vectors`` is not a 2-D array of the workspace's dimension, or holds NaN, inf or a zero
                 row.
             ConfigurationError: ``settings`` is empty or holds something other than a ``SearchParams`` or
-                ``None``; ``top_k`` or ``repeats`` is not a positive int.
+                ``None``; ``top_k`` or ``repeats`` is not a positive int, or ``singles`` a negative one.
             CapabilityError: the ranker does not rank parents by their best chunk (the exact search's order).
         """
         from tqdm.auto import tqdm
@@ -838,6 +841,7 @@ class CrossScaleSearch:
         self.workspace.check_open()
         positive_int("top_k", top_k)
         positive_int("repeats", repeats)
+        int_at_least("singles", singles, 0)
         if isinstance(settings, SearchParams) or not isinstance(settings, Sequence) or not settings:
             raise ConfigurationError(f"settings must be a non-empty sequence of SearchParams or None, got {settings!r}")
         for i, params in enumerate(settings):
@@ -874,7 +878,12 @@ class CrossScaleSearch:
                 results = self._search(queries, top_k, None, params, plain=True)
                 seconds = min(seconds, time.perf_counter() - start)
             found = [[m.parent_id for m in result] for result in results]
-            out.append(SearchMeasurement(params, parent_recall(found, exact), seconds, len(rows)))
+            single = []
+            for query in queries[:singles]:
+                start = time.perf_counter()
+                self._search([query], top_k, None, params, plain=True)
+                single.append((time.perf_counter() - start) * 1e3)
+            out.append(SearchMeasurement(params, parent_recall(found, exact), seconds, len(rows), tuple(single)))
         return out
 
     def search_text(

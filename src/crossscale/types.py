@@ -649,12 +649,25 @@ class SearchMeasurement:
             that the search returned.
         seconds: wall time of one search of all the queries as one batch (the fastest of the repeats).
         queries: how many queries were searched.
+        single_ms: the wall times of the first queries searched one at a time, in milliseconds (empty unless
+            asked for: ``measure_search(singles=n)``); :attr:`single_p50_ms` and :attr:`single_p95_ms` sum them up.
     """
 
     params: SearchParams | None
     recall: float
     seconds: float
     queries: int
+    single_ms: tuple[float, ...] = ()
+
+    @property
+    def single_p50_ms(self) -> float | None:
+        """The median time of one query searched alone (ms); ``None`` if none was."""
+        return float(np.percentile(self.single_ms, 50)) if self.single_ms else None
+
+    @property
+    def single_p95_ms(self) -> float | None:
+        """The 95th percentile of one query searched alone (ms); ``None`` if none was."""
+        return float(np.percentile(self.single_ms, 95)) if self.single_ms else None
 
     @property
     def queries_per_second(self) -> float:
@@ -671,6 +684,8 @@ class SearchMeasurement:
             "seconds": self.seconds,
             "queries": self.queries,
             "queries_per_second": self.queries_per_second,
+            "single_p50_ms": self.single_p50_ms,
+            "single_p95_ms": self.single_p95_ms,
         }
 
 
