@@ -54,13 +54,14 @@ def _brute(q: np.ndarray, x: np.ndarray, of: np.ndarray, top_k: int) -> list[lis
     batch=st.integers(1, 120),
     runs=st.booleans(),
     group=st.integers(1, 5),
+    hint=st.integers(0, 50),
 )
 def test_exact_parents_are_the_best_chunks_parents(
-    seed: int, n: int, parents: int, queries: int, top_k: int, batch: int, runs: bool, group: int
+    seed: int, n: int, parents: int, queries: int, top_k: int, batch: int, runs: bool, group: int, hint: int
 ) -> None:
     """Against a parent-by-parent count: batches of any size (a parent split between them), ids in runs per
     parent (as a store assigns them) or not, vectors of no parent, queries in groups (a small memory budget),
-    fewer parents than asked."""
+    fewer parents than asked, a parent count that is too low (codes past it) or too high."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, 8)).astype(np.float32) * rng.uniform(0.5, 2, (n, 1)).astype(np.float32)
     of = np.sort(rng.integers(0, parents, n)) if runs else rng.integers(0, parents, n)
@@ -73,9 +74,9 @@ def test_exact_parents_are_the_best_chunks_parents(
             yield np.arange(start, min(n, start + batch)), x[start : start + batch]
 
     budget = measure.BEST_BYTES
-    measure.BEST_BYTES = 4 * parents * group  # `group` queries at a time
+    measure.BEST_BYTES = 4 * max(1, hint) * group  # `group` queries at a time
     try:
-        got = exact_parents(q, top_k, stored, _Codes(of), parent_count=parents)
+        got = exact_parents(q, top_k, stored, _Codes(of), parent_count=hint)
     finally:
         measure.BEST_BYTES = budget
     want = _brute(q, x, of, top_k)

@@ -37,21 +37,23 @@ def exact_parents(
     out = np.full((len(q), top_k), -1, dtype=np.int64)
     group = max(1, BEST_BYTES // (4 * max(1, parent_count)))
     for start in range(0, len(q), group):
-        out[start : start + group] = _top(_best_per_parent(q[start : start + group], stored(), parents), top_k)
+        best = _best_per_parent(q[start : start + group], stored(), parents, parent_count)
+        out[start : start + group] = _top(best, top_k)
     return out
 
 
 def _best_per_parent(
-    q: np.ndarray, stored: Iterable[tuple[np.ndarray, np.ndarray]], parents: ChunkParents
+    q: np.ndarray, stored: Iterable[tuple[np.ndarray, np.ndarray]], parents: ChunkParents, codes_hint: int
 ) -> np.ndarray:
     """``(len(q), codes)``: each query's best cosine with each parent's stored vectors, ``-inf`` for a parent with
-    none (or a code no parent has)."""
-    best = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    none (or a code no parent has). ``codes_hint``: the columns to start with (more are added as codes need)."""
+    best = np.full((len(q), max(0, codes_hint)), -np.inf, dtype=np.float32)
     for ids, vectors in stored:
         codes = parents.parent_codes(np.asarray(ids, dtype=np.int64))
+        rows = np.asarray(vectors, dtype=np.float32)
         keep = codes >= 0  # a vector whose parent is no longer mapped (deleted meanwhile) ranks nothing
-        rows = np.asarray(vectors, dtype=np.float32)[keep]
-        codes = codes[keep]
+        if not keep.all():
+            rows, codes = rows[keep], codes[keep]
         if not len(codes):
             continue
         norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
@@ -62,8 +64,8 @@ def _best_per_parent(
             codes, scores = codes[order], scores[:, order]
         starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         found = codes[starts]
-        if int(found[-1]) >= best.shape[1]:
-            width = max(int(found[-1]) + 1, 2 * best.shape[1])
+        if int(found[-1]) >= best.shape[1]:  # codes past the hint (a parent map with removed parents' codes)
+            width = int(found[-1]) + 1 + best.shape[1] // 8
             best = np.hstack([best, np.full((len(q), width - best.shape[1]), -np.inf, dtype=np.float32)])
         best[:, found] = np.maximum(best[:, found], np.maximum.reduceat(scores, starts, axis=1))
     return best

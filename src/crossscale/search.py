@@ -813,9 +813,10 @@ class CrossScaleSearch:
 
         The exact parents come from an exhaustive search: every stored vector scored against every query (the
         cosines re-scoring computes) and each parent ranked by its best chunk, the order of the default ``"max"``
-        aggregator. That reads the whole store once per group of queries (~1.4 us per stored vector, and the
-        products: about 30 s for 200 queries at 10M regions on 2 cores), with a progress bar; memory stays
-        bounded (:data:`crossscale.measure.BEST_BYTES`). Then the queries are searched once untimed (the store's
+        aggregator. That reads the whole store once per group of queries, with a progress bar (at 10M regions on
+        2 cores, 100-157 s for 1,000 queries, in two groups); memory stays bounded
+        (:data:`crossscale.measure.BEST_BYTES`). The workspace should not change meanwhile (a writer's commits
+        would be in one and not the other). Then the queries are searched once untimed (the store's
         pages read, a learned first depth settled), and once per setting and repeat as one batch, as
         :meth:`search_vectors` searches them but without the refiner (and the verifier), which re-rank on pixels
         after the vector search: what is measured is the index, re-scoring and the ranker, i.e. which parents

@@ -52,7 +52,7 @@ def always_split(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Split into two parts whatever this machine has, so that the split is what is tested."""
-    monkeypatch.setattr(probe_split, "_threads", lambda: 2)
+    monkeypatch.setattr(probe_split, "split_threads", lambda: 2)
 
 
 @pytest.mark.parametrize(
@@ -106,14 +106,14 @@ def test_chunk_index_search_is_the_same_split_or_not(k: int, nprobe: int, copies
     index.add(x, rng.permutation(len(x)) * 2)
     index.set_search_params(f"nprobe={nprobe}")
     q = base[rng.integers(0, len(base))] + 0.05 * _clustered(rng, 1)[0]
-    original = probe_split._threads
+    original = probe_split.split_threads
     try:
-        probe_split._threads = lambda: 2  # type: ignore[assignment]
+        probe_split.split_threads = lambda: 2  # type: ignore[assignment]
         split = index.search(q, k)
-        probe_split._threads = lambda: 1  # type: ignore[assignment]
+        probe_split.split_threads = lambda: 1  # type: ignore[assignment]
         alone = index.search(q, k)
     finally:
-        probe_split._threads = original  # type: ignore[assignment]
+        probe_split.split_threads = original  # type: ignore[assignment]
     np.testing.assert_array_equal(split[0], alone[0])
     np.testing.assert_array_equal(split[1], alone[1])
 

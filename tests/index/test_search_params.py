@@ -59,7 +59,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     way: str = request.param
     monkeypatch.setattr(_list_scan, "pays", lambda *args: way == "list scan")
     monkeypatch.setattr(probe_split, "MIN_SCAN_NS", 0.0 if way == "split" else float("inf"))
-    monkeypatch.setattr(probe_split, "_threads", lambda: 2)
+    monkeypatch.setattr(probe_split, "split_threads", lambda: 2)
     return way
 
 

@@ -173,14 +173,16 @@ class ListScan:
         from crossscale.index import _probe_split
 
         params = ivf_search_parameters(self._ivf, nprobe, ef_search)  # its nprobe: lists' columns
-        parts = max(1, min(_probe_split._threads(), len(q)))
+        parts = max(1, min(_probe_split.split_threads(), len(q)))
         bounds = np.linspace(0, len(q), parts + 1).astype(int)
 
         def run(part: int) -> tuple[np.ndarray, np.ndarray]:
             s, e = bounds[part], bounds[part + 1]
-            return _probe_split._search_preassigned(self._ivf, q[s:e], k, lists[s:e], coarse[s:e], params)
+            return _probe_split.search_preassigned(self._ivf, q[s:e], k, lists[s:e], coarse[s:e], params)
 
-        pending = [_probe_split._pool(parts - 1).submit(run, part) for part in range(1, parts)] if parts > 1 else []
+        pending = (
+            [_probe_split.shared_pool(parts - 1).submit(run, part) for part in range(1, parts)] if parts > 1 else []
+        )
         found = [run(0)] + [p.result() for p in pending]
         return np.concatenate([s for s, _ in found]), np.concatenate([i for _, i in found])
 

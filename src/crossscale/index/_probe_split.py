@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_SCAN_NS", "ProbeSplit"]
+__all__ = ["MIN_SCAN_NS", "ProbeSplit", "search_preassigned", "shared_pool", "split_threads"]
 
 #: a query is split only where faiss' scan of its lists is expected to take at least this long on one core (ns, at
 #: :mod:`._list_scan`'s rates): handing parts to threads costs ~50 us, and a query of an IVF1024 over 200k vectors
@@ -74,7 +74,7 @@ class ProbeSplit:
         from crossscale.index._list_scan import ivf_search_parameters
 
         ivf = self._ivf
-        parts = _threads() if threads is None else int(threads)
+        parts = split_threads() if threads is None else int(threads)
         if parts < 2 or not 0 < len(q) < parts:
             return None
         params = ivf_search_parameters(ivf, nprobe, ef_search)
@@ -96,9 +96,9 @@ class ProbeSplit:
         shares = [np.where(owner == p, lists, -1) for p in range(parts)]
 
         def run(share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return _search_preassigned(ivf, q, k, share, coarse, params)
+            return search_preassigned(ivf, q, k, share, coarse, params)
 
-        pending = [_pool(parts - 1).submit(run, share) for share in shares[1:]]
+        pending = [shared_pool(parts - 1).submit(run, share) for share in shares[1:]]
         found = [run(shares[0])] + [p.result() for p in pending]
         import faiss
 
@@ -107,7 +107,7 @@ class ProbeSplit:
         )
 
 
-def _search_preassigned(
+def search_preassigned(
     ivf: Any, q: np.ndarray, k: int, lists: np.ndarray, coarse: np.ndarray, params: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """faiss' ``search_preassigned`` of the (float32, contiguous) rows ``q`` in the probed ``lists`` (``-1``:
@@ -137,7 +137,7 @@ def _scan_ns(ivf: Any, nprobe: int) -> float:
     return codes * int(ivf.d) * rate
 
 
-def _threads() -> int:
+def split_threads() -> int:
     """Parts for a split search: faiss' OpenMP threads, at most the CPUs (``faiss.omp_set_num_threads(1)`` turns
     splitting off)."""
     import faiss
@@ -155,7 +155,7 @@ _POOL_LOCK = threading.Lock()
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def shared_pool(workers: int) -> ThreadPoolExecutor:
     """The process's pool of at least ``workers`` threads for split searches, made on first use and again in a
     forked child (a child inherits the pool object but not its threads: tasks given to it would never run)."""
     global _POOL
