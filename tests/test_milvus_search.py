@@ -252,3 +252,18 @@ def test_a_reader_never_creates_a_missing_collection(tmp_path: Path, photos: dic
         _hist(tmp_path / "ws", readonly=True)
     with _hist(tmp_path / "ws") as cs:  # a writer rebuilds it from the store
         assert cs.verify().ok and cs.search(photos["coffee"], top_k=1)[0].parent_id == "coffee"
+
+
+def test_measure_search_on_milvus_and_faiss_flat(twins, photos: dict[str, Image.Image]) -> None:  # type: ignore[no-untyped-def]
+    """Both search exhaustively (faiss Flat, Milvus' FLAT): measure_search finds every exact parent on both, and
+    the settings (which Milvus takes and ignores) change nothing."""
+    from crossscale import SearchParams
+    from crossscale.query import embed_queries
+
+    flat, milvus = twins
+    crops = [photos[n].crop((30, 20, 230, 170)) for n in sorted(photos)]
+    vectors = np.stack([q.vector for q in embed_queries(flat.encoder, crops)])
+    for cs in (flat, milvus):
+        cs.ranker = ParentRanker("max")
+        got = cs.measure_search(vectors, [None, SearchParams(nprobe=1)], top_k=3)
+        assert [m.recall for m in got] == [1.0, 1.0]
