@@ -104,7 +104,7 @@ def test_parent_recall() -> None:
 
 
 # ------------------------------------------------------------------ through a workspace
-def _workspace(path: Path, photos: dict[str, Image.Image], **kw: object) -> tuple[CrossScaleSearch, np.ndarray]:
+def _workspace(path: Path, photos: dict[str, Image.Image]) -> tuple[CrossScaleSearch, np.ndarray]:
     """Every photo indexed by colour histogram over tiles, in an IVF index of 4 lists (searched by 1 to 4); query
     vectors of crops of them."""
     cs = CrossScaleSearch.open(
@@ -116,7 +116,6 @@ def _workspace(path: Path, photos: dict[str, Image.Image], **kw: object) -> tupl
         refine=False,
         progress=False,
         device="cpu",
-        **kw,  # type: ignore[arg-type]
     )
     names = sorted(photos)
     report = cs.index([(n, photos[n]) for n in names])

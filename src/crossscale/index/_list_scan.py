@@ -180,10 +180,7 @@ class ListScan:
             s, e = bounds[part], bounds[part + 1]
             return _probe_split.search_preassigned(self._ivf, q[s:e], k, lists[s:e], coarse[s:e], params)
 
-        pending = (
-            [_probe_split.shared_pool(parts - 1).submit(run, part) for part in range(1, parts)] if parts > 1 else []
-        )
-        found = [run(0)] + [p.result() for p in pending]
+        found = _probe_split.in_parts(run, parts)
         return np.concatenate([s for s, _ in found]), np.concatenate([i for _, i in found])
 
     def _coarse(self, q: np.ndarray, nprobe: int, params: Any) -> tuple[np.ndarray, np.ndarray]:

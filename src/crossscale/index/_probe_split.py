@@ -19,12 +19,15 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["MIN_SCAN_NS", "ProbeSplit", "search_preassigned", "shared_pool", "split_threads"]
+_T = TypeVar("_T")
+
+__all__ = ["MIN_SCAN_NS", "ProbeSplit", "in_parts", "search_preassigned", "split_threads"]
 
 #: a query is split only where faiss' scan of its lists is expected to take at least this long on one core (ns, at
 #: :mod:`._list_scan`'s rates): handing parts to threads costs ~50 us, and a query of an IVF1024 over 200k vectors
@@ -95,11 +98,10 @@ class ProbeSplit:
         owner = np.where(snake < parts, snake, 2 * parts - 1 - snake)
         shares = [np.where(owner == p, lists, -1) for p in range(parts)]
 
-        def run(share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return search_preassigned(ivf, q, k, share, coarse, params)
+        def run(part: int) -> tuple[np.ndarray, np.ndarray]:
+            return search_preassigned(ivf, q, k, shares[part], coarse, params)
 
-        pending = [shared_pool(parts - 1).submit(run, share) for share in shares[1:]]
-        found = [run(shares[0])] + [p.result() for p in pending]
+        found = in_parts(run, parts)
         import faiss
 
         return faiss.merge_knn_results(  # type: ignore[no-any-return]
@@ -137,6 +139,13 @@ def _scan_ns(ivf: Any, nprobe: int) -> float:
     return codes * int(ivf.d) * rate
 
 
+def in_parts(run: Callable[[int], _T], parts: int) -> list[_T]:
+    """``[run(0), ..., run(parts - 1)]``: part 0 in this thread, the others on the process's shared pool (faiss
+    releases the GIL while it searches, so the parts run at once)."""
+    pending = [_pool(parts - 1).submit(run, part) for part in range(1, parts)] if parts > 1 else []
+    return [run(0)] + [p.result() for p in pending]
+
+
 def split_threads() -> int:
     """Parts for a split search: faiss' OpenMP threads, at most the CPUs (``faiss.omp_set_num_threads(1)`` turns
     splitting off)."""
@@ -155,7 +164,7 @@ _POOL_LOCK = threading.Lock()
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 
 
-def shared_pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int) -> ThreadPoolExecutor:
     """The process's pool of at least ``workers`` threads for split searches, made on first use and again in a
     forked child (a child inherits the pool object but not its threads: tasks given to it would never run)."""
     global _POOL
