@@ -846,10 +846,7 @@ class CrossScaleSearch:
         if isinstance(settings, SearchParams) or not isinstance(settings, Sequence) or not settings:
             raise ConfigurationError(f"settings must be a non-empty sequence of SearchParams or None, got {settings!r}")
         for i, params in enumerate(settings):
-            if params is not None and not isinstance(params, SearchParams):
-                raise ConfigurationError(
-                    f"settings[{i}] must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
-                )
+            SearchParams.checked(params, f"settings[{i}]")
         if getattr(self.ranker, "group_size", None) is None:
             raise CapabilityError(
                 f"measure_search ranks the exact parents by their best chunk, as ParentRanker(aggregator='max') "

@@ -625,15 +625,15 @@ class SearchParams:
                 object.__setattr__(self, name, positive_int(f"SearchParams.{name}", value))
 
     @staticmethod
-    def checked(params: object) -> SearchParams | None:
+    def checked(params: object, name: str = "params") -> SearchParams | None:
         """``params`` as a search's ``params=`` argument takes it: a :class:`SearchParams` or ``None``.
 
         Raises:
-            ConfigurationError: anything else, naming its type.
+            ConfigurationError: anything else, naming ``name`` and its type.
         """
         if params is not None and not isinstance(params, SearchParams):
             raise ConfigurationError(
-                f"params must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
+                f"{name} must be a crossscale.types.SearchParams or None, got {type(params).__name__}"
             )
         return params
 
