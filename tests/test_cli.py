@@ -191,7 +191,7 @@ def test_search_settings_from_the_command_line(
     tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--nprobe`` / ``--ef-search`` reach the index's searches for that search only: the index set to them gives
-    the same rows; a bad value is refused, naming it."""
+    the same rows; a bad value is refused, naming it; ``--no-rescore`` reaches the facade, not the index."""
     from crossscale import ChunkIndex, CrossScaleSearch, SearchParams
 
     names = ("coffee", "rocket", "astronaut", "chelsea")
@@ -218,16 +218,29 @@ def test_search_settings_from_the_command_line(
     assert main(argv) == 0 and given and all(p is None for p in given)
     assert main([*argv, "--nprobe", "0"]) == 2
     assert "SearchParams.nprobe must be a positive int, got 0" in capsys.readouterr().err
+    rescores: list[object] = []
+    real_rescores = CrossScaleSearch._rescores
+    monkeypatch.setattr(
+        CrossScaleSearch,
+        "_rescores",
+        lambda self, index, params: rescores.append(params) or real_rescores(self, index, params),
+    )
+    given.clear()
+    assert main([*argv, "--no-rescore"]) == 0 and all(p is None for p in given)  # nothing of it for the index
+    assert rescores == [SearchParams(rescore=False)]
+    rescores.clear()
+    assert main(argv) == 0 and rescores == [None]
 
 
 def test_measure_from_the_command_line(
-    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``crossscale measure`` gives measure_search's rows for query images or a .npy of vectors, one per --nprobe;
-    bad input exits 2 with a message."""
+    """``crossscale measure`` gives measure_search's rows for query images or a .npy of vectors, one per --nprobe
+    and --rescore; with --min-recall, tune_search's choice (exit 1 if none reached it); bad input exits 2 with a
+    message."""
     import numpy as np
 
-    from crossscale import CrossScaleSearch, SearchParams
+    from crossscale import CrossScaleSearch, SearchMeasurement, SearchParams, SearchTuning
 
     names = ("coffee", "rocket", "astronaut", "chelsea")
     ws = _index_photos(tmp_path, photos, names, "whole+tiles", "--index", "IVF4,Flat")
@@ -247,7 +260,22 @@ def test_measure_from_the_command_line(
     np.save(tmp_path / "q.npy", vectors)
     assert main([*base, "--vectors", str(tmp_path / "q.npy"), "--nprobe", "1", "--singles", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("nprobe     1  recall@2 ") and f"{want:.4f}" in out and "one query p50 " in out
+    assert out.startswith("  nprobe=1 ") and f"recall@2 {want:.4f}" in out and "one query p50 " in out
+    assert main([*base, str(queries[0]), "--nprobe", "own,2", "--rescore", "both", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["nprobe"], r["rescore"]) for r in rows] == [(None, True), (2, True), (None, False), (2, False)]
+    assert main([*base, *map(str, queries), "--nprobe", "1,4", "--min-recall", "1", "--json"]) == 0
+    tuning = json.loads(capsys.readouterr().out)
+    reached = [m for m in tuning["measurements"] if m["recall"] >= 1.0]
+    assert tuning["min_recall"] == 1.0 and reached and tuning["chosen"] in reached
+    assert tuning["chosen"]["queries_per_second"] == max(m["queries_per_second"] for m in reached)
+    assert main([*base, *map(str, queries), "--nprobe", "4", "--min-recall", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("* nprobe=4 ") and lines[-1] == "fastest with recall@2 >= 1: nprobe=4"
+    measured = SearchMeasurement(SearchParams(nprobe=1), 0.5, 1.0, 4)
+    monkeypatch.setattr(CrossScaleSearch, "tune_search", lambda self, v, **kw: SearchTuning(0.9, (measured,), None))
+    assert main([*base, str(queries[0]), "--min-recall", "0.9"]) == 1  # no setting reached it
+    assert capsys.readouterr().out.splitlines()[-1] == "no setting reached recall@2 0.9"
     assert main([*base, "--nprobe", "1"]) == 2
     assert "give query images or --vectors FILE.npy" in capsys.readouterr().err
     assert main([*base, str(queries[0]), "--nprobe", "1,x"]) == 2

@@ -172,3 +172,115 @@ def test_measure_search_refuses_bad_input(tmp_path: Path, photos: dict[str, Imag
         cs.ranker = ParentRanker(aggregator="sum")
         with pytest.raises(CapabilityError, match="best chunk"):
             cs.measure_search(vectors)
+
+
+# ------------------------------------------------------------------ tune_search
+def _measured(params: SearchParams, recall: float, seconds: float) -> SearchMeasurement:
+    return SearchMeasurement(params, recall, seconds, 100)
+
+
+def test_tune_search_chooses_the_fastest_that_reaches_the_recall(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From scripted measurements: the highest rate of those at or above ``min_recall`` (equal rates: the higher
+    recall), whatever their order; none reaching it: no choice, and a warning with the best recall."""
+    cs, vectors = _workspace(tmp_path / "ws", dict(list(sorted(photos.items()))[:3]))
+    a, b, c, d = (SearchParams(nprobe=n) for n in (4, 3, 2, 1))
+    script = [_measured(a, 1.0, 0.4), _measured(b, 0.95, 0.2), _measured(c, 0.97, 0.2), _measured(d, 0.9, 0.1)]
+    asked: list[object] = []
+
+    def measure_search(vectors: object, settings: list[SearchParams], **kw: object) -> list[SearchMeasurement]:
+        asked.append(settings)
+        return script
+
+    monkeypatch.setattr(cs, "measure_search", measure_search)
+    with cs:
+        tuning = cs.tune_search(vectors, settings=[a, b, c, d])
+        assert tuning.chosen is script[2] and tuning.params == c  # b is as fast, with less recall; d too low
+        assert tuning.measurements == tuple(script) and tuning.min_recall == 0.95
+        assert cs.tune_search(vectors, min_recall=0.9, settings=[a]).params == d
+        assert cs.tune_search(vectors, min_recall=1.0, settings=[a]).params == a
+        script.reverse()
+        assert cs.tune_search(vectors, settings=[a]).params == c  # not the first or last of the fastest
+        assert "no setting reached" not in caplog.text
+        script[:] = [_measured(a, 0.5, 1.0), _measured(SearchParams(), 0.75, 2.0)]
+        with caplog.at_level("WARNING", logger="crossscale.search"):
+            none = cs.tune_search(vectors, settings=[a, None])
+        assert none.chosen is None and none.params is None
+        assert "no setting reached parent recall@10 0.950 (the best: 0.7500)" in caplog.text
+        assert asked[-1] == [a, SearchParams()]  # "own" given as None is measured as SearchParams()
+        assert none.to_dict()["chosen"] is None and len(tuning.to_dict()["measurements"]) == 4  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("factory", "own", "want"),
+    [
+        ("IVF4,SQ8", "nprobe=4", ["own", "nprobe=3", "nprobe=2", "nprobe=1"]),
+        ("IVF4,Flat", "nprobe=4", ["own", "nprobe=3", "nprobe=2", "nprobe=1"]),
+        ("IVF4,SQ8", "nprobe=1", ["own"]),
+        ("HNSW8", "efSearch=16", ["own", "ef_search=8", "ef_search=4"]),
+        ("Flat", None, ["own"]),
+    ],
+)
+def test_tune_search_tries_fewer_lists_and_rescoring_both_ways_by_default(
+    tmp_path: Path,
+    photos: dict[str, Image.Image],
+    monkeypatch: pytest.MonkeyPatch,
+    factory: str,
+    own: str | None,
+    want: list[str],
+) -> None:
+    """The default settings: the index's own, fewer lists (an IVF index) or a narrower beam (an HNSW graph), each
+    with re-scoring turned the other way where the index's scores are approximate."""
+    cs = CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter="whole+tiles", index_factory=factory,
+        verifier=False, refine=False, progress=False, device="cpu",
+    )  # fmt: skip
+    with cs:
+        names = sorted(photos)[:3]
+        cs.index([(n, photos[n]) for n in names])
+        if own is not None:
+            cs.chunk_index.set_search_params(own)
+        asked: list[list[SearchParams]] = []
+        monkeypatch.setattr(
+            cs, "measure_search", lambda v, settings, **kw: asked.append(settings) or [_measured(settings[0], 1, 1)]
+        )
+        cs.tune_search(np.ones((1, cs.config.dim), np.float32))
+        approximate = not cs.chunk_index.scores_exact
+        assert [p.describe() for p in asked[0]] == want + (
+            [f"{w} rescore=False".removeprefix("own ") for w in want] if approximate else []
+        )
+        cs.rescore = False
+        cs.tune_search(np.ones((1, cs.config.dim), np.float32))
+        assert [p.rescore for p in asked[1]] == [None] * len(want) + ([True] * len(want) if approximate else [])
+
+
+def test_tune_search_through_a_workspace(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    """A real run: every list and re-scoring reach recall 1; the choice is the fastest of the settings that did,
+    its recall is what searches given its params return, and the index keeps its own settings."""
+    cs = CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter="whole+tiles", index_factory="IVF4,SQ8",
+        verifier=False, refine=False, progress=False, device="cpu",
+    )  # fmt: skip
+    names = sorted(photos)
+    with cs:
+        cs.index([(n, photos[n]) for n in names])
+        crops = [photos[n].crop((20 + 9 * i, 30, 220, 180)) for i, n in enumerate(names)]
+        vectors = np.stack([q.vector for q in embed_queries(cs.encoder, crops)])
+        cs.chunk_index.set_search_params("nprobe=4")
+        tuning = cs.tune_search(vectors, min_recall=1.0, top_k=3, repeats=2)
+        assert len(tuning.measurements) == 8 and tuning.measurements[0].recall == 1.0
+        reached = [m for m in tuning.measurements if m.recall >= 1.0]
+        assert tuning.chosen in reached
+        assert tuning.chosen.queries_per_second == max(m.queries_per_second for m in reached)  # type: ignore[union-attr]
+        exact = [[m.parent_id for m in r] for r in cs.search_vectors(vectors, top_k=3)]
+        found = [[m.parent_id for m in r] for r in cs.search_vectors(vectors, top_k=3, params=tuning.params)]
+        assert parent_recall(found, exact) == 1.0
+        assert cs.chunk_index.search_settings.nprobe == 4 and cs.rescore
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, 1.5, -1, "0.9", True, float("nan")])
+def test_tune_search_refuses_a_bad_min_recall(tmp_path: Path, photos: dict[str, Image.Image], bad: object) -> None:
+    cs, vectors = _workspace(tmp_path / "ws", dict(list(sorted(photos.items()))[:2]))
+    with cs, pytest.raises(ConfigurationError, match="min_recall must be"):
+        cs.tune_search(vectors, min_recall=bad)  # type: ignore[arg-type]

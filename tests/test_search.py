@@ -822,6 +822,38 @@ def test_rescore_off_ranks_the_index_scores_and_reads_no_stored_vector(
             assert own == exact
 
 
+@pytest.mark.parametrize("factory", ["IVF2,SQ8", "Flat"])
+def test_a_call_rescore_overrides_the_facade_for_that_call(
+    tmp_path: Path, photos: dict[str, Image.Image], factory: str
+) -> None:
+    """``SearchParams(rescore=...)`` does for one call what ``cs.rescore`` does for all, on every search method,
+    and asks nothing of the index: an index whose ``search`` takes no ``params`` serves it."""
+    names = sorted(photos)
+    with _hist(tmp_path / "ws", index_factory=factory, verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        crops = [photos[n].crop((20, 30, 220, 180)) for n in names]
+        vectors = np.stack([q.vector for q in embed_queries(cs.encoder, crops)])
+        cs.fetch_depth = None  # each search as deep as the last: the same hits
+        exact = cs.search_vectors(vectors, top_k=3)
+        cs.rescore = False
+        own = cs.search_vectors(vectors, top_k=3)
+        assert cs.search_vectors(vectors, top_k=3, params=SearchParams(rescore=True)) == exact
+        cs.rescore = True
+        reads: list[int] = []
+        real_vectors = cs.store.vectors
+        cs.store.vectors = lambda ids, **kw: reads.append(len(ids)) or real_vectors(ids, **kw)  # type: ignore[method-assign,func-returns-value]
+        real = cs.chunk_index.search
+        cs.chunk_index.search = lambda q, k: real(q, k)  # type: ignore[method-assign]  # takes no params
+        off = SearchParams(rescore=False)
+        assert cs.search_vectors(vectors, top_k=3, params=off) == own
+        assert cs.search_batch(crops, top_k=3, params=off) == cs.search_batch(crops, top_k=3, params=off)
+        assert reads == []  # nothing read for the calls that asked not to re-score
+        assert cs.search_vectors(vectors, top_k=3) == exact
+        assert bool(reads) is (factory != "Flat")
+        if factory != "Flat":
+            assert own != exact  # the two ways differ: the test can tell which one ran
+
+
 def test_search_params_apply_to_that_call_only(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
     """``params=`` on every search method reaches each index search of that call; the matches are those of the
     index set to them; the index keeps its own settings; a bad ``params`` is refused before any image is read."""

@@ -70,6 +70,7 @@ from crossscale.types import (
     SearchMeasurement,
     SearchParams,
     SearchResult,
+    SearchTuning,
 )
 from crossscale.workspace import VerifyReport, Workspace, WorkspaceConfig
 
@@ -116,6 +117,7 @@ __all__ = [
     "SearchMeasurement",
     "SearchParams",
     "SearchResult",
+    "SearchTuning",
     "Segmenter",
     "TextEncoder",
     "TileSegmenter",

@@ -75,8 +75,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
         local_search=args.local_search,
     ) as cs:
         params = None
-        if args.nprobe is not None or args.ef_search is not None:
-            params = SearchParams(nprobe=args.nprobe, ef_search=args.ef_search)
+        if args.nprobe is not None or args.ef_search is not None or args.no_rescore:
+            rescore = False if args.no_rescore else None
+            params = SearchParams(nprobe=args.nprobe, ef_search=args.ef_search, rescore=rescore)
         if args.text is not None:
             matches = cs.search_text(args.text, top_k=args.top_k, min_score=args.min_score, params=params)
         else:
@@ -109,12 +110,19 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
     if bool(args.queries) == (args.vectors is not None):
         raise ConfigurationError("give query images or --vectors FILE.npy, not both or neither")
-    settings: list[SearchParams | None] = []
-    for value in args.nprobe.split(","):
+    lists: list[int | None] = []
+    for value in (args.nprobe or "own").split(","):
         try:
-            settings.append(None if value.strip() == "own" else SearchParams(nprobe=int(value)))
+            lists.append(None if value.strip() == "own" else int(value))
         except ValueError as exc:
             raise ConfigurationError(f"--nprobe takes 'own' or numbers of lists, comma-separated: {value!r}") from exc
+    ways: dict[str, list[bool | None]] = {"own": [None], "on": [True], "off": [False], "both": [True, False]}
+    rescores = ways[args.rescore or "own"]
+    settings: list[SearchParams | None] | None = [
+        None if n is None and r is None else SearchParams(nprobe=n, rescore=r) for r in rescores for n in lists
+    ]
+    if args.min_recall is not None and args.nprobe is None and args.rescore is None:
+        settings = None  # tune_search's own grid
     with CrossScaleSearch.open(
         args.workspace,
         readonly=True,
@@ -133,18 +141,27 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             vectors = embed(
                 cs.encoder, [load_image(q, max_pixels=cs.max_pixels, to_store=False).image for q in args.queries]
             )
-        rows = cs.measure_search(vectors, settings, top_k=args.top_k, repeats=args.repeats, singles=args.singles)
+        measure = {"top_k": args.top_k, "repeats": args.repeats, "singles": args.singles}
+        if args.min_recall is None:
+            rows, tuning = cs.measure_search(vectors, settings or [None], **measure), None
+        else:
+            tuning = cs.tune_search(vectors, min_recall=args.min_recall, settings=settings, **measure)
+            rows = list(tuning.measurements)
     if args.json:
-        print(json.dumps([m.to_dict() for m in rows], indent=2))
+        print(json.dumps([m.to_dict() for m in rows] if tuning is None else tuning.to_dict(), indent=2))
     else:
         for m in rows:
-            nprobe = "own" if m.params is None else m.params.nprobe
             single = "" if m.single_p50_ms is None else f"  one query p50 {m.single_p50_ms:.2f} ms"
+            mark = "*" if tuning is not None and m is tuning.chosen else " "
             print(
-                f"nprobe {nprobe!s:>5}  recall@{args.top_k} {m.recall:.4f}  {m.seconds:8.3f} s  "
-                f"{m.queries_per_second:8.1f} q/s{single}"
+                f"{mark} {(m.params or SearchParams()).describe():<28}  recall@{args.top_k} {m.recall:.4f}  "
+                f"{m.seconds:8.3f} s  {m.queries_per_second:8.1f} q/s{single}"
             )
-    return 0
+        if tuning is not None and tuning.chosen is not None:
+            print(f"fastest with recall@{args.top_k} >= {args.min_recall:g}: {tuning.params.describe()}")  # type: ignore[union-attr]
+        elif tuning is not None:
+            print(f"no setting reached recall@{args.top_k} {args.min_recall:g}")
+    return 1 if tuning is not None and tuning.chosen is None else 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -245,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nprobe", type=int, help="IVF lists searched, for this search (default: the index's own)")
     p.add_argument("--ef-search", type=int, help="HNSW beam width, for this search (default: the index's own)")
     p.add_argument(
+        "--no-rescore",
+        action="store_true",
+        help="rank an approximate index's own scores, without reading the stored vectors (faster, lower recall)",
+    )
+    p.add_argument(
         "--no-refine",
         action="store_true",
         help="skip re-scoring the top parents at the query's scale: much faster, coarser boxes, lower recall "
@@ -282,12 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "measure",
-        help="parent recall (against an exhaustive search) and speed of a batch search under each --nprobe",
+        help="parent recall (against an exhaustive search) and speed of a batch search under each setting, or the "
+        "fastest reaching --min-recall",
     )
     p.add_argument("queries", nargs="*", help="query images (or give --vectors)")
     p.add_argument("--vectors", metavar="NPY", help="query vectors, one row each, from the workspace's encoder")
     p.add_argument("--workspace", "-w", required=True)
-    p.add_argument("--nprobe", default="own", help="comma-separated lists per query to compare, 'own' for the index's")
+    p.add_argument("--nprobe", help="comma-separated lists per query to compare, 'own' for the index's (default)")
+    p.add_argument(
+        "--rescore",
+        choices=("own", "on", "off", "both"),
+        help="re-score an approximate index's hits against the stored vectors: as searches do (own, the default), "
+        "on, off, or each --nprobe both ways",
+    )
+    p.add_argument(
+        "--min-recall",
+        type=float,
+        metavar="R",
+        help="choose the fastest setting whose recall reaches R (exit 1 if none does); without --nprobe and "
+        "--rescore, the index's lists down to a quarter, each with and without re-scoring",
+    )
     p.add_argument("--top-k", "-k", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1, help="searches per setting (the fastest is kept)")
     p.add_argument("--singles", type=int, default=0, help="also time this many queries searched one at a time")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from crossscale._checks import int_at_least, positive_int
+from crossscale._checks import int_at_least, number_in, positive_int
 from crossscale._device import validate_device
 from crossscale._files import SaveSchedule
 from crossscale._forward import Forward
@@ -59,7 +59,15 @@ from crossscale.protocols import (
 from crossscale.query import FetchDepth, embed_queries, search_parents, voted_matches
 from crossscale.rank import MapRefiner, ParentRanker, RegionRefiner
 from crossscale.segment import create_segmenter
-from crossscale.types import IndexReport, ParentMatch, Query, SearchMeasurement, SearchParams, SearchResult
+from crossscale.types import (
+    IndexReport,
+    ParentMatch,
+    Query,
+    SearchMeasurement,
+    SearchParams,
+    SearchResult,
+    SearchTuning,
+)
 from crossscale.workspace import (
     KEYPOINT_FILE,
     WORKSPACE_FORMAT,
@@ -419,7 +427,7 @@ class CrossScaleSearch:
             are scored again against the stored vectors before ranking (``True``, the default: parents ranked by
             their regions' true cosines). ``False`` ranks the index's own scores and reads no stored vector: at
             10M regions, parent recall@10 0.963 instead of 0.983, for 1.2-1.4x the batched throughput
-            (docs/benchmarks.md).
+            (docs/benchmarks.md). A call's ``SearchParams(rescore=...)`` overrides it for that call.
         workspace: the :class:`~crossscale.workspace.Workspace` on disk.
     """
 
@@ -726,9 +734,10 @@ class CrossScaleSearch:
             query: the small image (path, bytes, PIL image or array), embedded whole.
             top_k: how many parents (fewer only if the workspace holds fewer).
             min_score: drop parents scoring below this.
-            params: how hard the index looks, for this call only (:class:`~crossscale.types.SearchParams`, e.g.
-                ``SearchParams(nprobe=64)``: fewer IVF lists, faster, lower recall); ``None``: the index's own
-                settings. Settings that do not apply to the index's structure are ignored.
+            params: how hard the search looks, for this call only (:class:`~crossscale.types.SearchParams`, e.g.
+                ``SearchParams(nprobe=64)``: fewer IVF lists, faster, lower recall; ``rescore=False``: the index's
+                own scores ranked); ``None``: the index's own settings and :attr:`rescore`. Settings that do not
+                apply to the index's structure are ignored. :meth:`tune_search` finds the fastest for a recall.
 
         Returns:
             A :class:`~crossscale.types.SearchResult`: a list of :class:`ParentMatch` that draws itself in a
@@ -884,6 +893,65 @@ class CrossScaleSearch:
             out.append(SearchMeasurement(params, parent_recall(found, exact), seconds, len(rows), tuple(single)))
         return out
 
+    def tune_search(
+        self,
+        vectors: np.ndarray,
+        *,
+        min_recall: float = 0.95,
+        top_k: int = 10,
+        settings: Sequence[SearchParams | None] | None = None,
+        repeats: int = 1,
+        singles: int = 0,
+    ) -> SearchTuning:
+        """The fastest search setting whose parent recall@``top_k`` on ``vectors`` reaches ``min_recall``, chosen by
+        :meth:`measure_search` (whose notes apply: one exhaustive search, then one batch search per setting and
+        repeat). Nothing is changed: give the result's :attr:`~crossscale.types.SearchTuning.params` to the
+        searches that should use it (``cs.search_vectors(v, params=tuning.params)``), or record it in the
+        service's configuration.
+
+        ``settings``: what to try; ``None``: the index's own settings, and for an IVF index 3/4, 1/2, 3/8 and 1/4
+        of its lists (an HNSW graph: 1/2 and 1/4 of its beam), each with and without :attr:`rescore` where the
+        index's scores are approximate. The fastest is the highest measured queries per second of the batch
+        (equal rates: the higher recall). Speeds are of batches of ``len(vectors)`` queries, which is what the
+        choice is for: tune with as many queries as a batch of the service will hold.
+
+        Returns:
+            A :class:`~crossscale.types.SearchTuning`: every measurement, and the chosen one (``None`` with a
+            warning when no setting reached ``min_recall``).
+
+        Raises:
+            ConfigurationError: ``min_recall`` not in (0, 1]; and what :meth:`measure_search` raises.
+        """
+        min_recall = number_in("min_recall", min_recall, 0.0, 1.0, low_open=True)
+        if settings is None:
+            settings = self._tuning_settings()
+        elif isinstance(settings, Sequence) and not isinstance(settings, SearchParams):
+            settings = [SearchParams() if s is None else s for s in settings]  # "own" as a setting, never None
+        measured = self.measure_search(vectors, settings, top_k=top_k, repeats=repeats, singles=singles)
+        reached = [m for m in measured if m.recall >= min_recall]
+        chosen = max(reached, key=lambda m: (m.queries_per_second, m.recall), default=None)
+        if chosen is None:
+            best = max(m.recall for m in measured)
+            logger.warning("no setting reached parent recall@%d %.3f (the best: %.4f)", top_k, min_recall, best)
+        else:
+            logger.info("fastest with parent recall@%d >= %.3f: %s", top_k, min_recall, chosen.params)
+        return SearchTuning(min_recall, tuple(measured), chosen)
+
+    def _tuning_settings(self) -> list[SearchParams]:
+        """What :meth:`tune_search` tries by default: see there."""
+        index = self.workspace.searchable_index()
+        own = getattr(index, "search_settings", SearchParams())
+        grid: list[SearchParams] = [SearchParams()]
+        for name, shares in (("nprobe", (3 / 4, 1 / 2, 3 / 8, 1 / 4)), ("ef_search", (1 / 2, 1 / 4))):
+            value = getattr(own, name)
+            if value is not None:
+                fewer = sorted({max(1, round(value * share)) for share in shares} - {value}, reverse=True)
+                grid += [dataclasses.replace(SearchParams(), **{name: n}) for n in fewer]
+                break  # an IVF index's own beam is its coarse quantizer's, set with nprobe
+        if not getattr(index, "scores_exact", True):
+            grid += [dataclasses.replace(p, rescore=not self.rescore) for p in grid]
+        return grid
+
     def search_text(
         self, text: str, top_k: int = 5, *, min_score: float | None = None, params: SearchParams | None = None
     ) -> SearchResult:
@@ -957,22 +1025,23 @@ class CrossScaleSearch:
             min_score=min_score,
             verifier=self.verifier if self.verify_matches and pixels else None,
             load_features=self.workspace.local_features,
-            exact_vectors=self.workspace.store.vectors if self._rescores(index) else None,
+            exact_vectors=self.workspace.store.vectors if self._rescores(index, params) else None,
             refine_verified=self.refine_verified,
             details=self.workspace.chunk_details(),
             fetch_depth=self.fetch_depth if getattr(index, "prefix_stable", False) else None,
             candidates=self._candidates if self.local is not None and self.verify_matches and pixels else None,
-            params=params,
+            params=None if params is None else params.for_index(),
         )
         return [
             SearchResult([m._attached(self.image) for m in row], query.image if query.image is not None else query.text)
             for query, row in zip(queries, results, strict=True)
         ]
 
-    def _rescores(self, index: object) -> bool:
-        """Whether a search re-scores the hits of ``index`` against the stored vectors: asked for, and its scores
-        are approximate."""
-        return self.rescore and not getattr(index, "scores_exact", True)
+    def _rescores(self, index: object, params: SearchParams | None) -> bool:
+        """Whether a search re-scores the hits of ``index`` against the stored vectors: asked for (by ``params``,
+        else by :attr:`rescore`), and its scores are approximate."""
+        asked = self.rescore if params is None or params.rescore is None else params.rescore
+        return asked and not getattr(index, "scores_exact", True)
 
     def _candidates(self, query: Query, ranked: AbstractSet[str]) -> list[ParentMatch]:
         return [] if self.local is None else self.local.candidates(query, ranked, self.ranker)

@@ -39,6 +39,7 @@ __all__ = [
     "SearchMeasurement",
     "SearchParams",
     "SearchResult",
+    "SearchTuning",
 ]
 
 ChunkKind = Literal["whole", "detection", "tile"]
@@ -610,19 +611,39 @@ class SearchParams:
             An HNSW index widens it to the hits asked for, as it always does. A large batch searched list by list
             finds its lists by scoring every centroid where the beam would cost more (its exact nearest lists:
             ``crossscale.index._list_scan.exact_coarse_pays``), so a beam wider than that changes nothing there.
+        rescore: whether a workspace search scores the hits of an index whose scores are approximate (SQ8 or PQ
+            codes, projected vectors) again against the stored vectors before ranking; ``None``: the facade's
+            :attr:`~crossscale.CrossScaleSearch.rescore`. Not the index's setting: an index searched directly
+            ignores it.
 
     Raises:
-        ConfigurationError: a setting that is not a positive int.
+        ConfigurationError: ``nprobe`` or ``ef_search`` that is not a positive int, ``rescore`` not a bool.
     """
 
     nprobe: int | None = None
     ef_search: int | None = None
+    rescore: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("nprobe", "ef_search"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, positive_int(f"SearchParams.{name}", value))
+        if self.rescore is not None and not isinstance(self.rescore, bool):
+            raise ConfigurationError(f"SearchParams.rescore must be True, False or None, got {self.rescore!r}")
+
+    def for_index(self) -> SearchParams | None:
+        """What of these settings an index's ``search(params=)`` takes: ``nprobe`` and ``ef_search``, or ``None``
+        where neither is given (so that a setting of the facade's alone asks nothing of an index); these settings
+        themselves where they hold no other."""
+        if self.nprobe is None and self.ef_search is None:
+            return None
+        return self if self.rescore is None else SearchParams(nprobe=self.nprobe, ef_search=self.ef_search)
+
+    def describe(self) -> str:
+        """The settings given, e.g. ``"nprobe=128 rescore=False"``; ``"own"`` where none is."""
+        values = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+        return " ".join(f"{name}={value}" for name, value in values if value is not None) or "own"
 
     @staticmethod
     def checked(params: object, name: str = "params") -> SearchParams | None:
@@ -675,17 +696,48 @@ class SearchMeasurement:
         return self.queries / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, object]:
-        """A JSON-ready dict (the settings as ``nprobe`` and ``ef_search``, ``None`` for the index's own)."""
+        """A JSON-ready dict (the settings as ``nprobe``, ``ef_search`` and ``rescore``, ``None`` where not
+        given)."""
         params = self.params if self.params is not None else SearchParams()
         return {
             "nprobe": params.nprobe,
             "ef_search": params.ef_search,
+            "rescore": params.rescore,
             "recall": self.recall,
             "seconds": self.seconds,
             "queries": self.queries,
             "queries_per_second": self.queries_per_second,
             "single_p50_ms": self.single_p50_ms,
             "single_p95_ms": self.single_p95_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SearchTuning:
+    """What :meth:`crossscale.CrossScaleSearch.tune_search` found: each setting's measurement, and the fastest of
+    those whose parent recall reached ``min_recall``.
+
+    Attributes:
+        min_recall: the parent recall@k asked for.
+        measurements: one :class:`SearchMeasurement` per setting tried, in the order tried.
+        chosen: the fastest of them that reached ``min_recall``; ``None`` where none did.
+    """
+
+    min_recall: float
+    measurements: tuple[SearchMeasurement, ...]
+    chosen: SearchMeasurement | None
+
+    @property
+    def params(self) -> SearchParams | None:
+        """The chosen setting, for searches' ``params=``; ``None`` where no setting reached ``min_recall``."""
+        return None if self.chosen is None else self.chosen.params
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict: ``min_recall``, ``chosen`` (its measurement's dict, or ``None``), ``measurements``."""
+        return {
+            "min_recall": self.min_recall,
+            "chosen": None if self.chosen is None else self.chosen.to_dict(),
+            "measurements": [m.to_dict() for m in self.measurements],
         }
 
 

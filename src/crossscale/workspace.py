@@ -481,6 +481,7 @@ class Workspace:
     def info(self) -> dict[str, Any]:
         """A summary, JSON-ready."""
         self.check_open()
+        settings = self.index.search_settings  # the index's own: a search's rescore is the facade's
         return {
             "path": str(self.path),
             "format": self.config.format,
@@ -497,7 +498,7 @@ class Workspace:
             "max_memory": self.config.max_memory,
             "vector_dtype": self.store.vector_dtype,
             "index_device": self.index.device,
-            "search_settings": dataclasses.asdict(self.index.search_settings),
+            "search_settings": {"nprobe": settings.nprobe, "ef_search": settings.ef_search},
             "store_bytes": self.store.disk_bytes(),
             "verifier": self.config.verifier_name,
             "parents_with_local_features": self.store.local_count(),

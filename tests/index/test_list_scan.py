@@ -395,3 +395,27 @@ def test_a_batch_that_would_not_pay_even_with_large_lists_is_left_to_faiss_at_on
     scan = ListScan.of(index._index)
     assert scan is not None
     assert scan.search(_clustered(rng, 300), 20) is None and len(calls) == 2
+
+
+def test_list_sizes_follow_adds_and_removes_of_equal_count(rng: np.random.Generator) -> None:
+    """The sizes the scan rule reads are the lists' own after the index changes, also when as many vectors were
+    added as removed (the index's size alone would not show it)."""
+    index = _index(rng, "IVF16,SQ8", nprobe=4)
+    scan = index._list_scan()
+    assert scan is not None
+    ivf: Any = faiss.extract_index_ivf(index._index)
+
+    def sizes() -> np.ndarray:
+        return np.array([ivf.invlists.list_size(i) for i in range(16)])
+
+    np.testing.assert_array_equal(scan._list_sizes(), sizes())
+    before = sizes()
+    fullest = int(np.argmax(before))
+    ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(fullest), int(before[fullest])).copy()[:20]
+    assert index.remove(ids) == 20
+    emptiest = int(np.argmin(sizes()))
+    centroid = ivf.quantizer.reconstruct(emptiest)
+    near = centroid + 1e-3 * rng.standard_normal((20, len(centroid))).astype(np.float32)
+    index.add(near / np.linalg.norm(near, axis=1, keepdims=True), np.arange(20) + 10**6)
+    assert int(ivf.ntotal) == int(before.sum()) and not np.array_equal(sizes(), before)
+    np.testing.assert_array_equal(scan._list_sizes(), sizes())

@@ -203,6 +203,30 @@ def test_settings_are_plain_ints() -> None:
     assert params.nprobe == 12 and type(params.nprobe) is int and params.ef_search is None
 
 
+@pytest.mark.parametrize("bad", [1, 0, "no", np.bool_(False)])
+def test_a_rescore_that_is_not_a_bool_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"SearchParams\.rescore must be True, False or None, got"):
+        SearchParams(rescore=bad)  # type: ignore[arg-type]
+
+
+def test_what_an_index_takes_of_a_call_settings() -> None:
+    """``rescore`` is the facade's: an index gets the rest, nothing where only it is given, the same object where
+    nothing of the facade's is given; and the settings describe themselves."""
+    plain = SearchParams(nprobe=8)
+    assert plain.for_index() is plain
+    assert SearchParams(nprobe=8, ef_search=16, rescore=False).for_index() == SearchParams(nprobe=8, ef_search=16)
+    assert SearchParams(rescore=False).for_index() is None and SearchParams().for_index() is None
+    assert SearchParams(nprobe=8, rescore=False).describe() == "nprobe=8 rescore=False"
+    assert SearchParams().describe() == "own"
+
+
+def test_an_index_ignores_a_call_rescore() -> None:
+    index, q = _index("IVF32,SQ8", own="nprobe=4")
+    want = index.search(q, 5, params=SearchParams(nprobe=2))
+    got = index.search(q, 5, params=SearchParams(nprobe=2, rescore=False))
+    assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))
+
+
 def test_params_that_are_not_search_params_are_refused() -> None:
     index, q = _index("IVF32,SQ8")
     with pytest.raises(ConfigurationError, match=r"params must be a crossscale\.types\.SearchParams or None, got dict"):

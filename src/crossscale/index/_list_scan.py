@@ -156,8 +156,14 @@ class ListScan:
         sizes = self._list_sizes()
         return pays(len(visited), float(sizes[visited].sum()), float(sizes[probed].sum()), self._ivf.d, self._decodes)
 
+    def index_changed(self) -> None:
+        """Vectors were added or removed: the list sizes are worked out again at the next batch that needs them
+        (a change that leaves the index's size as it was would not show in it)."""
+        self._sizes = (-1, self._sizes[1])
+
     def _list_sizes(self) -> np.ndarray:
-        """The codes in each list (worked out again when the index's size changes)."""
+        """The codes in each list (worked out again after :meth:`index_changed`, or when the index's size
+        changes)."""
         total = int(self._ivf.ntotal)
         if self._sizes[0] != total:
             sizes = np.array([self._invlists.list_size(i) for i in range(int(self._ivf.nlist))], dtype=np.int64)

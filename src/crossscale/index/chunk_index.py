@@ -467,7 +467,7 @@ class ChunkIndex:
             self.train(x)
         with _assigning(self._index):
             self._index.add_with_ids(x, id_arr)
-        self._gpu_index = None
+        self._changed()
 
     def remove(self, ids: Any) -> int:
         """Remove vectors by id; unknown ids are ignored. Returns how many were removed."""
@@ -484,8 +484,14 @@ class ChunkIndex:
             self._tombstones.update(int(i) for i in present)
             self._skipping = None
             removed = len(present)
-        self._gpu_index = None
+        self._changed()
         return removed
+
+    def _changed(self) -> None:
+        """Forget what was worked out from the vectors held: the GPU copy, the list scan's list sizes."""
+        self._gpu_index = None
+        if self._scan is not None:
+            self._scan.index_changed()
 
     # ------------------------------------------------------------------ search
     def _searcher(self) -> Any:
