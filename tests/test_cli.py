@@ -286,3 +286,27 @@ def test_measure_from_the_command_line(
     np.save(tmp_path / "wide.npy", np.ones((2, 7), np.float32))
     assert main([*base, "--vectors", str(tmp_path / "wide.npy")]) == 2
     assert "query vectors have dimension 7" in capsys.readouterr().err
+
+
+def test_measure_by_vectors_needs_no_encoder(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``crossscale measure --vectors`` opens the workspace without its encoder: one built with an encoder object
+    (which the command line cannot rebuild) is measured all the same."""
+    import numpy as np
+
+    from crossscale import CrossScaleSearch
+    from crossscale.encode import ColorHistogramEncoder
+
+    names = sorted(photos)[:3]
+    ws = str(tmp_path / "ws")
+    opts = {"segmenter": "whole+tiles", "verifier": False, "refine": False, "progress": False, "device": "cpu"}
+    with CrossScaleSearch.open(ws, encoder=ColorHistogramEncoder(), **opts) as cs:  # type: ignore[arg-type]
+        cs.index([(n, photos[n]) for n in names])
+        np.save(tmp_path / "q.npy", cs.encoder.encode([photos[n].crop((10, 10, 200, 200)) for n in names]))
+    base = ["measure", "-w", ws, "-k", "2", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--vectors", str(tmp_path / "q.npy"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["recall"] == 1.0  # a Flat index: the exhaustive search's parents
+    assert main([*base, str(tmp_path / "q.npy")]) == 2  # images need the encoder, which it cannot rebuild
+    assert "passed as an object" in capsys.readouterr().err

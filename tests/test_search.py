@@ -885,3 +885,65 @@ def test_search_params_apply_to_that_call_only(tmp_path: Path, photos: dict[str,
             cs.search_batch(["no/such/image.png"], params={"nprobe": 1})  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match=r"params must be a crossscale\.types\.SearchParams"):
             cs.search_vectors(vectors, params=4)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ encoder=False: searching by vectors only
+def test_a_workspace_reopened_without_its_encoder_searches_by_vectors(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``encoder=False`` builds no encoder (none is created: the factory would fail) and finds what the workspace
+    opened with its encoder finds by vectors, refiner off; what would embed an image or a text is refused first,
+    naming the way out; the refiner given is kept; a new workspace cannot be made that way."""
+    import crossscale._stages as stages
+    from crossscale import CapabilityError
+    from crossscale.search import VectorsOnly
+
+    names = sorted(photos)
+    crops = [photos[n].crop((20 + 9 * i, 30, 220, 180)) for i, n in enumerate(names)]
+    with _hist(tmp_path / "ws", index_factory="IVF2,SQ8", verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        vectors = np.stack([q.vector for q in embed_queries(cs.encoder, crops)])
+        cs.fetch_depth = None
+        want = cs.search_vectors(vectors, top_k=3)
+    monkeypatch.setattr(stages, "create_encoder", lambda *a, **kw: pytest.fail("an encoder was built"))
+    with CrossScaleSearch.open(tmp_path / "ws", encoder=False, readonly=True, progress=False, device="cpu") as cs:
+        assert isinstance(cs.encoder, VectorsOnly) and cs.refiner is None
+        assert (cs.encoder.name, cs.encoder.dim) == (cs.config.encoder_name, cs.config.dim)
+        cs.fetch_depth = None
+        got = cs.search_vectors(vectors, top_k=3)
+        assert [[(m.parent_id, m.score, m.box) for m in r] for r in got] == [
+            [(m.parent_id, m.score, m.box) for m in r] for r in want
+        ]
+        assert cs.tune_search(vectors, min_recall=0.5, top_k=3).chosen is not None
+        refused = re.escape(
+            f"needs the workspace's encoder {cs.encoder.name!r}, and this workspace was opened with encoder=False"
+        )
+        with pytest.raises(CapabilityError, match=f"searching by image {refused}"):
+            cs.search("no/such/image.png")  # refused before the image is read
+        with pytest.raises(CapabilityError, match=f"searching by text {refused}"):
+            cs.search_text("a cat")
+        with pytest.raises(CapabilityError, match="embedding images needs"):
+            cs.encoder.encode([photos[names[0]]])
+    refiner = RegionRefiner(ColorHistogramEncoder())
+    with CrossScaleSearch.open(tmp_path / "ws", encoder=False, refine=refiner, progress=False, device="cpu") as cs:
+        assert cs.refiner is refiner
+        with pytest.raises(CapabilityError, match=f"indexing {refused}"):
+            cs.index(photos[names[0]])
+        assert len(cs) == len(names)  # nothing added
+    with pytest.raises(ConfigurationError, match="encoder=False only reopens a workspace"):
+        CrossScaleSearch.open(tmp_path / "new", encoder=False, progress=False, device="cpu")
+    assert not (tmp_path / "new" / "workspace.json").exists()
+
+
+def test_a_workspace_built_with_an_encoder_object_opens_for_vectors_without_it(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    names = sorted(photos)[:3]
+    with _hist(tmp_path / "ws", encoder=ColorHistogramEncoder(), verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        vectors = cs.encoder.encode([photos[n].crop((10, 10, 200, 200)) for n in names])
+        want = cs.search_vectors(vectors, top_k=2)
+    with pytest.raises(ConfigurationError, match="passed as an object"):
+        CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False, device="cpu")
+    with CrossScaleSearch.open(tmp_path / "ws", encoder=False, readonly=True, progress=False, device="cpu") as cs:
+        assert cs.search_vectors(vectors, top_k=2) == want

@@ -102,6 +102,12 @@ class StageRequest:
     def configure(self, stored: WorkspaceConfig | None) -> WorkspaceConfig:
         """Called by :meth:`Workspace.open` under the lock with the stored config (``None``: a new workspace)."""
         reopening = stored is not None
+        vectors_only = self.given[ENCODERS] is False  # reopened to search by vectors: no encoder built
+        if vectors_only and stored is None:
+            raise ConfigurationError(
+                f"{self.path}: encoder=False only reopens a workspace, to search it by vectors; a new workspace "
+                "needs an encoder"
+            )
         asked = self.given[VERIFIERS]
         if stored is not None and stored.verifier_name is None and asked not in (None, False):
             raise ConfigurationError(
@@ -120,7 +126,7 @@ class StageRequest:
             recorded_name = (
                 None if stored is None else stored.encoder_name if kind is ENCODERS else stored.verifier_name
             )
-            if stage is None and recorded_name is not None:
+            if stage is None and recorded_name is not None and not (kind is ENCODERS and vectors_only):
                 raise ConfigurationError(
                     f"this workspace was built with {kind.what} {recorded_name!r} passed as an object; pass the "
                     f"same {kind.what}= to reopen it"
@@ -173,8 +179,8 @@ def _resolve_stage(
     """A stage and how to rebuild it: from a name, an object, or (``given`` None, ``reopening``) the workspace's
     record. ``(None, recorded)`` when reopening without one and it is not to be built now, or cannot be; and
     ``(None, None)`` for a new workspace asked for none of a kind that has no default."""
-    if given is False:  # "none of this kind" (a kind with a default); configure() refused it where it is recorded
-        return None, None
+    if given is False:  # "none of this kind": refused by configure() where it is recorded, but for an encoder when
+        return None, None  # reopening to search by vectors
     if given is None and reopening:
         if recorded is None or not build_now:
             return None, recorded
@@ -215,12 +221,12 @@ def _with_settings(kind: StageKind, spec: ComponentSpec, stage: object) -> Compo
 def _check_compatible(
     root: Path,
     config: WorkspaceConfig,
-    enc: Encoder,
+    enc: Encoder | None,
     seg: Segmenter | None,
     ver: Verifier | None,
     index_factory: str | None,
 ) -> None:
-    if enc.name != config.encoder_name or int(enc.dim) != config.dim:
+    if enc is not None and (enc.name != config.encoder_name or int(enc.dim) != config.dim):
         raise WorkspaceMismatchError(
             f"{root}: built with encoder {config.encoder_name!r} (dim {config.dim}), "
             f"opened with {enc.name!r} (dim {enc.dim}); vectors of different encoders cannot be compared. "

@@ -125,6 +125,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         settings = None  # tune_search's own grid
     with CrossScaleSearch.open(
         args.workspace,
+        encoder=False if args.vectors is not None else None,  # vectors need no model: none is loaded
         readonly=True,
         device=args.device,
         progress=not args.no_progress,

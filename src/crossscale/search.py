@@ -87,6 +87,7 @@ __all__ = [
     "WORKSPACE_FORMAT",
     "CrossScaleSearch",
     "LocalCandidates",
+    "VectorsOnly",
     "VerifyReport",
     "default_refiner",
 ]
@@ -106,6 +107,30 @@ def default_refiner(encoder: Encoder) -> Refiner:
     :class:`~crossscale.rank.RegionRefiner`. On the quality benchmark both gave the same figures, the map
     refiner at under half the query time of a refined search (docs/benchmarks.md)."""
     return MapRefiner(encoder) if isinstance(encoder, MapEncoder) else RegionRefiner(encoder)
+
+
+class VectorsOnly:
+    """The encoder of a workspace reopened with ``encoder=False``: its recorded name and dimension, and no model.
+    Searching by vectors (:meth:`CrossScaleSearch.search_vectors`, ``measure_search``, ``tune_search``) needs no
+    more; anything that would embed an image or a text raises :class:`CapabilityError`."""
+
+    def __init__(self, name: str, dim: int) -> None:
+        self.name = name
+        self.dim = dim
+
+    def __repr__(self) -> str:
+        return f"VectorsOnly(name={self.name!r}, dim={self.dim})"
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Raises :class:`CapabilityError`: there is no model to embed ``images`` with."""
+        raise CapabilityError(self.refusal("embedding images"))
+
+    def refusal(self, what: str) -> str:
+        """Why ``what`` cannot be done: the message of the :class:`CapabilityError` raised for it."""
+        return (
+            f"{what} needs the workspace's encoder {self.name!r}, and this workspace was opened with encoder=False "
+            "(search_vectors, measure_search and tune_search only); reopen it without encoder=False"
+        )
 
 
 class LocalCandidates:
@@ -480,7 +505,7 @@ class CrossScaleSearch:
         cls,
         path: str | os.PathLike[str],
         *,
-        encoder: str | Encoder | None = None,
+        encoder: str | Encoder | Literal[False] | None = None,
         segmenter: str | Segmenter | None = None,
         ranker: Ranker | None = None,
         device: str = "auto",
@@ -509,7 +534,12 @@ class CrossScaleSearch:
             encoder: a built :class:`~crossscale.protocols.Encoder`, or a name for
                 :func:`~crossscale.encode.create_encoder` (``"clip"``, ``"efficientnet-lite0"``,
                 ``"color-histogram"``). ``None``: the default (``"clip"``) for a new workspace,
-                the recorded one when reopening.
+                the recorded one when reopening. ``False``: reopen without an encoder, to search by vectors only
+                (:meth:`search_vectors`, :meth:`measure_search`, :meth:`tune_search`): no model is loaded (nor
+                torch imported by it), a workspace built with an encoder object opens without it, and the refiner
+                is off unless one is given (``refine=True`` would re-encode the parents); :meth:`index`,
+                :meth:`search` and :meth:`search_text` raise :class:`CapabilityError`
+                (:attr:`encoder` is a :class:`VectorsOnly`).
             segmenter: a built :class:`~crossscale.protocols.Segmenter`, or a name for
                 :func:`~crossscale.segment.create_segmenter` (``"whole+yolo+tiles"``, ``"whole+tiles"``, ...).
                 ``None``: the default for a new workspace, the recorded one when reopening.
@@ -606,6 +636,9 @@ class CrossScaleSearch:
         )
         workspace = Workspace.open(path, request.configure, readonly=readonly, device=device, map_size=map_size)
         enc = request.built[ENCODERS]
+        if encoder is False:
+            enc = VectorsOnly(workspace.config.encoder_name, workspace.config.dim)
+            refine = False if refine is True else refine  # the default refiner embeds the parents' pixels
         try:
             return cls(
                 workspace,
@@ -667,6 +700,7 @@ class CrossScaleSearch:
             A bad input never stops the others.
         """
         self.workspace.check_open(write=True)
+        self._check_encoder("indexing")
         report = ingest(
             self.workspace,
             iter_inputs(inputs, ids, metadata),
@@ -760,6 +794,7 @@ class CrossScaleSearch:
         """:meth:`search` for many queries at once (one encoder pass, one index search)."""
         self._check_batch("search_batch", queries, top_k, one=str | os.PathLike | bytes | Image.Image | np.ndarray)
         SearchParams.checked(params)  # before any query is read or embedded
+        self._check_encoder("searching by image")
         images = [load_image(q, max_pixels=self.max_pixels, to_store=False).image for q in queries]
         return self._search(embed_queries(self.encoder, images) if images else [], top_k, min_score, params)
 
@@ -981,6 +1016,7 @@ class CrossScaleSearch:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ConfigurationError(f"text query {i} must be a non-empty string, got {text!r}")
+        self._check_encoder("searching by text")
         if not isinstance(self.encoder, TextEncoder):
             raise CapabilityError(
                 f"encoder {self.encoder.name!r} embeds images only, so it cannot search by text; build the "
@@ -991,6 +1027,11 @@ class CrossScaleSearch:
         vectors = embed_text(self.encoder, texts)
         queries = [Query(v, None, text) for v, text in zip(vectors, texts, strict=True)]
         return self._search(queries, top_k, min_score, params)
+
+    def _check_encoder(self, what: str) -> None:
+        """Raises :class:`CapabilityError` where the workspace was opened without its encoder (``encoder=False``)."""
+        if isinstance(self.encoder, VectorsOnly):
+            raise CapabilityError(self.encoder.refusal(what))
 
     def _check_batch(self, method: str, items: object, top_k: object, *, one: Any) -> None:
         """The checks every search makes first: open, a valid ``top_k``, and a sequence rather than one item."""
