@@ -453,3 +453,63 @@ def test_ivf_batch_at_few_lists(benchmark, ivf_batch, monkeypatch, how: str) -> 
     benchmark.extra_info["factory"] = ivf_batch["factory"]
     np.testing.assert_allclose(scores, want_scores, atol=1e-5)
     assert np.mean(ids == want_ids) > 0.99  # the same hits; near-equal scores may swap places
+
+
+FOLD_QUERIES = 10_000
+FOLD_WIDTH = 160  # the 10M workspace's batches fold 160 hits a query (two depths of 80)
+
+
+@pytest.fixture(scope="module")
+def fold_batch() -> dict[str, Any]:
+    """A batch's hits as the ranker folds them: 10,000 queries x 160 hits among 2,000 parents of 100 chunks each,
+    best first; a query's hits fall in the 25 parents around its own (so 10 distinct parents settle it)."""
+    from crossscale.index import ParentMap
+    from crossscale.types import ChunkDetails
+
+    rng = np.random.default_rng(5)
+    parents, per = 2000, 100
+    corners = rng.integers(0, 400, (parents * per, 2))
+    boxes = np.hstack([corners, corners + rng.integers(20, 200, corners.shape)]).astype(np.int64)
+
+    def details(p: int) -> ChunkDetails:
+        rows = slice(p * per, (p + 1) * per)
+        return ChunkDetails(boxes[rows], np.zeros(per, np.uint8), np.full(per, -1, np.int32))
+
+    pmap = ParentMap.from_parents((f"p{p}", range(p * per, (p + 1) * per), details(p)) for p in range(parents))
+    home = rng.integers(0, parents, FOLD_QUERIES)
+    near = (home[:, None] + rng.integers(-12, 13, (FOLD_QUERIES, FOLD_WIDTH))) % parents
+    ids = near * per + rng.integers(0, per, near.shape)
+    scores = np.sort(rng.random(ids.shape).astype(np.float32), axis=1)[:, ::-1].copy()
+    return {"map": pmap, "scores": scores, "ids": ids.astype(np.int64), "codes": pmap.parent_codes(ids)}
+
+
+@pytest.mark.benchmark(group="rank-batch-fold")
+@pytest.mark.parametrize("at_once", ["all", "blocks"], ids=["every row at once (before)", "rows in blocks (now)"])
+def test_rank_batch_fold(benchmark, fold_batch, monkeypatch, at_once: str) -> None:  # type: ignore[no-untyped-def]
+    """ParentRanker.rank_batch of a batch of 10,000 queries x 160 hits: folded all at once (what it did) or in
+    blocks of FOLD_HITS hits (what it does); the peak of numpy memory it allocates (tracemalloc) goes to
+    extra_info. The same matches either way."""
+    import tracemalloc
+
+    import crossscale.rank.ranker as ranker_module
+    from crossscale.rank import ParentRanker
+
+    if at_once == "all":
+        monkeypatch.setattr(ranker_module, "FOLD_HITS", FOLD_QUERIES * FOLD_WIDTH)
+    data, pmap = fold_batch, fold_batch["map"]
+    ranker = ParentRanker(overfetch=16)  # top_k 10 x 16 = 160: the width rank asks for first
+
+    def fold() -> list[Any]:
+        return ranker.rank_batch(
+            data["scores"], data["ids"], data["codes"], 10, available=200_000,
+            parent_id=pmap.parent_id, details=pmap.details, records=dict,
+        )  # fmt: skip
+
+    got = benchmark(fold)
+    assert all(matches is not None and len(matches) == 10 for matches in got)  # every query settled: matches built
+    tracemalloc.start()
+    fold()
+    benchmark.extra_info["peak_mib"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    tracemalloc.stop()
+    monkeypatch.setattr(ranker_module, "FOLD_HITS", FOLD_QUERIES * FOLD_WIDTH)
+    assert got == fold()

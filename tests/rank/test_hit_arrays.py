@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import crossscale.rank.ranker as ranker_module
 from crossscale.errors import ConfigurationError
 from crossscale.index import ParentMap
 from crossscale.rank import ParentRanker
@@ -158,7 +159,8 @@ def test_a_batch_ranks_each_query_as_rank_does(
     data: st.DataObject,
 ) -> None:
     """rank_batch, from the details alone, returns per query exactly what rank returns reading records, at its
-    first depth and at the deeper ones rank asks for; and None exactly where rank would ask for more hits."""
+    first depth and at the deeper ones rank asks for; and None exactly where rank would ask for more hits; also
+    where it folds the rows a few at a time (FOLD_HITS)."""
     ranker = ParentRanker(agg, box=box, min_score=min_score, box_margin=0.2, overfetch=overfetch)  # type: ignore[arg-type]
     available = data.draw(st.integers(max(1, len(records)), max(1, len(records)) + 5))
     width = min(available, top_k * overfetch * 2 ** data.draw(st.integers(0, 3)))
@@ -166,16 +168,22 @@ def test_a_batch_ranks_each_query_as_rank_does(
     parents = mapped(records)
     scores, ids, codes = padded(rows, width, parents)
     lookup = Records([Hit(r, 0.0) for r in records])
-    got = ranker.rank_batch(
-        scores,
-        ids,
-        codes,
-        top_k,
-        available=available,
-        parent_id=parents.parent_id,
-        details=parents.details,
-        records=lookup,
-    )
+    at_once = ranker_module.FOLD_HITS
+    ranker_module.FOLD_HITS = data.draw(st.sampled_from([at_once, 1, width, 2 * width + 1]))  # rows per fold: 1, 2...
+    try:
+        got = ranker.rank_batch(
+            scores,
+            ids,
+            codes,
+            top_k,
+            available=available,
+            parent_id=parents.parent_id,
+            details=parents.details,
+            records=lookup,
+        )
+    finally:
+        ranker_module.FOLD_HITS = at_once
+    assert len(got) == len(rows)
     assert lookup.asked == []  # no record read
     for r in range(len(rows)):
         asked: list[int] = []

@@ -209,15 +209,16 @@ class ListScan:
         import faiss
 
         nprobe = lists.shape[1]
-        flat = lists.ravel()
-        order = np.argsort(flat, kind="stable")  # (query, list) pairs grouped by list
-        flat, near = flat[order], coarse.ravel()[order]
-        queries = order // nprobe
+        order = np.argsort(lists.ravel(), kind="stable")  # (query, list) pairs grouped by list
+        flat, near = lists.ravel()[order], coarse.ravel()[order]
+        queries = (order // nprobe).astype(np.int32)  # a batch's pairs number millions: 4 bytes each here
+        del order
         starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
         ends = np.r_[starts[1:], len(flat)]
         keep = flat[starts] >= 0  # the quantizer may return fewer lists than asked (-1)
         starts, ends = starts[keep], ends[keep]
-        sizes = np.array([self._invlists.list_size(int(flat[s])) for s in starts], dtype=np.int64)
+        flat = flat[starts]  # each run's list
+        sizes = np.array([self._invlists.list_size(int(list_no)) for list_no in flat], dtype=np.int64)
         work = sizes * (ends - starts)
         todo = [int(j) for j in np.argsort(-work, kind="stable") if work[j]]  # the largest first: threads end together
         scaled = q if self._scale is None else q * self._scale
@@ -226,7 +227,7 @@ class ListScan:
         def scan(part: int, next_list: Callable[[], int]) -> None:
             while (j := next_list()) >= 0:
                 s, e = starts[j], ends[j]
-                codes, ids = self._list(int(flat[s]), int(sizes[j]))
+                codes, ids = self._list(int(flat[j]), int(sizes[j]))
                 mine = queries[s:e]
                 scores = scaled[mine] @ self._decode(codes).T  # (queries, codes): the heap's rows, no transposed copy
                 scores += (shift[mine] + near[s:e] if self._residual else shift[mine])[:, None]

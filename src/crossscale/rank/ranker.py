@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["BOX_MODES", "ParentRanker"]
 
 BOX_MODES = ("best", "fusion")
+#: :meth:`ParentRanker.rank_batch` folds at most this many hits at once (the rows of a batch are independent).
+#: The fold's temporaries are ~110 bytes a hit, so a batch of 10,000 queries 640 hits deep would otherwise hold
+#: ~700 MB of them at once; and its sorts and gathers run several times faster on arrays that stay in the CPU's
+#: cache (10,000 x 160 hits: 103-114 ms in blocks of 8-32k hits, 414 in blocks of 512k, 767 at once; AMD EPYC)
+FOLD_HITS = 1 << 14
 
 
 class ParentRanker:
@@ -128,9 +133,9 @@ class ParentRanker:
     def _fold_rows(self, scores: np.ndarray, ids: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> _Folded:
         """Group the hits of one or more queries (``rows``) by query and parent, best first then lower id within
         a group, and score each group, as :meth:`_scored` does for one query's :class:`Hit` list."""
-        scores64 = scores.astype(np.float64)
         order, strictly = _grouping_order(scores, ids, codes, rows)
-        in_rows, in_codes, in_order = rows[order], codes[order], scores64[order]
+        in_rows, in_codes = rows[order], codes[order]
+        in_order = scores[order].astype(np.float64)  # widened after the gather: one float64 copy, not two
         new = np.ones(len(order), dtype=bool)
         new[1:] = (in_rows[1:] != in_rows[:-1]) | (in_codes[1:] != in_codes[:-1])
         starts = np.flatnonzero(new)
@@ -297,7 +302,9 @@ class ParentRanker:
         for padding or an id of no parent), where ``k`` is a depth :meth:`rank` asks for: ``top_k * overfetch``,
         doubled any number of times, at most ``available``. A query that these hits settle gets exactly what
         :meth:`rank` returns for it; one for which :meth:`rank` would ask for more hits gets ``None``. Matches are
-        built from the chunks' ``details``; ``records`` are read only for a query whose details are unknown.
+        built from the chunks' ``details``; ``records`` are read only for a query whose details are unknown. The
+        rows are folded a block at a time (:data:`FOLD_HITS` hits), which bounds the fold's memory whatever the
+        batch and keeps its arrays in the CPU's cache; the result does not depend on it.
 
         Raises:
             ConfigurationError: a bad ``top_k``, arrays of different shapes, or a width :meth:`rank` never asks for.
@@ -316,6 +323,28 @@ class ParentRanker:
                 f"rank_batch got {width} hits per query; rank asks for min(available={available}, "
                 f"top_k * overfetch = {top_k * self.overfetch}) doubled any number of times"
             )
+        rows_at_once = max(1, FOLD_HITS // max(1, width))
+        out: list[list[ParentMatch] | None] = []
+        for start in range(0, n, rows_at_once):
+            block = slice(start, start + rows_at_once)
+            out += self._rank_rows(
+                scores[block], chunk_ids[block], parents[block], top_k, available, parent_id, details, records
+            )
+        return out
+
+    def _rank_rows(
+        self,
+        scores: np.ndarray,
+        chunk_ids: np.ndarray,
+        parents: np.ndarray,
+        top_k: int,
+        available: int,
+        parent_id: Callable[[int], str],
+        details: Callable[[np.ndarray], ChunkDetails],
+        records: Callable[[Iterable[int]], Mapping[int, ChunkRecord]],
+    ) -> list[list[ParentMatch] | None]:
+        """:meth:`rank_batch` of rows whose hits are folded at once."""
+        n, width = scores.shape
         valid = parents >= 0
         rows = np.nonzero(valid)[0]
         flat_scores, flat_ids, flat_codes = scores[valid], chunk_ids[valid], parents[valid]
@@ -426,7 +455,9 @@ def _grouping_order(
             tie_ok = (score_step < 0) | ((score_step == 0) & (np.diff(ids) > 0))
             if not bool(((row_step > 0) | (same_row & tie_ok)).all()):
                 return np.lexsort((ids, -scores.astype(np.float64), codes, rows)), False
-        key = rows.astype(np.int64) * (int(codes.max()) + 1) + codes
+        del row_step, score_step, same_row  # a batch's hits number millions: hold one temporary at a time
+        key = rows.astype(np.int64) * (int(codes.max()) + 1)
+        key += codes
         return np.argsort(key, kind="stable"), strictly
     return np.lexsort((ids, -scores.astype(np.float64), codes, rows)), False
 
