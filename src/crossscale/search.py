@@ -698,6 +698,9 @@ class CrossScaleSearch:
         Returns:
             An :class:`IndexReport`: added ids, ids already present, failures with their reasons.
             A bad input never stops the others.
+
+        Raises:
+            CapabilityError: the workspace was opened with ``encoder=False`` (searching by vectors only).
         """
         self.workspace.check_open(write=True)
         self._check_encoder("indexing")
@@ -779,7 +782,8 @@ class CrossScaleSearch:
 
         Raises:
             ImageLoadError: the query cannot be read.
-            CapabilityError: ``params`` given to a plugged-in index whose ``search`` takes none.
+            CapabilityError: ``params`` given to a plugged-in index whose ``search`` takes none, or the workspace
+                was opened with ``encoder=False`` (searching by vectors only).
         """
         return self.search_batch([query], top_k, min_score=min_score, params=params)[0]
 
@@ -997,7 +1001,7 @@ class CrossScaleSearch:
         scale than image-to-image ones (far lower for CLIP), so a ``min_score`` does not carry over between them.
 
         Raises:
-            CapabilityError: the workspace's encoder embeds images only.
+            CapabilityError: the workspace's encoder embeds images only, or it was opened with ``encoder=False``.
             ConfigurationError: ``text`` is not a non-empty string.
         """
         return self.search_text_batch([text], top_k, min_score=min_score, params=params)[0]
