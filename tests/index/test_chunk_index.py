@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +228,42 @@ def test_blas_only_from_the_index_s_query_count(rows: int, blas: bool) -> None:
     assert faiss.cvar.distance_compute_blas_threshold == before
     for dim in (1, 512, 4096):  # faiss uses BLAS where (queries, or queries x dimensions) >= the threshold
         assert (rows >= value) == blas and (rows * dim >= value) == blas
+
+
+def test_overlapping_searches_leave_the_blas_threshold_as_it_was() -> None:
+    """Searches that overlap (threads) share the first one's setting, and only the last one out restores faiss'
+    own: a batch and a single query interleaved, in either order of leaving, never leave either's value behind."""
+    before = faiss.cvar.distance_compute_blas_threshold
+    threshold = chunk_index_module._blas_threshold
+    for first_out in ("batch", "single"):
+        batch = threshold(chunk_index_module.DEFAULT_BLAS_THRESHOLD, 500)
+        single = threshold(chunk_index_module.DEFAULT_BLAS_THRESHOLD, 1)
+        batch.__enter__()
+        set_by_batch = faiss.cvar.distance_compute_blas_threshold
+        single.__enter__()
+        assert faiss.cvar.distance_compute_blas_threshold == set_by_batch != before  # the first one's, kept
+        (batch if first_out == "batch" else single).__exit__(None, None, None)
+        assert faiss.cvar.distance_compute_blas_threshold == set_by_batch  # one still searching
+        (single if first_out == "batch" else batch).__exit__(None, None, None)
+        assert faiss.cvar.distance_compute_blas_threshold == before
+
+
+def test_concurrent_searches_leave_the_blas_threshold_as_it_was(rng: np.random.Generator) -> None:
+    index = ChunkIndex(8, "IVF4,SQ8", device="cpu")
+    index.add(_unit(rng, 400, 8), np.arange(400))
+    before = faiss.cvar.distance_compute_blas_threshold
+    queries = _unit(rng, 64, 8)
+
+    def run(rows: int) -> None:
+        for _ in range(40):
+            index.search(queries[:rows], 5)
+
+    threads = [threading.Thread(target=run, args=(rows,)) for rows in (1, 64, 2, 32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert faiss.cvar.distance_compute_blas_threshold == before
 
 
 @pytest.mark.parametrize(("factory", "blas_from"), [("Flat", 1), ("IVF4,Flat", 8), ("IVF4,SQ8", 8), ("HNSW8", 1)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -43,18 +44,39 @@ GPU_MAX_K = 2048
 ADD_EF_SEARCH = 16
 
 
-@contextlib.contextmanager
-def _blas_threshold(min_queries: int, rows: int) -> Iterator[None]:
-    """faiss' ``distance_compute_blas_threshold`` for a search of ``rows`` queries, restored after: BLAS where
-    ``rows >= min_queries``, faiss' own kernels below, whichever way this faiss compares it."""
-    import faiss
+class _BlasThreshold:
+    """faiss' ``distance_compute_blas_threshold`` (one value for the whole process) for a search of ``rows``
+    queries: BLAS where ``rows >= min_queries``, faiss' own kernels below, whichever way this faiss compares it.
 
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 1 if rows >= min_queries else _NEVER
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = before
+    The first search in sets it and the last one out restores what it was, so that concurrent searches never leave
+    it changed (each saving and restoring it alone, two overlapping searches could leave the other's value for
+    good: every later faiss search in the process, the user's own included, then took the other kernels). A search
+    that overlaps another runs on the value the first set: the same hits, up to float32 rounding of the scores."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._before = 0
+
+    @contextlib.contextmanager
+    def __call__(self, min_queries: int, rows: int) -> Iterator[None]:
+        import faiss
+
+        with self._lock:
+            if self._users == 0:
+                self._before = faiss.cvar.distance_compute_blas_threshold
+                faiss.cvar.distance_compute_blas_threshold = 1 if rows >= min_queries else _NEVER
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    faiss.cvar.distance_compute_blas_threshold = self._before
+
+
+_blas_threshold = _BlasThreshold()
 
 
 def _check_ids(ids: Any, n: int) -> np.ndarray:
