@@ -328,12 +328,14 @@ def _large_batches(
 class BatchWay:
     """A way :func:`batched_rows` searches a batch: ``ChunkIndex``'s list-by-list scan or faiss' search (``scan``),
     the batch's hits folded together or each query's ranked alone (``fold``), re-scored against a store's vectors
-    or not (``rescore``: only through a workspace)."""
+    or not (``rescore``: only through a workspace), under a call's ``params`` (a ``crossscale.SearchParams``: only
+    through a workspace; ``None``: the index's own)."""
 
     name: str
     scan: bool
     fold: bool
     rescore: bool = True
+    params: Any = None
 
 
 #: the ways :func:`batched_rows` searches a batch, now first

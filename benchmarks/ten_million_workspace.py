@@ -252,6 +252,13 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         bare_p50, bare_p95, bare_qps, bare_got = timed(_without_rescoring(cs), q)
         sizes = [int(v) for v in args.batch.split(",") if v.strip()]
         ways = (*BATCH_WAYS, BatchWay("list scan, batch folded, not re-scored", True, True, rescore=False))
+        tuned = None
+        if args.tune is not None:  # the fastest setting reaching the recall, then timed beside the default
+            t = time.perf_counter()
+            tuning = cs.tune_search(q, min_recall=args.tune, top_k=K)
+            tuned = {"tuning": tuning.to_dict(), "seconds": time.perf_counter() - t}
+            if tuning.params is not None:
+                ways = (*ways, BatchWay(f"tuned: {tuning.params.describe()}", True, True, params=tuning.params))
         batches = batched_rows(lambda way: _fresh_depth(cs, way), q, exact, data, sizes, ways)
         info = cs.info()
         t = time.perf_counter()
@@ -262,6 +269,7 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         cs.close()
     return {
         "batches": batches,
+        "tuned": tuned,
         "exact_s": exact_s,
         "base_rss_mb": base["VmRSS"],
         "open_s": open_s,
@@ -306,7 +314,7 @@ def _fresh_depth(cs: Any, way: BatchWay = BATCH_WAYS[0]) -> Search:
     def run(rows: np.ndarray) -> list[list[int]]:
         cs.ranker, cs.rescore = (ranker if way.fold else RankedAlone(ranker)), way.rescore
         try:
-            return _parent_numbers(cs.search_vectors(rows, top_k=K))
+            return _parent_numbers(cs.search_vectors(rows, top_k=K, params=way.params))
         finally:
             cs.ranker, cs.rescore = ranker, rescore
 
@@ -331,6 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="the facade's default")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the workspace here (default: a temp folder)")
     parser.add_argument("--batch", default="", help="batch sizes for throughput, each in BATCH_WAYS")
+    parser.add_argument(
+        "--tune",
+        type=float,
+        metavar="R",
+        help="also choose the fastest search setting reaching parent recall R on the queries (cs.tune_search) and "
+        "time each --batch with it",
+    )
     parser.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -352,7 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = search_in_fresh_process(
             "benchmarks.ten_million_workspace",
             workdir,
-            [*options, "--queries", str(args.queries), "--batch", args.batch],
+            [
+                *options,
+                "--queries",
+                str(args.queries),
+                "--batch",
+                args.batch,
+                *(["--tune", str(args.tune)] if args.tune is not None else []),
+            ],
         )
     _report(built, found)
     return 0
@@ -386,6 +408,17 @@ def _report(built: dict[str, Any], found: dict[str, Any]) -> None:
         print("| ---: | --- | ---: | ---: |")
         for row in found["batches"]:
             print(f"| {row['batch']:,} | {row['how']} | {row['recall']:.3f} | {row['qps']:.0f} |")
+    if found.get("tuned"):
+        tuning = found["tuned"]["tuning"]
+        print(f"tune_search(min_recall={tuning['min_recall']}) in {found['tuned']['seconds']:.0f} s:")
+        print("| nprobe | ef_search | rescore | parent recall@10 | q/s (one batch of the queries) |")
+        print("| --- | --- | --- | ---: | ---: |")
+        for m in tuning["measurements"]:
+            chosen = " (chosen)" if m == tuning["chosen"] else ""
+            print(
+                f"| {m['nprobe']} | {m['ef_search']} | {m['rescore']}{chosen} | {m['recall']:.4f} | "
+                f"{m['queries_per_second']:.0f} |"
+            )
     bare = found["without_rescoring"]
     print(
         f"the same queries, hits not re-scored with the stored vectors (same run): recall {bare['recall']:.3f}; "

@@ -47,6 +47,7 @@ def test_queries_have_their_exact_parents() -> None:
 def test_a_small_run_ingests_migrates_searches_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 10 MB cannot hold 20k float32 vectors of 256-d: the index leaves Flat for IVF-SQ8 during the one call
     argv = ["--n", "20000", "--queries", "8", "--max-memory", "10M", "--workdir", str(tmp_path), "--batch", "300"]
+    argv += ["--tune", "0.5"]
     assert bench.main(argv) == 0
     built = json.loads((tmp_path / "ingest.json").read_text())
     found = json.loads((tmp_path / "search.json").read_text())
@@ -59,11 +60,16 @@ def test_a_small_run_ingests_migrates_searches_and_verifies(tmp_path: Path, caps
     assert found["recall"] >= 0.9 and found["p50_ms"] > 0 and found["qps_batch"] > 0
     bare = found["without_rescoring"]
     assert bare["recall"] >= 0.9 and bare["p50_ms"] > 0 and "got" not in bare
+    tuning = found["tuned"]["tuning"]  # tune_search's choice, timed as one more way
+    chosen = tuning["chosen"]
+    assert tuning["min_recall"] == 0.5 and chosen in tuning["measurements"] and chosen["recall"] >= 0.5
+    assert len(tuning["measurements"]) > 1 and {m["rescore"] for m in tuning["measurements"]} == {None, False}
     batches = found["batches"]  # a batch of 300 through cs.search_vectors, with the list scan and without
     ways = [way.name for way in BATCH_WAYS] + ["list scan, batch folded, not re-scored"]
-    assert [(b["batch"], b["how"]) for b in batches] == [(300, how) for how in ways]
-    assert {b["recall"] for b in batches[:-1]} == {found["recall"]} and all(b["qps"] > 0 for b in batches)
-    assert batches[-1]["recall"] == bare["recall"]  # the index's own scores, as without_rescoring ranks them
+    assert [(b["batch"], b["how"]) for b in batches[:-1]] == [(300, how) for how in ways]
+    assert batches[-1]["batch"] == 300 and batches[-1]["how"].startswith("tuned: ")
+    assert {b["recall"] for b in batches[:-2]} == {found["recall"]} and all(b["qps"] > 0 for b in batches)
+    assert batches[-2]["recall"] == bare["recall"]  # the index's own scores, as without_rescoring ranks them
     out = capsys.readouterr().out
     assert "one index() call" in out and f"| {built['structure']} |" in out and "not re-scored" in out
-    assert "| 300 | list scan, batch folded |" in out
+    assert "| 300 | list scan, batch folded |" in out and "tune_search(min_recall=0.5)" in out and "(chosen)" in out
