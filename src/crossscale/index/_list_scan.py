@@ -22,12 +22,14 @@ import functools
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
+
+from crossscale.index._shared_setting import SharedSetting
 
 __all__ = ["NEAR_LISTS", "ListScan", "exact_coarse_pays", "ivf_of", "ivf_search_parameters", "pays", "probe_settings"]
 
@@ -419,30 +421,18 @@ def _blas_controller() -> Any:
     return blas if blas.lib_controllers else None
 
 
-class _OneBlasThread:
+_ONE_BLAS_THREAD = SharedSetting()
+
+
+def _one_blas_thread() -> AbstractContextManager[None]:
     """BLAS runs single-threaded while any scan runs (the scan's own threads use the cores): the first scan in
-    limits it and the last one out restores it, so that concurrent scans never leave it limited."""
+    limits it and the last one out restores it (:class:`._shared_setting.SharedSetting`), so that concurrent scans
+    never leave it limited."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._limiter: Any = None
+    def apply() -> Callable[[], None] | None:
+        controller = _blas_controller()
+        if controller is None:
+            return None
+        return controller.limit(limits=1).restore_original_limits  # type: ignore[no-any-return]
 
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if self._users == 0:
-                controller = _blas_controller()
-                self._limiter = None if controller is None else controller.limit(limits=1)
-            self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0 and self._limiter is not None:
-                    self._limiter.restore_original_limits()
-                    self._limiter = None
-
-
-_one_blas_thread = _OneBlasThread()
+    return _ONE_BLAS_THREAD(apply)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from crossscale.index._flat_search import FlatSearch
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
 from crossscale.index._list_scan import ListScan, ivf_of, ivf_search_parameters, probe_settings
 from crossscale.index._probe_split import ProbeSplit
+from crossscale.index._shared_setting import SharedSetting
 from crossscale.types import SearchParams
 
 logger = logging.getLogger(__name__)
@@ -44,39 +44,30 @@ GPU_MAX_K = 2048
 ADD_EF_SEARCH = 16
 
 
-class _BlasThreshold:
+_THRESHOLD = SharedSetting()
+
+
+def _blas_threshold(min_queries: int, rows: int) -> contextlib.AbstractContextManager[None]:
     """faiss' ``distance_compute_blas_threshold`` (one value for the whole process) for a search of ``rows``
     queries: BLAS where ``rows >= min_queries``, faiss' own kernels below, whichever way this faiss compares it.
 
-    The first search in sets it and the last one out restores what it was, so that concurrent searches never leave
-    it changed (each saving and restoring it alone, two overlapping searches could leave the other's value for
-    good: every later faiss search in the process, the user's own included, then took the other kernels). A search
-    that overlaps another runs on the value the first set: the same hits, up to float32 rounding of the scores."""
+    The first search in sets it and the last one out restores what it was (:class:`._shared_setting.SharedSetting`),
+    so that concurrent searches never leave it changed (each saving and restoring it alone, two overlapping searches
+    could leave the other's value for good: every later faiss search in the process, the user's own included, then
+    took the other kernels). A search that overlaps another runs on the value the first set: the same hits, up to
+    float32 rounding of the scores."""
+    import faiss
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._before = 0
+    def apply() -> Callable[[], None]:
+        before = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 1 if rows >= min_queries else _NEVER
 
-    @contextlib.contextmanager
-    def __call__(self, min_queries: int, rows: int) -> Iterator[None]:
-        import faiss
+        def undo() -> None:
+            faiss.cvar.distance_compute_blas_threshold = before
 
-        with self._lock:
-            if self._users == 0:
-                self._before = faiss.cvar.distance_compute_blas_threshold
-                faiss.cvar.distance_compute_blas_threshold = 1 if rows >= min_queries else _NEVER
-            self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0:
-                    faiss.cvar.distance_compute_blas_threshold = self._before
+        return undo
 
-
-_blas_threshold = _BlasThreshold()
+    return _THRESHOLD(apply)
 
 
 def _check_ids(ids: Any, n: int) -> np.ndarray:
