@@ -698,11 +698,8 @@ class SearchMeasurement:
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict (the settings as ``nprobe``, ``ef_search`` and ``rescore``, ``None`` where not
         given)."""
-        params = self.params if self.params is not None else SearchParams()
         return {
-            "nprobe": params.nprobe,
-            "ef_search": params.ef_search,
-            "rescore": params.rescore,
+            **dataclasses.asdict(self.params if self.params is not None else SearchParams()),
             "recall": self.recall,
             "seconds": self.seconds,
             "queries": self.queries,
