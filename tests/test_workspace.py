@@ -270,3 +270,173 @@ def test_chunk_details_are_worked_out_once_per_new_parent(
         stored = {pid: details for pid, _, details in cs.store.parent_details()}
         in_map = cs.workspace.parents.details(np.asarray(cs.record("a").chunk_ids))
         np.testing.assert_array_equal(in_map.boxes, stored["a"].boxes)  # the map holds what the store holds
+
+
+# ---------------------------------------------------------------------- the parent map file
+def _noise(seed: int, n: int) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(f"s{seed}-{i}", rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def _writer(path: Path) -> CrossScaleSearch:
+    return CrossScaleSearch.open(
+        path, encoder="color-histogram", segmenter="whole", verifier=False, refine=False, progress=False
+    )
+
+
+def _no_store_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make reading every parent's details from the store fail: what opening did before the map had a file."""
+    from crossscale.index.root_store import RootStore
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("read every parent's record from the store")
+
+    monkeypatch.setattr(RootStore, "parent_details", refuse)
+
+
+def _top(cs: CrossScaleSearch, image: np.ndarray) -> tuple[str, Box, int]:
+    """The best match's parent, box and chunk id: what the parent map answers."""
+    match = cs.search(image, top_k=1)[0]
+    return match.parent_id, match.box, match.chunk_id
+
+
+def test_opening_reads_the_parent_map_file_instead_of_every_parent_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = _noise(1, 4)
+    with _writer(tmp_path / "ws") as cs:
+        cs.index(images)
+        before = [_top(cs, im) for _, im in images]
+    assert (tmp_path / "ws" / "parents.map").exists()
+    _no_store_scan(monkeypatch)
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert [_top(reader, im) for _, im in images] == before
+        assert [top[0] for top in before] == [p for p, _ in images]
+    monkeypatch.undo()
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert reader.verify().ok and not any("parent map" in n for n in reader.verify().notes)
+
+
+def test_a_parent_map_file_behind_the_store_is_caught_up_from_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that has not saved yet (or was killed before it could): a reader loads the older file and replays
+    the store's log, additions and deletions, without reading every parent."""
+    from crossscale.workspace import Workspace
+
+    first, second = _noise(2, 3), _noise(3, 2)
+    with _writer(tmp_path / "ws") as cs:
+        cs.index(first)
+    writer = _writer(tmp_path / "ws")
+    monkeypatch.setattr(Workspace, "_write_index", lambda self: None)  # nothing saved from now on
+    writer.index(second)
+    writer.delete(first[0][0])
+    _no_store_scan(monkeypatch)
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert reader.workspace.parents.chunk_count == 4
+        assert _top(reader, second[1][1])[0] == second[1][0]
+        assert first[0][0] not in reader.workspace.parents and second[0][0] in reader.workspace.parents
+    monkeypatch.undo()
+    writer.close()
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        report = reader.verify()
+    assert report.ok and report.parents == 4, report
+
+
+def test_a_writer_that_changed_nothing_closes_without_rewriting_its_files(tmp_path: Path) -> None:
+    with _writer(tmp_path / "ws") as cs:
+        cs.index(_noise(4, 3))
+    files = [tmp_path / "ws" / name for name in ("chunks.index", "parents.map")]
+
+    def stamps() -> list[tuple[int, int]]:
+        return [(f.stat().st_ino, f.stat().st_mtime_ns) for f in files]
+
+    written = stamps()
+    with _writer(tmp_path / "ws") as cs:
+        cs.search(_noise(4, 1)[0][1])
+        cs.save()
+    assert stamps() == written  # each save replaces the file: a new inode
+    with _writer(tmp_path / "ws") as cs:
+        cs.index(_noise(5, 1))
+    changed = stamps()
+    assert all(a[0] != b[0] for a, b in zip(changed, written, strict=True))
+    with _writer(tmp_path / "ws") as cs:
+        cs.delete("s5-0")
+    assert all(a[0] != b[0] for a, b in zip(stamps(), changed, strict=True))
+
+
+def test_a_missing_or_unreadable_parent_map_file_is_rebuilt_from_the_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = _noise(6, 3)
+    with _writer(tmp_path / "ws") as cs:
+        cs.index(images)
+    file = tmp_path / "ws" / "parents.map"
+    raw = bytearray(file.read_bytes())
+    raw[-20] ^= 0x01
+    file.write_bytes(bytes(raw))
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        report = reader.verify()
+        assert _top(reader, images[2][1])[0] == images[2][0]  # opened all the same, from the store
+    assert not report.ok and any("parent map file is unreadable" in p for p in report.problems), report
+    assert "rebuilding the parent map from the store" in caplog.text
+    with _writer(tmp_path / "ws") as cs:  # a writer rewrites it when it opens
+        assert cs.verify().ok
+    file.unlink()
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        report = reader.verify()
+        assert _top(reader, images[0][1])[0] == images[0][0]
+    assert report.ok and any("no parent map file" in n for n in report.notes), report
+    with _writer(tmp_path / "ws"):
+        pass
+    assert file.exists()
+
+
+def test_a_parent_map_file_that_cannot_be_written_fails_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+
+    from crossscale.index import ParentMap
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ParentMap, "save", full)
+    images = _noise(7, 3)
+    with _writer(tmp_path / "ws") as cs:
+        cs.index(images)
+    assert "cannot save the parent map (No space left on device)" in caplog.text
+    assert (tmp_path / "ws" / "chunks.index").exists() and not (tmp_path / "ws" / "parents.map").exists()
+    monkeypatch.undo()
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert _top(reader, images[1][1])[0] == images[1][0] and reader.verify().ok
+
+
+def test_a_kill_between_the_parent_map_file_and_the_index_file_leaves_files_that_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The map's file is written first, the index's second, the log pruned last: interrupted between the two, the
+    map is ahead of the index, and both open at the store's generation."""
+    from crossscale.index import ChunkIndex
+
+    first, second = _noise(8, 2), _noise(9, 2)
+    with _writer(tmp_path / "ws") as cs:
+        cs.index(first)
+
+    def killed(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    cs = _writer(tmp_path / "ws")
+    monkeypatch.setattr(ChunkIndex, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cs.index(second)
+    monkeypatch.undo()
+    cs.workspace.store.close()  # as a killed process leaves it: nothing else written
+    cs.workspace._lock.release()  # type: ignore[union-attr]
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        notes = reader.verify().notes
+        assert reader.verify().ok and len(reader) == 4
+        assert any("index file is 1 change(s) behind" in n for n in notes), notes
+        assert not any("parent map file" in n for n in notes), notes
+        assert _top(reader, second[0][1])[0] == second[0][0]

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -96,6 +96,9 @@ CONFIG_FILE = "workspace.json"
 AUTO_INDEX = "auto"
 STORE_DIR = "store"
 INDEX_FILE = "chunks.index"
+#: the parent map (chunk id -> parent, box, kind, label), derived from the store and saved with the chunk index, so
+#: that opening need not read every parent's record
+PARENTS_FILE = "parents.map"
 #: the keypoint index of local search (:class:`~crossscale.search.LocalCandidates`), derived from the store
 KEYPOINT_FILE = "keypoints.index"
 LOCK_FILE = "lock"
@@ -323,6 +326,9 @@ class Workspace:
     _dirty: bool = field(default=False, init=False, repr=False)
     _closed: bool = field(default=False, init=False)
     _budget_warned: str = field(default="", init=False, repr=False)  # the structure said to outgrow the budget
+    #: (generation, index version) the index file holds, and the generation the parent map file holds (writer)
+    _index_on_disk: tuple[int, int] | None = field(default=None, init=False, repr=False)
+    _parents_on_disk: int | None = field(default=None, init=False, repr=False)
     #: when :meth:`save_if_due` rewrites the index file after ingest work
     save_schedule: SaveSchedule = field(default_factory=SaveSchedule, init=False, repr=False)
 
@@ -388,9 +394,9 @@ class Workspace:
                     config.index_plan(store.chunk_count())  # one that cannot hold what is stored is refused
                     atomic_write(config_path, config_bytes)
                 if backend is not None:
-                    index, parents, generation = _load_backend(root, store, backend, readonly)
+                    index, parents, generation, on_disk = _load_backend(root, store, backend, readonly)
                 else:
-                    index, parents, generation = _load_index(root, store, config, device, readonly)
+                    index, parents, generation, on_disk = _load_index(root, store, config, device, readonly)
             except BaseException:
                 store.close()
                 if backend is not None:
@@ -402,6 +408,10 @@ class Workspace:
             raise
         workspace = cls(root, config, store, index, parents, generation, lock)
         workspace.save_schedule = SaveSchedule.for_file(root / INDEX_FILE)
+        if on_disk.index_file:
+            workspace._index_on_disk = workspace._index_state()
+        if on_disk.parents_file:
+            workspace._parents_on_disk = generation
         return workspace
 
     # ------------------------------------------------------------------ state
@@ -597,13 +607,34 @@ class Workspace:
 
     def _write_index(self) -> None:
         """Bring the index up to date with the store, migrate it if outgrown (or rebuild it if it holds many
-        removed vectors), and write its file."""
+        removed vectors), and write its file and the parent map's; files that already hold what is in memory
+        are not rewritten (a writer that only searched closes without writing gigabytes)."""
         self._clean()
         if not self._grow_if_outgrown():
             self._compact_if_tombstoned()
+        if self._index_on_disk is not None and self._index_on_disk == self._index_state():
+            if self._parents_on_disk != self._generation:
+                self._save_parents()
+            return
         started = time.perf_counter()  # the write alone: a migration's time would put the next write off too long
-        _save_index(self.path, self.store, self.index, self._generation)
+        self._save_files()
         self.save_schedule.wrote(time.perf_counter() - started)
+
+    def _index_state(self) -> tuple[int, int] | None:
+        """What the index holds: the store generation and its version (``None``: unknown, e.g. Milvus)."""
+        version = getattr(self.index, "version", None)
+        return None if version is None else (self._generation, int(version))
+
+    def _save_files(self) -> None:
+        """Write the parent map's file and the index's (see :func:`_save_index`), and note what they hold."""
+        self._index_on_disk = self._parents_on_disk = None  # until written: a failure leaves them unknown
+        saved = _save_index(self.path, self.store, self.index, self.parents, self._generation)
+        self._index_on_disk = self._index_state()
+        self._parents_on_disk = self._generation if saved else None
+
+    def _save_parents(self) -> None:
+        if _save_parents(self.path, self.parents, self._generation):
+            self._parents_on_disk = self._generation
 
     def _grow_if_outgrown(self) -> bool:
         """Rebuild an ``"auto"`` index from the store in the structure its size calls for, if that is bigger;
@@ -663,7 +694,7 @@ class Workspace:
         file and every change since. A failed save is logged (the store has committed; the next save retries)."""
         started = time.perf_counter()
         try:
-            _save_index(self.path, self.store, self.index, self._generation)
+            self._save_files()
         except WorkspaceError as exc:
             logger.error("%s", exc)
         else:
@@ -756,6 +787,9 @@ class Workspace:
                     notes.append(f"index file is {generation - saved} change(s) behind: caught up on open")
             except (WorkspaceFormatError, OSError, ValueError) as exc:
                 problems.append(f"index file is unreadable ({exc}); `crossscale repair` rewrites it")
+        problems_of_map, notes_of_map = _check_parents_file(self.path / PARENTS_FILE, generation)
+        problems += problems_of_map
+        notes += notes_of_map
         if self.config.verifier_name is not None:
             with self.store.snapshot() as txn:
                 missing = self.store.parent_count(txn) - self.store.local_count(txn)
@@ -825,6 +859,22 @@ def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[st
         f"parent map disagrees with the store: {unmapped} parent(s) with unmapped chunks, {misplaced} with chunks "
         f"mapped to another parent, {gone} mapped parent(s) no longer stored, {wrong} with other chunk details"
     ]
+
+
+def _check_parents_file(file: Path, generation: int) -> tuple[list[str], list[str]]:
+    """Problems and notes of the parent map file against store ``generation``: it must be readable (its checksum
+    streamed, nothing loaded) and not ahead of the store. It is derived: a missing or stale one is a note."""
+    if not file.exists():
+        return [], ["no parent map file: opening reads the parents from the store (a writer's save writes it)"]
+    try:
+        saved = int(ParentMap.check_file(file).get("generation", -1))
+    except (WorkspaceFormatError, OSError, ValueError, TypeError) as exc:
+        return [f"parent map file is unreadable ({exc}); `crossscale repair` rewrites it"], []
+    if saved > generation:
+        return [f"parent map file is ahead of the store (generation {saved} > {generation})"], []
+    if saved < generation:
+        return [], [f"parent map file is {generation - saved} change(s) behind: caught up on open"]
+    return [], []
 
 
 def _is_unfinished(root: Path) -> bool:
@@ -913,7 +963,10 @@ def _catch_up(store: RootStore, index: AnyChunkIndex | None, parents: ParentMap 
             (parent_id, ids, _details_of([records[cid] for cid in ids])) for parent_id, ids in owners.items()
         )
     if changes:
-        logger.info("caught the chunk index up by %d store change(s)", len(changes))
+        what = " and ".join(
+            name for name, part in (("the chunk index", index), ("the parent map", parents)) if part is not None
+        )
+        logger.info("caught %s up by %d store change(s)", what, len(changes))
     return True
 
 
@@ -927,10 +980,43 @@ def _details_of(records: list[ChunkRecord]) -> ChunkDetails:
         return ChunkDetails.unknown(len(records))
 
 
+class _OnDisk(NamedTuple):
+    """Whether the index file and the parent map file hold what was just loaded (or written) at its generation."""
+
+    index_file: bool
+    parents_file: bool
+
+
+def _load_parents(root: Path, store: RootStore, txn: Any, generation: int) -> tuple[ParentMap, bool]:
+    """The parent map at the generation ``txn`` sees: its file caught up through the store's log, else (no file,
+    unreadable, the log pruned past it, or counts that disagree) built from every parent's record; and whether
+    the file held it already (nothing to catch up)."""
+    file = root / PARENTS_FILE
+    if file.exists():
+        try:
+            parents, meta = ParentMap.load(file)
+            base = int(meta.get("generation", -1))
+        except (WorkspaceFormatError, OSError, ValueError, TypeError) as exc:
+            logger.warning("%s is unreadable (%s); rebuilding the parent map from the store", file, exc)
+        else:
+            if (
+                0 <= base <= generation
+                and _catch_up(store, None, parents, base, txn)
+                and len(parents) == store.parent_count(txn)
+                and parents.chunk_count == store.chunk_count(txn)
+            ):
+                return parents, base == generation
+            logger.info(
+                "%s (generation %d) cannot be caught up to %d; rebuilding it from the store", file, base, generation
+            )
+    return ParentMap.from_parents(store.parent_details(txn)), False
+
+
 def _load_index(
     root: Path, store: RootStore, config: WorkspaceConfig, device: str, readonly: bool
-) -> tuple[ChunkIndex, ParentMap, int]:
-    """The chunk index and the parent map, consistent with the store at one point in time, and that generation.
+) -> tuple[ChunkIndex, ParentMap, int, _OnDisk]:
+    """The chunk index and the parent map, consistent with the store at one point in time, that generation, and
+    whether their files hold them (a writer saves what they did not).
 
     Everything is read in one LMDB snapshot, so a writer in another process cannot make it mix states.
     """
@@ -948,7 +1034,7 @@ def _load_index(
         index = _new_index(config.dim, config.index_plan(0), device)
     with store.snapshot() as txn:
         generation = store.generation_at(txn)
-        parents = ParentMap.from_parents(store.parent_details(txn))
+        parents, parents_saved = _load_parents(root, store, txn, generation)
         current = index is not None and 0 <= base <= generation and _catch_up(store, index, None, base, txn)
         if not current or index is None:
             logger.info("rebuilding the chunk index of %s from the store", root)
@@ -957,9 +1043,13 @@ def _load_index(
             logger.warning("chunk index holds %d vectors, the store %d; rebuilding", len(index), store.chunk_count(txn))
             index = _rebuild(store, config, device, txn)
             current = False
-    if not readonly and (not current or base != generation):
-        _save_index(root, store, index, generation)
-    return index, parents, generation
+    index_saved = current and base == generation
+    if not readonly and not index_saved:
+        parents_saved = _save_index(root, store, index, parents, generation)
+        index_saved = True
+    elif not readonly and not parents_saved:
+        parents_saved = _save_parents(root, parents, generation)
+    return index, parents, generation, _OnDisk(index_saved, parents_saved)
 
 
 def _open_backend(root: Path, config: WorkspaceConfig, *, new: bool, readonly: bool) -> MilvusChunkIndex:
@@ -1023,15 +1113,16 @@ def _sync_backend(store: RootStore, index: MilvusChunkIndex, txn: Any, *, full: 
 
 def _load_backend(
     root: Path, store: RootStore, index: MilvusChunkIndex, readonly: bool
-) -> tuple[MilvusChunkIndex, ParentMap, int]:
-    """A Milvus collection made current with the store (by a writer), the parent map, and the store generation.
+) -> tuple[MilvusChunkIndex, ParentMap, int, _OnDisk]:
+    """A Milvus collection made current with the store (by a writer), the parent map, the store generation, and
+    whether the parent map file holds it (the collection has no file: its state is never known to be saved).
 
     A reader never writes to the collection: one left behind by a killed writer is searched as it is, with a
     warning, until a writer opens the workspace.
     """
     with store.snapshot() as txn:
         generation = store.generation_at(txn)
-        parents = ParentMap.from_parents(store.parent_details(txn))
+        parents, parents_saved = _load_parents(root, store, txn, generation)
         base = index.committed_generation()
         if readonly:
             if base != generation:
@@ -1042,18 +1133,31 @@ def _load_backend(
                     base,
                     generation,
                 )
-            return index, parents, generation
+            return index, parents, generation, _OnDisk(False, parents_saved)
         caught_up = _sync_backend(store, index, txn)
     if not caught_up or base != generation:
-        _save_index(root, store, index, generation)
-    return index, parents, generation
+        parents_saved = _save_index(root, store, index, parents, generation)
+    elif not parents_saved:
+        parents_saved = _save_parents(root, parents, generation)
+    return index, parents, generation, _OnDisk(False, parents_saved)
 
 
-def _save_index(root: Path, store: RootStore, index: AnyChunkIndex, generation: int) -> None:
+def _save_index(root: Path, store: RootStore, index: AnyChunkIndex, parents: ParentMap, generation: int) -> bool:
+    """Write the parent map's file, then the index's (or commit a Milvus collection), both at ``generation``;
+    then prune the store's log up to it. True if the parent map was written too (a failure there is logged:
+    the next open rebuilds the map from the store).
+
+    Each file is replaced atomically and names its generation: a kill between the two leaves files that opening
+    catches up from the log, which is pruned only after both.
+
+    Raises:
+        WorkspaceError: the index could not be written (the store is intact).
+    """
+    parents_saved = _save_parents(root, parents, generation)
     if isinstance(index, MilvusChunkIndex):
         index.commit(generation)  # a ChunkIndexError leaves the log unpruned: the next writer catches up from it
         store.prune_log(generation)
-        return
+        return parents_saved
     try:
         index.save(root / INDEX_FILE, {"generation": generation})
     except OSError as exc:
@@ -1062,6 +1166,22 @@ def _save_index(root: Path, store: RootStore, index: AnyChunkIndex, generation: 
             "the index will be caught up from it when the workspace is next opened"
         ) from exc
     store.prune_log(generation)
+    return parents_saved
+
+
+def _save_parents(root: Path, parents: ParentMap, generation: int) -> bool:
+    """Write the parent map's file at ``generation``; False (logged) if it cannot be written: it is derived, and
+    opening without it reads the parents from the store instead."""
+    try:
+        parents.save(root / PARENTS_FILE, {"generation": generation})
+    except OSError as exc:
+        logger.warning(
+            "%s: cannot save the parent map (%s); the next open reads it from the store",
+            root,
+            exc.strerror or exc,
+        )
+        return False
+    return True
 
 
 def _growth_key(factory: str, reduce_dim: int | None) -> tuple[int, int, int, int]:

@@ -13,6 +13,7 @@ from crossscale.errors import ChunkIndexError, ConfigurationError, DeviceError, 
 from crossscale.index import ChunkIndex
 from crossscale.index import chunk_index as chunk_index_module
 from crossscale.index.chunk_index import ADD_EF_SEARCH, GPU_MAX_K
+from crossscale.types import SearchParams
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -120,6 +121,34 @@ def test_hnsw_rows_are_full_when_k_passes_the_beam_or_most_vectors_are_removed(r
     index.remove(np.arange(3000)[np.arange(3000) % 10 != 0])
     _, got = index.search(x[:20], 50)
     assert (got >= 0).all() and (got % 10 == 0).all()
+
+
+def test_the_version_changes_with_what_the_index_holds_not_with_searches(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A workspace skips rewriting an index file whose version it wrote: every change must stamp a new one."""
+    index = ChunkIndex(16, "IVF4,Flat", device="cpu")
+    seen = [index.version]
+
+    def changed() -> bool:
+        seen.append(index.version)
+        return seen[-1] not in seen[:-1]
+
+    x = rng.standard_normal((200, 16)).astype(np.float32)
+    index.train(x)
+    assert changed()
+    index.add(x, np.arange(200))
+    assert changed()
+    index.search(x[:3], 5)
+    index.search(x[:3], 5, params=SearchParams(nprobe=2))
+    assert not changed()
+    index.remove([0, 1])
+    assert changed()
+    index.set_search_params("nprobe=3")
+    assert changed()
+    index.save(tmp_path / "i")
+    loaded, _ = ChunkIndex.load(tmp_path / "i", device="cpu")
+    assert loaded.version not in seen  # another object: unique in the process
 
 
 def test_save_load_roundtrip_with_meta_and_tombstones(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -167,3 +167,120 @@ def test_a_parent_given_twice_in_one_call_keeps_its_last_chunks() -> None:
     codes = parents.parent_codes(np.array([0, 1, 2, 5]))
     assert [parents.parent_id(c) if c >= 0 else None for c in codes.tolist()] == [None, None, "b", "a"]
     assert parents.details(np.array([5])).boxes.tolist() == [[3, 3, 4, 4]] and len(parents) == 2
+
+
+# ---------------------------------------------------------------------- the file
+def _lookups(parents: ParentMap, probe: np.ndarray) -> list[tuple[str | None, int, tuple[int, ...], str | None]]:
+    """Every probed id's parent, and its kind (code), box and label where its details are known."""
+    codes = parents.parent_codes(probe)
+    found = parents.details(probe)
+    return [
+        (parents.parent_id(c) if c >= 0 else None, kind, tuple(b) if k else (), found.label(i) if k else None)
+        for i, (c, kind, k, b) in enumerate(
+            zip(codes.tolist(), found.kinds.tolist(), found.known, found.boxes.tolist(), strict=True)
+        )
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5), max_size=20), st.data())
+def test_a_saved_map_loads_back_equal(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], data: st.DataObject
+) -> None:
+    """Any map (details or none, labels, wide boxes, parents removed so that rows are garbage or compacted) loads
+    back mapping every id as before, and takes further changes as the original does."""
+    parents = ParentMap()
+    next_id = 0
+    names: list[str] = []
+    for p, size in enumerate(sizes):
+        ids = list(range(next_id, next_id + size))
+        next_id += size + data.draw(st.integers(0, 2))
+        label = data.draw(st.sampled_from([None, "cat", "dog", "é"]))
+        wide = data.draw(st.integers(1, 70_000))
+        details = (
+            details_of(*[(cid % 5, p, cid % 5 + wide, p + 1) for cid in ids], label=label)
+            if data.draw(st.booleans())
+            else None
+        )
+        name = data.draw(st.sampled_from([f"p{p}", f"фото {p}.jpg"]))
+        parents.add(name, ids, details)
+        names.append(name)
+        if names and data.draw(st.booleans()):
+            parents.remove(data.draw(st.sampled_from(names)))
+    path = tmp_path_factory.mktemp("map") / "parents.map"
+    parents.save(path, {"generation": 7})
+    loaded, meta = ParentMap.load(path)
+    probe = np.arange(-1, next_id + 2)
+    assert meta == {"generation": 7}
+    assert _lookups(loaded, probe) == _lookups(parents, probe)
+    assert len(loaded) == len(parents) and loaded.chunk_count == parents.chunk_count
+    assert ParentMap.check_file(path) == {"generation": 7}
+    for m in (parents, loaded):  # both take the same changes after
+        m.add("new", [next_id + 5, next_id + 6], details_of((1, 2, 3, 4), (5, 6, 7, 8), label="bird"))
+        if names:
+            m.remove(names[0])
+    probe = np.arange(-1, next_id + 8)
+    assert _lookups(loaded, probe) == _lookups(parents, probe)
+
+
+def test_an_empty_map_saves_and_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ParentMap().save(tmp_path / "m")
+    loaded, meta = ParentMap.load(tmp_path / "m")
+    assert len(loaded) == 0 and meta == {} and loaded.parent_codes(np.array([0])).tolist() == [-1]
+
+
+def test_a_corrupt_or_truncated_map_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from crossscale.errors import WorkspaceFormatError
+
+    path = tmp_path / "m"
+    ParentMap.from_parents([("a", range(100), details_of(*[(0, 0, 1, 1)] * 100))]).save(path)
+    raw = path.read_bytes()
+    flipped = bytearray(raw)
+    flipped[-100] ^= 0x04
+    for bad, message in (
+        (bytes(flipped), "fails its checksum"),
+        (raw[:-30], "truncated"),
+        (raw[:-12], "unexpected bytes"),
+        (b"CSIDX\x00\x01\n" + raw[8:], "not a crossscale parent map file"),
+    ):
+        path.write_bytes(bad)
+        with pytest.raises(WorkspaceFormatError, match=message):
+            ParentMap.load(path)
+        with pytest.raises(WorkspaceFormatError):
+            ParentMap.check_file(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(codes=a["codes"] + 5), "name no parent"),
+        (lambda a: a.update(rows=a["rows"] + 1), "leave the columns"),
+        (lambda a: a.update(starts=a["starts"][::-1].copy(), stops=a["stops"][::-1].copy()), "overlap"),
+        (lambda a: a.update(labels=a["labels"][:-1]), "kind or label columns"),
+        (lambda a: a.update(codes=a["codes"][:-1]), "run arrays of other kinds or lengths"),
+        (lambda a: a.update(boxes=a["boxes"].astype(np.float32)), "boxes of float32"),
+        (lambda a: a.update(labels=a["labels"] + 3), "outside the vocabulary"),
+        (lambda a: a.update(name_ends=a["name_ends"] - 1), "not laid end to end"),
+        (lambda a: a.update(names=np.frombuffer(b"a\xff", np.uint8), name_ends=np.array([1, 2])), "UnicodeDecodeError"),
+        (lambda a: a.pop("stops"), "stops"),
+    ],
+)
+def test_a_map_file_whose_arrays_disagree_is_refused_naming_what(tmp_path, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    """A file that passes its checksum but holds no map (written by something else, or a bug) is refused, never
+    loaded into a map that answers wrongly."""
+    from crossscale.errors import WorkspaceFormatError
+    from crossscale.index import parent_map as module
+
+    parents = ParentMap.from_parents(
+        [
+            ("a", [0, 1], details_of((0, 0, 1, 1), (0, 0, 2, 2), label="cat")),
+            ("b", [5, 6], details_of((0, 0, 1, 1), (1, 1, 2, 2))),
+        ]
+    )
+    header, arrays = parents._file_content(None)
+    module._FILE.write_arrays(tmp_path / "m", header, arrays)
+    assert len(ParentMap.load(tmp_path / "m")[0]) == 2  # as written, it loads
+    change(arrays)
+    module._FILE.write_arrays(tmp_path / "m", header, arrays)
+    with pytest.raises(WorkspaceFormatError, match=message):
+        ParentMap.load(tmp_path / "m")

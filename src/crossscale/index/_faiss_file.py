@@ -1,12 +1,14 @@
-"""The file framing of crossscale's faiss-backed indexes: a magic, a JSON header, the faiss data, a checksum.
+"""The file framing of crossscale's derived index files: a magic, a JSON header, the data, a checksum.
 
 ::
 
-    magic (8 bytes) | header length (u64) | header (JSON) | faiss data (streamed) | "CSIE" length (u64) CRC-32 (u32)
+    magic (8 bytes) | header length (u64) | header (JSON) | data (streamed) | "CSIE" length (u64) CRC-32 (u32)
 
-The faiss data is streamed to and from the file, so neither saving nor loading holds a second copy of the index.
-A header with ``"faiss": false`` has no faiss data (an empty index). Files written before the trailer existed end
-where the faiss data ends; readers accept them. Writing is atomic (temporary file, fsync, ``os.replace``).
+The data is a faiss index (:meth:`IndexFile.write`), streamed to and from the file so that neither saving nor
+loading holds a second copy of it, or numpy arrays laid end to end, their names, dtypes and shapes listed in the
+header (:meth:`IndexFile.write_arrays`). A header with ``"faiss": false`` has no faiss data (an empty index). Files
+written before the trailer existed end where the faiss data ends; readers accept them. Writing is atomic
+(temporary file, fsync, ``os.replace``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
+
+import numpy as np
 
 from crossscale._files import atomic_write_with
 from crossscale.errors import WorkspaceFormatError
@@ -39,9 +43,12 @@ class _Summed:
         self.crc = 0
 
     def add(self, data: bytes) -> bytes:
+        self.update(data)
+        return data
+
+    def update(self, data: bytes | memoryview) -> None:
         self.length += len(data)
         self.crc = zlib.crc32(data, self.crc)
-        return data
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,65 @@ class IndexFile:
             self._check_trailer(f.read(), summed, path)
         return header, index
 
+    def write_arrays(
+        self, path: str | os.PathLike[str], header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+    ) -> None:
+        """Write ``header`` (with ``format``) and ``arrays`` (each in C order, no objects) to ``path`` atomically;
+        :meth:`read_arrays` reads them back by name."""
+        contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+        for name, a in contiguous.items():
+            if a.dtype.hasobject:
+                raise TypeError(f"array {name!r} holds Python objects")
+        specs = [[name, a.dtype.str, list(a.shape)] for name, a in contiguous.items()]
+        header_bytes = json.dumps({**header, "format": self.format, "faiss": False, "arrays": specs}).encode()
+
+        def write(f: BinaryIO) -> None:
+            f.write(self.magic + struct.pack("<Q", len(header_bytes)) + header_bytes)
+            summed = _Summed()
+            for a in contiguous.values():
+                data = a.reshape(-1).view(np.uint8).data
+                summed.update(data)
+                f.write(data)
+            f.write(_TRAILER_STRUCT.pack(_TRAILER, summed.length, summed.crc))
+
+        atomic_write_with(path, write)
+
+    def read_arrays(self, path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The header and the arrays, by name, of a file :meth:`write_arrays` wrote, checked against its checksum.
+
+        Raises:
+            WorkspaceFormatError: not such a file, a newer format, an array list that is not one, or corrupt.
+            OSError: it cannot be read.
+        """
+        with open(path, "rb") as f:
+            header = self._header(f, path)
+            summed = _Summed()
+            arrays: dict[str, np.ndarray] = {}
+            for name, dtype, shape in self._array_specs(header, path):
+                a = np.empty(shape, dtype)
+                data = a.reshape(-1).view(np.uint8).data
+                if f.readinto(data) != len(data):
+                    raise WorkspaceFormatError(f"{path}: truncated (in array {name!r})")
+                summed.update(data)
+                arrays[name] = a
+            self._check_trailer(f.read(), summed, path)
+        return header, arrays
+
+    def _array_specs(
+        self, header: Mapping[str, Any], path: str | os.PathLike[str]
+    ) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]]:
+        """``(name, dtype, shape)`` of each array the header lists. Raises WorkspaceFormatError."""
+        try:
+            specs = [
+                (str(name), np.dtype(dtype), tuple(int(n) for n in shape)) for name, dtype, shape in header["arrays"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WorkspaceFormatError(f"{path}: {self.what} header lists no readable arrays: {exc!r}") from exc
+        for name, dtype, shape in specs:
+            if dtype.hasobject or min(shape, default=0) < 0:
+                raise WorkspaceFormatError(f"{path}: array {name!r} is of an unreadable kind ({dtype}, {shape})")
+        return specs
+
     def check(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """The header of a file :meth:`write` wrote, after streaming its faiss data through the checksum in
         blocks (memory stays small whatever the index's size); ``None`` for a file from before checksums, which
@@ -155,13 +221,13 @@ class IndexFile:
             raise WorkspaceFormatError(f"{path}: truncated (no checksum)")
 
     def _check_trailer(self, rest: bytes, summed: _Summed, path: str | os.PathLike[str]) -> None:
-        """``rest`` (the bytes after the faiss data) must be empty (a file from before checksums, unless
+        """``rest`` (the bytes after the data) must be empty (a file from before checksums, unless
         ``checksummed``) or a trailer that matches what was read. Raises WorkspaceFormatError."""
         if not rest:
             self._no_checksum(path)
             return
         if len(rest) != _TRAILER_STRUCT.size or rest[:4] != _TRAILER:
-            raise WorkspaceFormatError(f"{path}: {len(rest)} unexpected bytes after the faiss data")
+            raise WorkspaceFormatError(f"{path}: {len(rest)} unexpected bytes after the data")
         _, length, crc = _TRAILER_STRUCT.unpack(rest)
         if (length, crc) != (summed.length, summed.crc):
-            raise WorkspaceFormatError(f"{path}: the faiss data fails its checksum (the file is corrupt)")
+            raise WorkspaceFormatError(f"{path}: the {self.what} data fails its checksum (the file is corrupt)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ChunkIndex"]
 
 _FILE = IndexFile(b"CSIDX\x00\x01\n", 1, "chunk index")
+_VERSIONS = itertools.count()  # stamps of index states, unique in the process (see ChunkIndex.version)
 #: an IVF index's searches of this many queries or more have faiss find their lists through BLAS, fewer through its
 #: own kernels; other structures' searches always go through BLAS. faiss decides by its
 #: ``distance_compute_blas_threshold``, compared with the queries (older faiss) or with queries x dimensions (this
@@ -297,6 +299,7 @@ class ChunkIndex:
         self._split_checked = False
         self._flat: FlatSearch | None = None  # a flat index searched with scores that do not depend on the batch
         self._flat_checked = False
+        self._version = next(_VERSIONS)
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:
@@ -437,6 +440,8 @@ class ChunkIndex:
             self._index.train(x)
         except RuntimeError as exc:
             raise ChunkIndexError(f"training {self.factory!r} on {len(x)} vectors failed: {exc}") from exc
+        finally:
+            self._changed()
 
     def _train_coarse(self, x: np.ndarray) -> None:
         """Give an IVF index of :data:`~crossscale.index._kmeans.TWO_LEVEL_MIN_LISTS` lists or more its
@@ -500,8 +505,16 @@ class ChunkIndex:
         self._changed()
         return removed
 
+    @property
+    def version(self) -> int:
+        """A stamp of what this index holds, unique in the process: training, adding, removing and
+        :meth:`set_search_params` change it, searching does not (a workspace skips rewriting an unchanged file)."""
+        return self._version
+
     def _changed(self) -> None:
-        """Forget what was worked out from the vectors held: the GPU copy, the list scan's list sizes."""
+        """Forget what was worked out from the vectors held: the GPU copy, the list scan's list sizes; and stamp
+        a new :attr:`version`."""
+        self._version = next(_VERSIONS)
         self._gpu_index = None
         if self._scan is not None:
             self._scan.index_changed()
@@ -703,7 +716,7 @@ class ChunkIndex:
             faiss.ParameterSpace().set_index_parameters(self._index, params)  # type: ignore[arg-type]
         except RuntimeError as exc:
             raise ConfigurationError(f"cannot set {params!r} on a {self.factory!r} index: {exc}") from exc
-        self._gpu_index = None
+        self._changed()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], meta: Mapping[str, Any] | None = None) -> None:
