@@ -440,3 +440,14 @@ def test_a_kill_between_the_parent_map_file_and_the_index_file_leaves_files_that
         assert any("index file is 1 change(s) behind" in n for n in notes), notes
         assert not any("parent map file" in n for n in notes), notes
         assert _top(reader, second[0][1])[0] == second[0][0]
+
+
+def test_a_new_workspace_has_both_files_from_the_start(tmp_path: Path) -> None:
+    """Created and closed with nothing added, a workspace still has both files, at generation 0, and verifies
+    without notes about them (nothing is skipped as "unchanged" that was never written)."""
+    with _writer(tmp_path / "ws") as cs:
+        assert len(cs) == 0
+    assert {p.name for p in (tmp_path / "ws").iterdir()} >= {"chunks.index", "parents.map"}
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        report = reader.verify()
+    assert report.ok and not report.notes, report

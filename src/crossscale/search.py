@@ -1168,8 +1168,8 @@ class CrossScaleSearch:
         return self.workspace.refresh()
 
     def save(self) -> None:
-        """Write the chunk index (and the keypoint index of local search, if it changed) to disk now (also done
-        after :meth:`index` and on :meth:`close`)."""
+        """Write the chunk index and the parent map (and the keypoint index of local search), where they changed,
+        to disk now (also done after :meth:`index` and on :meth:`close`)."""
         self.workspace.save()
         if self.local is not None:
             self.local.save()

@@ -585,8 +585,9 @@ class Workspace:
         self._generation = self.store.generation_at(txn)
 
     def save(self) -> None:
-        """Write the chunk index to disk now (the facade also does it on close, and after an ``index()`` call when
-        :meth:`save_if_due` finds it due).
+        """Write the chunk index and the parent map to disk now (the facade also does it on close, and after an
+        ``index()`` call when :meth:`save_if_due` finds it due); a file that already holds what is in memory is
+        not rewritten.
 
         An ``"auto"`` index that the collection has outgrown is first rebuilt from the store in the structure
         :func:`~crossscale.index.choose_index` picks now; the file is replaced atomically, so a kill at any
@@ -1023,7 +1024,8 @@ def _load_index(
     file = root / INDEX_FILE
     index: ChunkIndex | None = None
     base = 0
-    if file.exists():
+    from_file = file.exists()  # and then read, or the index is rebuilt
+    if from_file:
         try:
             index, meta = ChunkIndex.load(file, device=device)
             base = int(meta.get("generation", -1))
@@ -1043,7 +1045,7 @@ def _load_index(
             logger.warning("chunk index holds %d vectors, the store %d; rebuilding", len(index), store.chunk_count(txn))
             index = _rebuild(store, config, device, txn)
             current = False
-    index_saved = current and base == generation
+    index_saved = from_file and current and base == generation
     if not readonly and not index_saved:
         parents_saved = _save_index(root, store, index, parents, generation)
         index_saved = True
