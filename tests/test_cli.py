@@ -229,7 +229,7 @@ def test_search_settings_from_the_command_line(
     assert main([*argv, "--no-rescore"]) == 0 and all(p is None for p in given)  # nothing of it for the index
     assert rescores == [SearchParams(rescore=False)]
     rescores.clear()
-    assert main(argv) == 0 and rescores == [None]
+    assert main(argv) == 0 and rescores == [SearchParams()]  # none given: the saved setting, here none
 
 
 def test_measure_from_the_command_line(
@@ -286,6 +286,30 @@ def test_measure_from_the_command_line(
     np.save(tmp_path / "wide.npy", np.ones((2, 7), np.float32))
     assert main([*base, "--vectors", str(tmp_path / "wide.npy")]) == 2
     assert "query vectors have dimension 7" in capsys.readouterr().err
+
+
+def test_measure_saves_its_choice_with_the_workspace(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``measure --min-recall R --save`` keeps the chosen setting with the workspace: ``info`` shows it and later
+    searches start from it; --save without --min-recall exits 2."""
+    names = ("coffee", "rocket", "astronaut")
+    ws = _index_photos(tmp_path, photos, names, "whole+tiles", "--index", "IVF4,Flat")
+    query = tmp_path / "q.png"
+    photos["rocket"].crop((40, 60, 260, 240)).save(query)
+    base = ["measure", "-w", ws, str(query), "-k", "2", "--device", "cpu", "--no-progress"]
+    capsys.readouterr()
+    assert main([*base, "--save"]) == 2
+    assert "--save keeps the setting --min-recall chooses" in capsys.readouterr().err
+    assert main([*base, "--nprobe", "4", "--min-recall", "1", "--save"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "saved with the workspace: its searches start from it"
+    assert main(["info", "-w", ws]) == 0
+    saved = json.loads(capsys.readouterr().out)["saved_search_params"]
+    assert (saved["nprobe"], saved["rescore"], saved["structure"]) == (4, None, "IVF4,Flat")
+    from crossscale import CrossScaleSearch, SearchParams
+
+    with CrossScaleSearch.open(ws, readonly=True, progress=False) as cs:
+        assert cs.search_params == SearchParams(nprobe=4)
 
 
 def test_measure_by_vectors_needs_no_encoder(

@@ -13,7 +13,7 @@ from PIL import Image
 
 import crossscale.measure as measure
 from crossscale import CrossScaleSearch, ParentRanker, SearchMeasurement, SearchParams
-from crossscale.errors import CapabilityError, ConfigurationError, VectorError
+from crossscale.errors import CapabilityError, ConfigurationError, VectorError, WorkspaceError
 from crossscale.measure import exact_parents, parent_recall
 from crossscale.query import embed_queries
 
@@ -284,3 +284,118 @@ def test_tune_search_refuses_a_bad_min_recall(tmp_path: Path, photos: dict[str, 
     cs, vectors = _workspace(tmp_path / "ws", dict(list(sorted(photos.items()))[:2]))
     with cs, pytest.raises(ConfigurationError, match="min_recall must be"):
         cs.tune_search(vectors, min_recall=bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- a saved search setting
+def test_a_saved_search_setting_is_what_later_searches_start_from(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saved by the writer (over what it used), read by every later open, readers included; a call's params still
+    override it field by field; None clears it."""
+    from crossscale.index import ChunkIndex
+
+    cs, vectors = _workspace(tmp_path / "ws", photos)
+    with cs:
+        assert cs.search_params == SearchParams()
+        cs.search_params = SearchParams(rescore=False)  # this object only: not saved
+        cs.save_search_params(SearchParams(nprobe=1))
+        assert cs.search_params == SearchParams(nprobe=1, rescore=False)
+        assert cs.info()["saved_search_params"]["structure"] == "IVF4,Flat"
+    seen: list[object] = []
+    search = ChunkIndex.search
+
+    def spy(self: ChunkIndex, x: np.ndarray, k: int, *, params: SearchParams | None = None) -> object:
+        seen.append(params)
+        return search(self, x, k, params=params)
+
+    monkeypatch.setattr(ChunkIndex, "search", spy)
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert reader.search_params == SearchParams(nprobe=1, rescore=False)
+
+        def found(params: SearchParams | None) -> list[list[str]]:
+            return [[m.parent_id for m in r] for r in reader.search_vectors(vectors, top_k=3, params=params)]
+
+        one = found(None)
+        assert seen[-1] == SearchParams(nprobe=1)  # the index gets the lists, never the facade's rescore
+        every = found(SearchParams(nprobe=4))
+        assert seen[-1] == SearchParams(nprobe=4)
+        assert one != every  # one list of four misses parents: the saved setting was used
+        assert found(SearchParams(nprobe=1)) == one
+        with pytest.raises(WorkspaceError, match="read-only"):
+            reader.save_search_params(SearchParams(nprobe=2))
+    with CrossScaleSearch.open(tmp_path / "ws", progress=False) as writer:
+        writer.save_search_params(None)
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert reader.search_params == SearchParams() and reader.info()["saved_search_params"] is None
+
+
+def test_a_saved_search_setting_for_another_structure_is_not_used(
+    tmp_path: Path, photos: dict[str, Image.Image], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A setting tuned for one index structure says nothing about another (an "auto" index migrates to more
+    lists): opening ignores it and says so; a bad stored value likewise."""
+    from crossscale.workspace import SEARCH_PARAMS_KEY
+
+    cs, _ = _workspace(tmp_path / "ws", dict(list(sorted(photos.items()))[:3]))
+    with cs:
+        cs.save_search_params(SearchParams(nprobe=2))
+        stored = cs.store.get_info(SEARCH_PARAMS_KEY)
+        cs.store.set_info(SEARCH_PARAMS_KEY, {**stored, "structure": "IVF16,Flat"})
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert reader.search_params == SearchParams()
+    assert "is for a IVF16,Flat index, this one is IVF4,Flat" in caplog.text
+    with CrossScaleSearch.open(tmp_path / "ws", progress=False) as writer:
+        writer.store.set_info(SEARCH_PARAMS_KEY, {**stored, "nprobe": -3})
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert reader.search_params == SearchParams()
+    assert "is unreadable" in caplog.text
+
+
+def test_tune_search_starts_from_the_saved_setting_and_saving_its_choice_keeps_it_whole(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a setting saved, "own" is what searches use now: the grid's fewer lists are fewer than the saved
+    ones, re-scoring is flipped from the saved choice, and saving a choice that leaves a field to "now" keeps it."""
+    cs = CrossScaleSearch.open(
+        tmp_path / "ws", encoder="color-histogram", segmenter="whole+tiles", index_factory="IVF8,SQ8",
+        verifier=False, refine=False, progress=False, device="cpu",
+    )  # fmt: skip
+    with cs:
+        cs.index([(n, photos[n]) for n in sorted(photos)[:3]])
+        cs.save_search_params(SearchParams(nprobe=4, rescore=False))
+        asked: list[list[SearchParams]] = []
+        monkeypatch.setattr(
+            cs, "measure_search", lambda v, settings, **kw: asked.append(settings) or [_measured(settings[1], 1, 1)]
+        )
+        tuning = cs.tune_search(np.ones((1, cs.config.dim), np.float32))
+        assert [p.describe() for p in asked[0]] == [
+            "own", "nprobe=3", "nprobe=2", "nprobe=1", "rescore=True", "nprobe=3 rescore=True",
+            "nprobe=2 rescore=True", "nprobe=1 rescore=True",
+        ]  # fmt: skip
+        cs.save_search_params(tuning.params)  # nprobe=3, its rescore left to what searches used: False
+        assert cs.search_params == SearchParams(nprobe=3, rescore=False)
+
+
+def test_a_saved_search_setting_follows_migrations_and_refresh(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In a running process: once the index has another structure (a migration), the saved setting stops being
+    used; a reader sees a setting a writer saved after its open when it refreshes; one set on the object wins
+    until it is set back to None."""
+    cs, _ = _workspace(tmp_path / "ws", dict(list(sorted(photos.items()))[:3]))
+    with cs, CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert reader.search_params == SearchParams()
+        cs.save_search_params(SearchParams(nprobe=2))
+        assert reader.search_params == SearchParams()  # its snapshot: until it refreshes
+        reader.refresh()
+        assert reader.search_params == SearchParams(nprobe=2)
+        reader.search_params = SearchParams(nprobe=3)
+        assert reader.search_params == SearchParams(nprobe=3)
+        reader.search_params = None
+        assert reader.search_params == SearchParams(nprobe=2)
+        with pytest.raises(ConfigurationError, match="search_params must be"):
+            reader.search_params = {"nprobe": 2}  # type: ignore[assignment]
+        assert cs.search_params == SearchParams(nprobe=2)
+        monkeypatch.setattr(cs.workspace, "_structure", lambda: ("IVF64,Flat", None))  # as after a migration
+        assert cs.search_params == SearchParams()
+        assert "is for a IVF4,Flat index, this one is IVF64,Flat" in caplog.text

@@ -110,6 +110,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
     if bool(args.queries) == (args.vectors is not None):
         raise ConfigurationError("give query images or --vectors FILE.npy, not both or neither")
+    if args.save and args.min_recall is None:
+        raise ConfigurationError("--save keeps the setting --min-recall chooses: give --min-recall R")
     lists: list[int | None] = []
     for value in (args.nprobe or "own").split(","):
         try:
@@ -126,7 +128,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     with CrossScaleSearch.open(
         args.workspace,
         encoder=False if args.vectors is not None else None,  # vectors need no model: none is loaded
-        readonly=True,
+        readonly=not args.save,
         device=args.device,
         progress=not args.no_progress,
         refine=False,
@@ -148,6 +150,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         else:
             tuning = cs.tune_search(vectors, min_recall=args.min_recall, settings=settings, **measure)
             rows = list(tuning.measurements)
+            if args.save and tuning.chosen is not None:
+                cs.save_search_params(tuning.chosen.params)
     if args.json:
         print(json.dumps([m.to_dict() for m in rows] if tuning is None else tuning.to_dict(), indent=2))
     else:
@@ -160,6 +164,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
             )
         if tuning is not None and tuning.chosen is not None:
             print(f"fastest with recall@{args.top_k} >= {args.min_recall:g}: {tuning.params.describe()}")  # type: ignore[union-attr]
+            if args.save:
+                print("saved with the workspace: its searches start from it")
         elif tuning is not None:
             print(f"no setting reached recall@{args.top_k} {args.min_recall:g}")
     return 1 if tuning is not None and tuning.chosen is None else 0
@@ -324,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="choose the fastest setting whose recall reaches R (exit 1 if none does); without --nprobe and "
         "--rescore, the index's lists down to a quarter, each with and without re-scoring",
+    )
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="save the setting --min-recall chooses with the workspace (opened for writing): later searches, "
+        "`crossscale search` included, start from it",
     )
     p.add_argument("--top-k", "-k", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1, help="searches per setting (the fastest is kept)")

@@ -453,6 +453,11 @@ class CrossScaleSearch:
             their regions' true cosines). ``False`` ranks the index's own scores and reads no stored vector: at
             10M regions, parent recall@10 0.963 instead of 0.983, for 1.2-1.4x the batched throughput
             (docs/benchmarks.md). A call's ``SearchParams(rescore=...)`` overrides it for that call.
+        search_params: the setting every search starts from (:class:`~crossscale.types.SearchParams`): a call's
+            ``params`` override it field by field, and a field it leaves ``None`` is the index's own (``rescore``:
+            :attr:`rescore`). Unless set on this object, the setting saved with the workspace for its index's
+            present structure (:meth:`save_search_params`, e.g. what :meth:`tune_search` chose), else
+            ``SearchParams()``.
         workspace: the :class:`~crossscale.workspace.Workspace` on disk.
     """
 
@@ -494,6 +499,7 @@ class CrossScaleSearch:
             self.local = LocalCandidates(workspace, verifier, progress=progress)
         self.fetch_depth: FetchDepth | None = FetchDepth()
         self.rescore = True
+        self._search_params: SearchParams | None = None  # None: the workspace's saved setting
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
@@ -857,7 +863,8 @@ class CrossScaleSearch:
         singles: int = 0,
     ) -> list[SearchMeasurement]:
         """Parent recall and speed of a batch search of ``vectors`` (one query per row) under each of
-        ``settings``: what to read before choosing ``params`` for a collection (docs/scaling.md).
+        ``settings``: what to read before choosing ``params`` for a collection (docs/scaling.md). Each setting is
+        taken over :attr:`search_params`, as a search's ``params`` are (``None``: what searches use now).
 
         The exact parents come from an exhaustive search: every stored vector scored against every query (the
         cosines re-scoring computes) and each parent ranked by its best chunk, the order of the default ``"max"``
@@ -945,12 +952,13 @@ class CrossScaleSearch:
         """The fastest search setting whose parent recall@``top_k`` on ``vectors`` reaches ``min_recall``, chosen by
         :meth:`measure_search` (whose notes apply: one exhaustive search, then one batch search per setting and
         repeat). Nothing is changed: give the result's :attr:`~crossscale.types.SearchTuning.params` to the
-        searches that should use it (``cs.search_vectors(v, params=tuning.params)``), or record it in the
-        service's configuration.
+        searches that should use it (``cs.search_vectors(v, params=tuning.params)``), or save it with the
+        workspace for every later search (:meth:`save_search_params`).
 
-        ``settings``: what to try; ``None``: the index's own settings, and for an IVF index 3/4, 1/2, 3/8 and 1/4
-        of its lists (an HNSW graph: 1/2 and 1/4 of its beam), each with and without :attr:`rescore` where the
-        index's scores are approximate. The fastest is the highest measured queries per second of the batch
+        ``settings``: what to try; ``None``: what searches use now (:attr:`search_params` over the index's own),
+        and for an IVF index 3/4, 1/2, 3/8 and 1/4 of those lists (an HNSW graph: 1/2 and 1/4 of its beam), each
+        with and without re-scoring where the index's scores are approximate. :meth:`save_search_params` keeps
+        the choice for later searches. The fastest is the highest measured queries per second of the batch
         (equal rates: the higher recall). Speeds are of batches of ``len(vectors)`` queries, which is what the
         choice is for: tune with as many queries as a batch of the service will hold.
 
@@ -979,7 +987,7 @@ class CrossScaleSearch:
     def _tuning_settings(self) -> list[SearchParams]:
         """What :meth:`tune_search` tries by default: see there."""
         index = self.workspace.searchable_index()
-        own = getattr(index, "search_settings", SearchParams())
+        own = self._params(None).over(getattr(index, "search_settings", SearchParams()))  # what searches use now
         grid: list[SearchParams] = [SearchParams()]
         for name, shares in (("nprobe", (3 / 4, 1 / 2, 3 / 8, 1 / 4)), ("ef_search", (1 / 2, 1 / 4))):
             value = getattr(own, name)
@@ -988,7 +996,8 @@ class CrossScaleSearch:
                 grid += [dataclasses.replace(SearchParams(), **{name: n}) for n in fewer]
                 break  # an IVF index's own beam is its coarse quantizer's, set with nprobe
         if not getattr(index, "scores_exact", True):
-            grid += [dataclasses.replace(p, rescore=not self.rescore) for p in grid]
+            rescoring = self.rescore if own.rescore is None else own.rescore
+            grid += [dataclasses.replace(p, rescore=not rescoring) for p in grid]
         return grid
 
     def search_text(
@@ -1057,6 +1066,7 @@ class CrossScaleSearch:
         """The query path over the workspace; ``plain``: the vector search alone (index, re-scoring, ranker),
         without the refiner, the verifier and local candidates, which work on pixels after it."""
         index = self.workspace.searchable_index()
+        params = self._params(params)
         pixels = not plain
         results = search_parents(
             queries,
@@ -1081,6 +1091,45 @@ class CrossScaleSearch:
             SearchResult([m._attached(self.image) for m in row], query.image if query.image is not None else query.text)
             for query, row in zip(queries, results, strict=True)
         ]
+
+    @property
+    def search_params(self) -> SearchParams:
+        """The setting every search starts from: the one set on this object, else the one saved with the
+        workspace for its index's present structure (:meth:`save_search_params`), else ``SearchParams()``.
+        Setting it changes this object's searches only; setting ``None`` follows the saved one again.
+
+        Raises:
+            ConfigurationError: (setting) neither a :class:`~crossscale.types.SearchParams` nor ``None``.
+        """
+        return self._search_params if self._search_params is not None else self.workspace.saved_search_params()
+
+    @search_params.setter
+    def search_params(self, params: SearchParams | None) -> None:
+        self._search_params = SearchParams.checked(params, "CrossScaleSearch.search_params")
+
+    def _params(self, params: SearchParams | None) -> SearchParams:
+        """A call's ``params`` over :attr:`search_params`."""
+        base = self.search_params
+        return base if params is None else params.over(base)
+
+    def save_search_params(self, params: SearchParams | None) -> None:
+        """Save, with the workspace, the setting searches use with ``params=params`` (``params`` over
+        :attr:`search_params`), and make it this object's :attr:`search_params`: every facade opening the
+        workspace later starts from it too (``crossscale search`` and ``measure`` included). ``None`` clears it
+        (searches then use the index's own settings). It is saved for the index's present structure: after a
+        migration to another one, opening ignores it with a warning (tune again).
+
+        ``cs.save_search_params(cs.tune_search(queries, min_recall=0.95).params)`` keeps the fastest setting that
+        reached the recall on your queries.
+
+        Raises:
+            WorkspaceError: the workspace is open read-only.
+            ConfigurationError: ``params`` is neither a :class:`~crossscale.types.SearchParams` nor ``None``.
+        """
+        checked = SearchParams.checked(params)
+        setting = SearchParams() if checked is None else self._params(checked)
+        self.workspace.save_search_params(setting)
+        self._search_params = None  # what was set here is in the saved setting now
 
     def _rescores(self, index: object, params: SearchParams | None) -> bool:
         """Whether a search re-scores the hits of ``index`` against the stored vectors: asked for (by ``params``,

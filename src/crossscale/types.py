@@ -640,6 +640,12 @@ class SearchParams:
             return None
         return self if self.rescore is None else SearchParams(nprobe=self.nprobe, ef_search=self.ef_search)
 
+    def over(self, base: SearchParams) -> SearchParams:
+        """These settings, each one not given (``None``) taken from ``base``: a call's settings over a facade's
+        :attr:`~crossscale.CrossScaleSearch.search_params`."""
+        taken = {f.name: getattr(base, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is None}
+        return dataclasses.replace(self, **taken) if any(v is not None for v in taken.values()) else self
+
     def describe(self) -> str:
         """The settings given, e.g. ``"nprobe=128 rescore=False"``; ``"own"`` where none is."""
         values = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
@@ -664,7 +670,7 @@ class SearchMeasurement:
     """How one search setting did on a set of queries (:meth:`crossscale.CrossScaleSearch.measure_search`).
 
     Attributes:
-        params: the setting measured (``None``: the index's own).
+        params: the setting measured, over the facade's ``search_params`` (``None``: what searches used).
         recall: parent recall@``top_k``: the mean, over the queries, of the share of each query's exact
             ``top_k`` parents (an exhaustive search of the stored vectors, each parent ranked by its best chunk)
             that the search returned.

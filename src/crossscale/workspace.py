@@ -44,6 +44,7 @@ from crossscale._memory import release_freed_memory
 from crossscale.errors import (
     ChunkIndexError,
     ConfigurationError,
+    CrossScaleError,
     ParentNotFoundError,
     WorkspaceError,
     WorkspaceFormatError,
@@ -68,7 +69,7 @@ from crossscale.index.milvus import (
 )
 from crossscale.index.root_store import VECTOR_DTYPES, NewParent, ParentRecord
 from crossscale.protocols import DetailsLookup
-from crossscale.types import ChunkDetails, ChunkRecord
+from crossscale.types import ChunkDetails, ChunkRecord, SearchParams
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ INDEX_FILE = "chunks.index"
 #: the parent map (chunk id -> parent, box, kind, label), derived from the store and saved with the chunk index, so
 #: that opening need not read every parent's record
 PARENTS_FILE = "parents.map"
+#: the store's info key of the search setting saved for facades to start from (``Workspace.save_search_params``)
+SEARCH_PARAMS_KEY = "search_params"
 #: the keypoint index of local search (:class:`~crossscale.search.LocalCandidates`), derived from the store
 KEYPOINT_FILE = "keypoints.index"
 LOCK_FILE = "lock"
@@ -329,6 +332,8 @@ class Workspace:
     #: (generation, index version) the index file holds, and the generation the parent map file holds (writer)
     _index_on_disk: tuple[int, int] | None = field(default=None, init=False, repr=False)
     _parents_on_disk: int | None = field(default=None, init=False, repr=False)
+    #: the saved search setting as read for an index structure (re-read when the structure changes)
+    _saved_params: tuple[tuple[str, Any], SearchParams] | None = field(default=None, init=False, repr=False)
     #: when :meth:`save_if_due` rewrites the index file after ingest work
     save_schedule: SaveSchedule = field(default_factory=SaveSchedule, init=False, repr=False)
 
@@ -488,6 +493,61 @@ class Workspace:
             return None
         return self.parents.details
 
+    def saved_search_params(self) -> SearchParams:
+        """The search setting saved with :meth:`save_search_params`, for the index structure it was saved with;
+        ``SearchParams()`` (the index's own) when none is saved, or when the index has changed structure since (a
+        migration to more lists: a setting tuned for the old one may miss parents; logged: tune again)."""
+        self.check_open()
+        structure = self._structure()
+        if self._saved_params is None or self._saved_params[0] != structure:  # e.g. migrated since: read again
+            self._saved_params = (structure, self._read_saved_params(structure))
+        return self._saved_params[1]
+
+    def _read_saved_params(self, structure: tuple[str, Any]) -> SearchParams:
+        """:meth:`saved_search_params` for ``structure``, read from the store (a mismatch or a bad value logged)."""
+        stored = self.store.get_info(SEARCH_PARAMS_KEY)
+        if stored is None:
+            return SearchParams()
+        try:
+            params = SearchParams(**{k: stored.get(k) for k in ("nprobe", "ef_search", "rescore")})
+            saved_for = (str(stored["structure"]), stored.get("reduce_dim"))
+        except (AttributeError, KeyError, TypeError, CrossScaleError) as exc:
+            logger.warning("%s: the saved search setting %r is unreadable (%s); not used", self.path, stored, exc)
+            return SearchParams()
+        if saved_for != structure:
+            logger.warning(
+                "%s: the saved search setting (%s) is for a %s index, this one is %s; not used: tune again",
+                self.path,
+                params.describe(),
+                saved_for[0],
+                structure[0],
+            )
+            return SearchParams()
+        return params
+
+    def save_search_params(self, params: SearchParams) -> None:
+        """Save ``params`` as the search setting that facades opening this workspace start from (their
+        :attr:`~crossscale.CrossScaleSearch.search_params`), for the index's present structure;
+        ``SearchParams()`` clears it. A committed write of its own: readers opened after it see it.
+
+        Raises:
+            WorkspaceError: the workspace is open read-only or closed.
+            ConfigurationError: ``params`` is not a :class:`~crossscale.types.SearchParams`.
+        """
+        self.check_open(write=True)
+        if not isinstance(params, SearchParams):
+            raise ConfigurationError(f"params must be a crossscale.types.SearchParams, got {type(params).__name__}")
+        structure = self._structure()
+        value = None if params == SearchParams() else {**dataclasses.asdict(params), "structure": structure[0]}
+        if value is not None:
+            value["reduce_dim"] = structure[1]
+        self.store.set_info(SEARCH_PARAMS_KEY, value)
+        self._saved_params = (structure, params)
+
+    def _structure(self) -> tuple[str, Any]:
+        """What a saved search setting is tied to: the index's structure and projection."""
+        return self.index.factory, getattr(self.index, "reduce_dim", None)
+
     def info(self) -> dict[str, Any]:
         """A summary, JSON-ready."""
         self.check_open()
@@ -509,6 +569,7 @@ class Workspace:
             "vector_dtype": self.store.vector_dtype,
             "index_device": self.index.device,
             "search_settings": {"nprobe": settings.nprobe, "ef_search": settings.ef_search},
+            "saved_search_params": self.store.get_info(SEARCH_PARAMS_KEY),  # with the structure it is for
             "store_bytes": self.store.disk_bytes(),
             "verifier": self.config.verifier_name,
             "parents_with_local_features": self.store.local_count(),
@@ -715,6 +776,7 @@ class Workspace:
         writer it is a no-op: its index is always current.
         """
         self.check_open()
+        self._saved_params = None  # a writer may have saved another search setting
         with self.store.snapshot() as txn:
             generation = self.store.generation_at(txn)
             if generation != self._generation:
