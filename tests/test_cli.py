@@ -334,3 +334,25 @@ def test_measure_by_vectors_needs_no_encoder(
     assert len(rows) == 1 and rows[0]["recall"] == 1.0  # a Flat index: the exhaustive search's parents
     assert main([*base, str(tmp_path / "q.npy")]) == 2  # images need the encoder, which it cannot rebuild
     assert "passed as an object" in capsys.readouterr().err
+
+
+def test_info_verify_and_repair_need_no_encoder(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They encode nothing, so they open the workspace without its encoder: one built with an encoder object
+    (which the command line cannot rebuild) is described, verified and repaired all the same."""
+    from crossscale import CrossScaleSearch
+    from crossscale.encode import ColorHistogramEncoder
+
+    ws = str(tmp_path / "ws")
+    opts = {"segmenter": "whole+tiles", "verifier": False, "refine": False, "progress": False, "device": "cpu"}
+    with CrossScaleSearch.open(ws, encoder=ColorHistogramEncoder(), **opts) as cs:  # type: ignore[arg-type]
+        cs.index([(n, photos[n]) for n in sorted(photos)[:2]])
+    capsys.readouterr()
+    assert main(["info", "-w", ws]) == 0
+    assert json.loads(capsys.readouterr().out)["parents"] == 2
+    assert main(["verify", "-w", ws]) == 0
+    assert capsys.readouterr().out.startswith("ok: 2 parents")
+    (tmp_path / "ws" / "chunks.index").unlink()
+    assert main(["repair", "-w", ws]) == 0
+    assert capsys.readouterr().out.startswith("ok: 2 parents") and (tmp_path / "ws" / "chunks.index").exists()

@@ -174,7 +174,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
 
-    with CrossScaleSearch.open(args.workspace, readonly=True, device="cpu", progress=False) as cs:
+    # encoder=False: nothing here encodes, so no model is loaded (and a workspace built with an encoder object opens)
+    with CrossScaleSearch.open(args.workspace, encoder=False, readonly=True, device="cpu", progress=False) as cs:
         info = cs.info()  # "local_search": whether a search opened with the defaults uses it
     print(json.dumps(info, indent=2))
     return 0
@@ -199,7 +200,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
 
     # no keypoint index in RAM (nor a warning about its size): verify and repair check and rebuild its file either way
-    with CrossScaleSearch.open(args.workspace, readonly=True, device="cpu", progress=False, local_search=False) as cs:
+    with CrossScaleSearch.open(
+        args.workspace, encoder=False, readonly=True, device="cpu", progress=False, local_search=False
+    ) as cs:
         report = cs.verify()
     _print_verify(report, args.json)
     return 0 if report.ok else 1
@@ -208,7 +211,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_repair(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
 
-    with CrossScaleSearch.open(args.workspace, device="cpu", progress=False, local_search=False) as cs:
+    with CrossScaleSearch.open(args.workspace, encoder=False, device="cpu", progress=False, local_search=False) as cs:
         cs.rebuild_index()
         report = cs.verify()
     _print_verify(report, args.json)
