@@ -220,6 +220,15 @@ def test_what_an_index_takes_of_a_call_settings() -> None:
     assert SearchParams().describe() == "own"
 
 
+def test_a_call_settings_over_a_base_take_only_the_fields_not_given() -> None:
+    base = SearchParams(nprobe=128, rescore=False)
+    assert SearchParams().over(base) == base
+    assert SearchParams(nprobe=256).over(base) == SearchParams(nprobe=256, rescore=False)
+    assert SearchParams(ef_search=32, rescore=True).over(base) == SearchParams(nprobe=128, ef_search=32, rescore=True)
+    given = SearchParams(nprobe=4, ef_search=8, rescore=True)
+    assert given.over(base) is given and SearchParams(nprobe=4).over(SearchParams()) == SearchParams(nprobe=4)
+
+
 def test_an_index_ignores_a_call_rescore() -> None:
     index, q = _index("IVF32,SQ8", own="nprobe=4")
     want = index.search(q, 5, params=SearchParams(nprobe=2))
