@@ -451,3 +451,37 @@ def test_a_new_workspace_has_both_files_from_the_start(tmp_path: Path) -> None:
     with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
         report = reader.verify()
     assert report.ok and not report.notes, report
+
+
+def test_a_parent_map_that_cannot_be_caught_up_is_rebuilt_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunk record added since the map's file was written is unreadable: catching the map up from it fails, so
+    the map is built from the store (each parent's stored details), the workspace opens and searches, and verify
+    names the record."""
+    import struct
+
+    from crossscale.workspace import Workspace
+
+    first, second = _noise(10, 2), _noise(11, 2)
+    with _writer(tmp_path / "ws") as cs:
+        cs.index(first)
+    earlier = CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False)  # a reader from before
+    writer = _writer(tmp_path / "ws")
+    monkeypatch.setattr(Workspace, "_write_index", lambda self: None)  # the files stay as they were
+    writer.index(second)
+    bad = writer.record(second[1][0]).chunk_ids[0]
+    store = writer.workspace.store
+    store._write(lambda txn: txn.put(struct.pack(">Q", bad), b"{not json", db=store._db["chunks"]))
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as reader:
+        assert "cannot be caught up" in caplog.text
+        assert _top(reader, second[1][1])[0] == second[1][0]
+        problems = reader.verify().problems
+    assert any(f"chunk {bad}: unreadable record" in p for p in problems), problems
+    with earlier:  # refresh() replays the same log: it reloads from the store instead of failing half-way
+        earlier.refresh()
+        assert "cannot catch up" in caplog.text and len(earlier.workspace.parents) == 4
+        assert _top(earlier, second[1][1])[0] == second[1][0]
+    monkeypatch.undo()
+    writer.workspace.store.close()
+    writer.workspace._lock.release()  # type: ignore[union-attr]

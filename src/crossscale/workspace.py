@@ -781,7 +781,14 @@ class Workspace:
             generation = self.store.generation_at(txn)
             if generation != self._generation:
                 shared = isinstance(self.index, MilvusChunkIndex)  # the writer keeps it current; never write to it
-                if _catch_up(self.store, None if shared else self.index, self.parents, self._generation, txn):
+                try:
+                    caught_up = _catch_up(
+                        self.store, None if shared else self.index, self.parents, self._generation, txn
+                    )
+                except (ValueError, KeyError, TypeError) as exc:  # a changed parent's records unreadable
+                    logger.warning("%s: cannot catch up (%s); reloading from the store", self.path, exc)
+                    caught_up = False  # what was applied of it is replaced below
+                if caught_up:
                     if isinstance(self.index, MilvusChunkIndex):
                         self.index.recount()
                     self._generation = generation
@@ -1062,12 +1069,12 @@ def _load_parents(root: Path, store: RootStore, txn: Any, generation: int) -> tu
         except (WorkspaceFormatError, OSError, ValueError, TypeError) as exc:
             logger.warning("%s is unreadable (%s); rebuilding the parent map from the store", file, exc)
         else:
-            if (
-                0 <= base <= generation
-                and _catch_up(store, None, parents, base, txn)
-                and len(parents) == store.parent_count(txn)
-                and parents.chunk_count == store.chunk_count(txn)
-            ):
+            try:
+                current = 0 <= base <= generation and _catch_up(store, None, parents, base, txn)
+            except (ValueError, KeyError, TypeError) as exc:  # a changed parent's records unreadable
+                logger.warning("%s cannot be caught up (%s); rebuilding the parent map from the store", file, exc)
+                current = False
+            if current and len(parents) == store.parent_count(txn) and parents.chunk_count == store.chunk_count(txn):
                 return parents, base == generation
             logger.info(
                 "%s (generation %d) cannot be caught up to %d; rebuilding it from the store", file, base, generation
