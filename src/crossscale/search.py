@@ -987,7 +987,7 @@ class CrossScaleSearch:
     def _tuning_settings(self) -> list[SearchParams]:
         """What :meth:`tune_search` tries by default: see there."""
         index = self.workspace.searchable_index()
-        own = self._params(None).over(getattr(index, "search_settings", SearchParams()))  # what searches use now
+        own = self.search_params.over(getattr(index, "search_settings", SearchParams()))  # what searches use now
         grid: list[SearchParams] = [SearchParams()]
         for name, shares in (("nprobe", (3 / 4, 1 / 2, 3 / 8, 1 / 4)), ("ef_search", (1 / 2, 1 / 4))):
             value = getattr(own, name)

@@ -830,7 +830,6 @@ class Workspace:
                     problems.append(found)
         else:
             notes.append(f"a writer committed since this reader loaded (generation {self._generation} -> {generation})")
-        file = self.path / INDEX_FILE
         if isinstance(self.index, MilvusChunkIndex):
             committed = self.index.committed_generation()
             if committed > generation:
@@ -845,21 +844,15 @@ class Workspace:
                     f"the Milvus collection's recorded generation is {generation - committed} change(s) behind: "
                     "a writer catches it up (or records it) when it saves"
                 )
-        elif not file.exists():
-            notes.append("no index file: it is rebuilt from the store on open")
         else:
-            try:
-                meta = ChunkIndex.check_file(file)  # streamed through its checksum: no second index in memory
-                saved = int(meta.get("generation", -1))
-                if saved > generation:
-                    problems.append(f"index file is ahead of the store (generation {saved} > {generation})")
-                elif saved < generation:
-                    notes.append(f"index file is {generation - saved} change(s) behind: caught up on open")
-            except (WorkspaceFormatError, OSError, ValueError) as exc:
-                problems.append(f"index file is unreadable ({exc}); `crossscale repair` rewrites it")
-        problems_of_map, notes_of_map = _check_parents_file(self.path / PARENTS_FILE, generation)
-        problems += problems_of_map
-        notes += notes_of_map
+            without = "it is rebuilt from the store on open"
+            _check_derived_file(
+                self.path / INDEX_FILE, "index", ChunkIndex.check_file, generation, without, problems, notes
+            )
+        without = "opening reads the parents from the store (a writer's save writes it)"
+        _check_derived_file(
+            self.path / PARENTS_FILE, "parent map", ParentMap.check_file, generation, without, problems, notes
+        )
         if self.config.verifier_name is not None:
             with self.store.snapshot() as txn:
                 missing = self.store.parent_count(txn) - self.store.local_count(txn)
@@ -931,20 +924,31 @@ def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[st
     ]
 
 
-def _check_parents_file(file: Path, generation: int) -> tuple[list[str], list[str]]:
-    """Problems and notes of the parent map file against store ``generation``: it must be readable (its checksum
-    streamed, nothing loaded) and not ahead of the store. It is derived: a missing or stale one is a note."""
+def _check_derived_file(
+    file: Path,
+    what: str,
+    check_file: Callable[[Path], Mapping[str, Any]],
+    generation: int,
+    without: str,
+    problems: list[str],
+    notes: list[str],
+) -> None:
+    """Append to ``problems`` and ``notes`` what is wrong with the ``what`` file (the chunk index's, the parent
+    map's) against store ``generation``: it must be readable (``check_file`` streams it through its checksum,
+    loading nothing) and not ahead of the store. It is derived from the store: missing (``without`` says what
+    happens then) or behind, it is a note."""
     if not file.exists():
-        return [], ["no parent map file: opening reads the parents from the store (a writer's save writes it)"]
+        notes.append(f"no {what} file: {without}")
+        return
     try:
-        saved = int(ParentMap.check_file(file).get("generation", -1))
+        saved = int(check_file(file).get("generation", -1))
     except (WorkspaceFormatError, OSError, ValueError, TypeError) as exc:
-        return [f"parent map file is unreadable ({exc}); `crossscale repair` rewrites it"], []
+        problems.append(f"{what} file is unreadable ({exc}); `crossscale repair` rewrites it")
+        return
     if saved > generation:
-        return [f"parent map file is ahead of the store (generation {saved} > {generation})"], []
-    if saved < generation:
-        return [], [f"parent map file is {generation - saved} change(s) behind: caught up on open"]
-    return [], []
+        problems.append(f"{what} file is ahead of the store (generation {saved} > {generation})")
+    elif saved < generation:
+        notes.append(f"{what} file is {generation - saved} change(s) behind: caught up on open")
 
 
 def _is_unfinished(root: Path) -> bool:

@@ -218,10 +218,10 @@ class ParentMap:
     def _compacted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The columns without the rows of removed parents, and the runs' rows in them (new arrays; the map is
         unchanged)."""
-        sizes = self._stops - self._starts
-        firsts = (np.cumsum(sizes) - sizes).astype(np.int64)  # where each run starts once compacted
         if not self._garbage:
             return self._boxes, self._kinds, self._labels, self._rows
+        sizes = self._stops - self._starts
+        firsts = (np.cumsum(sizes) - sizes).astype(np.int64)  # where each run starts once compacted
         take = np.repeat(self._rows - firsts, sizes) + np.arange(int(sizes.sum()))
         return self._boxes[take], self._kinds[take], self._labels[take], firsts
 
