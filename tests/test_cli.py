@@ -277,7 +277,7 @@ def test_measure_from_the_command_line(
     assert main([*base, str(queries[0]), "--min-recall", "0.9"]) == 1  # no setting reached it
     assert capsys.readouterr().out.splitlines()[-1] == "no setting reached recall@2 0.9"
     assert main([*base, "--nprobe", "1"]) == 2
-    assert "give query images or --vectors FILE.npy" in capsys.readouterr().err
+    assert "give query images, --vectors FILE.npy or --sample N: one of them" in capsys.readouterr().err
     assert main([*base, str(queries[0]), "--nprobe", "1,x"]) == 2
     assert "--nprobe takes 'own' or numbers of lists" in capsys.readouterr().err
     (tmp_path / "bad.npy").write_bytes(b"junk")
@@ -334,6 +334,43 @@ def test_measure_by_vectors_needs_no_encoder(
     assert len(rows) == 1 and rows[0]["recall"] == 1.0  # a Flat index: the exhaustive search's parents
     assert main([*base, str(tmp_path / "q.npy")]) == 2  # images need the encoder, which it cannot rebuild
     assert "passed as an object" in capsys.readouterr().err
+    assert main([*base, "--sample", "4", "--seed", "2", "--json"]) == 0  # stored regions: no encoder either
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["queries"] == 4 and rows[0]["recall"] == 1.0
+    assert main([*base, "--sample", "3", "--vectors", str(tmp_path / "q.npy")]) == 2
+    assert "give query images, --vectors FILE.npy or --sample N: one of them" in capsys.readouterr().err
+    assert main([*base, "--vectors", str(tmp_path / "q.npy"), "--seed", "1"]) == 2
+    assert "--seed is for --sample's draw" in capsys.readouterr().err
+    assert main([*base, "--sample", "0"]) == 2
+    assert "--sample takes a positive number of stored regions, got 0" in capsys.readouterr().err
+    assert main([*base, "--sample", "2", "--seed", "-1"]) == 2
+    assert "--seed takes an int >= 0, got -1" in capsys.readouterr().err
+
+
+def test_measure_tunes_and_saves_on_a_sample_of_stored_regions(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``measure --sample N --min-recall R --save``: tune_search on cs.sample_vectors(N, seed=...) (the same draw as
+    the method's), its choice saved with the workspace."""
+    import numpy as np
+
+    from crossscale import CrossScaleSearch, SearchParams
+
+    ws = _index_photos(tmp_path, photos, ("coffee", "rocket", "astronaut"), "whole+tiles", "--index", "IVF4,Flat")
+    with CrossScaleSearch.open(ws, encoder=False, readonly=True, progress=False) as cs:
+        want = cs.sample_vectors(5, seed=7)
+    tuned: list[np.ndarray] = []
+    real = CrossScaleSearch.tune_search
+    monkeypatch.setattr(
+        CrossScaleSearch, "tune_search", lambda self, v, **kw: tuned.append(np.array(v)) or real(self, v, **kw)
+    )
+    capsys.readouterr()
+    argv = ["measure", "-w", ws, "--sample", "5", "--seed", "7", "-k", "2", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--nprobe", "4", "--min-recall", "1", "--save"]) == 0
+    assert np.array_equal(tuned[0], want)
+    assert capsys.readouterr().out.splitlines()[-1] == "saved with the workspace: its searches start from it"
+    with CrossScaleSearch.open(ws, encoder=False, readonly=True, progress=False) as cs:
+        assert cs.search_params == SearchParams(nprobe=4)
 
 
 def test_info_verify_and_repair_need_no_encoder(

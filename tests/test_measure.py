@@ -286,6 +286,82 @@ def test_tune_search_refuses_a_bad_min_recall(tmp_path: Path, photos: dict[str, 
         cs.tune_search(vectors, min_recall=bad)  # type: ignore[arg-type]
 
 
+# ---------------------------------------------------------------------- sample_vectors
+def _stored(cs: CrossScaleSearch) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored (id, unit vector), in id order."""
+    ids, vectors = zip(*cs.workspace.store.iter_vectors(), strict=True)
+    rows = np.concatenate(vectors)
+    return np.concatenate(ids), rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_sample_vectors_are_stored_regions_drawn_at_random(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unit rows of stored vectors, no chunk twice, in id order; repeatable with a seed; every region where fewer
+    are stored; never a deleted parent's; and as queries each finds its own parent first."""
+    cs, _ = _workspace(tmp_path / "ws", photos)
+    with cs:
+        ids, rows = _stored(cs)
+        store, asked = cs.workspace.store, []
+        read = store.vectors
+
+        def spy(chunk_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            asked.append(np.asarray(chunk_ids).copy())
+            return read(chunk_ids)
+
+        monkeypatch.setattr(store, "vectors", spy)
+        sample = cs.sample_vectors(6, seed=3)
+        picked = asked[-1]
+        assert len(picked) == 6 and picked.tolist() == sorted(set(picked.tolist()))  # none twice, in id order
+        assert set(picked.tolist()) <= set(ids.tolist())
+        assert sample.shape == (6, cs.config.dim) and sample.dtype == np.float32
+        assert np.allclose(sample, rows[np.searchsorted(ids, picked)], atol=1e-6)  # unit rows of those vectors
+        assert np.array_equal(cs.sample_vectors(6, seed=3), sample)
+        for _ in range(5):
+            cs.sample_vectors(6)
+        assert len({tuple(a.tolist()) for a in asked[-5:]}) > 1  # unseeded draws differ
+        assert np.allclose(cs.sample_vectors(len(ids) + 5, seed=0), rows, atol=1e-6)  # all of them, in id order
+        found = cs.search_vectors(sample, top_k=1, params=SearchParams(nprobe=4))
+        owners = cs.workspace.parents.parent_codes(picked)
+        assert [r[0].parent_id for r in found] == [cs.workspace.parents.parent_id(int(c)) for c in owners]
+        gone = sorted(cs.parent_ids())[0]
+        cs.delete(gone)
+        left_ids, left = _stored(cs)
+        assert len(left_ids) < len(ids)
+        assert np.allclose(cs.sample_vectors(len(ids), seed=1), left, atol=1e-6)
+
+
+def test_sample_vectors_leaves_out_zero_vectors_and_refuses_bad_input(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = CrossScaleSearch.open(
+        tmp_path / "empty", encoder="color-histogram", segmenter="whole", progress=False, device="cpu"
+    )
+    with empty, pytest.raises(WorkspaceError, match="nothing to sample"):
+        empty.sample_vectors(3)
+    cs, _ = _workspace(tmp_path / "ws", dict(list(sorted(photos.items()))[:2]))
+    with cs:
+        for bad in (0, -1, 1.5, True, "3"):
+            with pytest.raises(ConfigurationError, match="count must be"):
+                cs.sample_vectors(bad)  # type: ignore[arg-type]
+        for bad in (-1, 1.5, "1"):
+            with pytest.raises(ConfigurationError, match="seed must be"):
+                cs.sample_vectors(3, seed=bad)  # type: ignore[arg-type]
+        store = cs.workspace.store
+        read = store.vectors
+
+        def with_a_dead_region(chunk_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            got, vectors = read(chunk_ids)
+            vectors[1] = 0  # a region of a feature map's dead cells is stored as zeros
+            return got, vectors
+
+        monkeypatch.setattr(store, "vectors", with_a_dead_region)
+        with caplog.at_level("INFO", logger="crossscale.search"):
+            sample = cs.sample_vectors(4, seed=0)
+        assert sample.shape == (3, cs.config.dim) and np.isfinite(sample).all()
+        assert "1 sampled regions have all-zero vectors" in caplog.text
+
+
 # ---------------------------------------------------------------------- a saved search setting
 def test_a_saved_search_setting_is_what_later_searches_start_from(
     tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch

@@ -108,8 +108,14 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
     from crossscale.types import SearchParams
 
-    if bool(args.queries) == (args.vectors is not None):
-        raise ConfigurationError("give query images or --vectors FILE.npy, not both or neither")
+    if sum([bool(args.queries), args.vectors is not None, args.sample is not None]) != 1:
+        raise ConfigurationError("give query images, --vectors FILE.npy or --sample N: one of them")
+    if args.seed is not None and args.sample is None:
+        raise ConfigurationError("--seed is for --sample's draw: give --sample N")
+    if args.sample is not None and args.sample < 1:
+        raise ConfigurationError(f"--sample takes a positive number of stored regions, got {args.sample}")
+    if args.seed is not None and args.seed < 0:
+        raise ConfigurationError(f"--seed takes an int >= 0, got {args.seed}")
     if args.save and args.min_recall is None:
         raise ConfigurationError("--save keeps the setting --min-recall chooses: give --min-recall R")
     lists: list[int | None] = []
@@ -127,7 +133,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         settings = None  # tune_search's own grid
     with CrossScaleSearch.open(
         args.workspace,
-        encoder=False if args.vectors is not None else None,  # vectors need no model: none is loaded
+        encoder=None if args.queries else False,  # vectors need no model: none is loaded
         readonly=not args.save,
         device=args.device,
         progress=not args.no_progress,
@@ -140,6 +146,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
                 vectors = np.load(args.vectors, allow_pickle=False)
             except (OSError, ValueError) as exc:
                 raise ConfigurationError(f"--vectors {args.vectors}: not a readable .npy array: {exc}") from exc
+        elif args.sample is not None:
+            vectors = cs.sample_vectors(args.sample, seed=args.seed)
         else:
             vectors = embed(
                 cs.encoder, [load_image(q, max_pixels=cs.max_pixels, to_store=False).image for q in args.queries]
@@ -319,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("queries", nargs="*", help="query images (or give --vectors)")
     p.add_argument("--vectors", metavar="NPY", help="query vectors, one row each, from the workspace's encoder")
+    p.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="N stored region vectors drawn at random as the queries, where there are none of the service's yet "
+        "(each finds its own region first)",
+    )
+    p.add_argument("--seed", type=int, help="with --sample: a repeatable draw")
     p.add_argument("--workspace", "-w", required=True)
     p.add_argument("--nprobe", help="comma-separated lists per query to compare, 'own' for the index's (default)")
     p.add_argument(

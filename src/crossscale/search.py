@@ -853,6 +853,49 @@ class CrossScaleSearch:
             )
         return rows
 
+    def sample_vectors(self, count: int, *, seed: int | None = None) -> np.ndarray:
+        """``count`` stored region vectors drawn at random, each chunk equally likely and none twice (every one
+        where fewer are stored), as unit float32 rows in chunk-id order: queries for :meth:`measure_search` and
+        :meth:`tune_search` before a service has queries of its own (``cs.tune_search(cs.sample_vectors(1000))``,
+        ``crossscale measure --sample 1000``).
+
+        A stored region is what a query of one object resembles, but it also finds itself: its own parent comes
+        first at any setting. What the other ranks hold is measured as for any query; on the 10M-region benchmark
+        its recall ran 0.1-0.9 points below that of queries that are noisy copies of regions, setting by setting
+        (docs/benchmarks.md), so a choice made on it was the cautious one there. Tune on the service's own
+        queries where there are some.
+
+        Args:
+            count: how many (>= 1).
+            seed: for a repeatable draw (an int >= 0); ``None``: a fresh one.
+
+        Returns:
+            ``(n, dim)``: ``n`` is ``count`` or the chunks stored where fewer, less any all-zero vector (a region of
+            a feature map's dead cells scores 0 against every query and cannot be one).
+
+        Raises:
+            ConfigurationError: a bad ``count`` or ``seed``.
+            WorkspaceError: nothing is stored yet.
+        """
+        self.workspace.check_open()
+        count = positive_int("count", count)
+        if seed is not None:
+            seed = int_at_least("seed", seed, 0)
+        parents = self.workspace.parents
+        total = parents.chunk_count
+        if total == 0:
+            raise WorkspaceError(f"{self.workspace.path}: no region is stored yet: nothing to sample")
+        rng = np.random.default_rng(seed)
+        picks = np.sort(rng.choice(total, min(count, total), replace=False))
+        ids, vectors = self.workspace.store.vectors(parents.chunk_ids_at(picks))
+        if len(ids) < len(picks):  # a mapped chunk without a vector: the store and the map disagree
+            logger.warning("%d of %d sampled chunks have no stored vector", len(picks) - len(ids), len(picks))
+        vectors = vectors.reshape(-1, self.workspace.config.dim)
+        live = np.einsum("ij,ij->i", vectors, vectors) > 1e-24  # a region of dead feature-map cells is stored as 0
+        if not live.all():
+            logger.info("%d sampled regions have all-zero vectors: left out", int((~live).sum()))
+        return l2_normalize(vectors[live])
+
     def measure_search(
         self,
         vectors: np.ndarray,
@@ -878,7 +921,8 @@ class CrossScaleSearch:
         reach the refiner. Each result is the fastest repeat. ``singles``: also search the first ``singles``
         queries one at a time under each setting, for the latency of one query
         (:attr:`~crossscale.types.SearchMeasurement.single_p50_ms`). Queries should be what users will search
-        with (embeddings of typical query images): stored region vectors find themselves.
+        with (embeddings of typical query images); before there are any, :meth:`sample_vectors` draws stored
+        regions (see there for what they measure).
 
         Returns:
             One :class:`~crossscale.types.SearchMeasurement` per setting, in their order.

@@ -59,6 +59,41 @@ def test_agrees_with_a_dict(sizes: list[int], data: st.DataObject) -> None:
     assert got == [owner.get(int(i)) for i in probe]
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 200), max_size=12), max_size=12), st.data())
+def test_chunk_ids_at_positions_are_the_sorted_mapped_ids(groups: list[set[int]], data: st.DataObject) -> None:
+    """Parents of ids in several runs each (not one run per parent, as a store would assign them), a parent
+    re-added with other ids, some removed: position i holds the i-th smallest mapped id, in any shape asked."""
+    owner: dict[int, str] = {}
+    for p, ids in enumerate(groups):  # an id claimed by an earlier parent stays its
+        owner.update({i: f"p{p}" for i in ids if i not in owner})
+    mine: dict[str, list[int]] = {}
+    for cid, name in owner.items():
+        mine.setdefault(name, []).append(cid)
+    parents = ParentMap.from_parents(sorted((name, sorted(ids)) for name, ids in mine.items()))
+    for name in data.draw(st.lists(st.sampled_from(sorted(mine)), max_size=3)) if mine else []:
+        parents.remove(name)
+        for cid in mine[name]:
+            owner.pop(cid, None)
+    kept = sorted(set(owner.values()))
+    if kept and data.draw(st.booleans()):  # one parent's chunks replaced by new ones
+        name = data.draw(st.sampled_from(kept))
+        owner = {cid: who for cid, who in owner.items() if who != name}
+        fresh = data.draw(st.lists(st.integers(201, 260), min_size=1, max_size=8, unique=True))
+        parents.add(name, sorted(fresh))
+        owner.update(dict.fromkeys(fresh, name))
+    want = sorted(owner)
+    assert parents.chunk_count == len(want)
+    assert parents.chunk_ids_at(np.arange(len(want))).tolist() == want
+    if want:
+        at = np.array([[len(want) - 1, 0], [0, len(want) // 2]])
+        assert parents.chunk_ids_at(at).tolist() == [[want[-1], want[0]], [want[0], want[len(want) // 2]]]
+    for bad in (-1, len(want)):
+        with pytest.raises(IndexError, match="chunk positions must lie in"):
+            parents.chunk_ids_at(np.array([0, bad]) if want else np.array([bad]))
+    assert parents.chunk_ids_at(np.zeros(0, np.int64)).tolist() == []
+
+
 # ---------------------------------------------------------------------- chunk details
 def details_of(*boxes: tuple[int, int, int, int], label: str | None = None) -> ChunkDetails:
     return ChunkDetails.of([Chunk(Box(*b), None, "detection" if label else "tile", label) for b in boxes])

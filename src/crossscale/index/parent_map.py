@@ -309,6 +309,23 @@ class ParentMap:
         safe = np.maximum(pos, 0)
         return safe, (pos >= 0) & (chunk_ids < self._stops[safe])
 
+    def chunk_ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """The chunk ids at ``positions`` (any shape) in the sorted list of every mapped chunk id, ``0`` to
+        :attr:`chunk_count` - 1: e.g. a uniform sample of the chunks from positions drawn at random.
+
+        Raises:
+            IndexError: a position outside that range.
+        """
+        at = np.asarray(positions, dtype=np.int64)
+        sizes = self._stops - self._starts
+        ends = np.cumsum(sizes)
+        total = int(ends[-1]) if len(ends) else 0
+        if at.size and (int(at.min()) < 0 or int(at.max()) >= total):
+            raise IndexError(f"chunk positions must lie in [0, {total}), got {int(at.min())}..{int(at.max())}")
+        run = np.searchsorted(ends, at, side="right")  # the first run ending past the position
+        out: np.ndarray = self._starts[run] + at - (ends[run] - sizes[run])
+        return out
+
     def parent_codes(self, chunk_ids: np.ndarray) -> np.ndarray:
         """The parent code of each chunk id (any shape), ``-1`` where no mapped parent has that chunk."""
         ids = np.asarray(chunk_ids, dtype=np.int64)
