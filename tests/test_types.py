@@ -123,3 +123,13 @@ def test_a_match_is_attached_to_a_loader_in_place_once_and_copied_after() -> Non
     moved = match._attached(two)
     assert moved is not match and moved == match
     assert moved.image() == "two:p" and match.image() == "one:p"  # the first stays attached where it was
+
+
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["cat", "dog", "kite"])), max_size=12))
+def test_label_names_are_each_chunks_label(labels: list[str | None]) -> None:
+    from crossscale.types import Chunk, ChunkDetails
+
+    details = ChunkDetails.of([Chunk(Box(0, 0, 2, 2), None, "detection", label) for label in labels])
+    assert details.label_names() == [details.label(i) for i in range(len(details))] == labels
+    back = ChunkDetails.from_bytes(details.to_bytes())
+    assert back.label_names() == labels

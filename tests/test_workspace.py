@@ -252,6 +252,29 @@ def test_verify_reports_chunks_indexed_twice_and_chunks_not_indexed(tmp_path: Pa
         assert any("0 vector(s) of no stored chunk, 1 stored chunk(s) not indexed" in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (b"{not json", "unreadable record (Expecting property name"),
+        (b'{"w": 128, "h": 96, "f": "PNG", "n": 1, "c": ["x"]}', "unreadable record (chunk id 'x' is not an int"),
+        (b'{"w": 128, "h": 96, "f": "PNG", "n": 1, "c": [-1]}', "unreadable record (chunk id -1 is not an int"),
+    ],
+)
+def test_a_corrupt_parent_record_is_reported_and_left_out(tmp_path: Path, record: bytes, problem: str) -> None:
+    """verify() reports an unreadable parent record (it raised from the parent map's check, or from packing a
+    chunk id that is not one); opening without the parent map file leaves the parent out, with a warning."""
+    with _three_noise_images(tmp_path / "ws", 5) as cs:
+        victim = sorted(cs.parent_ids())[1]
+        store = cs.workspace.store
+        store._write(lambda txn: txn.put(victim.encode(), record, db=store._db["parents"]))
+        report = cs.verify()
+    assert not report.ok and any(f"parent {victim!r}: {problem}" in p for p in report.problems), report
+    (tmp_path / "ws" / "parents.map").unlink()
+    with CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False) as cs:
+        assert victim not in {m.parent_id for r in cs.search_vectors(np.eye(cs.config.dim)[:3], top_k=3) for m in r}
+        assert not cs.verify().ok
+
+
 def test_chunk_details_are_worked_out_once_per_new_parent(
     tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
 ) -> None:

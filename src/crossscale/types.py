@@ -197,10 +197,15 @@ class ChunkRecord:
         """Decode a stored record. Searches trust the store's own boxes; ``validate=True`` checks them."""
         d = json.loads(raw.decode())  # str: skips json's encoding detection
         box = Box.from_json(d["b"]) if validate else Box._trusted(*d["b"])
+        if validate and max(box.x1, box.y1) > MAX_COORDINATE:
+            raise ValueError(f"box {box.as_tuple()} lies beyond {MAX_COORDINATE}, the most a stored box holds")
         if validate and d["k"] not in CHUNK_KINDS:
             raise ValueError(f"unknown chunk kind {d['k']!r}")
         return cls(chunk_id, d["p"], box, d["k"], d.get("l"), d.get("c"))
 
+
+#: the largest coordinate a stored box holds (chunk details keep boxes as int32)
+MAX_COORDINATE = (1 << 31) - 1
 
 _DETAILS_HEADER = struct.Struct("<2sI")  # magic, chunk count; then int32 boxes, uint8 kinds, int32 labels, JSON
 _DETAILS_MAGIC = b"D1"
@@ -261,6 +266,12 @@ class ChunkDetails:
         """The label of chunk ``i``, or ``None``."""
         code = int(self.labels[i])
         return None if code < 0 else self.vocabulary[code]
+
+    def label_names(self) -> list[str | None]:
+        """Every chunk's label, or ``None``: :meth:`label` of each, in one pass (compares the labels of details
+        whose vocabularies differ)."""
+        names: list[str | None] = [*self.vocabulary, None]  # code -1: the last
+        return [names[code] for code in self.labels.tolist()]
 
     def box(self, i: int) -> Box:
         """The box of chunk ``i``."""

@@ -912,7 +912,7 @@ def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[st
             if not (
                 np.array_equal(mapped.kinds, stored.kinds)
                 and np.array_equal(mapped.boxes[stored.known], stored.boxes[stored.known])
-                and all(mapped.label(i) == stored.label(i) for i in range(len(ids)))
+                and mapped.label_names() == stored.label_names()
             ):
                 wrong += 1
     gone = len(parents) - known

@@ -311,3 +311,94 @@ def test_check_names_each_broken_invariant(tmp_path: Path, name: str) -> None:
     corrupt(store)
     found = store.check()
     assert any(problem in p for p in found), found
+
+
+# ---------------------------------------------------------------------- a parent's chunks checked together
+_RECORD_AT_1: dict[str, bytes | None] = {
+    "as written": None,
+    "a box of another size": b'{"p": "a", "b": [1, 2, 5, 6], "k": "detection", "l": "cat", "c": 0.5}',
+    "another parent named": b'{"p": "b", "b": [1, 2, 3, 4], "k": "detection", "l": "cat"}',
+    "a float coordinate": b'{"p": "a", "b": [1.0, 2, 3, 4], "k": "detection", "l": "cat"}',
+    "true as a coordinate": b'{"p": "a", "b": [true, 2, 3, 4], "k": "detection", "l": "cat"}',
+    "an empty box": b'{"p": "a", "b": [5, 5, 1, 1], "k": "detection", "l": "cat"}',
+    "a negative coordinate": b'{"p": "a", "b": [-1, 2, 3, 4], "k": "detection", "l": "cat"}',
+    "a box of three": b'{"p": "a", "b": [1, 2, 3], "k": "detection", "l": "cat"}',
+    "a box of strings": b'{"p": "a", "b": ["1", "2", "3", "4"], "k": "detection", "l": "cat"}',
+    "a huge coordinate": b'{"p": "a", "b": [1, 2, 1180591620717411303424, 4], "k": "detection", "l": "cat"}',
+    "a coordinate beyond int32": b'{"p": "a", "b": [1, 2, 2147483648, 4], "k": "detection", "l": "cat"}',
+    "a coordinate at int32's end": b'{"p": "a", "b": [1, 2, 2147483647, 4], "k": "detection", "l": "cat"}',
+    "an unknown kind": b'{"p": "a", "b": [1, 2, 3, 4], "k": "blob", "l": "cat"}',
+    "a label not a string": b'{"p": "a", "b": [1, 2, 3, 4], "k": "detection", "l": 5}',
+    "another label": b'{"p": "a", "b": [1, 2, 3, 4], "k": "detection", "l": "dog"}',
+    "no label": b'{"p": "a", "b": [1, 2, 3, 4], "k": "detection"}',
+    "no parent": b'{"b": [1, 2, 3, 4], "k": "detection", "l": "cat"}',
+    "a list, not an object": b"[1, 2, 3]",
+    "two objects in one": b'{"p": "a", "b": [1, 2, 3, 4], "k": "tile"}, {"p": "a", "b": [1, 2, 3, 4], "k": "tile"}',
+    "not JSON": b"{not json",
+    "empty": b"",
+    "invalid UTF-8": b'{"p": "a\xff", "b": [1, 2, 3, 4], "k": "detection", "l": "cat"}',
+    "a lone surrogate": b'{"p": "a\xed\xa0\x80", "b": [1, 2, 3, 4], "k": "detection", "l": "cat"}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RECORD_AT_1))
+def test_a_parents_chunks_checked_together_find_what_one_at_a_time_finds(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check() reads a parent's chunk records together where they all parse, name it and hold valid boxes and
+    kinds, else one at a time: whatever one record holds, the problems are those of the walk a record at a time,
+    word for word; and the records as written take the fast way."""
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_labelled("a"), _parent("b", 2)])
+    value = _RECORD_AT_1[name]
+    if value is not None:
+        store._write(lambda txn: txn.put(_key(1), value, db=store._db["chunks"]))
+    together = RootStore._check_chunks_together
+    taken: list[bool] = []
+
+    def spy(self: RootStore, *args: Any) -> list[str] | None:
+        got = together(self, *args)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(RootStore, "_check_chunks_together", spy)
+    found = store.check()
+    monkeypatch.setattr(RootStore, "_check_chunks_together", lambda self, *args: None)
+    assert found == store.check()
+    assert taken[1]  # parent b's records are as written
+    fast = (
+        "as written",
+        "true as a coordinate",
+        "a box of another size",
+        "another label",
+        "no label",
+        "a label not a string",
+    )
+    assert taken[0] == (name in (*fast, "a coordinate at int32's end"))
+    readable = ("as written", "true as a coordinate", "a float coordinate", "a box of strings")  # int(1.0), int("1")
+    assert (found == []) == (name in readable)
+
+
+@pytest.mark.parametrize("ids", [["x"], [-1], [True], [0, 1.5], [1 << 64]])
+def test_check_reports_a_parent_record_whose_chunk_ids_are_not_keys(tmp_path: Path, ids: list[object]) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a", 2)])
+    _relist(store, "a", ids)  # type: ignore[arg-type]
+    found = store.check()
+    assert any(f"parent 'a': unreadable record (chunk id {ids[-1]!r} is not an int" in p for p in found), found
+
+
+@pytest.mark.parametrize("record", [b"{not json", b'{"c": ["x"]}', b'{"c": 5}', b"[]"])
+def test_parents_listed_leave_out_one_whose_record_is_unreadable(
+    tmp_path: Path, record: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """parent_chunks and parent_details (what the parent map and local search are built of) skip it with a warning,
+    instead of raising; check() reports it."""
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a", 2), _parent("b", 2), _parent("c", 1)])
+    store._write(lambda txn: txn.put(b"b", record, db=store._db["parents"]))
+    with caplog.at_level("WARNING", logger="crossscale.index.root_store"):
+        assert [(p, ids) for p, ids in store.parent_chunks()] == [("a", [0, 1]), ("c", [4])]
+        assert [(p, ids) for p, ids, _ in store.parent_details()] == [("a", [0, 1]), ("c", [4])]
+    assert caplog.text.count("parent 'b': unreadable record") == 2
+    assert any("parent 'b': unreadable record" in p for p in store.check())

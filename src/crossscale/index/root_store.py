@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import lmdb
 import numpy as np
@@ -36,7 +36,7 @@ from crossscale.errors import (
     WorkspaceFormatError,
     WorkspaceMismatchError,
 )
-from crossscale.types import Chunk, ChunkDetails, ChunkRecord
+from crossscale.types import CHUNK_KINDS, MAX_COORDINATE, Chunk, ChunkDetails, ChunkRecord
 
 logger = logging.getLogger(__name__)
 
@@ -438,24 +438,36 @@ class RootStore:
                 yield bytes(key).decode()
 
     def parent_chunks(self, txn: lmdb.Transaction | None = None) -> Iterator[tuple[str, list[int]]]:
-        """``(parent_id, chunk_ids)`` of every parent (what a :class:`~crossscale.index.ParentMap` is built of)."""
+        """``(parent_id, chunk_ids)`` of every parent (what a :class:`~crossscale.index.ParentMap` is built of); a
+        parent whose record is unreadable is left out, with a warning (:meth:`check` reports it)."""
         with self._view(txn) as t:
             for key, raw in t.cursor(db=self._db["parents"]):
-                yield bytes(key).decode(), json.loads(bytes(raw).decode())["c"]
+                parent_id = bytes(key).decode()
+                try:
+                    chunk_ids = _chunk_ids(json.loads(bytes(raw).decode())["c"])
+                except (ValueError, KeyError, TypeError) as exc:  # check() reports it
+                    logger.warning("parent %r: unreadable record (%s); left out", parent_id, exc)
+                    continue
+                yield parent_id, chunk_ids
 
     def parent_details(self, txn: lmdb.Transaction | None = None) -> Iterator[tuple[str, list[int], ChunkDetails]]:
         """``(parent_id, chunk_ids, details of those chunks in that order)`` of every parent: what a
         :class:`~crossscale.index.ParentMap` that also knows boxes is built of.
 
         Each parent's details are one read; a parent stored by a crossscale that kept none (0.1, early 0.2) gets them
-        from its chunk records (one read per chunk), and one whose records are unreadable gets unknown details.
+        from its chunk records (one read per chunk), and one whose records are unreadable gets unknown details. A
+        parent whose own record is unreadable is left out, with a warning (:meth:`check` reports it).
         """
         with self._view(txn) as t:
             table = self._db["details"]
             rebuilt = 0
             for key, raw in t.cursor(db=self._db["parents"]):
                 parent_id = bytes(key).decode()
-                chunk_ids = json.loads(bytes(raw).decode())["c"]
+                try:
+                    chunk_ids = _chunk_ids(json.loads(bytes(raw).decode())["c"])
+                except (ValueError, KeyError, TypeError) as exc:  # check() reports it
+                    logger.warning("parent %r: unreadable record (%s); left out", parent_id, exc)
+                    continue
                 value = None if table is None else t.get(bytes(key), db=table)
                 details = None
                 if value is not None:
@@ -729,11 +741,18 @@ class RootStore:
             record = ParentRecord.from_json(pid, raw)
         except (ValueError, KeyError, TypeError) as exc:
             return [f"parent {pid!r}: unreadable record ({exc})"]
+        try:
+            _chunk_ids(record.chunk_ids)
+        except ValueError as exc:
+            return [f"parent {pid!r}: unreadable record ({exc})"]
         problems: list[str] = []
         if t.get(key, db=self._db["roots"]) is None:
             problems.append(f"parent {pid!r}: image bytes missing")
         if not record.chunk_ids:
             problems.append(f"parent {pid!r}: has no chunks (unsearchable)")
+        together = self._check_chunks_together(t, key, pid, record.chunk_ids, walk)
+        if together is not None:
+            return problems + together
         chunks: list[ChunkRecord | None] = []
         rows: list[bytes] = []
         row_ids: list[int] = []
@@ -762,8 +781,54 @@ class RootStore:
                 rows.append(bytes(vec))
                 row_ids.append(cid)
         problems += self._check_vectors(rows, row_ids)
-        problems += self._check_details(t, key, pid, chunks)
+        records = [c for c in chunks if c is not None]
+        expected = None  # missing or unreadable records are reported already; the details' own readability is checked
+        if len(records) == len(chunks):
+            of = ChunkDetails.of(records)
+            expected = _Expected(of.boxes, of.kinds, [r.label for r in records])
+        problems += self._check_details(t, key, pid, expected)
         return problems
+
+    def _check_chunks_together(
+        self, t: lmdb.Transaction, key: bytes, pid: str, chunk_ids: Sequence[int], walk: _CheckWalk
+    ) -> list[str] | None:
+        """:meth:`_check_parent`'s checks of one parent's chunks, for the common case, a chunk at a time only
+        where numpy cannot take them all: every record is there, they parse as one JSON array, each names the
+        parent and holds a box of four ints and a known kind. Then each table is read in one lookup, the boxes are
+        checked and the details compared as arrays: ~4x less time a chunk than a record at a time (at 10M
+        chunks, ~45 s of a ~190 s verify). ``None``, with ``walk`` untouched, where any of it fails: the walk a
+        record at a time then finds and names what is wrong, as it did before."""
+        if not chunk_ids:
+            return None
+        keys = [_U64.pack(cid) for cid in chunk_ids]
+        found = t.cursor(db=self._db["chunks"]).getmulti(keys)  # in the order asked; missing ones left out
+        if len(found) != len(keys):
+            return None
+        try:
+            parsed = json.loads((b"[" + b",".join(bytes(raw) for _, raw in found) + b"]").decode())  # strict UTF-8
+            if len(parsed) != len(keys) or not all(d["p"] == pid for d in parsed):
+                return None
+            boxes = np.array([d["b"] for d in parsed])
+            kinds = [d["k"] for d in parsed]
+            labels = [d.get("l") for d in parsed]
+        except (ValueError, KeyError, TypeError, AttributeError):  # unreadable, a record not an object, ragged boxes
+            return None
+        if boxes.dtype.kind != "i" or boxes.shape != (len(keys), 4):
+            return None  # floats, strings, huge or nested values: Box.from_json decides on them
+        if not (bool((boxes[:, :2] >= 0).all()) and bool((boxes[:, 2:] > boxes[:, :2]).all())):
+            return None
+        if int(boxes.max()) > MAX_COORDINATE:
+            return None
+        if not all(kind in CHUNK_KINDS for kind in kinds):
+            return None
+        expected = _Expected(boxes.astype(np.int64), np.array([CHUNK_KINDS.index(k) for k in kinds], np.uint8), labels)
+        vectors = t.cursor(db=self._db["vectors"]).getmulti(keys)
+        walk.records += len(keys)
+        walk.vectors += len(vectors)
+        walk.without_vector += len(keys) - len(vectors)
+        ids = [_U64.unpack(bytes(k))[0] for k, _ in vectors]
+        problems = self._check_vectors([bytes(raw) for _, raw in vectors], ids)
+        return problems + self._check_details(t, key, pid, expected)
 
     def _check_vectors(self, rows: Sequence[bytes], ids: Sequence[int]) -> list[str]:
         """Stored vectors that are not finite unit vectors of the store's dimension (checked together)."""
@@ -772,17 +837,16 @@ class RootStore:
         good = [(raw, cid) for raw, cid in zip(rows, ids, strict=True) if len(raw) == size]
         if good:
             vecs = np.frombuffer(b"".join(raw for raw, _ in good), dtype=self._dtype).reshape(len(good), self.dim)
-            vecs = vecs.astype(np.float64)
+            vecs = vecs.astype(np.float32, copy=False)  # squares of unit rows summed: ~1e-7 off, the tolerance 1e-3
             tolerance = 1e-3 if self.vector_dtype == "float32" else 4e-3  # float16: 2^-11 per value
             with np.errstate(invalid="ignore", over="ignore"):
                 ok = np.isfinite(vecs).all(axis=1) & (np.abs(np.einsum("ij,ij->i", vecs, vecs) - 1.0) <= tolerance)
             bad += [cid for (_, cid), fine in zip(good, ok.tolist(), strict=True) if not fine]
         return [f"vector {cid}: not a finite unit vector of dim {self.dim}" for cid in sorted(bad)]
 
-    def _check_details(
-        self, t: lmdb.Transaction, key: bytes, pid: str, chunks: Sequence[ChunkRecord | None]
-    ) -> list[str]:
-        """Problems of one parent's stored chunk details: they must equal its chunk records."""
+    def _check_details(self, t: lmdb.Transaction, key: bytes, pid: str, expected: _Expected | None) -> list[str]:
+        """Problems of one parent's stored chunk details: they must equal its chunk records' (``expected``; ``None``
+        where a record is missing or unreadable, which is reported already)."""
         table = self._db["details"]
         raw = None if table is None else t.get(key, db=table)
         if raw is None:
@@ -791,14 +855,12 @@ class RootStore:
             details = ChunkDetails.from_bytes(bytes(raw))
         except ValueError as exc:
             return [f"parent {pid!r}: unreadable chunk details ({exc})"]
-        records = [c for c in chunks if c is not None]
-        if len(records) != len(chunks):
+        if expected is None:
             return []  # missing or unreadable records are reported already
-        expected = ChunkDetails.of(records)
         if not (
             np.array_equal(details.boxes, expected.boxes)
             and np.array_equal(details.kinds, expected.kinds)
-            and [details.label(i) for i in range(len(details))] == [r.label for r in records]
+            and details.label_names() == list(expected.labels)
         ):
             return [f"parent {pid!r}: chunk details disagree with its chunk records"]
         return []
@@ -836,6 +898,15 @@ class RootStore:
         return (self.path / "data.mdb").stat().st_size
 
 
+class _Expected(NamedTuple):
+    """What a parent's stored chunk details must hold, from its chunk records: boxes ``(n, 4)`` int64, kinds
+    (positions in ``CHUNK_KINDS``) and labels as the records hold them."""
+
+    boxes: np.ndarray
+    kinds: np.ndarray
+    labels: Sequence[object]
+
+
 @dataclass
 class _CheckWalk:
     """What :meth:`RootStore.check`'s walk over the parents counted: chunk records each parent accounts for (its
@@ -845,6 +916,17 @@ class _CheckWalk:
     vectors: int = 0
     without_vector: int = 0
     missing: list[int] = field(default_factory=list)
+
+
+def _chunk_ids(value: Any) -> list[int]:
+    """A parent record's chunk ids as stored, checked: a list of ints that fit the 8-byte keys (``ValueError``
+    naming the first that does not; ``TypeError`` for a value that is not a list)."""
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"chunk ids must be a list, got {type(value).__name__}")
+    if value and (set(map(type, value)) != {int} or min(value) < 0 or max(value) >= 1 << 64):  # loops in C
+        wrong = next(cid for cid in value if type(cid) is not int or not 0 <= cid < 1 << 64)
+        raise ValueError(f"chunk id {wrong!r} is not an int in [0, 2**64)")
+    return list(value)
 
 
 def _keyed_ids(txn: lmdb.Transaction, db: Any) -> np.ndarray:
