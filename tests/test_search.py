@@ -244,6 +244,38 @@ def test_delete_removes_everything_and_persists(tmp_path: Path, photos: dict[str
         assert {m.parent_id for m in cs.search(photos["coffee"], top_k=5)} == {"r", "a"}
 
 
+def test_delete_many_deletes_the_stored_ones_in_one_change_and_returns_the_rest(
+    tmp_path: Path, photos: dict[str, Image.Image]
+) -> None:
+    """One store commit and one change for readers to replay; ids given twice deleted once; ids not stored
+    returned in the order given; a bad argument deletes nothing."""
+    pictures = {"c": photos["coffee"], "r": photos["rocket"], "a": photos["astronaut"], "s": photos["chelsea"]}
+    with _hist(tmp_path / "ws") as cs:
+        cs.index(list(pictures.items()))
+        reader = CrossScaleSearch.open(tmp_path / "ws", readonly=True, progress=False)
+        gone_chunks = len(cs.record("c").chunk_ids) + len(cs.record("a").chunk_ids)
+        n_chunks, generation = len(cs.chunk_index), cs.store.generation
+        bad_calls = (("c", "takes an iterable of parent ids"), (["r", 5], "item 1 is 5"), (["r", ""], "item 1"))
+        for bad, message in bad_calls:
+            with pytest.raises(ConfigurationError, match=message):
+                cs.delete_many(bad)  # type: ignore[arg-type]
+        assert cs.store.generation == generation and len(cs) == 4
+        assert cs.delete_many([]) == [] and cs.store.generation == generation
+        assert cs.delete_many(["x", "c", "a", "c", "y", "x"]) == ["x", "y"]
+        assert cs.store.generation == generation + 1  # one commit for both
+        assert set(cs.parent_ids()) == {"r", "s"} and len(cs.chunk_index) == n_chunks - gone_chunks
+        assert len(cs.chunk_index) == cs.store.chunk_count() and cs.verify().ok
+        assert not {"c", "a"} & {m.parent_id for m in cs.search(photos["coffee"], top_k=4)}
+        with reader:
+            assert reader.refresh() == generation + 1  # one change replayed
+            assert set(reader.parent_ids()) == {"r", "s"} and reader.verify().ok
+            with pytest.raises(WorkspaceError, match="read-only"):
+                reader.delete_many(["r"])
+    with _hist(tmp_path / "ws") as cs:
+        assert set(cs.parent_ids()) == {"r", "s"} and len(cs.chunk_index) == n_chunks - gone_chunks
+        assert cs.delete_many(iter(["r"])) == [] and len(cs) == 1 and cs.verify().ok
+
+
 def test_reopen_uses_recorded_components_and_refuses_other_encoders(
     tmp_path: Path, photos: dict[str, Image.Image]
 ) -> None:

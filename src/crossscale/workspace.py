@@ -611,6 +611,19 @@ class Workspace:
             self.index.remove(removed)
             self.parents.remove(parent_id)
 
+    def delete_many(self, parent_ids: Iterable[str]) -> list[str]:
+        """Remove those of ``parent_ids`` that are stored, with their chunk records and vectors, in one store
+        transaction, and their chunks from the index in one call; returns the ids deleted (each once, in the order
+        given)."""
+        self.check_open(write=True)
+        self._clean()
+        deleted, removed = self.store.delete_parents(parent_ids)
+        if deleted:
+            with self._mutation():
+                self.index.remove(removed)
+                self.parents.remove_many(deleted)
+        return deleted
+
     @contextlib.contextmanager
     def _mutation(self) -> Iterator[None]:
         """Bring the in-memory index and parent map up to a store commit just made (we hold the only write lock).

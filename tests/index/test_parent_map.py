@@ -94,6 +94,41 @@ def test_chunk_ids_at_positions_are_the_sorted_mapped_ids(groups: list[set[int]]
     assert parents.chunk_ids_at(np.zeros(0, np.int64)).tolist() == []
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=30), st.data())
+def test_remove_many_is_remove_of_each(sizes: list[int], data: st.DataObject) -> None:
+    """Removing parents together leaves the map as removing them one by one does: codes, details, counts; ids
+    given twice or not mapped are counted once or not at all."""
+    pairs, next_id = [], 0
+    for p, size in enumerate(sizes):
+        pairs.append((f"p{p}", list(range(next_id, next_id + size)), details_of(*[(p, 0, p + 1, 1)] * size)))
+        next_id += size
+    names = [name for name, _, _ in pairs]
+    gone = data.draw(st.lists(st.sampled_from([*names, "unknown"]), max_size=12))
+    together, apart = ParentMap.from_parents(pairs), ParentMap.from_parents(pairs)
+    assert together.remove_many(gone) == len(set(gone) - {"unknown"})
+    for name in dict.fromkeys(gone):
+        apart.remove(name)
+    probe = np.arange(-1, next_id + 1)
+    assert together.parent_codes(probe).tolist() == apart.parent_codes(probe).tolist()
+
+    def known_boxes(m: ParentMap) -> list[list[int]]:
+        got = m.details(probe)
+        return [box if known else [] for box, known in zip(got.boxes.tolist(), got.known.tolist(), strict=True)]
+
+    assert known_boxes(together) == known_boxes(apart)
+    assert together.chunk_count == apart.chunk_count and len(together) == len(apart) == len(set(names) - set(gone))
+    fresh = ParentMap.from_parents([p for p in pairs if p[0] not in gone])  # never held the removed ones
+
+    def named(m: ParentMap) -> list[str | None]:
+        return [m.parent_id(c) if c >= 0 else None for c in m.parent_codes(probe).tolist()]
+
+    assert named(together) == named(fresh)
+    assert known_boxes(together) == known_boxes(fresh)
+    assert together.chunk_count == fresh.chunk_count
+    assert together.remove_many([]) == 0
+
+
 # ---------------------------------------------------------------------- chunk details
 def details_of(*boxes: tuple[int, int, int, int], label: str | None = None) -> ChunkDetails:
     return ChunkDetails.of([Chunk(Box(*b), None, "detection" if label else "tile", label) for b in boxes])

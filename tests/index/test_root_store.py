@@ -402,3 +402,15 @@ def test_parents_listed_leave_out_one_whose_record_is_unreadable(
         assert [(p, ids) for p, ids, _ in store.parent_details()] == [("a", [0, 1]), ("c", [4])]
     assert caplog.text.count("parent 'b': unreadable record") == 2
     assert any("parent 'b': unreadable record" in p for p in store.check())
+
+
+def test_delete_parents_deletes_the_stored_ones_in_one_logged_change(tmp_path: Path) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a", 2), _parent("b", 3), _parent("c", 1)])
+    generation = store.generation
+    assert store.delete_parents([]) == ([], []) and store.delete_parents(["zz", "", 5]) == ([], [])  # type: ignore[list-item]
+    assert store.generation == generation  # nothing deleted: nothing committed
+    assert store.delete_parents(["c", "zz", "a", "c"]) == (["c", "a"], [5, 0, 1])
+    assert store.changes_since(generation) == [(generation + 1, [], [5, 0, 1])]
+    assert [p for p, _ in store.parent_chunks()] == ["b"] and store.chunk_count() == 3 and store.check() == []
+    assert store.image_bytes("b") == b"img" and store.local_features("a") is None

@@ -575,24 +575,50 @@ class RootStore:
         """
 
         def write(txn: lmdb.Transaction) -> list[int]:
-            key = parent_id.encode()
-            raw = txn.get(key, db=self._db["parents"])
-            if raw is None:
+            ids = self._delete_in(txn, parent_id)
+            if ids is None:
                 raise ParentNotFoundError(parent_id)
-            ids = list(ParentRecord.from_json(parent_id, bytes(raw)).chunk_ids)
-            for cid in ids:
-                txn.delete(_U64.pack(cid), db=self._db["chunks"])
-                txn.delete(_U64.pack(cid), db=self._db["vectors"])
-            txn.delete(key, db=self._db["parents"])
-            txn.delete(key, db=self._db["roots"])
-            txn.delete(key, db=self._db["local"])
-            txn.delete(key, db=self._db["details"])
             self._bump(txn, [], ids)
             return ids
 
         if not isinstance(parent_id, str):
             raise ParentNotFoundError(str(parent_id))
         return self._write(write)
+
+    def delete_parents(self, parent_ids: Iterable[str]) -> tuple[list[str], list[int]]:
+        """Delete those of ``parent_ids`` that are stored, each with its bytes, chunk records and vectors, in one
+        transaction (one commit and one log entry for all of them); returns the ids deleted (each once, in the
+        order given) and their removed chunk ids. Ids not stored, and anything but a non-empty string, are left
+        out."""
+        wanted = list(dict.fromkeys(p for p in parent_ids if isinstance(p, str) and p))
+
+        def write(txn: lmdb.Transaction) -> tuple[list[str], list[int]]:
+            deleted: list[str] = []
+            removed: list[int] = []
+            for parent_id in wanted:
+                ids = self._delete_in(txn, parent_id)
+                if ids is not None:
+                    deleted.append(parent_id)
+                    removed += ids
+            if deleted:
+                self._bump(txn, [], removed)
+            return deleted, removed
+
+        return self._write(write) if wanted else ([], [])
+
+    def _delete_in(self, txn: lmdb.Transaction, parent_id: str) -> list[int] | None:
+        """Delete ``parent_id`` and all it has within ``txn``; its chunk ids, or ``None`` if it is not stored."""
+        key = parent_id.encode()
+        raw = txn.get(key, db=self._db["parents"])
+        if raw is None:
+            return None
+        ids = list(ParentRecord.from_json(parent_id, bytes(raw)).chunk_ids)
+        for cid in ids:
+            txn.delete(_U64.pack(cid), db=self._db["chunks"])
+            txn.delete(_U64.pack(cid), db=self._db["vectors"])
+        for table in ("parents", "roots", "local", "details"):
+            txn.delete(key, db=self._db[table])
+        return ids
 
     def local_features(self, parent_id: str, *, txn: lmdb.Transaction | None = None) -> bytes | None:
         """What a verifier extracted from ``parent_id`` when it was indexed, or ``None``."""
