@@ -1,4 +1,5 @@
-"""A hypothesis state machine over index / index again / delete / search / close+reopen, against a model."""
+"""A hypothesis state machine over index / index again / delete / delete_many / search / close+reopen, against a
+model."""
 
 from __future__ import annotations
 
@@ -77,6 +78,14 @@ class WorkspaceMachine(RuleBasedStateMachine):
         else:
             with pytest.raises(ParentNotFoundError):
                 self.cs.delete(pid)
+
+    @rule(pids=st.lists(ids, max_size=4), extra=st.booleans())
+    def delete_many(self, pids: list[str], extra: bool) -> None:
+        asked = [*pids, "never-indexed"] if extra else pids
+        expected_missing = [p for p in dict.fromkeys(asked) if p not in self.model]
+        assert self.cs.delete_many(asked) == expected_missing
+        for pid in pids:
+            self.model.pop(pid, None)
 
     @precondition(lambda self: bool(self.model))
     @rule(data=st.data())
