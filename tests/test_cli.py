@@ -393,3 +393,33 @@ def test_info_verify_and_repair_need_no_encoder(
     (tmp_path / "ws" / "chunks.index").unlink()
     assert main(["repair", "-w", ws]) == 0
     assert capsys.readouterr().out.startswith("ok: 2 parents") and (tmp_path / "ws" / "chunks.index").exists()
+
+
+def test_delete_from_the_command_line(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``crossscale delete ID... [--ids-file FILE|-]``: one delete_many; ids not stored go to stderr and exit 1
+    (0 with --missing-ok); no ids, or a file it cannot read, exit 2."""
+    import io
+
+    from crossscale import CrossScaleSearch
+
+    ws = _index_photos(tmp_path, photos, ("coffee", "rocket", "astronaut", "chelsea"), "whole")
+    with CrossScaleSearch.open(ws, encoder=False, readonly=True, progress=False) as cs:
+        first, second, third, fourth = sorted(cs.parent_ids())
+    capsys.readouterr()
+    assert main(["delete", first, "nope", "-w", ws]) == 1
+    out = capsys.readouterr()
+    assert out.out == "deleted 1 parent(s)\n" and out.err == "not stored: nope\n"
+    (tmp_path / "ids.txt").write_text(f"{second}\n\n  {first}  \nnope\n", encoding="utf-8")
+    assert main(["delete", "--ids-file", str(tmp_path / "ids.txt"), "--missing-ok", "-w", ws]) == 0
+    assert capsys.readouterr().out == "deleted 1 parent(s)\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{third}\n"))
+    assert main(["delete", fourth, "--ids-file", "-", "-w", ws]) == 0
+    assert capsys.readouterr().out == "deleted 2 parent(s)\n"
+    with CrossScaleSearch.open(ws, encoder=False, readonly=True, progress=False) as cs:
+        assert len(cs) == 0 and cs.verify().ok
+    assert main(["delete", "-w", ws]) == 2
+    assert "give the parent ids to delete" in capsys.readouterr().err
+    assert main(["delete", "--ids-file", str(tmp_path / "none.txt"), "-w", ws]) == 2
+    assert "--ids-file" in capsys.readouterr().err

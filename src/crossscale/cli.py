@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crossscale.errors import ConfigurationError, CrossScaleError
@@ -189,6 +190,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from crossscale.search import CrossScaleSearch
+
+    ids = list(args.ids)
+    if args.ids_file is not None:
+        try:
+            text = sys.stdin.read() if args.ids_file == "-" else Path(args.ids_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"--ids-file {args.ids_file}: cannot read it: {exc}") from exc
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise ConfigurationError("give the parent ids to delete, or --ids-file FILE (one per line, - for stdin)")
+    # encoder=False: deleting encodes nothing (no model is loaded; a workspace built with an encoder object opens)
+    with CrossScaleSearch.open(args.workspace, encoder=False, device="cpu", progress=False) as cs:
+        missing = cs.delete_many(ids)
+    asked = len(dict.fromkeys(ids))
+    print(f"deleted {asked - len(missing)} parent(s)")
+    for parent_id in missing:
+        print(f"not stored: {parent_id}", file=sys.stderr)
+    return 1 if missing and not args.missing_ok else 0
+
+
 def _print_verify(report: VerifyReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -366,6 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a workspace")
     p.add_argument("--workspace", "-w", required=True)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "delete", help="delete parents (with their chunks and vectors) in one commit; exit 1 if some were not stored"
+    )
+    p.add_argument("ids", nargs="*", help="parent ids")
+    p.add_argument("--ids-file", metavar="FILE", help="more ids, one per line ('-': standard input)")
+    p.add_argument("--missing-ok", action="store_true", help="exit 0 even if some ids were not stored")
+    p.add_argument("--workspace", "-w", required=True)
+    p.set_defaults(func=_cmd_delete)
 
     p = sub.add_parser("verify", help="check every invariant of a workspace (exit 1 if one is broken)")
     p.add_argument("--workspace", "-w", required=True)
