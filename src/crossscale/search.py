@@ -759,6 +759,7 @@ class CrossScaleSearch:
 
         Raises:
             ParentNotFoundError: no such parent.
+            WorkspaceError: its record is unreadable (its chunks are unknown); nothing is deleted.
         """
         self.workspace.delete(parent_id)
 
@@ -774,6 +775,8 @@ class CrossScaleSearch:
         Raises:
             ConfigurationError: ``parent_ids`` is a string (one id: use :meth:`delete`) or holds something other
                 than a non-empty string; nothing is deleted then.
+            WorkspaceError: a stored parent's record is unreadable (its chunks are unknown); nothing is deleted
+                (``crossscale verify`` reports it).
         """
         if isinstance(parent_ids, str | bytes):
             raise ConfigurationError(f"delete_many takes an iterable of parent ids, got one id {parent_ids!r}")

@@ -270,8 +270,8 @@ class ChunkDetails:
     def label_names(self) -> list[str | None]:
         """Every chunk's label, or ``None``: :meth:`label` of each, in one pass (compares the labels of details
         whose vocabularies differ)."""
-        names: list[str | None] = [*self.vocabulary, None]  # code -1: the last
-        return [names[code] for code in self.labels.tolist()]
+        vocabulary = self.vocabulary
+        return [None if code < 0 else vocabulary[code] for code in self.labels.tolist()]
 
     def box(self, i: int) -> Box:
         """The box of chunk ``i``."""

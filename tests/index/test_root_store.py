@@ -414,3 +414,19 @@ def test_delete_parents_deletes_the_stored_ones_in_one_logged_change(tmp_path: P
     assert store.changes_since(generation) == [(generation + 1, [], [5, 0, 1])]
     assert [p for p, _ in store.parent_chunks()] == ["b"] and store.chunk_count() == 3 and store.check() == []
     assert store.image_bytes("b") == b"img" and store.local_features("a") is None
+
+
+@pytest.mark.parametrize("record", [b"{not json", b'{"w": 8, "h": 8, "f": "PNG", "n": 1, "c": ["x"]}'])
+def test_deleting_a_parent_whose_record_is_unreadable_deletes_nothing(tmp_path: Path, record: bytes) -> None:
+    """Its chunks are unknown, so nothing can be deleted safely: a WorkspaceError naming it, and the batch's other
+    parents stay (one transaction), where it raised a bare JSON or struct error."""
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a", 2), _parent("b", 2)])
+    store._write(lambda txn: txn.put(b"b", record, db=store._db["parents"]))
+    generation = store.generation
+    with pytest.raises(WorkspaceError, match="parent 'b' has an unreadable record"):
+        store.delete_parents(["a", "b"])
+    with pytest.raises(WorkspaceError, match="parent 'b' has an unreadable record"):
+        store.delete_parent("b")
+    assert "a" in store and store.chunk_count() == 4 and store.generation == generation
+    assert store.delete_parents(["a"]) == (["a"], [0, 1])
