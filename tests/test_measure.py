@@ -321,9 +321,10 @@ def test_sample_vectors_are_stored_regions_drawn_at_random(
             cs.sample_vectors(6)
         assert len({tuple(a.tolist()) for a in asked[-5:]}) > 1  # unseeded draws differ
         assert np.allclose(cs.sample_vectors(len(ids) + 5, seed=0), rows, atol=1e-6)  # all of them, in id order
-        found = cs.search_vectors(sample, top_k=1, params=SearchParams(nprobe=4))
-        owners = cs.workspace.parents.parent_codes(picked)
-        assert [r[0].parent_id for r in found] == [cs.workspace.parents.parent_id(int(c)) for c in owners]
+        found = cs.search_vectors(sample, top_k=3, params=SearchParams(nprobe=4))
+        owners = [cs.workspace.parents.parent_id(int(c)) for c in cs.workspace.parents.parent_codes(picked)]
+        for result, owner in zip(found, owners, strict=True):  # first, or tied with the first (a region alike)
+            assert result[0].score > 0.9999 and owner in {m.parent_id for m in result if m.score > 0.9999}
         gone = sorted(cs.parent_ids())[0]
         cs.delete(gone)
         left_ids, left = _stored(cs)

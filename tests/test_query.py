@@ -533,6 +533,26 @@ def test_fetch_depth_learns_to_search_alike_chunks_once(alike: dict[str, Any]) -
     assert got == want
 
 
+def test_fetch_depth_learns_from_the_sampled_rows_only(alike: dict[str, Any], rng: np.random.Generator) -> None:
+    """The batch's first rows are its sample; the rows searched again are its deepest, and recording them too (as
+    it did) made the next batches search 4x deeper than their rows needed. Here parents 0-4 share one cluster, so
+    the first 8 queries (at its centre) find five parents in their first 40 chunks; the other 17 need ~200."""
+    x = alike["x"].copy()
+    shared = rng.standard_normal(DIM).astype(np.float32)
+    x[: 5 * ALIKE] = shared + 0.01 * rng.standard_normal((5 * ALIKE, DIM)).astype(np.float32)
+    index = ChunkIndex(DIM, device="cpu")
+    index.add(x, np.arange(len(x)))
+    queries = [Query(shared + 0.001 * rng.standard_normal(DIM).astype(np.float32), None) for _ in range(8)]
+    queries += alike["queries"][:17]
+    depth = FetchDepth()
+    common = {"records": _lookup(alike["records"]), "ranker": ParentRanker(box="best"), "parents": alike["parents"]}
+    counting = CountingIndex(index)
+    search_parents(queries, 5, index=counting, fetch_depth=depth, **common)
+    assert [k for _, k in counting.searches] == [40, 80, 160, 320]  # the other 17 went deeper
+    assert list(depth._rounds) == [0] * 8  # the 8 sampled rows: 40 chunks were enough
+    assert depth.factor == 1
+
+
 def test_fetch_depth_remembers_a_window_and_a_quantile() -> None:
     depth = FetchDepth(window=10, quantile=0.5, max_factor=8)
     assert depth.factor == 1  # nothing learned: the ranker's own first depth

@@ -436,14 +436,18 @@ def _first_fetch(
         return _FirstFetch(fetched, plain, reached)  # counting parents would read every hit's record: the ranker asks
 
     def needs_more(rows: list[int], ids: np.ndarray, codes: np.ndarray) -> list[int]:
-        """The rows (of one search) that got all they asked for, yet fewer than ``top_k`` parents; for the first
-        :data:`_LEARN_ROWS` of them, records how deep a first search would have had to be to need no other."""
+        """The rows (of one search) that got all they asked for, yet fewer than ``top_k`` parents; for the rows
+        sampled (the batch's first :data:`_LEARN_ROWS`), records how deep a first search would have had to be to
+        need no other."""
         full = (ids >= 0).all(axis=1)  # fewer hits than asked: the index has no more
-        if reached is not None:  # short rows come first in the next round: a sampled row is followed to its end
-            learn = min(len(rows), _LEARN_ROWS)
-            need = _reach_depth(codes[:learn], top_k)
-            valid = (ids[:learn] >= 0).sum(axis=1)  # too few parents: one hit past what the index has shows it
-            reached[rows[:learn]] = np.where(need > 0, need, np.minimum(valid + 1, available))
+        if reached is not None:  # the sampled rows only, each followed to its end; the rows searched again are the
+            # batch's deepest, and recording them too (before) made a batch's first search twice as deep as needed
+            picked = [j for j, r in enumerate(rows) if r < _LEARN_ROWS]
+            if picked:
+                need = _reach_depth(codes[picked], top_k)
+                valid = (ids[picked] >= 0).sum(axis=1)  # too few parents: one hit past what the index has shows it
+                at = [rows[j] for j in picked]
+                reached[at] = np.where(need > 0, need, np.minimum(valid + 1, available))
         return [r for r, more in zip(rows, full & (_distinct_per_row(codes) < top_k), strict=True) if more]
 
     k = len(last_ids[0]) if len(last_ids) else k
