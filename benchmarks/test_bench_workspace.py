@@ -1,5 +1,6 @@
 """Opening a workspace: the parent map read from its file (``ws/parents.map``) vs built from every parent's record
-in the store, on the benchmark workspace (100k chunks of 2,000 parents). Results: docs/benchmarks.md.
+in the store; and deleting many parents at once vs one at a time; on the benchmark workspace (100k chunks of 2,000
+parents). Results: docs/benchmarks.md.
 
 Run: ``python -m pytest benchmarks/test_bench_workspace.py --benchmark-enable``.
 """
