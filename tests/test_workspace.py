@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from crossscale import Box, Chunk, CrossScaleSearch
@@ -508,3 +510,87 @@ def test_a_parent_map_that_cannot_be_caught_up_is_rebuilt_from_the_store(
     monkeypatch.undo()
     writer.workspace.store.close()
     writer.workspace._lock.release()  # type: ignore[union-attr]
+
+
+def _reference_map_check(parents: object, stored: list[tuple[str, list[int], object]]) -> tuple[int, int, int, int]:
+    """The parent map check a parent at a time, as it was written before it compared many parents at once."""
+    unmapped = misplaced = known = wrong = 0
+    for parent_id, chunk_ids, details in stored:
+        known += parent_id in parents  # type: ignore[operator]
+        ids = np.asarray(chunk_ids, np.int64)
+        codes = parents.parent_codes(ids)  # type: ignore[attr-defined]
+        if (codes < 0).any():
+            unmapped += 1
+        elif any(parents.parent_id(int(code)) != parent_id for code in np.unique(codes)):  # type: ignore[attr-defined]
+            misplaced += 1
+        else:
+            mapped = parents.details(ids)  # type: ignore[attr-defined]
+            if not (
+                np.array_equal(mapped.kinds, details.kinds)  # type: ignore[attr-defined]
+                and np.array_equal(mapped.boxes[details.known], details.boxes[details.known])  # type: ignore[attr-defined]
+                and [mapped.label(i) for i in range(len(ids))] == [details.label(i) for i in range(len(ids))]  # type: ignore[attr-defined]
+            ):
+                wrong += 1
+    return unmapped, misplaced, len(parents) - known, wrong  # type: ignore[arg-type]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    plan=st.lists(
+        st.tuples(
+            st.integers(0, 4), st.sampled_from(["same", "gone", "box", "kind", "label", "unknown", "moved", "short"])
+        ),
+        min_size=1,
+        max_size=14,
+    ),
+    batch_chunks=st.integers(1, 40),
+    data=st.data(),
+)
+def test_the_parent_map_check_counts_what_a_parent_at_a_time_counts(
+    plan: list[tuple[int, str]], batch_chunks: int, data: st.DataObject
+) -> None:
+    """Parents of 0-4 chunks, each mapped as stored or changed one way (left out, another box, kind or label,
+    details unknown, a chunk mapped to the next parent, a chunk not mapped), in batches of any size: the counts
+    of the check that compares many parents at once are those of the one a parent at a time."""
+    import crossscale.workspace as workspace_module
+    from crossscale.index import ParentMap
+    from crossscale.types import ChunkDetails
+
+    stored, mapped, next_id = [], [], 0
+    for p, (size, change) in enumerate(plan):
+        ids = list(range(next_id, next_id + size))
+        next_id += size
+        labels = [data.draw(st.sampled_from([None, "cat", "dog"])) for _ in ids]
+        chunks = [Chunk(Box(p, 0, p + 1 + i, 2), None, "detection", label) for i, label in enumerate(labels)]
+        details = ChunkDetails.of(chunks)
+        stored.append((f"p{p}", ids, details))
+        if change == "gone":
+            continue
+        if size and change in ("box", "kind", "label"):
+            chunks[-1] = Chunk(
+                Box(p, 0, p + 9, 9) if change == "box" else chunks[-1].box,
+                None,
+                "tile" if change == "kind" else "detection",
+                "kite" if change == "label" else chunks[-1].label,
+            )
+        mine = ids[:-1] if size and change in ("moved", "short") else ids
+        shown = ChunkDetails.unknown(len(mine)) if change == "unknown" else ChunkDetails.of(chunks[: len(mine)])
+        mapped.append((f"p{p}", mine, shown))
+        if size and change == "moved":
+            mapped.append((f"x{p}", ids[-1:], ChunkDetails.of(chunks[-1:])))  # its last chunk under another parent
+    mapped.append(("not-stored", [next_id + 5], ChunkDetails.of([Chunk(Box(0, 0, 1, 1), None, "tile")])))
+    parents = ParentMap.from_parents(mapped)
+
+    class Store:
+        def parent_details(self, txn: object) -> list[tuple[str, list[int], ChunkDetails]]:
+            return stored
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workspace_module, "_MAP_CHECK_CHUNKS", batch_chunks)
+        found = workspace_module._check_parent_map(parents, Store(), None)  # type: ignore[arg-type]
+    unmapped, misplaced, gone, wrong = _reference_map_check(parents, stored)  # type: ignore[arg-type]
+    assert gone >= 1  # "not-stored"
+    assert found == [
+        f"parent map disagrees with the store: {unmapped} parent(s) with unmapped chunks, {misplaced} with chunks "
+        f"mapped to another parent, {gone} mapped parent(s) no longer stored, {wrong} with other chunk details"
+    ]

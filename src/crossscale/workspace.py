@@ -908,26 +908,29 @@ class Workspace:
 
 
 # ====================================================================== persistence of the derived index
+#: chunks whose map entries :func:`_check_parent_map` compares with the store's at once (a few MB of arrays)
+_MAP_CHECK_CHUNKS = 1 << 16
+
+
 def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[str]:
     """Problems of the in-memory parent map against the store as ``txn`` sees it: it must map every stored chunk
-    to its parent, with the chunk details the store keeps."""
-    unmapped = misplaced = known = wrong = 0
-    for parent_id, chunk_ids, stored in store.parent_details(txn):
-        known += parent_id in parents
-        ids = np.asarray(chunk_ids, np.int64)
-        codes = parents.parent_codes(ids)
-        if (codes < 0).any():
-            unmapped += 1
-        elif any(parents.parent_id(int(code)) != parent_id for code in np.unique(codes)):
-            misplaced += 1
-        else:
-            mapped = parents.details(ids)
-            if not (
-                np.array_equal(mapped.kinds, stored.kinds)
-                and np.array_equal(mapped.boxes[stored.known], stored.boxes[stored.known])
-                and mapped.label_names() == stored.label_names()
-            ):
-                wrong += 1
+    to its parent, with the chunk details the store keeps. Parents are compared :data:`_MAP_CHECK_CHUNKS` chunks
+    at a time (:func:`_map_disagreements`)."""
+    counts = np.zeros(3, np.int64)  # parents with unmapped chunks, with chunks mapped to another, other details
+    known = 0
+    batch: list[tuple[str, list[int], ChunkDetails]] = []
+    chunks = 0
+    for item in store.parent_details(txn):
+        known += item[0] in parents
+        if item[1]:  # a parent without chunks maps nothing, rightly
+            batch.append(item)
+            chunks += len(item[1])
+        if chunks >= _MAP_CHECK_CHUNKS:
+            counts += _map_disagreements(parents, batch)
+            batch, chunks = [], 0
+    if batch:
+        counts += _map_disagreements(parents, batch)
+    unmapped, misplaced, wrong = (int(c) for c in counts)
     gone = len(parents) - known
     if not (unmapped or misplaced or gone or wrong):
         return []
@@ -935,6 +938,28 @@ def _check_parent_map(parents: ParentMap, store: RootStore, txn: Any) -> list[st
         f"parent map disagrees with the store: {unmapped} parent(s) with unmapped chunks, {misplaced} with chunks "
         f"mapped to another parent, {gone} mapped parent(s) no longer stored, {wrong} with other chunk details"
     ]
+
+
+def _map_disagreements(parents: ParentMap, batch: Sequence[tuple[str, list[int], ChunkDetails]]) -> np.ndarray:
+    """How many of ``batch``'s stored parents (each with chunks) the map disagrees with, each counted once, in this
+    order: ``[with a chunk it does not map, with a chunk it maps to another parent, with chunk details other than
+    the stored ones]`` (kinds, boxes where known, labels), worked out for all their chunks at once."""
+    sizes = np.array([len(chunk_ids) for _, chunk_ids, _ in batch], np.int64)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    ids = np.concatenate([np.asarray(chunk_ids, np.int64) for _, chunk_ids, _ in batch])
+    codes = parents.parent_codes(ids)
+    own = np.repeat(np.array([parents.code_of(parent_id) for parent_id, _, _ in batch], np.int64), sizes)
+    unmapped = np.logical_or.reduceat(codes < 0, starts)
+    misplaced = ~unmapped & np.logical_or.reduceat(codes != own, starts)
+    mapped = parents.details(ids)
+    kinds = np.concatenate([stored.kinds for _, _, stored in batch])
+    known = np.concatenate([stored.known for _, _, stored in batch])
+    boxes = np.concatenate([stored.boxes for _, _, stored in batch])
+    names = np.array([name for _, _, stored in batch for name in stored.label_names()], dtype=object)
+    differs = (mapped.kinds != kinds) | (known & (mapped.boxes != boxes).any(axis=1))
+    differs |= np.array(mapped.label_names(), dtype=object) != names
+    wrong = ~unmapped & ~misplaced & np.logical_or.reduceat(differs, starts)
+    return np.array([unmapped.sum(), misplaced.sum(), wrong.sum()], np.int64)
 
 
 def _check_derived_file(

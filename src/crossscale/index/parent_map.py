@@ -356,6 +356,10 @@ class ParentMap:
             self._vocabulary,
         )
 
+    def code_of(self, parent_id: str) -> int:
+        """The code :meth:`parent_codes` gives ``parent_id``'s chunks, ``-1`` if it is not mapped."""
+        return self._code_of.get(parent_id, -1)
+
     def parent_id(self, code: int) -> str:
         """The parent id of a code :meth:`parent_codes` returned.
 
