@@ -461,14 +461,8 @@ class RootStore:
         with self._view(txn) as t:
             table = self._db["details"]
             rebuilt = 0
-            for key, raw in t.cursor(db=self._db["parents"]):
-                parent_id = bytes(key).decode()
-                try:
-                    chunk_ids = _chunk_ids(json.loads(bytes(raw).decode())["c"])
-                except (ValueError, KeyError, TypeError) as exc:  # check() reports it
-                    logger.warning("parent %r: unreadable record (%s); left out", parent_id, exc)
-                    continue
-                value = None if table is None else t.get(bytes(key), db=table)
+            for parent_id, chunk_ids in self.parent_chunks(t):  # an unreadable record left out there
+                value = None if table is None else t.get(parent_id.encode(), db=table)
                 details = None
                 if value is not None:
                     try:
