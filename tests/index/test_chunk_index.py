@@ -578,11 +578,11 @@ def test_a_search_deeper_than_a_gpu_returns_runs_on_the_cpu_copy(rng: np.random.
     assert (index.search(rng.standard_normal((1, 8)).astype(np.float32), 10)[1] >= 0).all()
 
 
-def test_adding_assigns_lists_with_a_narrow_graph_and_searching_keeps_the_wide_one(
+def test_adding_assigns_lists_with_its_own_graph_beam_and_searching_keeps_the_wide_one(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The search setting of an HNSW coarse quantizer (efSearch = 2 * nprobe) is not used to assign added vectors to
-    their lists (it made adding 10M vectors ~20x slower), and is back for searches."""
+    their lists (it made adding 10M vectors ~20x slower: adds use ADD_EF_SEARCH), and is back for searches."""
     import faiss
 
     from crossscale.index import chunk_index
@@ -604,6 +604,35 @@ def test_adding_assigns_lists_with_a_narrow_graph_and_searching_keeps_the_wide_o
     assert (index.search(x[:3], 5)[1][:, 0] == np.arange(3)).all()
     with chunk_index._assigning(ChunkIndex(8, device="cpu")._index):  # no HNSW quantizer: nothing to change
         pass
+
+
+@pytest.mark.parametrize("search_beam", [16, 512])
+def test_added_vectors_go_to_their_nearest_list_whatever_the_search_beam(
+    rng: np.random.Generator, search_beam: int
+) -> None:
+    """A search probes each query's nearest lists, so a vector filed in another list is missed: at 10M regions
+    faiss' default beam of 16 filed 8.4% of them elsewhere. Adds assign at ADD_EF_SEARCH, also when the search
+    beam is narrower."""
+    import faiss
+
+    lists, dim = 4096, 32
+    centroids = rng.standard_normal((lists, dim)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    index = ChunkIndex(dim, f"IVF{lists}_HNSW32,Flat", device="cpu")
+    ivf = faiss.extract_index_ivf(index._index)
+    ivf.quantizer.add(centroids)  # trained: the centroids given, as ChunkIndex.train gives two-level ones
+    ivf.is_trained = True
+    index.set_search_params(f"nprobe=8,quantizer_efSearch={search_beam}")
+    x = rng.standard_normal((5000, dim)).astype(np.float32)
+    index.add(x, np.arange(len(x)))
+    filed = np.empty(len(x), dtype=np.int64)
+    for list_no in range(lists):
+        size = ivf.invlists.list_size(list_no)
+        if size:
+            filed[faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)] = list_no
+    nearest = ((x / np.linalg.norm(x, axis=1, keepdims=True)) @ centroids.T).argmax(axis=1)
+    assert (filed == nearest).mean() >= 0.98
+    assert faiss.downcast_index(ivf.quantizer).hnsw.efSearch == search_beam  # the search setting is back
 
 
 def test_equal_scores_past_the_kth_hit_are_fetched_until_they_end_not_further(rng: np.random.Generator) -> None:
