@@ -625,7 +625,7 @@ def test_added_vectors_go_to_their_nearest_list_whatever_the_search_beam(
     index.set_search_params(f"nprobe=8,quantizer_efSearch={search_beam}")
     x = rng.standard_normal((5000, dim)).astype(np.float32)
     index.add(x, np.arange(len(x)))
-    filed = np.empty(len(x), dtype=np.int64)
+    filed = np.full(len(x), -1, dtype=np.int64)
     for list_no in range(lists):
         size = ivf.invlists.list_size(list_no)
         if size:
