@@ -607,18 +607,19 @@ def test_adding_assigns_lists_with_its_own_graph_beam_and_searching_keeps_the_wi
 
 
 @pytest.mark.parametrize("search_beam", [16, 512])
+@pytest.mark.parametrize("refined", [False, True], ids=["ivf", "refined-ivf"])
 def test_added_vectors_go_to_their_nearest_list_whatever_the_search_beam(
-    rng: np.random.Generator, search_beam: int
+    rng: np.random.Generator, search_beam: int, refined: bool
 ) -> None:
     """A search probes each query's nearest lists, so a vector filed in another list is missed: at 10M regions
     faiss' default beam of 16 filed 8.4% of them elsewhere. Adds assign at ADD_EF_SEARCH, also when the search
-    beam is narrower."""
+    beam is narrower, and also for an explicit factory whose IVF is refined (kept behind an id map)."""
     import faiss
 
     lists, dim = 4096, 32
     centroids = rng.standard_normal((lists, dim)).astype(np.float32)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    index = ChunkIndex(dim, f"IVF{lists}_HNSW32,Flat", device="cpu")
+    index = ChunkIndex(dim, f"IVF{lists}_HNSW32,Flat" + (",RFlat" if refined else ""), device="cpu")
     ivf = faiss.extract_index_ivf(index._index)
     ivf.quantizer.add(centroids)  # trained: the centroids given, as ChunkIndex.train gives two-level ones
     ivf.is_trained = True

@@ -139,6 +139,54 @@ def test_hnsw_ef_search() -> None:
     assert not np.array_equal(got[1], before[1])  # a beam of 10 misses some of the hits a beam of 400 finds
 
 
+@pytest.mark.parametrize(
+    ("factory", "own", "want", "low", "high"),
+    [
+        ("OPQ4_16,IVF32,PQ4x4", "nprobe=8", SearchParams(nprobe=8), "nprobe=1", SearchParams(nprobe=32)),
+        ("PCA8,IVF32,SQ8", "nprobe=8", SearchParams(nprobe=8), "nprobe=1", SearchParams(nprobe=32)),
+        (
+            "IVF32,SQ8,Refine(Flat)",
+            "nprobe=8,k_factor_rf=4",
+            SearchParams(nprobe=8),
+            "nprobe=1",
+            SearchParams(nprobe=32),
+        ),
+        (
+            "IVF32_HNSW32,PQ8x4fs,RFlat",
+            "nprobe=8,quantizer_efSearch=16",
+            SearchParams(nprobe=8, ef_search=16),
+            "nprobe=2,quantizer_efSearch=2",
+            SearchParams(nprobe=32, ef_search=64),
+        ),
+        ("PCA8,HNSW16", "efSearch=40", SearchParams(ef_search=40), "efSearch=12", SearchParams(ef_search=400)),
+        ("HNSW16,Refine(Flat)", "efSearch=40", SearchParams(ef_search=40), "efSearch=12", SearchParams(ef_search=400)),
+    ],
+    ids=["opq", "pca", "refined", "refined-fast-scan-hnsw-quantizer", "pca-hnsw", "refined-hnsw"],
+)
+def test_settings_reach_a_structure_behind_transforms_and_refinement(
+    factory: str, own: str, want: SearchParams, low: str, high: SearchParams
+) -> None:
+    """Explicit factories whose IVF or HNSW structure sits behind an id map, a transform (OPQ, PCA) or a refinement
+    (``Refine``, ``RFlat``): the index's own settings are read from it, and a call's settings are those of the
+    index set to them, bit for bit (they were ignored, silently, so ``tune_search`` timed one setting again and
+    again). A refinement keeps its own ``k_factor``."""
+    index, q = _index(factory, own=own)
+    assert index.search_settings == want
+    fields = dict(pair.split("=") for pair in low.split(","))
+    call = SearchParams(
+        nprobe=int(fields["nprobe"]) if "nprobe" in fields else None,
+        ef_search=int(fields.get("efSearch", fields.get("quantizer_efSearch", 0))) or None,
+    )
+    got = index.search(q, 10, params=call)
+    assert index.search_settings == want  # the call changed nothing
+    index.set_search_params(low)
+    assert index.search_settings == SearchParams(nprobe=call.nprobe or want.nprobe, ef_search=call.ef_search)
+    wanted = index.search(q, 10)
+    np.testing.assert_array_equal(got[1], wanted[1])
+    np.testing.assert_array_equal(got[0], wanted[0])
+    assert not np.array_equal(got[1], index.search(q, 10, params=high)[1])  # the setting does something
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
 def test_settings_for_other_structures_are_ignored(factory: str) -> None:
     """``nprobe`` on a flat or HNSW index (an "auto" workspace's index is Flat while small): no effect, no error."""

@@ -19,7 +19,7 @@ from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, 
 from crossscale.index._faiss_file import IndexFile
 from crossscale.index._flat_search import FlatSearch
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
-from crossscale.index._list_scan import ListScan, ivf_of, ivf_search_parameters, probe_settings
+from crossscale.index._list_scan import ListScan, ivf_search_parameters, probe_settings
 from crossscale.index._probe_split import ProbeSplit
 from crossscale.index._shared_setting import SharedSetting
 from crossscale.types import SearchParams
@@ -93,10 +93,11 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
 def _assigning(index: Any) -> Iterator[None]:
     """While adding to an IVF index with an HNSW coarse quantizer, that graph's ``efSearch`` is
     :data:`ADD_EF_SEARCH` (restored after), whatever the search setting: assigning a vector to its list needs its
-    nearest centroid, not the ``nprobe`` lists a search walks, and a narrower beam misses it more often."""
+    nearest centroid, not the ``nprobe`` lists a search walks, and a narrower beam misses it more often. Also for an
+    IVF behind an explicit factory's id map, transform or refinement."""
     import faiss
 
-    core: Any = _with_ids(index)
+    core: Any = _layers(index)[-1]
     quantizer: Any = faiss.downcast_index(core.quantizer) if isinstance(core, faiss.IndexIVF) else None
     if not isinstance(quantizer, faiss.IndexHNSW):
         yield
@@ -183,6 +184,52 @@ def _structure(index: Any) -> Any:
 
     core = _with_ids(index)
     return faiss.downcast_index(core.index) if isinstance(core, faiss.IndexIDMap) else core
+
+
+def _layers(index: Any) -> list[Any]:
+    """``index``'s layers from the outside in, each a downcast, non-owning view: through id maps, vector transforms
+    and refinement (``Refine(...)``, ``RFlat``: to the index whose hits are refined) down to the structure searched
+    first. What a search's settings (``nprobe``, ``efSearch``) are for is the last one, whatever wraps it: an
+    explicit factory such as ``"OPQ16_64,IVF1024,PQ16"`` is kept as ``IDMap`` over a transform over the IVF."""
+    import faiss
+
+    layers = [faiss.downcast_index(index)]
+    while True:
+        layer = layers[-1]
+        if isinstance(layer, (faiss.IndexIDMap, faiss.IndexPreTransform)):
+            inner = layer.index
+        elif isinstance(layer, faiss.IndexRefine):
+            inner = layer.base_index
+        else:
+            return layers
+        layers.append(faiss.downcast_index(inner))
+
+
+def _through_refinement(layers: list[Any], params: Any) -> Any:
+    """Search parameters ``params`` for the innermost of ``layers`` (:func:`_layers`), as the outermost one takes
+    them: a refining layer wants its own parameters (faiss refuses others) holding the inner ones, and keeps its
+    ``k_factor``. Id maps and transforms hand them on as they are."""
+    import faiss
+
+    for layer in reversed(layers[:-1]):
+        if isinstance(layer, faiss.IndexRefine):
+            outer: Any = faiss.IndexRefineSearchParameters()  # type: ignore[attr-defined]
+            outer.k_factor = float(layer.k_factor)
+            outer.base_index_params = params  # faiss' wrapper keeps a reference with it
+            params = outer
+    return params
+
+
+def _refined_depth(layers: list[Any], k: int) -> int:
+    """How many hits the innermost of ``layers`` is asked for when the outermost is asked for ``k``: each refining
+    layer asks its inner index for ``k_factor`` times as many."""
+    import faiss
+
+    depth = float(k)
+    for layer in layers[:-1]:
+        if isinstance(layer, faiss.IndexRefine):
+            depth *= float(layer.k_factor)
+    return max(k, int(depth))
 
 
 def _hnsw_search_parameters() -> Any:
@@ -368,7 +415,7 @@ class ChunkIndex:
         import faiss
 
         ivf = self._ivf_view()
-        graph: Any = self._hnsw() if ivf is None else faiss.downcast_index(ivf.quantizer)
+        graph: Any = self._graph_view() if ivf is None else faiss.downcast_index(ivf.quantizer)
         beam = int(graph.hnsw.efSearch) if isinstance(graph, faiss.IndexHNSW) else None
         return SearchParams(nprobe=None if ivf is None else int(ivf.nprobe), ef_search=beam)
 
@@ -621,6 +668,8 @@ class ChunkIndex:
                 d, i = searcher.search(q, ask, params=skip)
             elif (nprobe is not None or ef is not None) and (ivf := self._ivf_view()) is not None:
                 d, i = searcher.search(q, ask, params=self._ivf_params(ivf, searcher, nprobe, ef))
+            elif ef is not None and self._graph_view() is not None:
+                d, i = searcher.search(q, ask, params=self._graph_params(searcher, ask, ef))
             else:
                 d, i = searcher.search(q, ask)
         if self._tombstones and skip is None:
@@ -649,23 +698,48 @@ class ChunkIndex:
         return self.blas_threshold if self._ivf_view() is not None else 1
 
     def _ivf_view(self) -> Any | None:
-        """The index's IVF structure (a downcast, non-owning view), or ``None`` for other structures; worked out
-        once (the structure never changes)."""
+        """The IVF structure the index searches first (a downcast, non-owning view), also behind an explicit
+        factory's id map, transform or refinement (:func:`_layers`), or ``None`` for other structures; worked out
+        once (the structure never changes). Its ``nprobe`` and coarse quantizer are what a search's settings
+        change."""
         if not self._ivf_checked:
-            found = ivf_of(self._index)
-            self._ivf, self._ivf_checked = (None if found is None else found[0]), True
+            import faiss
+
+            core = _layers(self._index)[-1]
+            self._ivf, self._ivf_checked = (core if isinstance(core, faiss.IndexIVF) else None), True
         return self._ivf
 
-    def _ivf_params(self, ivf: Any, searcher: Any, nprobe: int | None, ef: int | None) -> Any:
-        """faiss' ``SearchParametersIVF`` for one search by ``searcher`` under one call's settings. A GPU copy's
-        coarse quantizer is its own flat one: only ``nprobe`` is given to it."""
-        if searcher is self._index:
-            return ivf_search_parameters(ivf, nprobe, ef)
+    def _graph_view(self) -> Any | None:
+        """The HNSW structure the index searches first (a downcast, non-owning view), also behind an id map,
+        transform or refinement, or ``None`` for other structures: whose beam (``efSearch``) a search's
+        ``ef_search`` sets."""
         import faiss
 
-        tuned: Any = faiss.SearchParametersIVF()  # type: ignore[attr-defined]
-        tuned.nprobe = probe_settings(ivf, nprobe, None)[0]
-        return tuned
+        core = _layers(self._index)[-1]
+        return core if isinstance(core, faiss.IndexHNSW) else None
+
+    def _ivf_params(self, ivf: Any, searcher: Any, nprobe: int | None, ef: int | None) -> Any:
+        """faiss' ``SearchParametersIVF`` for one search by ``searcher`` under one call's settings, wrapped as its
+        refining layers take them (:func:`_through_refinement`). A GPU copy's coarse quantizer is its own flat one:
+        only ``nprobe`` is given to it."""
+        if searcher is self._index:
+            tuned = ivf_search_parameters(ivf, nprobe, ef)
+        else:
+            import faiss
+
+            tuned = faiss.SearchParametersIVF()  # type: ignore[attr-defined]
+            tuned.nprobe = probe_settings(ivf, nprobe, None)[0]
+        return _through_refinement(_layers(searcher), tuned)
+
+    def _graph_params(self, searcher: Any, ask: int, ef: int) -> Any:
+        """faiss parameters for ``ask`` hits of ``searcher`` whose first structure is an HNSW graph behind an id map,
+        transform or refinement: a beam of ``ef``, widened to the hits the graph is asked for (a beam narrower than
+        them returns fewer), wrapped as the refining layers take them. (A graph under an id map alone is searched
+        with :meth:`_hnsw_params`, which also skips removed vectors inside the walk.)"""
+        layers = _layers(searcher)
+        params = _hnsw_search_parameters()
+        params.efSearch = max(int(ef), _refined_depth(layers, ask))
+        return _through_refinement(layers, params)
 
     def _flat_search(self) -> FlatSearch | None:
         """The searcher of a flat index whose scores do not depend on the batch (:mod:`._flat_search`), or ``None``
