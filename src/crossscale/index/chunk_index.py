@@ -410,7 +410,9 @@ class ChunkIndex:
     def search_settings(self) -> SearchParams:
         """The index's own search settings, which a search without ``params`` uses, as a
         :class:`~crossscale.types.SearchParams`: an IVF index's ``nprobe``, and the beam (``ef_search``) of an HNSW
-        index or of an IVF index's HNSW coarse quantizer; ``None`` where the structure has no such setting.
+        index or of an IVF index's HNSW coarse quantizer, also where an explicit factory puts the structure behind a
+        transform or a refinement (``"OPQ16_64,IVF1024,PQ16"``, ``"HNSW32,Refine(Flat)"``); ``None`` where the
+        structure has no such setting.
         :meth:`set_search_params` changes them; a search's ``params`` do not."""
         import faiss
 
