@@ -55,12 +55,24 @@ def test_fewer_points_than_lists_is_refused(rng: np.random.Generator) -> None:
         two_level_centroids(_clustered(rng, 10, 8, 2), 11)
 
 
-@pytest.mark.parametrize("reduce_dim", [None, 8])
+@pytest.mark.parametrize(
+    ("prefix", "suffix", "reduce_dim", "dim"),
+    [
+        ("", "", None, 16),
+        ("", "", 8, 8),
+        ("RR16,", "", None, 16),  # an explicit factory's transform (a random rotation), kept behind an id map
+        ("OPQ4_16,", ",RFlat", None, 16),  # and a refinement
+    ],
+    ids=["ivf", "projected", "rotated", "opq-refined"],
+)
 def test_a_large_ivf_is_trained_in_two_levels_and_finds_its_vectors(
     rng: np.random.Generator,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    prefix: str,
+    suffix: str,
     reduce_dim: int | None,
+    dim: int,
 ) -> None:
     lists = TWO_LEVEL_MIN_LISTS
     shapes: list[tuple[int, ...]] = []
@@ -72,10 +84,10 @@ def test_a_large_ivf_is_trained_in_two_levels_and_finds_its_vectors(
 
     monkeypatch.setattr("crossscale.index.chunk_index.two_level_centroids", spy)
     x = _clustered(rng, 2 * lists, 16, 64)
-    index = ChunkIndex(16, f"IVF{lists},Flat", reduce_dim=reduce_dim, device="cpu")
+    index = ChunkIndex(16, f"{prefix}IVF{lists},Flat{suffix}", reduce_dim=reduce_dim, device="cpu")
     with caplog.at_level(logging.INFO, logger="crossscale.index.chunk_index"):
         index.add(x, np.arange(len(x)))
-    assert shapes == [(len(x), reduce_dim or 16)]  # the centroids live where the IVF does: after the projection
+    assert shapes == [(len(x), dim)]  # the centroids live where the IVF does: after the projection
     assert "in two levels" in caplog.text
     assert index.is_trained and len(index) == len(x)
     index.set_search_params("nprobe=8")

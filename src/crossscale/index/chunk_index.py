@@ -498,20 +498,26 @@ class ChunkIndex:
     def _train_coarse(self, x: np.ndarray) -> None:
         """Give an IVF index of :data:`~crossscale.index._kmeans.TWO_LEVEL_MIN_LISTS` lists or more its
         centroids by two-level k-means (faiss then trains only the codes): flat k-means over 16,384 lists took
-        most of a 10M ingest's time. Other structures, and too few vectors (faiss' error), are left to faiss."""
+        most of a 10M ingest's time. Also an IVF behind an explicit factory's transform or refinement
+        (``"OPQ64_256,IVF16384_HNSW32,PQ64"``): its transforms are trained first, on the same vectors, as faiss
+        would. Other structures, and too few vectors (faiss' error), are left to faiss."""
         import faiss
 
-        core: Any = _with_ids(self._index)
+        layers = _layers(self._index)
+        core: Any = layers[-1]
         if not isinstance(core, faiss.IndexIVF) or core.nlist < TWO_LEVEL_MIN_LISTS or len(x) < core.nlist:
             return
         quantizer: Any = faiss.downcast_index(core.quantizer)
         if quantizer.ntotal == core.nlist:  # trained already (or given its centroids)
             return
-        outer: Any = faiss.downcast_index(self._index)
-        if isinstance(outer, faiss.IndexPreTransform):  # the centroids live in the projected space
-            chain: Any = outer.chain  # a SWIG vector: the projection, then the re-normalisation
-            for i in range(chain.size()):
-                x = faiss.downcast_VectorTransform(chain.at(i)).apply(x)
+        for layer in layers[:-1]:  # the centroids live where the IVF does: after every transform
+            if isinstance(layer, faiss.IndexPreTransform):
+                chain: Any = layer.chain  # a SWIG vector (crossscale's own: the projection, the re-normalisation)
+                for i in range(chain.size()):
+                    transform: Any = faiss.downcast_VectorTransform(chain.at(i))
+                    if not transform.is_trained:  # faiss' own training of the chain then leaves it as it is
+                        transform.train(x)
+                    x = transform.apply(x)
         started = time.perf_counter()
         quantizer.add(two_level_centroids(np.ascontiguousarray(x, dtype=np.float32), int(core.nlist)))
         logger.info(
