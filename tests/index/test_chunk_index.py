@@ -527,6 +527,8 @@ def test_bad_projections_are_refused_clearly(rng: np.random.Generator) -> None:
         ("IVF4,PQ4x4fs", False),
         ("HNSW16", False),
         ("IVF4,Flat,Refine(Flat)", False),
+        ("PCA4,IVF4,SQ8", True),  # an explicit factory's transform in front: the same scans
+        ("PCA4,IVF4,PQ4x4fs", False),
     ],
 )
 def test_prefix_stable_names_the_exhaustive_scans(factory: str, stable: bool, rng: np.random.Generator) -> None:
@@ -534,6 +536,68 @@ def test_prefix_stable_names_the_exhaustive_scans(factory: str, stable: bool, rn
     index.add(rng.standard_normal((400, 8)).astype(np.float32), np.arange(400))
     assert index.prefix_stable is stable
     assert ChunkIndex(8, factory, device="cpu", reduce_dim=4).prefix_stable is stable
+
+
+@pytest.mark.parametrize("reduce_dim", [None, 12])
+def test_an_explicit_transform_before_an_ivf_keeps_the_ivf_paths(
+    reduce_dim: int | None, tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``"PCA8,IVF16,SQ8"``: the IVF keeps the ids itself (no id map over the transform, no second copy of them),
+    so the batched list scan, a query split over the cores and prefix-stable depths serve it as they serve
+    crossscale's own projection; faiss trains the factory's PCA and ``reduce_dim`` stays crossscale's own. Its hits
+    are faiss' own search's, and a save and load keep them."""
+    from crossscale.index import _list_scan, _probe_split
+
+    centres = rng.standard_normal((20, 16))
+    x = (centres[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, 16))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = ChunkIndex(16, "PCA8,IVF16,SQ8", reduce_dim=reduce_dim, device="cpu")
+    index.add(x, np.arange(3000) * 2 + 1)
+    layers = chunk_index_module._layers(index._index)
+    assert not any(isinstance(layer, faiss.IndexIDMap) for layer in layers)
+    assert isinstance(layers[-1], faiss.IndexIVFScalarQuantizer)
+    assert index.reduce_dim == reduce_dim and (index.energy_kept is None) is (reduce_dim is None)
+    assert index.prefix_stable and not index.scores_exact
+    assert _list_scan.ListScan.of(index._index) is not None and _probe_split.ProbeSplit.of(index._index) is not None
+    index.set_search_params("nprobe=4")
+    q = x[:200] + np.float32(0.05) * rng.standard_normal((200, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    faiss_ids = index._index.search(q, 10)[1]
+    scanned: list[int] = []
+    real = _list_scan.ListScan.search
+    monkeypatch.setattr(_list_scan, "pays", lambda *args: True)
+    monkeypatch.setattr(_list_scan.ListScan, "search", lambda self, *a, **k: scanned.append(1) or real(self, *a, **k))
+    ids = index.search(q, 10)[1]
+    assert scanned  # the batch went list by list
+    assert (ids == faiss_ids).mean() > 0.99  # the same hits (scores summed in another order: near ties may swap)
+    index.save(tmp_path / "i.index")
+    loaded, _ = ChunkIndex.load(tmp_path / "i.index")
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], ids)
+    assert loaded.reduce_dim == reduce_dim and loaded.search_settings.nprobe == 4
+
+
+def test_an_index_file_with_an_id_map_over_the_transform_still_loads_and_takes_settings(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files written before kept an explicit factory's transform and IVF under an id map: they load, search, and
+    take a call's settings (those reach the IVF behind the map)."""
+    monkeypatch.setattr(
+        ChunkIndex,
+        "_build",
+        staticmethod(lambda dim, factory: faiss.index_factory(dim, "IDMap," + factory, faiss.METRIC_INNER_PRODUCT)),
+    )
+    x = _unit(rng, 2000, 16)
+    old = ChunkIndex(16, "RR16,IVF16,SQ8", device="cpu")  # a random rotation: each vector still finds itself
+    old.add(x, np.arange(2000) + 3)
+    assert isinstance(faiss.downcast_index(old._index), faiss.IndexIDMap)
+    old.save(tmp_path / "old.index")
+    monkeypatch.undo()
+    index, _ = ChunkIndex.load(tmp_path / "old.index")
+    index.set_search_params("nprobe=16")
+    exhaustive = index.search(x[:50], 5)
+    assert (exhaustive[1][:, 0] == np.arange(50) + 3).mean() > 0.9
+    np.testing.assert_array_equal(index.search(x[:50], 5, params=SearchParams(nprobe=16))[1], exhaustive[1])
+    assert not np.array_equal(index.search(x[:50], 5, params=SearchParams(nprobe=1))[1], exhaustive[1])
 
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "IVF4,SQ8"])

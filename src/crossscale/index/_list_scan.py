@@ -300,15 +300,18 @@ class _Heaps:
 
 
 def behind_transforms(index: Any) -> tuple[Any, list[Any]]:
-    """The index behind ``index``'s vector transforms (a projection), downcast, and those transforms in the order
-    faiss applies them (downcast); ``index`` itself and no transforms where it has none."""
+    """The index behind ``index``'s vector transforms (crossscale's projection, an explicit factory's own, or
+    both), downcast, and those transforms in the order faiss applies them (downcast); ``index`` itself and no
+    transforms where it has none."""
     import faiss
 
     outer: Any = faiss.downcast_index(index)
-    if not isinstance(outer, faiss.IndexPreTransform):
-        return outer, []
-    chain: Any = outer.chain
-    return faiss.downcast_index(outer.index), [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]
+    transforms: list[Any] = []
+    while isinstance(outer, faiss.IndexPreTransform):
+        chain: Any = outer.chain
+        transforms += [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]
+        outer = faiss.downcast_index(outer.index)
+    return outer, transforms
 
 
 def ivf_of(index: Any) -> tuple[Any, list[Any]] | None:

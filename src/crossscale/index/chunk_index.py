@@ -156,23 +156,26 @@ def _with_projection(dim: int, reduce_dim: int, index: Any) -> Any:
 
 
 def _projection_of(index: Any) -> Any:
-    """The projection of an index made by :func:`_with_projection` (a non-owning view), or ``None``."""
+    """The projection of an index made by :func:`_with_projection` (a non-owning view), or ``None``: a plain
+    ``LinearTransform`` first in the outer transform's chain. An explicit factory's own transforms (``"PCA64,..."``,
+    ``"OPQ16_64,..."``: faiss' subclasses of it, which faiss trains) are not one."""
     import faiss
 
     outer: Any = faiss.downcast_index(index)
     if not isinstance(outer, faiss.IndexPreTransform):
         return None
     chain: Any = outer.chain  # a SWIG vector
-    return faiss.downcast_VectorTransform(chain.at(0))
+    first: Any = faiss.downcast_VectorTransform(chain.at(0))
+    return first if type(first) is faiss.LinearTransform else None
 
 
 def _with_ids(index: Any) -> Any:
-    """The part of ``index`` that holds the ids (an ``IndexIDMap`` or an ``IndexIVF``), behind any projection;
-    a non-owning view."""
+    """The part of ``index`` that holds the ids (an ``IndexIDMap`` or an ``IndexIVF``), behind any transforms
+    (crossscale's projection, an explicit factory's own); a non-owning view."""
     import faiss
 
     view = faiss.downcast_index(index)
-    if isinstance(view, faiss.IndexPreTransform):
+    while isinstance(view, faiss.IndexPreTransform):
         view = faiss.downcast_index(view.index)
     return view
 
@@ -305,7 +308,9 @@ class ChunkIndex:
 
     @staticmethod
     def _build(dim: int, factory: str) -> Any:
-        """Build the index with 64-bit id support: IVF has it natively, others inside an ``IDMap``.
+        """Build the index with 64-bit id support: IVF has it natively (also behind the factory's transforms:
+        ``"PCA64,IVF4096,SQ8"`` keeps the IVF's lists and searches, and no second copy of the ids), others inside
+        an ``IDMap``.
 
         The wrapper comes from the factory string so that faiss owns the inner
         index; wrapping a Python-made index by hand leaves ownership to Python.
@@ -315,7 +320,7 @@ class ChunkIndex:
         import faiss
 
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        if isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIVF)):
+        if isinstance(_with_ids(index), (faiss.IndexIDMap, faiss.IndexIVF)):
             return index
         return faiss.index_factory(dim, "IDMap," + factory, faiss.METRIC_INNER_PRODUCT)
 
@@ -375,14 +380,16 @@ class ChunkIndex:
     @property
     def scores_exact(self) -> bool:
         """Whether search scores are the exact cosines of the vectors added: the index keeps them whole (Flat,
-        IVF-Flat, HNSW), not projected (``reduce_dim``) nor coded (SQ8, PQ). Where not, the query path re-scores
-        the hits it gets with the stored vectors (:func:`~crossscale.query.search_parents`' ``exact_vectors``)."""
+        IVF-Flat, HNSW), not transformed (``reduce_dim``, an explicit factory's ``PCA``, ``OPQ``, ...) nor coded
+        (SQ8, PQ). Where not, the query path re-scores the hits it gets with the stored vectors
+        (:func:`~crossscale.query.search_parents`' ``exact_vectors``)."""
         import faiss
 
         if self._scores_exact is None:
             core: Any = _structure(self._index)
             whole = isinstance(core, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
-            self._scores_exact = self.reduce_dim is None and whole
+            transformed = any(isinstance(layer, faiss.IndexPreTransform) for layer in _layers(self._index))
+            self._scores_exact = whole and not transformed
         return self._scores_exact
 
     @property
