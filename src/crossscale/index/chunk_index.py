@@ -194,8 +194,8 @@ def _layers(index: Any) -> list[Any]:
     and refinement (``Refine(...)``, ``RFlat``: to the index whose hits are refined) down to the structure searched
     first. What a search's settings (``nprobe``, ``efSearch``) are for is the last one, whatever wraps it: an
     explicit factory such as ``"HNSW32,Refine(Flat)"`` is kept as an ``IDMap`` over the refinement over the graph,
-    and index files written before 0.2 kept ``"OPQ16_64,IVF1024,PQ16"`` as an ``IDMap`` over the transform over the
-    IVF."""
+    and index files written before 2026-12-07 kept ``"OPQ16_64,IVF1024,PQ16"`` as an ``IDMap`` over the
+    transform over the IVF."""
     import faiss
 
     layers = [faiss.downcast_index(index)]
