@@ -60,8 +60,8 @@ def test_fewer_points_than_lists_is_refused(rng: np.random.Generator) -> None:
     [
         ("", "", None, 16),
         ("", "", 8, 8),
-        ("RR16,", "", None, 16),  # an explicit factory's transform (a random rotation), kept behind an id map
-        ("OPQ4_16,", ",RFlat", None, 16),  # and a refinement
+        ("RR16,", "", None, 16),  # an explicit factory's transform (a random rotation) before the IVF
+        ("OPQ4_16,", ",RFlat", None, 16),  # and a refinement, kept behind an id map
     ],
     ids=["ivf", "projected", "rotated", "opq-refined"],
 )
