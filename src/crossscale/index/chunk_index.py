@@ -19,7 +19,7 @@ from crossscale.errors import ChunkIndexError, ConfigurationError, VectorError, 
 from crossscale.index._faiss_file import IndexFile
 from crossscale.index._flat_search import FlatSearch
 from crossscale.index._kmeans import TWO_LEVEL_MIN_LISTS, two_level_centroids
-from crossscale.index._list_scan import ListScan, ivf_search_parameters, probe_settings
+from crossscale.index._list_scan import ListScan, behind_transforms, ivf_search_parameters, probe_settings
 from crossscale.index._probe_split import ProbeSplit
 from crossscale.index._shared_setting import SharedSetting
 from crossscale.types import SearchParams
@@ -172,12 +172,7 @@ def _projection_of(index: Any) -> Any:
 def _with_ids(index: Any) -> Any:
     """The part of ``index`` that holds the ids (an ``IndexIDMap`` or an ``IndexIVF``), behind any transforms
     (crossscale's projection, an explicit factory's own); a non-owning view."""
-    import faiss
-
-    view = faiss.downcast_index(index)
-    while isinstance(view, faiss.IndexPreTransform):
-        view = faiss.downcast_index(view.index)
-    return view
+    return behind_transforms(index)[0]
 
 
 def _structure(index: Any) -> Any:
@@ -351,8 +346,7 @@ class ChunkIndex:
         self._scan: ListScan | None = None  # batched IVF search list by list, once the index is trained
         self._scan_checked = False
         self._split: ProbeSplit | None = None  # a single query's IVF lists searched over the cores
-        self._ivf: Any = None
-        self._ivf_checked = False
+        self._first: Any = None  # the structure searched first, behind any wrapper (_layers): worked out once
         self._split_checked = False
         self._flat: FlatSearch | None = None  # a flat index searched with scores that do not depend on the batch
         self._flat_checked = False
@@ -719,12 +713,10 @@ class ChunkIndex:
         factory's id map, transform or refinement (:func:`_layers`), or ``None`` for other structures; worked out
         once (the structure never changes). Its ``nprobe`` and coarse quantizer are what a search's settings
         change."""
-        if not self._ivf_checked:
-            import faiss
+        import faiss
 
-            core = _layers(self._index)[-1]
-            self._ivf, self._ivf_checked = (core if isinstance(core, faiss.IndexIVF) else None), True
-        return self._ivf
+        core = self._first_structure()
+        return core if isinstance(core, faiss.IndexIVF) else None
 
     def _graph_view(self) -> Any | None:
         """The HNSW structure the index searches first (a downcast, non-owning view), also behind an id map,
@@ -732,8 +724,15 @@ class ChunkIndex:
         ``ef_search`` sets."""
         import faiss
 
-        core = _layers(self._index)[-1]
+        core = self._first_structure()
         return core if isinstance(core, faiss.IndexHNSW) else None
+
+    def _first_structure(self) -> Any:
+        """The innermost of the index's layers (:func:`_layers`, a non-owning view); worked out once (the structure
+        never changes)."""
+        if self._first is None:
+            self._first = _layers(self._index)[-1]
+        return self._first
 
     def _ivf_params(self, ivf: Any, searcher: Any, nprobe: int | None, ef: int | None) -> Any:
         """faiss' ``SearchParametersIVF`` for one search by ``searcher`` under one call's settings, wrapped as its
