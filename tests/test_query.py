@@ -267,6 +267,48 @@ def test_a_depth_too_big_for_one_lookup_is_read_in_blocks(
     _assert_same_matches(got, whole, "read in blocks")
 
 
+@pytest.mark.parametrize("order", ["reversed", "deduplicated", "some gone"])
+def test_a_lookup_that_does_not_return_what_was_asked_in_order_scores_each_hit_by_its_id(
+    alike: dict[str, Any], order: str
+) -> None:
+    """Re-scoring takes a query's vectors as one slice of what the lookup returned only when it returned every id
+    asked, in the order asked (a workspace's store does). A plugged-in lookup may return them in another order,
+    once each, or without those it no longer holds: each hit is then scored by its own vector, and a batch holding
+    the same query twice (the same hits twice in one lookup) gets the matches of the one in order."""
+    x = alike["x"]
+    gone = set(range(0, len(x), 7))
+
+    def in_order(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(ids, dtype=np.int64)
+        if order == "some gone":
+            keep = keep[~np.isin(keep, list(gone))]
+        return keep, x[keep].astype(np.float16)
+
+    def shuffled(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep, rows = in_order(ids)
+        if order == "reversed":
+            return keep[::-1], rows[::-1]
+        if order == "deduplicated":
+            unique = np.unique(keep)[::-1]
+            return unique, x[unique].astype(np.float16)
+        return keep, rows  # already missing some: the ids returned are not those asked
+
+    lookups: list[int] = []
+    queries, common, _ = _batch_with_a_store(alike, lookups)
+    queries = [*queries, *queries[:3]]  # three queries twice: their hits twice in one lookup
+    parents = common["parents"]
+    search = {"ranker": ParentRanker(box="fusion"), "details": parents.details}
+    want = search_parents(queries, 5, exact_vectors=in_order, **common, **search)
+    got = search_parents(queries, 5, exact_vectors=shuffled, **common, **search)
+    _assert_same_matches(got, want, order)
+    assert got[-3:] == got[:3]
+    if order == "some gone":  # the hits whose vectors are gone are dropped, not scored as someone else's
+        assert all(m.chunk_id not in gone for row in got for m in row)
+    else:
+        alone = [search_parents([q], 5, exact_vectors=in_order, **common, **search)[0] for q in queries]
+        _assert_same_matches(got, alone, f"{order}, ranked alone")
+
+
 def test_queries_a_batch_ranker_leaves_are_ranked_alone(alike: dict[str, Any]) -> None:
     """A batch ranker may leave a query (None) at every depth: once its searches reach no deeper, rank() ranks it
     from its first hits, and the matches are the same."""

@@ -67,8 +67,9 @@ its local features), leaving out the parent ids in ``ranked``; the query path ve
 ones (``crossscale.query.search_parents``)."""
 
 VectorLookup = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
-"""``vectors(chunk_ids)`` (an int64 array) returns ``(ids, vectors)`` of the given ids that are stored, in the order
-given (``RootStore.vectors``)."""
+"""``vectors(chunk_ids)`` (an int64 array, in any order, an id possibly more than once) returns ``(ids, vectors)`` of
+the given ids that are stored, in the order given (``RootStore.vectors``). Re-scoring works with any order or with
+repeats left out; a lookup that returns every id asked, in the order asked, saves it finding each hit by id."""
 
 
 @runtime_checkable

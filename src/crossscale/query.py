@@ -161,29 +161,37 @@ class _ExactScores:
     def _read_block(
         self, rows: Sequence[int], views: Sequence[_Fetched], fresh: list[tuple[int, np.ndarray, np.ndarray]]
     ) -> None:
-        """:meth:`_read` of a few searches, in one lookup."""
+        """:meth:`_read` of a few searches, in one lookup of their hits as they come (one query's after another's).
+        When every one is stored and the lookup keeps their order (a workspace's store does), each query's
+        vectors are one slice of what it read; else each hit finds its vector by id."""
         wanted = [views[i].ids[len(self._done[id(views[i])]) + unread] for i, _, unread in fresh]
         flat = np.concatenate(wanted)
         found_ids, found, norms = np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
         if len(flat):
-            found_ids, found = self._lookup(np.unique(flat))
-            if len(found_ids) > 1 and not bool((found_ids[1:] > found_ids[:-1]).all()):  # ours keep the order given
-                order = np.argsort(found_ids)
-                found_ids, found = found_ids[order], found[order]
+            found_ids, found = self._lookup(flat)
             if len(found_ids):
                 norms = row_norms(found)
-        at = np.searchsorted(found_ids, flat).clip(max=max(0, len(found_ids) - 1))
-        stored = found_ids[at] == flat if len(found_ids) else np.zeros(len(flat), bool)
+        aligned = 0 < len(flat) == len(found_ids) and bool(np.array_equal(found_ids, flat))
+        at, stored = np.zeros(0, np.int64), np.zeros(len(flat), bool)
+        if not aligned and len(found_ids):  # some are gone, or another order: each hit's vector found by its id
+            order = np.argsort(found_ids, kind="stable")
+            found_ids, found, norms = found_ids[order], found[order], norms[order]
+            at = np.searchsorted(found_ids, flat).clip(max=len(found_ids) - 1)
+            stored = found_ids[at] == flat
         offset = 0
         for (i, new, unread), want in zip(fresh, wanted, strict=True):
             span = slice(offset, offset + len(want))
             offset += len(want)
-            scores = np.full(len(want), np.nan, dtype=np.float32)
-            here = stored[span]
-            if here.any():
-                rows_at = at[span][here]
-                scores[here] = cosines(found[rows_at], norms[rows_at], self._queries[rows[i]])
-            new[unread] = scores
+            query = self._queries[rows[i]]
+            if aligned:
+                new[unread] = cosines(found[span], norms[span], query)
+            else:
+                scores = np.full(len(want), np.nan, dtype=np.float32)
+                here = stored[span]
+                if here.any():
+                    rows_at = at[span][here]
+                    scores[here] = cosines(found[rows_at], norms[rows_at], query)
+                new[unread] = scores
             key = id(views[i])
             self._done[key] = np.concatenate([self._done[key], new])
 

@@ -34,6 +34,8 @@ def test_add_read_delete(tmp_path: Path) -> None:
     all_found, again = store.vectors(np.array([4, 0]))  # every id stored: the ids asked, in their order
     assert all_found.dtype == np.int64 and list(all_found) == [4, 0] and np.array_equal(again, vecs)
     np.testing.assert_array_equal(vecs, np.eye(4, dtype=np.float32)[[2, 0]])  # chunk 4: b's third; chunk 0: a's first
+    twice, rows = store.vectors(np.array([0, 4, 0, 77, 4]))  # an id asked twice is read twice (re-scoring asks so)
+    assert list(twice) == [0, 4, 0, 4] and np.array_equal(rows, vecs[[1, 0, 1, 0]])
     assert store.delete_parent("a") == [0, 1]
     assert len(store) == 1 and store.chunk_count() == 3 and store.vectors([0])[0].size == 0
     with pytest.raises(ParentNotFoundError, match="'a'"):

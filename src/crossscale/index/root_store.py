@@ -653,8 +653,8 @@ class RootStore:
     def vectors(
         self, chunk_ids: Sequence[int] | np.ndarray, *, txn: lmdb.Transaction | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, vectors)`` of the given chunk ids that are stored, in the order given (read in one LMDB call:
-        the query path re-scores thousands of hits at a time with them)."""
+        """``(ids, vectors)`` of the given chunk ids that are stored, in the order given, an id asked twice read
+        twice (in one LMDB call: the query path re-scores thousands of hits at a time with them)."""
         wanted = np.asarray(chunk_ids, dtype=np.int64).reshape(-1)
         wanted = wanted[wanted >= 0]
         keys = wanted.astype(">u8").view("V8").tolist()  # the keys' layout (_U64), as 8-byte `bytes` each
