@@ -67,15 +67,30 @@ def test_remove_then_search_never_returns_removed(factory: str, rng: np.random.G
     assert set(index.ids()) == set(range(400)) - set(gone)
 
 
-@pytest.mark.parametrize("reduce_dim", [None, 8])
+@pytest.mark.parametrize(
+    ("factory", "reduce_dim"),
+    [
+        ("HNSW16", None),
+        ("HNSW16", 8),  # crossscale's projection, outside the id map
+        ("PCA8,HNSW16", None),  # a factory's transform: id map, transform, graph
+        ("HNSW16,Refine(Flat)", None),  # id map, refinement, graph: the id map never sees the graph's parameters
+        ("PCA8,HNSW16,RFlat", None),
+        ("HNSW16,Refine(Flat)", 8),  # crossscale's projection, then the id map, refinement, graph
+    ],
+)
 def test_hnsw_searches_skip_removed_vectors_inside_the_graph(
-    reduce_dim: int | None, tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+    factory: str,
+    reduce_dim: int | None,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """HNSW cannot remove: its tombstones are skipped by an ID selector inside the graph search, so a search asks
-    faiss for k hits (+1 for ties), not k plus every removed vector, and finds the live vectors as well."""
+    faiss for k hits (+1 for ties), not k plus every removed vector, and finds the live vectors as well; also for a
+    graph behind an explicit factory's transform or refinement (which sit under an id map)."""
     x = _unit(rng, 2000, 16)
-    ids = np.arange(2000, dtype=np.int64) + 10**9
-    index = ChunkIndex(16, "HNSW16", reduce_dim=reduce_dim, device="cpu")
+    ids = np.arange(2000, dtype=np.int64) + 10**9  # not the graph's positions: a selector must be translated
+    index = ChunkIndex(16, factory, reduce_dim=reduce_dim, device="cpu")
     index.add(x, ids)
     index.set_search_params("efSearch=200")
     gone = ids[rng.permutation(2000)[:800]]
@@ -89,14 +104,23 @@ def test_hnsw_searches_skip_removed_vectors_inside_the_graph(
     assert asked == [11]  # not 811
     assert not np.isin(got, gone).any() and (got >= 0).all()
     live = ~np.isin(ids, gone)
-    if reduce_dim is None:  # scores are exact cosines: compare with brute force over the live vectors
+    if reduce_dim is None and not factory.startswith("PCA"):  # exact cosines: compare with brute force over the live
         _, ref = _brute(x[live], ids[live], q, 10)
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref, strict=True)]) >= 0.95
-    params = index._hnsw_params(11)
-    assert params is not None and params.efSearch == 200  # the index's setting, not faiss' default 16
+    made: list[Any] = []  # the graph's parameters (a refinement's wrap them, and faiss hands back their base type)
+    make = chunk_index_module._hnsw_search_parameters
+    monkeypatch.setattr(chunk_index_module, "_hnsw_search_parameters", lambda: (made.append(make()), made[-1])[1])
+
+    def beam(ask: int) -> int:
+        index._hnsw_params(ask)
+        return int(made[-1].efSearch)
+
+    assert beam(11) == 200  # the index's setting, not faiss' default 16
     index.set_search_params("efSearch=64")
-    assert index._hnsw_params(11).efSearch == 64
-    assert index._hnsw_params(100).efSearch == 167  # widened: 100 live among 2000 of which 800 removed
+    assert beam(11) == 64
+    assert beam(100) == 167  # widened: 100 live among 2000 of which 800 removed
+    _, again = index.search(q, 10, params=SearchParams(ef_search=300))  # a call's beam, removed ones still skipped
+    assert asked[-1] == 11 and not np.isin(again, gone).any() and (again >= 0).all()
     index.save(tmp_path / "i.idx")
     loaded, _ = ChunkIndex.load(tmp_path / "i.idx", device="cpu")
     assert loaded.tombstone_count == 800

@@ -642,7 +642,7 @@ class ChunkIndex:
         rows = np.arange(n)
         # one more: is the k-th hit's score tied beyond it? (and as many more as there are tombstones, unless the
         # CPU index serves and HNSW skips them: _hnsw_params)
-        skipped = self.device == "cpu" and self._hnsw() is not None
+        skipped = self.device == "cpu" and self._graph_view() is not None
         ask = min(total, k + (0 if skipped else len(self._tombstones)) + 1)
         while len(rows):
             d, i = self._search_raw(q[rows], ask, params)
@@ -748,10 +748,11 @@ class ChunkIndex:
         return _through_refinement(_layers(searcher), tuned)
 
     def _graph_params(self, searcher: Any, ask: int, ef: int) -> Any:
-        """faiss parameters for ``ask`` hits of ``searcher`` whose first structure is an HNSW graph behind an id map,
-        transform or refinement: a beam of ``ef``, widened to the hits the graph is asked for (a beam narrower than
-        them returns fewer), wrapped as the refining layers take them. (A graph under an id map alone is searched
-        with :meth:`_hnsw_params`, which also skips removed vectors inside the walk.)"""
+        """faiss parameters for ``ask`` hits of ``searcher``, a copy of the index other than itself (what faiss'
+        GPU cloner makes of layers it cannot place on a GPU), whose first structure is an HNSW graph: a beam of
+        ``ef``, widened to the hits the graph is asked for (a beam narrower than them returns fewer), wrapped as the
+        refining layers take them. (The index itself is searched with :meth:`_hnsw_params`, which also skips removed
+        vectors inside the walk.)"""
         layers = _layers(searcher)
         params = _hnsw_search_parameters()
         params.efSearch = max(int(ef), _refined_depth(layers, ask))
@@ -771,35 +772,46 @@ class ChunkIndex:
             self._split, self._split_checked = ProbeSplit.of(self._index), True
         return self._split
 
-    def _hnsw(self) -> Any | None:
-        """The HNSW structure holding the vectors (a non-owning view), or ``None`` for other structures."""
-        import faiss
-
-        core: Any = _structure(self._index)
-        return core if isinstance(core, faiss.IndexHNSW) else None
-
     def _hnsw_params(self, ask: int, ef: int | None = None) -> Any | None:
-        """faiss search parameters for ``ask`` hits of an HNSW index, or ``None`` for other structures. The beam
-        (``efSearch``) is ``ef`` (one call's) or the index's own (:meth:`set_search_params`), widened to hold
-        ``ask`` live vectors: a beam narrower than ``ask`` returns fewer hits than asked (faiss does not widen it:
-        225 of 1,000 at ``efSearch`` 16), and with most vectors removed a beam finds a live one only so often. The
-        tombstones are skipped inside the graph walk, so a search asks for ``k`` hits, not ``k`` plus every removed
-        vector (an ID selector, made once per set of tombstones)."""
-        core = self._hnsw()
+        """faiss search parameters for ``ask`` hits of an index whose first structure is an HNSW graph, also behind
+        an id map, transform or refinement, wrapped as its refining layers take them (:func:`_through_refinement`);
+        ``None`` for other structures. The beam (``efSearch``) is ``ef`` (one call's) or the graph's own
+        (:meth:`set_search_params`), widened to hold the live vectors the graph is asked for (``ask``, times each
+        refinement's ``k_factor``): a beam narrower than that returns fewer hits than asked (faiss does not widen
+        it: 225 of 1,000 at ``efSearch`` 16), and with most vectors removed a beam finds a live one only so often.
+        The tombstones are skipped inside the graph walk, so a search asks for ``k`` hits, not ``k`` plus every
+        removed vector (an ID selector, made once per set of tombstones: :meth:`_skipper`)."""
+        core = self._graph_view()
         if core is None:
             return None
+        layers = _layers(self._index)
         params = _hnsw_search_parameters()
         live = max(1, len(self))
         own = int(core.hnsw.efSearch) if ef is None else ef
-        params.efSearch = max(own, -(-ask * int(self._index.ntotal) // live))
+        params.efSearch = max(own, -(-_refined_depth(layers, ask) * int(self._index.ntotal) // live))
         if self._tombstones:
-            if self._skipping is None:
-                import faiss
+            params.sel = self._skipper(layers)
+        return _through_refinement(layers, params)
 
-                removed = faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64))
-                self._skipping = (faiss.IDSelectorNot(removed), removed)  # the second lives as long as the first
-            params.sel = self._skipping[0]
-        return params
+    def _skipper(self, layers: list[Any]) -> Any:
+        """An ID selector of the vectors not removed, for the parameters of the graph innermost in ``layers``. An id
+        map translates a selector it is handed, in chunk ids, to its graph's positions, but a refinement hands its
+        inner index parameters of their own, which the id map above it never sees: behind one, the selector is of
+        the removed vectors' positions in the id map."""
+        import faiss
+
+        if self._skipping is None:
+            removed_ids = np.fromiter(self._tombstones, np.int64)
+            id_map = None  # the id map above a refinement, if any
+            for layer in layers[:-1]:
+                if isinstance(layer, faiss.IndexIDMap):
+                    id_map = layer
+                elif isinstance(layer, faiss.IndexRefine) and id_map is not None:
+                    removed_ids = np.flatnonzero(np.isin(faiss.vector_to_array(id_map.id_map), removed_ids))
+                    break
+            removed = faiss.IDSelectorBatch(removed_ids)
+            self._skipping = (faiss.IDSelectorNot(removed), removed)  # the second lives as long as the first
+        return self._skipping[0]
 
     def set_search_params(self, params: str) -> None:
         """Set search-time parameters, e.g. ``"nprobe=32"`` (IVF) or ``"efSearch=128"`` (HNSW)."""
