@@ -271,7 +271,7 @@ IVF_N = 200_000
 IVF_DIM = 128
 
 
-@pytest.fixture(scope="module", params=["IVF1024,Flat", "IVF1024,SQ8"])
+@pytest.fixture(scope="module", params=["IVF1024,Flat", "IVF1024,SQ8", "IVF1024,PQ64x4"])
 def ivf_batch(request: pytest.FixtureRequest) -> dict[str, Any]:
     """200k clustered region vectors of 128-d (``benchmarks.scale``'s kind: 100 alike regions per parent), in a
     ChunkIndex of ``request.param`` searched at ``nprobe`` 32; 2,000 queries (noisy copies of regions)."""

@@ -9,11 +9,13 @@ products, computed in another order: they may differ from faiss' in the last bit
 an HNSW coarse quantizer whose beam would cost more than scoring every centroid is replaced by that exact product
 (:func:`exact_coarse_pays`), so a batch probes each query's nearest lists where the beam may miss one.
 
-Supported structures: ``IVF*,Flat``, and IVF lists of the scalar quantizer's 8-bit codes (``SQ8``, or one range
-for all dimensions) or float16 ones (``SQfp16``), with or without residuals; behind an optional projection; with
-faiss' in-memory inverted lists. Others are left to faiss (:meth:`ListScan.of` returns ``None``): PQ, fast-scan,
-4-, 6-bit and direct codes, bfloat16 ones (faiss scores those against a bfloat16 copy of the query), lists on
-disk; and so are searches under a ``max_codes`` cap (:meth:`ListScan.search` returns ``None``).
+Supported structures: ``IVF*,Flat``; IVF lists of the scalar quantizer's 8-bit codes (``SQ8``, or one range
+for all dimensions) or float16 ones (``SQfp16``); and product-quantizer codes (``IVF*,PQ16``, ``PQ16x4``: each list
+decoded by faiss' own decoder into the vectors faiss' look-up tables score), with or without residuals; behind
+optional transforms; with faiss' in-memory inverted lists. Others are left to faiss (:meth:`ListScan.of` returns
+``None``): fast-scan PQ, PQ with refinement codes (``PQ16+8``), 4-, 6-bit and direct scalar codes, bfloat16 ones
+(faiss scores those against a bfloat16 copy of the query), lists on disk; and so are searches under a ``max_codes``
+cap or a polysemous filter (:meth:`ListScan.search` returns ``None``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ import numpy as np
 
 from crossscale.index._shared_setting import SharedSetting
 
-__all__ = ["NEAR_LISTS", "ListScan", "exact_coarse_pays", "ivf_of", "ivf_search_parameters", "pays", "probe_settings"]
+__all__ = [
+    "NEAR_LISTS",
+    "ListScan",
+    "exact_coarse_pays",
+    "faiss_pair_ns",
+    "ivf_of",
+    "ivf_search_parameters",
+    "pays",
+    "probe_settings",
+]
 
 #: What a scan costs, and faiss' search of the same batch, on the machine they were measured on (2 cores,
 #: AVX-512; docs/benchmarks.md, "Batched IVF search list by list"), in nanoseconds of wall time: a scan pays for
@@ -45,6 +56,13 @@ DECODE_NS = 0.25
 PAIR_NS = 5.0
 FAISS_FLAT_NS = 0.13
 FAISS_CODES_NS = 0.065
+#: The same for product-quantizer codes, measured on a slower machine (docs/benchmarks.md, "IVF-PQ batches list by
+#: list") and scaled to the rates above by faiss' SQ8 scan measured beside them (0.119 ns there): faiss' decoder
+#: writes each dimension of a code (0.26-0.47 ns more than an 8-bit code's, scaled), and faiss' scan looks up one
+#: table entry per sub-quantizer of each pair (0.24-0.37 ns, scaled; PQ16's dearer by its tables' share). Both
+#: taken at the side that errs towards faiss.
+DECODE_PQ_NS = 0.7
+FAISS_PQ_NS = 0.25
 #: how many times the average list's codes a query's probed lists may hold: its nearest lists are the large ones
 #: in clustered data (at 10M regions in 16,384 lists, 1,000 queries: 3.8x at nprobe 16, 2.8x at 64, 1.0x at 256)
 NEAR_LISTS = 4.0
@@ -66,7 +84,8 @@ class ListScan:
         scale: np.ndarray | None,
         offset: np.ndarray | None,
         *,
-        decodes: bool = True,
+        decode_ns: float,
+        faiss_ns: float,
     ) -> None:
         self._ivf = ivf
         self._invlists = ivf.invlists  # an ArrayInvertedLists view (checked by of())
@@ -75,7 +94,8 @@ class ListScan:
         self._scale = scale  # per dimension: a code's row times it (plus offset) is the decoded vector
         self._offset = offset
         self._residual = bool(ivf.by_residual)
-        self._decodes = decodes  # False: the lists' codes are the float32 rows (IVF-Flat)
+        self._decode_ns = decode_ns  # what decoding one code costs (0: IVF-Flat's codes are the float32 rows)
+        self._faiss_ns = faiss_ns  # what faiss' scan of one (query, code) pair costs (:func:`faiss_pair_ns`)
         self._graph, self._centroids, self._neighbours = _hnsw_storage(ivf.quantizer)
         self._sizes: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))  # (ntotal, codes per list)
 
@@ -92,14 +112,20 @@ class ListScan:
         if not isinstance(faiss.downcast_InvertedLists(invlists), faiss.ArrayInvertedLists):
             return None
         d = int(outer.d)
+        costs = {"decode_ns": d * DECODE_NS, "faiss_ns": faiss_pair_ns(outer)}
         if type(outer) is faiss.IndexIVFFlat:
-            return cls(outer, transforms, lambda codes: codes.view(np.float32), None, None, decodes=False)
+            flat = {"decode_ns": 0.0, "faiss_ns": costs["faiss_ns"]}
+            return cls(outer, transforms, lambda codes: codes.view(np.float32), None, None, **flat)
+        if type(outer) is faiss.IndexIVFPQ:  # not its subclasses (refinement codes)
+            pq: Any = outer.pq
+            decoded = {"decode_ns": d * DECODE_PQ_NS, "faiss_ns": costs["faiss_ns"]}
+            return cls(outer, transforms, lambda codes: pq.decode(np.ascontiguousarray(codes)), None, None, **decoded)
         if type(outer) is not faiss.IndexIVFScalarQuantizer:
             return None
         sq: Any = outer.sq
         kinds = faiss.ScalarQuantizer
         if sq.qtype == kinds.QT_fp16:
-            return cls(outer, transforms, lambda codes: codes.view(np.float16).astype(np.float32), None, None)
+            return cls(outer, transforms, lambda codes: codes.view(np.float16).astype(np.float32), None, None, **costs)
         trained = faiss.vector_to_array(sq.trained).astype(np.float32)
         if sq.qtype == kinds.QT_8bit:
             vmin, vdiff = trained[:d], trained[d:]
@@ -109,7 +135,8 @@ class ListScan:
             return None
         # faiss decodes a code c as vmin + (c + 0.5) / 255 * vdiff: the rows of c, scaled, plus an offset
         step = (vdiff / np.float32(255)).astype(np.float32)
-        return cls(outer, transforms, lambda codes: codes.astype(np.float32), step, vmin + np.float32(0.5) * step)
+        offset = vmin + np.float32(0.5) * step
+        return cls(outer, transforms, lambda codes: codes.astype(np.float32), step, offset, **costs)
 
     def search(
         self, q: np.ndarray, k: int, *, nprobe: int | None = None, ef_search: int | None = None
@@ -123,6 +150,8 @@ class ListScan:
         ivf = self._ivf
         if len(q) < 2 or int(ivf.max_codes):  # nothing to share; faiss' scans stop after max_codes codes
             return None
+        if int(getattr(ivf, "polysemous_ht", 0)):  # faiss scores only the PQ codes near the query's in Hamming
+            return None
         nlist, total = int(ivf.nlist), int(ivf.ntotal)
         asked = (nprobe, ef_search)
         nprobe, coarse_params = probe_settings(ivf, nprobe, ef_search)
@@ -133,8 +162,8 @@ class ListScan:
         # the lists the coarse search finds decide, and faiss searches them if the scan does not pay
         share = 1.0 if nlist == 1 else -math.expm1(len(q) * nprobe * math.log1p(-1 / nlist))
         expected = len(q) * nprobe * total / nlist
-        sure = pays(nlist * share, total * share, expected, ivf.d, self._decodes)
-        if not sure and not pays(nlist * share, total * share, NEAR_LISTS * expected, ivf.d, self._decodes):
+        sure = pays(nlist * share, total * share, expected, self._decode_ns, self._faiss_ns)
+        if not sure and not pays(nlist * share, total * share, NEAR_LISTS * expected, self._decode_ns, self._faiss_ns):
             return None
         for transform in self._transforms:
             q = transform.apply(q)
@@ -156,7 +185,8 @@ class ListScan:
         probed = lists[lists >= 0]
         visited = np.unique(probed)
         sizes = self._list_sizes()
-        return pays(len(visited), float(sizes[visited].sum()), float(sizes[probed].sum()), self._ivf.d, self._decodes)
+        codes, pairs = float(sizes[visited].sum()), float(sizes[probed].sum())
+        return pays(len(visited), codes, pairs, self._decode_ns, self._faiss_ns)
 
     def index_changed(self) -> None:
         """Vectors were added or removed: the list sizes are worked out again at the next batch that needs them
@@ -385,13 +415,25 @@ def exact_coarse_pays(lists: int, beam: int, neighbours: int) -> bool:
     return lists < beam * neighbours
 
 
-def pays(lists: float, codes: float, pairs: float, dim: int, decodes: bool) -> bool:
+def pays(lists: float, codes: float, pairs: float, decode_ns: float, faiss_ns: float) -> bool:
     """Whether scanning a batch list by list is expected to be faster than faiss' search of it: the scan visits
-    ``lists`` lists holding ``codes`` codes of ``dim`` dimensions (8-bit or float16 codes to decode where
-    ``decodes``, else IVF-Flat's float32 rows), and the batch's queries probe ``pairs`` (query, code) pairs, which
-    faiss would score one query at a time (:data:`LIST_NS` and the rates beside it)."""
-    scan = lists * LIST_NS + (codes * dim * DECODE_NS if decodes else 0.0) + pairs * PAIR_NS
-    return scan < pairs * dim * (FAISS_CODES_NS if decodes else FAISS_FLAT_NS)
+    ``lists`` lists holding ``codes`` codes, each costing ``decode_ns`` to decode (0 for IVF-Flat's float32 rows),
+    and the batch's queries probe ``pairs`` (query, code) pairs, which faiss would score one query at a time at
+    ``faiss_ns`` each (:func:`faiss_pair_ns`; :data:`LIST_NS` and the rates beside it)."""
+    scan = lists * LIST_NS + codes * decode_ns + pairs * PAIR_NS
+    return scan < pairs * faiss_ns
+
+
+def faiss_pair_ns(ivf: Any) -> float:
+    """What faiss' scan of one (query, code) pair of the IVF index ``ivf`` costs (ns): each dimension of a float32 row
+    (IVF-Flat) or of a scalar code, or one table look-up per sub-quantizer of a product-quantizer code."""
+    import faiss
+
+    if isinstance(ivf, faiss.IndexIVFFlat):
+        return int(ivf.d) * FAISS_FLAT_NS
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        return int(ivf.pq.M) * FAISS_PQ_NS
+    return int(ivf.d) * FAISS_CODES_NS
 
 
 def _taker(todo: list[int]) -> Callable[[], int]:

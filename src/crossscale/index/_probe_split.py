@@ -129,14 +129,11 @@ def search_preassigned(
 
 def _scan_ns(ivf: Any, nprobe: int) -> float:
     """What faiss' scan of one query's ``nprobe`` lists is expected to take on one core (ns): the codes in that many
-    lists of average size, at the rates of :mod:`._list_scan` per dimension of each code."""
-    import faiss
-
-    from crossscale.index._list_scan import FAISS_CODES_NS, FAISS_FLAT_NS
+    lists of average size, at the rate of :func:`._list_scan.faiss_pair_ns` each."""
+    from crossscale.index._list_scan import faiss_pair_ns
 
     codes = int(ivf.ntotal) * min(nprobe, int(ivf.nlist)) / max(1, int(ivf.nlist))
-    rate = FAISS_FLAT_NS if isinstance(ivf, faiss.IndexIVFFlat) else FAISS_CODES_NS
-    return codes * int(ivf.d) * rate
+    return codes * faiss_pair_ns(ivf)
 
 
 def in_parts(run: Callable[[int], _T], parts: int) -> list[_T]:

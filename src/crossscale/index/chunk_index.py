@@ -619,12 +619,12 @@ class ChunkIndex:
         (:mod:`crossscale.index._flat_search`): a query scores the same alone and in any batch, and copies the
         same, on every CPU (one's BLAS rounded them apart). A batch whose queries share the IVF lists they probe
         (enough of them that it pays: :func:`crossscale.index._list_scan.pays`) is searched list by list on the
-        CPU: each list read once and scored against all of its queries by one matrix product, for IVF-Flat, SQ8
-        and SQfp16 lists. The hits are faiss' (the same lists, every vector in them; an HNSW coarse quantizer's
-        beam that would cost more than scoring every centroid gives way to that exact product, which finds each
-        query's nearest lists), 2-6x faster for 1,000-10,000 queries (docs/benchmarks.md); the scores are the
-        same inner products summed in another order, so they may differ from faiss' in the last bits, and hits
-        that close may swap places between a large batch and a small one.
+        CPU: each list read once and scored against all of its queries by one matrix product, for IVF-Flat, SQ8,
+        SQfp16 and PQ lists (not fast-scan). The hits are faiss' (the same lists, every vector in them; an HNSW
+        coarse quantizer's beam that would cost more than scoring every centroid gives way to that exact product,
+        which finds each query's nearest lists), 2-6x faster for 1,000-10,000 queries (docs/benchmarks.md); the
+        scores are the same inner products summed in another order, so they may differ from faiss' in the last
+        bits, and hits that close may swap places between a large batch and a small one.
 
         Returns:
             ``(scores, ids)``, both of shape ``(n, k)``, best first; where fewer
