@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,26 @@ def test_hnsw_searches_skip_removed_vectors_inside_the_graph(
     flat.add(x, ids)
     flat.remove(gone)
     assert flat.tombstone_count == 0 and flat._hnsw_params(11) is None  # removed for real
+
+
+def test_a_refinement_that_finds_no_more_than_its_base_index_is_pointed_out(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """faiss builds a factory's refinement with k_factor 1: it re-orders the base index's k hits and finds none the
+    base missed. Building one says so, with the setting that fixes it; an index without one, or a saved one whose
+    k_factor was set, says nothing."""
+    with caplog.at_level(logging.WARNING, logger="crossscale.index.chunk_index"):
+        refined = ChunkIndex(16, "IVF4,PQ4,RFlat", device="cpu")
+    assert "'IVF4,PQ4,RFlat'" in caplog.text and "k_factor_rf" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="crossscale.index.chunk_index"):
+        ChunkIndex(16, "IVF4,PQ4", device="cpu")
+        ChunkIndex(16, "HNSW16", device="cpu")
+        refined.add(_unit(rng, 2000, 16), np.arange(2000))
+        refined.set_search_params("k_factor_rf=4")
+        refined.save(tmp_path / "r.idx")
+        ChunkIndex.load(tmp_path / "r.idx", device="cpu")
+    assert not caplog.records
 
 
 def test_hnsw_rows_are_full_when_k_passes_the_beam_or_most_vectors_are_removed(rng: np.random.Generator) -> None:

@@ -232,6 +232,19 @@ def _refined_depth(layers: list[Any], k: int) -> int:
     return max(k, int(depth))
 
 
+def _note_shallow_refinement(factory: str, index: Any) -> None:
+    """Log where a factory's refinement (``Refine(...)``, ``RFlat``) re-ranks only the ``k`` hits asked for: faiss
+    builds one with ``k_factor`` 1, so it re-orders the base index's hits without finding any it missed."""
+    import faiss
+
+    if any(isinstance(layer, faiss.IndexRefine) and float(layer.k_factor) <= 1 for layer in _layers(index)):
+        logger.warning(
+            "index factory %r refines only the k hits its base index finds (faiss' k_factor 1), which changes their "
+            "order but finds none it missed; give it more candidates with set_search_params('k_factor_rf=4')",
+            factory,
+        )
+
+
 def _hnsw_search_parameters() -> Any:
     """A new ``faiss.SearchParametersHNSW`` (not in faiss' type stubs)."""
     import faiss
@@ -301,6 +314,7 @@ class ChunkIndex:
             raise ConfigurationError(f"invalid faiss factory string {factory!r}: {exc}") from exc
         if reduce_dim is not None:
             index = _with_projection(dim, reduce_dim, index)
+        _note_shallow_refinement(factory, index)
         self._init(dim, factory, index, device, blas_threshold, tombstones=(), energy_kept=None)
 
     @staticmethod
