@@ -258,7 +258,7 @@ def test_hnsw_search_with_tombstones(benchmark, hnsw_removed, monkeypatch, how: 
     faiss for k + every removed vector + 1 hits and dropped the removed ones."""
     index = hnsw_removed["index"]
     if how == "filtered":
-        monkeypatch.setattr(index, "_hnsw", lambda: None)  # the search as it was: no selector, the index's beam
+        monkeypatch.setattr(index, "_graph_view", lambda: None)  # the search as it was: no selector, the index's beam
     _, got = benchmark(index.search, hnsw_removed["q"], K_CHUNKS)
     assert not np.isin(got, hnsw_removed["gone"]).any() and (got >= 0).all()
     recall = np.mean([len(set(a) & set(b)) / K_CHUNKS for a, b in zip(got, hnsw_removed["exact"], strict=True)])
