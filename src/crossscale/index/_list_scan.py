@@ -111,17 +111,17 @@ class ListScan:
         invlists: Any = outer.invlists
         if not isinstance(faiss.downcast_InvertedLists(invlists), faiss.ArrayInvertedLists):
             return None
-        d = int(outer.d)
-        costs = {"decode_ns": d * DECODE_NS, "faiss_ns": faiss_pair_ns(outer)}
+        d, faiss_ns = int(outer.d), faiss_pair_ns(outer)
         if type(outer) is faiss.IndexIVFFlat:
-            flat = {"decode_ns": 0.0, "faiss_ns": costs["faiss_ns"]}
-            return cls(outer, transforms, lambda codes: codes.view(np.float32), None, None, **flat)
+            as_rows = {"decode_ns": 0.0, "faiss_ns": faiss_ns}  # the codes are the float32 rows
+            return cls(outer, transforms, lambda codes: codes.view(np.float32), None, None, **as_rows)
         if type(outer) is faiss.IndexIVFPQ:  # not its subclasses (refinement codes)
             pq: Any = outer.pq
-            decoded = {"decode_ns": d * DECODE_PQ_NS, "faiss_ns": costs["faiss_ns"]}
-            return cls(outer, transforms, lambda codes: pq.decode(np.ascontiguousarray(codes)), None, None, **decoded)
+            costs = {"decode_ns": d * DECODE_PQ_NS, "faiss_ns": faiss_ns}
+            return cls(outer, transforms, lambda codes: pq.decode(np.ascontiguousarray(codes)), None, None, **costs)
         if type(outer) is not faiss.IndexIVFScalarQuantizer:
             return None
+        costs = {"decode_ns": d * DECODE_NS, "faiss_ns": faiss_ns}
         sq: Any = outer.sq
         kinds = faiss.ScalarQuantizer
         if sq.qtype == kinds.QT_fp16:

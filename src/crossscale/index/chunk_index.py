@@ -360,7 +360,7 @@ class ChunkIndex:
         self._scan: ListScan | None = None  # batched IVF search list by list, once the index is trained
         self._scan_checked = False
         self._split: ProbeSplit | None = None  # a single query's IVF lists searched over the cores
-        self._first: Any = None  # the structure searched first, behind any wrapper (_layers): worked out once
+        self._layer_views: list[Any] | None = None  # the index's layers (_layers), outside in: worked out once
         self._split_checked = False
         self._flat: FlatSearch | None = None  # a flat index searched with scores that do not depend on the batch
         self._flat_checked = False
@@ -741,12 +741,16 @@ class ChunkIndex:
         core = self._first_structure()
         return core if isinstance(core, faiss.IndexHNSW) else None
 
+    def _own_layers(self) -> list[Any]:
+        """The index's layers (:func:`_layers`, non-owning views), worked out once (the structure never changes):
+        an HNSW search asks for them on every call."""
+        if self._layer_views is None:
+            self._layer_views = _layers(self._index)
+        return self._layer_views
+
     def _first_structure(self) -> Any:
-        """The innermost of the index's layers (:func:`_layers`, a non-owning view); worked out once (the structure
-        never changes)."""
-        if self._first is None:
-            self._first = _layers(self._index)[-1]
-        return self._first
+        """The innermost of the index's layers: the structure searched first."""
+        return self._own_layers()[-1]
 
     def _ivf_params(self, ivf: Any, searcher: Any, nprobe: int | None, ef: int | None) -> Any:
         """faiss' ``SearchParametersIVF`` for one search by ``searcher`` under one call's settings, wrapped as its
@@ -798,7 +802,7 @@ class ChunkIndex:
         core = self._graph_view()
         if core is None:
             return None
-        layers = _layers(self._index)
+        layers = self._own_layers()
         params = _hnsw_search_parameters()
         live = max(1, len(self))
         own = int(core.hnsw.efSearch) if ef is None else ef
