@@ -132,6 +132,37 @@ def test_hnsw_searches_skip_removed_vectors_inside_the_graph(
     assert flat.tombstone_count == 0 and flat._hnsw_params(11) is None  # removed for real
 
 
+@pytest.mark.parametrize("factory", ["HNSW16", "HNSW16,Refine(Flat)"])
+def test_an_hnsw_index_refuses_ids_it_removed_and_is_left_as_it_was(factory: str, rng: np.random.Generator) -> None:
+    """HNSW keeps removed vectors as tombstones: a vector added again under a removed id was taken, counted by
+    len() and never found (the tombstone hid it). Such ids are now refused, named, and nothing changes; new ids are
+    taken."""
+    x = _unit(rng, 300, 16)
+    index = ChunkIndex(16, factory, device="cpu")
+    index.add(x, np.arange(300))
+    index.set_search_params("efSearch=300")
+    index.remove([7, 8])
+    q = x[[7, 8, 9]]
+    before, version = index.search(q, 5), index.version
+    with pytest.raises(ConfigurationError, match=r"2 of the ids were removed .*: 7, 8;"):
+        index.add(_unit(rng, 3, 16), [8, 7, 1000])
+    assert index.version == version and len(index) == 298 and index.tombstone_count == 2
+    for got, want in zip(index.search(q, 5), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+    index.add(x[[7]], [1000])  # the same vector under a new id is found
+    assert index.search(x[[7]], 1)[1][0, 0] == 1000 and len(index) == 299
+
+
+def test_an_index_that_removes_for_real_takes_a_removed_id_again(rng: np.random.Generator) -> None:
+    x = _unit(rng, 300, 16)
+    index = ChunkIndex(16, "IVF4,Flat", device="cpu")
+    index.add(x, np.arange(300))
+    index.set_search_params("nprobe=4")
+    index.remove([7])
+    index.add(x[[7]], [7])
+    assert index.tombstone_count == 0 and len(index) == 300 and index.search(x[[7]], 1)[1][0, 0] == 7
+
+
 def test_a_refinement_that_finds_no_more_than_its_base_index_is_pointed_out(
     caplog: pytest.LogCaptureFixture, tmp_path: Path, rng: np.random.Generator
 ) -> None:

@@ -549,18 +549,38 @@ class ChunkIndex:
 
         Raises:
             VectorError: wrong shape, NaN/inf or zero vectors.
-            ConfigurationError: ids not unique, negative or of the wrong length.
+            ConfigurationError: ids not unique, negative or of the wrong length; or ids removed from a structure
+                that keeps removed vectors (:attr:`tombstone_count`), which cannot take them again.
             ChunkIndexError: the index cannot be trained on this batch.
         """
         x = self._prepare(vectors)
         id_arr = _check_ids(ids, len(x))
         if len(x) == 0:
             return
+        self._refuse_removed(id_arr)
         if not self.is_trained:
             self.train(x)
         with _assigning(self._index):
             self._index.add_with_ids(x, id_arr)
         self._changed()
+
+    def _refuse_removed(self, ids: np.ndarray) -> None:
+        """Refuse ids this index removed but still holds (an HNSW graph's tombstones): the tombstone would hide the
+        new vector from every search, while ``len()`` counted it.
+
+        Raises:
+            ConfigurationError: naming the first few such ids.
+        """
+        if not self._tombstones:
+            return
+        again = ids[np.isin(ids, np.fromiter(self._tombstones, np.int64, len(self._tombstones)))]
+        if len(again):
+            shown = ", ".join(str(int(i)) for i in np.sort(again)[:5]) + (", ..." if len(again) > 5 else "")
+            raise ConfigurationError(
+                f"{len(again)} of the ids were removed from this {self.factory!r} index, which keeps removed vectors "
+                f"(it cannot delete them) and so cannot take their ids again: {shown}; give new ids, or rebuild the "
+                "index from the live vectors"
+            )
 
     def remove(self, ids: Any) -> int:
         """Remove vectors by id; unknown ids are ignored. Returns how many were removed."""
