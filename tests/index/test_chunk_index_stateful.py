@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from crossscale.errors import ConfigurationError
-from crossscale.index import ChunkIndex
+from crossscale.index import ChunkIndex, _list_scan
 
 DIM = 8
 
@@ -104,8 +106,33 @@ class ChunkIndexMachine(RuleBasedStateMachine):
     @rule(k=st.integers(1, 30), queries=st.integers(1, 6), seed=st.integers(0, 2**16))
     def search(self, k: int, queries: int, seed: int) -> None:
         q = _unit(np.random.default_rng(seed), queries)
-        scores, ids = self.index.search(q, k)
-        assert scores.shape == ids.shape == (queries, k)
+        self._check(q, k, *self.index.search(q, k))
+
+    @rule(k=st.integers(1, 30), queries=st.integers(2, 40), seed=st.integers(0, 2**16))
+    def search_list_by_list(self, k: int, queries: int, seed: int) -> None:
+        """A batch through the list scan (:mod:`crossscale.index._list_scan`), which a batch this small would not
+        pay for: told it does."""
+        if not self.factory.startswith("IVF") or not self.model:
+            return
+        q = _unit(np.random.default_rng(seed), queries)
+        scanned = []
+        part = _list_scan.ListScan._search_part
+
+        def spied(scan: Any, *args: Any) -> Any:
+            scanned.append(True)
+            return part(scan, *args)
+
+        with (
+            mock.patch.object(_list_scan, "pays", return_value=True),
+            mock.patch.object(_list_scan.ListScan, "_search_part", spied),
+        ):
+            found = self.index.search(q, k)
+        assert scanned, "the list scan was not used"
+        self._check(q, k, *found)
+
+    def _check(self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray) -> None:
+        """A search's result for queries ``q`` against the model of the live vectors."""
+        assert scores.shape == ids.shape == (len(q), k)
         live = np.array(sorted(self.model), dtype=np.int64)
         for row_scores, row_ids, query in zip(scores, ids, q, strict=True):
             found = row_ids[row_ids >= 0]
