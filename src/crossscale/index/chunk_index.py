@@ -547,6 +547,10 @@ class ChunkIndex:
     def add(self, vectors: Any, ids: Any) -> None:
         """Add vectors with their ids. An untrained index is trained on this batch first.
 
+        Ids are checked within the call, not against the ids already held (that would take a copy of every id,
+        80 MB at 10M vectors): keep them unique across calls, as a workspace's chunk ids are. An id added twice is
+        held twice, and a search may return it twice.
+
         Raises:
             VectorError: wrong shape, NaN/inf or zero vectors.
             ConfigurationError: ids not unique, negative or of the wrong length; or ids removed from a structure
