@@ -95,6 +95,20 @@ def test_verify_and_repair(tmp_path: Path, photos: dict[str, Image.Image], capsy
     assert main(["repair", "-w", ws]) == 0 and "ok: 2 parents" in capsys.readouterr().out
 
 
+def test_preload_reads_the_store_without_opening_the_rest(
+    tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = _index_photos(tmp_path, photos, ("coffee", "rocket"), "whole")
+    capsys.readouterr()
+    store_bytes = (tmp_path / "ws" / "store" / "data.mdb").stat().st_size
+    monkeypatch.setattr("crossscale.search.CrossScaleSearch.open", None)  # nothing but the store is opened
+    assert main(["preload", "-w", ws, "-q"]) == 0
+    read = int(capsys.readouterr().out.split()[1])
+    assert 0 < read <= store_bytes
+    assert main(["preload", "-w", str(tmp_path / "nope")]) == 2
+    assert "not a crossscale workspace" in capsys.readouterr().err
+
+
 def test_search_show_writes_the_grid_and_text_queries_need_a_text_tower(
     tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
 ) -> None:

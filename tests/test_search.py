@@ -478,6 +478,17 @@ def test_newer_workspace_format_is_refused(tmp_path: Path) -> None:
         _hist(tmp_path / "ws")
 
 
+def test_preload_reads_the_open_workspace_store(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    cs = _hist(tmp_path / "ws")
+    cs.index([("a", photos["coffee"]), ("b", photos["rocket"])])
+    read = cs.preload()
+    assert 0 < read <= (tmp_path / "ws" / "store" / "data.mdb").stat().st_size
+    assert cs.search(photos["rocket"], top_k=1)[0].parent_id == "b"
+    cs.close()
+    with pytest.raises(WorkspaceError, match="closed"):
+        cs.preload()
+
+
 def test_empty_workspace_search_and_info(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
     with _hist(tmp_path / "ws") as cs:
         assert cs.search(photos["coffee"]) == [] and len(cs) == 0

@@ -190,6 +190,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preload(args: argparse.Namespace) -> int:
+    from crossscale.workspace import preload_store
+
+    read = preload_store(args.workspace, progress=not args.quiet)  # the store alone: no index, no model
+    print(f"read {read} bytes of {args.workspace} into the page cache")
+    return 0
+
+
 def _cmd_delete(args: argparse.Namespace) -> int:
     from crossscale.search import CrossScaleSearch
 
@@ -389,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a workspace")
     p.add_argument("--workspace", "-w", required=True)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("preload", help="read a workspace's store once so that the OS page cache holds it")
+    p.add_argument("--workspace", "-w", required=True)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_preload)
 
     p = sub.add_parser(
         "delete", help="delete parents (with their chunks and vectors) in one commit; exit 1 if some were not stored"

@@ -86,6 +86,7 @@ __all__ = [
     "WorkspaceConfig",
     "WorkspaceLock",
     "new_config",
+    "preload_store",
 ]
 
 #: the newest layout version this crossscale reads. Format 2 (0.2) adds a verifier and local features, "auto" indexes
@@ -994,6 +995,24 @@ def _is_unfinished(root: Path) -> bool:
     return all(
         p.name in (LOCK_FILE, STORE_DIR, DEFAULT_LITE_FILE) or p.name.endswith(TEMP_SUFFIX) for p in root.iterdir()
     )
+
+
+def preload_store(path: str | os.PathLike[str], *, progress: bool = False) -> int:
+    """:meth:`RootStore.preload` of the workspace at ``path`` without opening the rest of it (no index, no model):
+    the store read once into the OS's page cache for the processes that open the workspace later; the bytes read.
+
+    Raises:
+        WorkspaceError: ``path`` holds no workspace, or its store cannot be read.
+    """
+    root = Path(path)
+    if not (root / CONFIG_FILE).is_file():
+        raise WorkspaceError(f"{root}: not a crossscale workspace (no {CONFIG_FILE})")
+    config = _read_config(root / CONFIG_FILE)
+    store = RootStore(root / STORE_DIR, dim=config.dim, readonly=True)
+    try:
+        return store.preload(progress=progress)
+    finally:
+        store.close()
 
 
 def _read_config(path: Path) -> WorkspaceConfig:

@@ -432,3 +432,50 @@ def test_deleting_a_parent_whose_record_is_unreadable_deletes_nothing(tmp_path: 
         store.delete_parent("b")
     assert "a" in store and store.chunk_count() == 4 and store.generation == generation
     assert store.delete_parents(["a"]) == (["a"], [0, 1])
+
+
+def test_preload_reads_the_used_pages_of_the_store_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent(f"p{i}", 3, data=bytes(range(256)) * 64) for i in range(40)])  # pages of images
+    file = tmp_path / "s" / "data.mdb"
+    used = (store._env.info()["last_pgno"] + 1) * store._env.stat()["psize"]
+    read: list[int] = []
+    real_open = open
+
+    def counting_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(path, *args, **kwargs)
+        real_readinto = handle.readinto
+
+        def readinto(buffer: Any) -> int:
+            got = real_readinto(buffer)
+            read.append(got)
+            return int(got)
+
+        monkeypatch.setattr(handle, "readinto", readinto, raising=False)
+        return handle
+
+    with monkeypatch.context() as patch:
+        patch.setattr("builtins.open", counting_open)
+        assert store.preload() == used
+    assert 0 < used <= file.stat().st_size and sum(read) >= used
+    reader = RootStore(tmp_path / "s", dim=4, readonly=True)  # a read-only store preloads the same
+    assert reader.preload(progress=True) == used
+    reader.close()
+
+
+def test_preload_names_the_file_it_cannot_read_and_refuses_a_closed_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RootStore(tmp_path / "s", dim=4)
+    store.add_parents([_parent("a")])
+
+    def failing_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr("builtins.open", failing_open)
+        with pytest.raises(WorkspaceError, match=r"data\.mdb: cannot read the store: .*Permission denied"):
+            store.preload()
+    store.close()
+    with pytest.raises(WorkspaceError, match="closed"):
+        store.preload()
