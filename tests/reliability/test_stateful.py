@@ -42,7 +42,11 @@ class WorkspaceMachine(RuleBasedStateMachine):
         self.cs = self._open()
         self.model: dict[str, int] = {}  # parent id -> image index in IMAGES
 
+    #: the chunk index's structure (``None``: the default, ``"auto"``)
+    index_factory: str | None = None
+
     def _open(self) -> CrossScaleSearch:
+        extra = {} if self.index_factory is None else {"index_factory": self.index_factory}
         return CrossScaleSearch.open(
             self.dir / "ws",
             encoder="color-histogram",
@@ -50,6 +54,7 @@ class WorkspaceMachine(RuleBasedStateMachine):
             segmenter_kwargs={"tiles": {"scales": [0.5]}},
             progress=False,
             device="cpu",
+            **extra,
         )
 
     @rule(target=ids, n=st.integers(0, POOL - 1))
@@ -117,3 +122,22 @@ class WorkspaceMachine(RuleBasedStateMachine):
 
 TestWorkspace = WorkspaceMachine.TestCase
 TestWorkspace.settings = settings(max_examples=25, stateful_step_count=20, deadline=None)
+
+
+class HnswWorkspaceMachine(WorkspaceMachine):
+    """The same steps on an HNSW chunk index, which cannot delete: deleted parents' vectors stay as tombstones
+    until a save rebuilds the index from the store (once they outnumber a tenth of the live ones), and a reopened
+    writer or reader replays the store's log into it."""
+
+    index_factory = "HNSW16"
+
+    @invariant()
+    def is_a_graph_of_the_stored_chunks(self) -> None:
+        index = self.cs.chunk_index
+        assert index.factory == "HNSW16"
+        assert len(index) == self.cs.store.chunk_count()
+        np.testing.assert_array_equal(index.ids(), np.sort(self.cs.store.vector_ids()))
+
+
+TestHnswWorkspace = HnswWorkspaceMachine.TestCase
+TestHnswWorkspace.settings = settings(max_examples=25, stateful_step_count=20, deadline=None)
