@@ -1,19 +1,26 @@
 """Opening a workspace: the parent map read from its file (``ws/parents.map``) vs built from every parent's record
 in the store; and deleting many parents at once vs one at a time; on the benchmark workspace (100k chunks of 2,000
-parents). Results: docs/benchmarks.md.
+parents); and one-query searches over a store whose pages are out of the page cache, or preloaded into it.
+Results: docs/benchmarks.md.
 
 Run: ``python -m pytest benchmarks/test_bench_workspace.py --benchmark-enable``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import crossscale.workspace as workspace_module
+from benchmarks.conftest import CHUNKS_PER_PARENT, DIM, PARENTS, LookupEncoder
 from crossscale import CrossScaleSearch
 from crossscale.index import ParentMap
+from crossscale.index.root_store import NewParent, RootStore
+from crossscale.types import Box, Chunk
 
 
 @pytest.mark.benchmark(group="parent-map-load")
@@ -83,3 +90,77 @@ def test_delete_parents(benchmark, facade, tmp_path, way: str) -> None:  # type:
     assert len(last) == len(cs) - len(victims) and last.verify().ok
     for copy in opened:
         copy.close()
+
+
+@pytest.fixture(scope="module")
+def sq8_workspace(corpus: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark corpus (100k chunks of 512-d, float32) in a workspace whose index is ``IVF256,SQ8``: its hits
+    are re-scored against the stored vectors, which a search reads through the store's memory map."""
+    path: Path = tmp_path_factory.mktemp("cold") / "ws"
+    CrossScaleSearch.open(
+        path,
+        encoder=LookupEncoder(),
+        segmenter="whole",
+        progress=False,
+        device="cpu",
+        index_factory="IVF256,SQ8",
+        verifier=False,
+        vector_dtype="float32",
+    ).close()
+    store = RootStore(path / "store", dim=DIM)
+    box = Box(0, 0, 8, 8)
+    for start in range(0, PARENTS, 200):
+        store.add_parents(
+            [
+                NewParent(f"p{p:05d}", b"\x89PNG", "PNG", 8, 8, [Chunk(box, None, "tile")] * CHUNKS_PER_PARENT, rows)
+                for p in range(start, start + 200)
+                if len(rows := corpus["x"][p * CHUNKS_PER_PARENT : (p + 1) * CHUNKS_PER_PARENT])
+            ]
+        )
+    store.close()
+    CrossScaleSearch.open(path, encoder=False, progress=False, device="cpu").close()  # builds and saves the index
+    return path
+
+
+def _evict(file: Path) -> None:
+    """Drop ``file``'s clean pages from the page cache (Linux; no privileges needed)."""
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="evicting a file's pages needs posix_fadvise")
+@pytest.mark.benchmark(group="cold-store")
+@pytest.mark.parametrize("store", ["evicted", "preloaded"])
+def test_one_query_searches_over_a_cold_or_preloaded_store(  # type: ignore[no-untyped-def]
+    benchmark, sq8_workspace, corpus, store: str
+) -> None:
+    """The corpus' 64 queries searched one at a time (hits re-scored from the store). Before each round, outside
+    the time, the last round's workspace is closed (a page the store's memory map still maps cannot be dropped),
+    the store file's pages are dropped from the page cache, the workspace is opened again, and for "preloaded"
+    ``cs.preload()`` reads the file back in."""
+    rows = corpus["q"]
+    file = sq8_workspace / "store" / "data.mdb"
+    opened: list[CrossScaleSearch] = []
+
+    def setup() -> None:
+        while opened:
+            opened.pop().close()
+        _evict(file)
+        cs = CrossScaleSearch.open(sq8_workspace, encoder=False, readonly=True, progress=False, device="cpu")
+        opened.append(cs)
+        if store == "preloaded":
+            assert cs.preload() > 0
+
+    def one_at_a_time() -> list[str]:
+        return [opened[0].search_vectors(row[None], top_k=10)[0][0].parent_id for row in rows]
+
+    try:
+        found = benchmark.pedantic(one_at_a_time, setup=setup, rounds=5, iterations=1)
+    finally:
+        while opened:
+            opened.pop().close()
+    targets = corpus["targets"] // CHUNKS_PER_PARENT
+    assert np.mean([f == f"p{t:05d}" for f, t in zip(found, targets, strict=True)]) > 0.9

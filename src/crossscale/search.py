@@ -882,7 +882,7 @@ class CrossScaleSearch:
     def preload(self, *, progress: bool | None = None) -> int:
         """Read the workspace's store once so that the OS's page cache holds it, and return the bytes read: the
         first searches after a fresh boot then re-score their hits from memory instead of the disk (at 10M regions,
-        one query's p50 13-21 ms cold and 6.4-8.2 ms preloaded; the 7.9 GiB store read in 12-19 s). The whole
+        one query's p50 16-19 ms cold and 6.9-9.2 ms preloaded; the 7.9 GiB store read in 11-23 s). The whole
         store file is read, images included (:meth:`RootStore.preload <crossscale.index.RootStore.preload>`).
         ``crossscale preload -w WS`` does it from the shell, for the processes that open the workspace later.
 

@@ -712,7 +712,7 @@ class RootStore:
         The store is read through a memory map, so a page not in the page cache is read from disk when a search
         first needs it: after a fresh boot, or when other files pushed the store out, the first searches that
         re-score hits (and reads of records and images) wait on the disk. On the 10M-region benchmark one query
-        took 13-21 ms p50 from a cold store and 6.4-8.2 ms after this, which read its 7.9 GiB in 12-19 s
+        took 16-19 ms p50 from a cold store and 6.9-9.2 ms after this, which read its 7.9 GiB in 11-23 s
         (docs/benchmarks.md). The whole file is read, images included, with plain reads rather than through the
         map, so the pages stay the OS's: they are not counted in this process's memory, and the OS may drop them
         again under memory pressure. Other processes that open the store find them too.
