@@ -109,14 +109,13 @@ def sq8_workspace(corpus: dict[str, np.ndarray], tmp_path_factory: pytest.TempPa
     ).close()
     store = RootStore(path / "store", dim=DIM)
     box = Box(0, 0, 8, 8)
+    chunks = [Chunk(box, None, "tile")] * CHUNKS_PER_PARENT
     for start in range(0, PARENTS, 200):
-        store.add_parents(
-            [
-                NewParent(f"p{p:05d}", b"\x89PNG", "PNG", 8, 8, [Chunk(box, None, "tile")] * CHUNKS_PER_PARENT, rows)
-                for p in range(start, start + 200)
-                if len(rows := corpus["x"][p * CHUNKS_PER_PARENT : (p + 1) * CHUNKS_PER_PARENT])
-            ]
-        )
+        batch = []
+        for p in range(start, start + 200):
+            rows = corpus["x"][p * CHUNKS_PER_PARENT : (p + 1) * CHUNKS_PER_PARENT]
+            batch.append(NewParent(f"p{p:05d}", b"\x89PNG", "PNG", 8, 8, chunks, rows))
+        store.add_parents(batch)
     store.close()
     CrossScaleSearch.open(path, encoder=False, progress=False, device="cpu").close()  # builds and saves the index
     return path
