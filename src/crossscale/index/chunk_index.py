@@ -377,6 +377,10 @@ class ChunkIndex:
         workspace rebuilds its index from the store once they are many (:data:`crossscale.workspace.COMPACT_SHARE`)."""
         return len(self._tombstones)
 
+    def _removed_ids(self) -> np.ndarray:
+        """The tombstones' ids as an int64 array (unsorted), for ``np.isin`` and faiss' selectors."""
+        return np.fromiter(self._tombstones, np.int64, len(self._tombstones))
+
     @property
     def is_trained(self) -> bool:
         return bool(self._index.is_trained)
@@ -468,7 +472,7 @@ class ChunkIndex:
                     invlists.release_ids(list_no, ptr)
             found = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         if self._tombstones:
-            found = found[~np.isin(found, np.fromiter(self._tombstones, np.int64))]
+            found = found[~np.isin(found, self._removed_ids())]
         return np.sort(found)
 
     # ------------------------------------------------------------------ mutation
@@ -577,7 +581,7 @@ class ChunkIndex:
         """
         if not self._tombstones:
             return
-        again = ids[np.isin(ids, np.fromiter(self._tombstones, np.int64, len(self._tombstones)))]
+        again = ids[np.isin(ids, self._removed_ids())]
         if len(again):
             shown = ", ".join(str(int(i)) for i in np.sort(again)[:5]) + (", ..." if len(again) > 5 else "")
             raise ConfigurationError(
@@ -722,7 +726,7 @@ class ChunkIndex:
             else:
                 d, i = searcher.search(q, ask)
         if self._tombstones and skip is None:
-            i = np.where(np.isin(i, np.fromiter(self._tombstones, np.int64)), -1, i)
+            i = np.where(np.isin(i, self._removed_ids()), -1, i)
         found = i >= 0
         if bool((found[:, :-1] >= found[:, 1:]).all()):  # padding only at the ends: as it is
             return np.where(found, d, np.float32(-np.inf)), i
@@ -843,7 +847,7 @@ class ChunkIndex:
         import faiss
 
         if self._skipping is None:
-            removed_ids = np.fromiter(self._tombstones, np.int64)
+            removed_ids = self._removed_ids()
             id_map = None  # the id map above a refinement, if any
             for layer in layers[:-1]:
                 if isinstance(layer, faiss.IndexIDMap):
