@@ -163,3 +163,32 @@ def test_one_query_searches_over_a_cold_or_preloaded_store(  # type: ignore[no-u
             opened.pop().close()
     targets = corpus["targets"] // CHUNKS_PER_PARENT
     assert np.mean([f == f"p{t:05d}" for f, t in zip(found, targets, strict=True)]) > 0.9
+
+
+@pytest.mark.benchmark(group="rescore-reads")
+@pytest.mark.parametrize("order", ["as hit", "distinct, id order"])
+def test_store_reads_of_a_batchs_hits(benchmark, sq8_workspace, corpus, order: str) -> None:  # type: ignore[no-untyped-def]
+    """The store's reads that re-scoring a batch makes: the first 160 hits of 2,000 queries (noisy copies of
+    stored chunks) in the ``IVF256,SQ8`` index, read in lookups of at most 16 MiB of float32 vectors, either each
+    query's hits after another's (the query path until 2026-12-07) or each distinct chunk once, in increasing id
+    order (since: a store's B-tree is walked in order)."""
+    from crossscale.query import _READ_BYTES
+
+    rng = np.random.default_rng(3)
+    x = corpus["x"]
+    q = x[rng.choice(len(x), 2000, replace=False)] + 0.05 * rng.standard_normal((2000, DIM)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    cs = CrossScaleSearch.open(sq8_workspace, encoder=False, readonly=True, progress=False, device="cpu")
+    try:
+        _, hits = cs.chunk_index.search(q, 160)
+        ids = hits[hits >= 0] if order == "as hit" else np.unique(hits[hits >= 0])
+        block = _READ_BYTES // (4 * DIM)
+        store = cs.workspace.store
+
+        def read() -> int:
+            return sum(len(store.vectors(ids[s : s + block])[0]) for s in range(0, len(ids), block))
+
+        benchmark.extra_info["reads"] = len(ids)
+        assert benchmark(read) == len(ids)
+    finally:
+        cs.close()

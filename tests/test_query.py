@@ -250,7 +250,7 @@ def test_a_depth_too_big_for_one_lookup_is_read_in_blocks(
     alike: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A depth whose unread hits hold more than _READ_BYTES of vectors is read in several lookups, each at most that
-    big (a search's hits stay in one), with the same matches."""
+    big, with the same matches."""
     import crossscale.query
 
     lookups: list[int] = []
@@ -259,12 +259,50 @@ def test_a_depth_too_big_for_one_lookup_is_read_in_blocks(
     whole = search_parents(queries, 5, **common, **search)
     depths = len(lookups)
     lookups.clear()
-    monkeypatch.setattr(crossscale.query, "_READ_BYTES", 4 * DIM * 100)  # 100 vectors: two queries' first 40 hits
+    monkeypatch.setattr(crossscale.query, "_READ_BYTES", 4 * DIM * 100)  # 100 vectors
     got = search_parents(queries, 5, **common, **search)
     assert len(lookups) > 2 * depths
-    assert sum(n <= 100 for n in lookups) >= len(queries) // 2  # the first 40 hits of 25 queries: 13 lookups
-    assert max(lookups) <= 160  # one search's new hits are read together: 160 of them on the way to 320
+    assert max(lookups) == 100
     _assert_same_matches(got, whole, "read in blocks")
+
+
+def test_a_batch_reads_each_chunk_its_queries_hit_once_a_depth_in_id_order(
+    alike: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queries that hit the same chunks (alike ones, or the same query twice) have them read once at each depth,
+    and each depth's lookups ask for increasing ids, also from one lookup to the next: a store's B-tree is walked
+    in order. The matches are those of each query searched alone."""
+    import crossscale.query
+
+    asked: list[np.ndarray] = []
+    x = alike["x"]
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(ids, dtype=np.int64)
+        asked.append(keep)
+        return keep, x[keep].astype(np.float16)
+
+    queries, common, _ = _batch_with_a_store(alike, [])
+    queries = [*queries, *queries[:5]]  # five queries twice
+    search = {"ranker": ParentRanker(box="fusion"), "details": common["parents"].details, "exact_vectors": stored}
+    monkeypatch.setattr(crossscale.query, "_READ_BYTES", 4 * DIM * 150)  # a depth in a few lookups
+    folds: list[int] = []
+    ranker = search["ranker"]
+    batch = ranker.rank_batch
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        folds.append(len(asked))  # the lookups made before each fold: those of the depth it ranks
+        return batch(*args, **kwargs)
+
+    ranker.rank_batch = counted  # type: ignore[method-assign]
+    got = search_parents(queries, 5, **common, **search)
+    depths = [np.concatenate(asked[a:b]) for a, b in zip([0, *folds], folds, strict=False) if b > a]
+    assert len(depths) >= 3 and sum(len(lookup) > 1 for lookup in asked) >= 3
+    for read in depths:
+        assert np.all(np.diff(read) > 0)  # increasing: each once, in id order
+    alone = [search_parents([q], 5, **common, **{**search, "ranker": ParentRanker(box="fusion")})[0] for q in queries]
+    _assert_same_matches(got, alone, "read once, in id order")
+    assert got[-5:] == got[:5]
 
 
 @pytest.mark.parametrize("order", ["reversed", "deduplicated", "some gone"])

@@ -57,8 +57,17 @@ def row_norms(vectors: np.ndarray) -> np.ndarray:
 
 def cosines(rows: np.ndarray, norms: np.ndarray, query: np.ndarray) -> np.ndarray:
     """The cosine of each of ``rows`` (whose :func:`row_norms` are ``norms``) with a unit ``query``, float32: the
-    one way stored vectors are scored exactly, so that a (query, chunk) pair scores the same on every path."""
-    out: np.ndarray = (np.asarray(rows, dtype=np.float32) @ query) / norms
+    one way stored vectors are scored exactly, so that a (query, chunk) pair scores the same on every path. Each
+    row is summed on its own (not by a BLAS product, whose sums depend on the rows beside it), so that these are
+    :func:`pair_cosines`' bits for the same pairs."""
+    out: np.ndarray = np.einsum("ij,j->i", np.asarray(rows, dtype=np.float32), query) / norms
+    return out
+
+
+def pair_cosines(rows: np.ndarray, norms: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """The cosine of each of ``rows`` (whose :func:`row_norms` are ``norms``) with the unit query in the same row of
+    ``queries``, float32: :func:`cosines` for many queries, one pair per row, with the same bits."""
+    out: np.ndarray = np.einsum("ij,ij->i", np.asarray(rows, dtype=np.float32), queries) / norms
     return out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from crossscale._checks import optional_finite, positive_int
-from crossscale._vectors import cosines, embed, l2_normalize, row_norms
+from crossscale._vectors import cosines, embed, l2_normalize, pair_cosines, row_norms
 from crossscale.errors import CapabilityError, ConfigurationError
 from crossscale.protocols import (
     BatchRanker,
@@ -146,54 +146,65 @@ class _ExactScores:
         self, rows: Sequence[int], views: Sequence[_Fetched], fresh: list[tuple[int, np.ndarray, np.ndarray]]
     ) -> None:
         """Read the stored vectors of every unread hit in ``fresh``, score them, and append each search's new
-        scores to what it had: one lookup per :data:`_READ_BYTES` of float32 vectors (a batch of 10,000 queries
-        reads over a million at one depth), so that what a lookup holds stays small."""
-        block = max(1, _READ_BYTES // (4 * max(1, self._queries.shape[1])))
-        start = 0
-        while start < len(fresh):
-            stop, count = start + 1, len(fresh[start][2])
-            while stop < len(fresh) and count + len(fresh[stop][2]) <= block:
-                count += len(fresh[stop][2])
-                stop += 1
-            self._read_block(rows, views, fresh[start:stop])
-            start = stop
+        scores to what it had.
 
-    def _read_block(
-        self, rows: Sequence[int], views: Sequence[_Fetched], fresh: list[tuple[int, np.ndarray, np.ndarray]]
-    ) -> None:
-        """:meth:`_read` of a few searches, in one lookup of their hits as they come (one query's after another's).
-        When every one is stored and the lookup keeps their order (a workspace's store does), each query's
-        vectors are one slice of what it read; else each hit finds its vector by id."""
+        The hits of all the searches are read together, each chunk once however many of the queries hit it, in
+        increasing id order, in lookups of at most :data:`_READ_BYTES` of float32 vectors (so that what a lookup
+        holds stays small). At 10M regions a batch of 10,000 queries hit 1.1M distinct chunks 1.6M times at one
+        depth; read in id order, where each lookup's ids are close, a store's B-tree is walked ~2x faster than
+        in the queries' order (docs/benchmarks.md, "Re-scoring reads in id order"). Each (query, chunk) pair is
+        scored by :func:`~crossscale._vectors.pair_cosines`."""
         wanted = [views[i].ids[len(self._done[id(views[i])]) + unread] for i, _, unread in fresh]
-        flat = np.concatenate(wanted)
-        found_ids, found, norms = np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
+        sizes = [len(w) for w in wanted]
+        flat = np.concatenate(wanted) if wanted else np.zeros(0, np.int64)
+        scores = np.full(len(flat), np.nan, dtype=np.float32)  # NaN: no longer stored
         if len(flat):
-            found_ids, found = self._lookup(flat)
-            if len(found_ids):
-                norms = row_norms(found)
-        aligned = 0 < len(flat) == len(found_ids) and bool(np.array_equal(found_ids, flat))
-        at, stored = np.zeros(0, np.int64), np.zeros(len(flat), bool)
-        if not aligned and len(found_ids):  # some are gone, or another order: each hit's vector found by its id
-            order = np.argsort(found_ids, kind="stable")
-            found_ids, found, norms = found_ids[order], found[order], norms[order]
-            at = np.searchsorted(found_ids, flat).clip(max=len(found_ids) - 1)
-            stored = found_ids[at] == flat
+            owners = np.repeat(np.asarray([rows[i] for i, _, _ in fresh], dtype=np.int64), sizes)
+            self._score_pairs(flat, owners, scores)
         offset = 0
-        for (i, new, unread), want in zip(fresh, wanted, strict=True):
-            span = slice(offset, offset + len(want))
-            offset += len(want)
-            query = self._queries[rows[i]]
-            if aligned:
-                new[unread] = cosines(found[span], norms[span], query)
-            else:
-                scores = np.full(len(want), np.nan, dtype=np.float32)
-                here = stored[span]
-                if here.any():
-                    rows_at = at[span][here]
-                    scores[here] = cosines(found[rows_at], norms[rows_at], query)
-                new[unread] = scores
+        for (i, new, unread), size in zip(fresh, sizes, strict=True):
+            new[unread] = scores[offset : offset + size]
+            offset += size
             key = id(views[i])
             self._done[key] = np.concatenate([self._done[key], new])
+
+    def _score_pairs(self, chunk_ids: np.ndarray, owners: np.ndarray, out: np.ndarray) -> None:
+        """Set ``out[p]`` to the exact score of chunk ``chunk_ids[p]`` against query row ``owners[p]``, for every
+        pair ``p`` whose chunk is stored (others are left as they are): the distinct chunks are looked up in
+        increasing id order, at most :data:`_READ_BYTES` of float32 vectors at a time."""
+        order = np.argsort(chunk_ids)  # the pairs by chunk (in any order among the pairs of one chunk)
+        ordered = chunk_ids[order]
+        first = np.ones(len(ordered), dtype=bool)  # where a chunk's pairs start
+        first[1:] = ordered[1:] != ordered[:-1]
+        distinct = ordered[first]
+        which = np.cumsum(first) - 1  # each ordered pair's chunk, as an index into distinct
+        block = max(1, _READ_BYTES // (4 * max(1, self._queries.shape[1])))
+        for start in range(0, len(distinct), block):
+            lo, hi = np.searchsorted(which, [start, start + block])  # the pairs of this block's chunks
+            found, norms, row_of = self._looked_up(distinct[start : start + block])
+            at = row_of[which[lo:hi] - start]
+            stored = at >= 0
+            pairs, at = order[lo:hi][stored], at[stored]
+            for s in range(0, len(pairs), block):  # gathered (pairs, dim) operands no bigger than the lookup
+                part = slice(s, s + block)
+                out[pairs[part]] = pair_cosines(found[at[part]], norms[at[part]], self._queries[owners[pairs[part]]])
+
+    def _looked_up(self, asked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored vectors of the distinct chunk ids ``asked``, their :func:`row_norms`, and for each id asked
+        its row in them (``-1``: not stored). A lookup may return fewer ids (those gone) or another order (a
+        plugged-in one): each id then finds its row by its value."""
+        found_ids, found = self._lookup(asked)
+        found_ids = np.asarray(found_ids, dtype=np.int64).reshape(-1)
+        if not len(found_ids):
+            return np.zeros((0, self._queries.shape[1]), np.float32), np.zeros(0, np.float32), np.full(len(asked), -1)
+        found = np.asarray(found, dtype=np.float32)
+        norms = row_norms(found)
+        if np.array_equal(found_ids, asked):
+            return found, norms, np.arange(len(asked))
+        by_id = np.argsort(found_ids, kind="stable")
+        at = np.searchsorted(found_ids, asked, sorter=by_id).clip(max=len(found_ids) - 1)
+        rows = by_id[at]
+        return found, norms, np.where(found_ids[rows] == asked, rows, -1)
 
 
 def parent_match(
