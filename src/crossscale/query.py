@@ -151,9 +151,9 @@ class _ExactScores:
         The hits of all the searches are read together, each chunk once however many of the queries hit it, in
         increasing id order, in lookups of at most :data:`_READ_BYTES` of float32 vectors (so that what a lookup
         holds stays small). At 10M regions a batch of 10,000 queries hit 1.1M distinct chunks 1.6M times at one
-        depth; read in id order, where each lookup's ids are close, a store's B-tree is walked ~2x faster than
-        in the queries' order (docs/benchmarks.md, "Re-scoring reads in id order"). Each (query, chunk) pair is
-        scored by :func:`~crossscale._vectors.pair_cosines`."""
+        depth. Read once each and in id order, where each lookup's ids are close in a store's B-tree, they took
+        half the time of reading the hits as they came (docs/benchmarks.md, "Re-scoring reads in id order"). Each
+        (query, chunk) pair is scored by :func:`~crossscale._vectors.pair_cosines`."""
         wanted = [views[i].ids[len(self._done[id(views[i])]) + unread] for i, _, unread in fresh]
         sizes = [len(w) for w in wanted]
         flat = np.concatenate(wanted) if wanted else np.zeros(0, np.int64)
@@ -661,8 +661,8 @@ def search_parents(
             it, every search's hits are scored again against them and re-sorted before ranking: for an index
             whose scores are approximate (projected vectors, SQ8 or PQ codes), so that candidates it found are
             ordered, and scored, by their true cosines. A batch folded together reads each depth's hits of all
-            its queries at once (in lookups of at most 16 MiB of vectors); each (query, chunk) is read once where
-            the index is ``prefix_stable``.
+            its queries at once: each distinct chunk once, in increasing id order, in lookups of at most 16 MiB of
+            vectors; each (query, chunk) is scored once where the index is ``prefix_stable``.
         refine_verified: also refine the queries whose best match the verifier confirmed (their unverified matches,
             which rank below it whatever the refiner finds). ``False`` (default): the refiner runs only for queries
             with no verified match, so a settled query costs no extra encoder pass.
