@@ -16,6 +16,7 @@ from crossscale import CrossScaleSearch, ParentRanker, SearchMeasurement, Search
 from crossscale.errors import CapabilityError, ConfigurationError, VectorError, WorkspaceError
 from crossscale.measure import exact_parents, parent_recall
 from crossscale.query import embed_queries
+from crossscale.search import TUNING_RESCORE_PER_PARENT
 
 
 class _Codes:
@@ -231,7 +232,8 @@ def test_tune_search_tries_fewer_lists_and_rescoring_both_ways_by_default(
     want: list[str],
 ) -> None:
     """The default settings: the index's own, fewer lists (an IVF index) or a narrower beam (an HNSW graph), each
-    with re-scoring turned the other way where the index's scores are approximate."""
+    with re-scoring turned the other way where the index's scores are approximate, and with each parent's first
+    TUNING_RESCORE_PER_PARENT hits re-scored."""
     cs = CrossScaleSearch.open(
         tmp_path / "ws", encoder="color-histogram", segmenter="whole+tiles", index_factory=factory,
         verifier=False, refine=False, progress=False, device="cpu",
@@ -247,12 +249,16 @@ def test_tune_search_tries_fewer_lists_and_rescoring_both_ways_by_default(
         )
         cs.tune_search(np.ones((1, cs.config.dim), np.float32))
         approximate = not cs.chunk_index.scores_exact
+        per_parent = f"rescore=True rescore_per_parent={TUNING_RESCORE_PER_PARENT}"
         assert [p.describe() for p in asked[0]] == want + (
-            [f"{w} rescore=False".removeprefix("own ") for w in want] if approximate else []
+            [f"{w} rescore=False".removeprefix("own ") for w in want]
+            + [f"{w} {per_parent}".removeprefix("own ") for w in want]
+            if approximate
+            else []
         )
         cs.rescore = False
         cs.tune_search(np.ones((1, cs.config.dim), np.float32))
-        assert [p.rescore for p in asked[1]] == [None] * len(want) + ([True] * len(want) if approximate else [])
+        assert [p.rescore for p in asked[1]] == [None] * len(want) + ([True] * 2 * len(want) if approximate else [])
 
 
 def test_tune_search_through_a_workspace(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
@@ -269,7 +275,7 @@ def test_tune_search_through_a_workspace(tmp_path: Path, photos: dict[str, Image
         vectors = np.stack([q.vector for q in embed_queries(cs.encoder, crops)])
         cs.chunk_index.set_search_params("nprobe=4")
         tuning = cs.tune_search(vectors, min_recall=1.0, top_k=3, repeats=2)
-        assert len(tuning.measurements) == 8 and tuning.measurements[0].recall == 1.0
+        assert len(tuning.measurements) == 12 and tuning.measurements[0].recall == 1.0
         reached = [m for m in tuning.measurements if m.recall >= 1.0]
         assert tuning.chosen in reached
         assert tuning.chosen.queries_per_second == max(m.queries_per_second for m in reached)  # type: ignore[union-attr]
@@ -447,7 +453,9 @@ def test_tune_search_starts_from_the_saved_setting_and_saving_its_choice_keeps_i
         tuning = cs.tune_search(np.ones((1, cs.config.dim), np.float32))
         assert [p.describe() for p in asked[0]] == [
             "own", "nprobe=3", "nprobe=2", "nprobe=1", "rescore=True", "nprobe=3 rescore=True",
-            "nprobe=2 rescore=True", "nprobe=1 rescore=True",
+            "nprobe=2 rescore=True", "nprobe=1 rescore=True", "rescore=True rescore_per_parent=2",
+            "nprobe=3 rescore=True rescore_per_parent=2", "nprobe=2 rescore=True rescore_per_parent=2",
+            "nprobe=1 rescore=True rescore_per_parent=2",
         ]  # fmt: skip
         cs.save_search_params(tuning.params)  # nprobe=3, its rescore left to what searches used: False
         assert cs.search_params == SearchParams(nprobe=3, rescore=False)

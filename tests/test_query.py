@@ -826,3 +826,91 @@ def test_params_an_index_cannot_take_are_refused(alike: dict[str, Any]) -> None:
     assert plain.searches == []  # refused before any search
     with pytest.raises(ConfigurationError, match=r"params must be a crossscale\.types\.SearchParams or None, got dict"):
         search_parents(alike["queries"], 5, index=alike["index"], **common, params={"nprobe": 2})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("with_details", [False, True], ids=["ranked-alone", "batch-fold"])
+@pytest.mark.parametrize("per_parent", [1, 3])
+def test_rescoring_each_parents_first_hits_reads_those_only(
+    alike: dict[str, Any], with_details: bool, per_parent: int
+) -> None:
+    """With rescore_per_parent, only each parent's first hits in a search are read (a query's 160-320 hits hold at
+    most 30 parents), each match is its parent's best scored hit, scored exactly, and the parents are those that
+    re-scoring every hit ranks (alike chunks: a parent's first hit is its best, give or take float16)."""
+    index: ChunkIndex = alike["index"]
+    x = alike["x"]
+    reads: list[np.ndarray] = []
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(ids, dtype=np.int64)
+        reads.append(keep)
+        return keep, x[keep].astype(np.float16)
+
+    parents = _with_details(alike) if with_details else alike["parents"]
+    common = {
+        "index": index,
+        "records": _lookup(alike["records"]),
+        "ranker": ParentRanker(box="best"),
+        "parents": parents,
+        "details": parents.details if with_details else None,
+    }
+    queries = [Query(q.vector / np.linalg.norm(q.vector), None) for q in alike["queries"][:8]]
+    every = search_parents(queries, 5, exact_vectors=stored, **common)
+    read_all = sum(map(len, reads))
+    reads.clear()
+    got = search_parents(queries, 5, exact_vectors=stored, rescore_per_parent=per_parent, **common)
+    assert sum(map(len, reads)) <= len(queries) * PARENTS * per_parent < read_all
+    _, order = index.search(np.stack([q.vector for q in queries]), len(x))
+    for query, row, hits in zip(queries, got, order, strict=True):
+        codes = parents.parent_codes(hits[None])[0]
+        for match in row:
+            mine = hits[codes == parents.parent_codes(np.array([[match.chunk_id]]))[0, 0]][:per_parent]
+            assert match.chunk_id in mine  # its parent's best of the hits scored
+            stored_row = x[match.chunk_id].astype(np.float16).astype(np.float32)
+            exact = float(stored_row @ query.vector / np.linalg.norm(stored_row))
+            assert match.score == pytest.approx(exact, abs=1e-6)
+    for a, b in zip(every, got, strict=True):
+        assert [m.parent_id for m in a] == [m.parent_id for m in b]
+
+
+def test_hits_past_their_parents_first_keep_the_index_scores_capped_below_the_scored_ones(
+    rng: np.random.Generator,
+) -> None:
+    """An index whose scores are far off (rounded to 0.1, noisy): with one hit per parent re-scored, every match's
+    score is still its chunk's exact cosine (a later hit's index score, however high, is capped at its parent's
+    scored one); the other hits still count: a "sum" adds them."""
+    x = rng.standard_normal((400, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = ChunkIndex(DIM, device="cpu")
+    index.add(x, np.arange(400))
+    records = {i: ChunkRecord(i, f"p{i // 4:03d}", Box(0, 0, 4, 4), "tile") for i in range(400)}
+    parents = ParentMap.from_parents((f"p{p:03d}", range(4 * p, 4 * p + 4)) for p in range(100))
+    queries = [Query(v / np.linalg.norm(v), None) for v in rng.standard_normal((12, DIM)).astype(np.float32)]
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(ids, dtype=np.int64)
+        return keep, x[keep]
+
+    common = {"records": _lookup(records), "parents": parents, "exact_vectors": stored, "rescore_per_parent": 1}
+    got = search_parents(queries, 5, index=CodedIndex(index), ranker=ParentRanker(box="best"), **common)
+    for query, row in zip(queries, got, strict=True):
+        assert len(row) == 5
+        for match in row:
+            assert match.score == pytest.approx(float(x[match.chunk_id] @ query.vector), abs=1e-6)
+    summed = search_parents(queries, 5, index=CodedIndex(index), ranker=ParentRanker("sum", box="best"), **common)
+    best = search_parents(queries, 5, index=CodedIndex(index), ranker=ParentRanker(box="best"), **common)
+    assert any(s.score > b.score + 0.05 for a, c in zip(summed, best, strict=True) for s, b in zip(a, c, strict=True))
+
+
+def test_rescore_per_parent_needs_the_stored_vectors_and_the_parents(alike: dict[str, Any]) -> None:
+    common = {"index": alike["index"], "records": _lookup(alike["records"]), "ranker": ParentRanker()}
+    queries = alike["queries"][:2]
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(ids), alike["x"][np.asarray(ids)]
+
+    with pytest.raises(ConfigurationError, match="rescore_per_parent needs exact_vectors"):
+        search_parents(queries, 5, parents=alike["parents"], rescore_per_parent=2, **common)
+    with pytest.raises(ConfigurationError, match="rescore_per_parent needs exact_vectors"):
+        search_parents(queries, 5, exact_vectors=stored, rescore_per_parent=2, **common)
+    with pytest.raises(ConfigurationError, match="rescore_per_parent must be a positive int"):
+        search_parents(queries, 5, parents=alike["parents"], exact_vectors=stored, rescore_per_parent=0, **common)

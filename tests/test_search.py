@@ -6,6 +6,7 @@ import dataclasses
 import multiprocessing as mp
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -895,6 +896,39 @@ def test_a_call_rescore_overrides_the_facade_for_that_call(
         assert bool(reads) is (factory != "Flat")
         if factory != "Flat":
             assert own != exact  # the two ways differ: the test can tell which one ran
+
+
+def test_rescore_per_parent_reaches_the_query_path_when_hits_are_rescored_and_is_saved(
+    tmp_path: Path, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SearchParams(rescore_per_parent=...)`` goes to the query path with the stored vectors, and not where the
+    hits are not re-scored (``rescore=False``, or exact index scores); saved with the workspace it is the
+    setting of every facade opened later."""
+    import crossscale.search
+
+    given: list[tuple[int | None, bool]] = []
+    real = crossscale.search.search_parents
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        given.append((kwargs["rescore_per_parent"], kwargs["exact_vectors"] is not None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(crossscale.search, "search_parents", spy)
+    names = sorted(photos)
+    with _hist(tmp_path / "ws", index_factory="IVF2,SQ8", verifier=False, refine=False) as cs:
+        cs.index([(n, photos[n]) for n in names])
+        vectors = np.stack([q.vector for q in embed_queries(cs.encoder, [photos[n] for n in names])])
+        every = cs.search_vectors(vectors, top_k=3)
+        two = cs.search_vectors(vectors, top_k=3, params=SearchParams(rescore_per_parent=2))
+        cs.search_vectors(vectors, top_k=3, params=SearchParams(rescore=False, rescore_per_parent=2))
+        assert given == [(None, True), (2, True), (None, False)]
+        assert [[m.parent_id for m in r] for r in two] == [[m.parent_id for m in r] for r in every]
+        cs.save_search_params(SearchParams(nprobe=2, rescore_per_parent=1))
+    with _hist(tmp_path / "ws", index_factory="IVF2,SQ8", verifier=False, refine=False) as reopened:
+        assert reopened.search_params == SearchParams(nprobe=2, rescore_per_parent=1)
+        given.clear()
+        reopened.search_vectors(vectors, top_k=3)
+        assert given == [(1, True)]
 
 
 def test_search_params_apply_to_that_call_only(tmp_path: Path, photos: dict[str, Image.Image]) -> None:

@@ -90,39 +90,77 @@ class _ExactScores:
     the hits past those already scored, and a hit another of the query's searches scored is not read again, so each
     (query, chunk) is read once however often the ranker deepens it (with alike chunks a query's hits were read ~5
     times). The hits of all the queries looked at together are read at once, in lookups of at most
-    :data:`_READ_BYTES`."""
+    :data:`_READ_BYTES`. With ``per_parent``, only the first ``per_parent`` hits of each parent in a search (by
+    the index's order; the searches must carry their hits' parent codes) are scored: the others score NaN, and
+    are not read."""
 
-    def __init__(self, queries: np.ndarray, lookup: VectorLookup) -> None:
+    def __init__(self, queries: np.ndarray, lookup: VectorLookup, per_parent: int | None = None) -> None:
         self._queries = queries
         self._lookup = lookup
+        self._per_parent = per_parent
         self._done: dict[int, np.ndarray] = {}  # id of a search's _Fetched -> exact scores of its first hits
         self._scored: list[list[_Fetched]] = [[] for _ in range(len(queries))]  # per query: its searches scored
 
     def of_searches(self, rows: Sequence[int], views: Sequence[_Fetched], k: int) -> np.ndarray:
         """The exact scores of the first ``k`` hits of each search ``views[i]`` (made for query ``rows[i]``, with at
         least ``k`` hits), as a ``(len(rows), k)`` array aligned with the searches' ids; NaN for padding and for hits
-        whose vector is no longer stored (deleted since)."""
+        whose vector is no longer stored (deleted since), and for those past their parent's first ``per_parent``."""
         fresh: list[tuple[int, np.ndarray, np.ndarray]] = []  # (i, the new scores, positions in them to read)
+        wanted = self._wanted(views, k)
         for i, (r, view) in enumerate(zip(rows, views, strict=True)):
             done = self._done.get(id(view))
             if done is None:  # a search not looked at yet: what the query's other searches scored is reused
-                new, unread = self._known(r, view.ids[:k])
+                new, unread = self._known(r, view.ids[:k], wanted[i])
                 self._scored[r].append(view)  # the search stays alive (in _Fetched lists) while its id is a key
                 self._done[id(view)] = np.zeros(0, np.float32)
                 fresh.append((i, new, unread))
             elif len(done) < k:  # deeper into a search: hits past those it scored
                 more = view.ids[len(done) : k]
-                fresh.append((i, np.full(len(more), np.nan, dtype=np.float32), np.flatnonzero(more >= 0)))
+                unread = np.flatnonzero((more >= 0) & wanted[i, len(done) : k])
+                fresh.append((i, np.full(len(more), np.nan, dtype=np.float32), unread))
         if fresh:
             self._read(rows, views, fresh)
         return np.stack([self._done[id(view)][:k] for view in views]) if views else np.zeros((0, k), np.float32)
 
-    def _known(self, row: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _wanted(self, views: Sequence[_Fetched], k: int) -> np.ndarray:
+        """Which of the first ``k`` hits of each search are to be scored, as a ``(len(views), k)`` bool array: all
+        of them, or with ``per_parent``, each parent's first ``per_parent`` (hits of no parent: none). A hit's
+        place among its parent's hits depends on those before it only, so a deeper look agrees with a shallower
+        one."""
+        if self._per_parent is None or not views:
+            return np.ones((len(views), k), dtype=bool)
+        codes = np.stack([view.codes[:k] for view in views])  # type: ignore[index]
+        return (codes >= 0) & (_place_in_parent(codes) < self._per_parent)
+
+    def for_ranking(self, rows: Sequence[int], views: Sequence[_Fetched], k: int) -> np.ndarray:
+        """The scores the ranker sees for the first ``k`` hits of each search: :meth:`of_searches`' exact ones.
+        With ``per_parent``, a hit past its parent's first ``per_parent`` keeps the index's score, capped at the
+        lowest exact score of its parent's scored hits, so that a parent's best hit is always one scored exactly
+        while its other hits still count (a box fused from its near-best chunks, a sum); NaN where none of its
+        parent's scored hits is stored."""
+        scored = self.of_searches(rows, views, k)
+        if self._per_parent is None or not views:
+            return scored
+        ids = np.stack([view.ids[:k] for view in views])
+        codes = np.stack([view.codes[:k] for view in views])  # type: ignore[index]
+        wanted = self._wanted(views, k)
+        rest = (ids >= 0) & (codes >= 0) & ~wanted
+        if not rest.any():
+            return scored
+        cap = _parent_floor(codes, np.where(wanted, scored, np.nan))
+        index_scores = np.stack([view.scores[:k] for view in views]).astype(np.float32)
+        out = scored.copy()
+        out[rest] = np.minimum(index_scores[rest], cap[rest])  # NaN where the cap is
+        return out
+
+    def _known(self, row: int, ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores for the first hits ``ids`` of a search of query ``row``: NaN for padding, those its other searches
-        scored, NaN elsewhere; and the positions still to read. A deeper search whose first hits are those of the
-        last one (an index whose shallower searches are prefixes of deeper ones) takes its scores as they are."""
+        scored, NaN elsewhere; and the positions still to read (of those ``wanted``). A deeper search whose first
+        hits are those of the last one (an index whose shallower searches are prefixes of deeper ones) takes its
+        scores as they are. With ``per_parent``, a hit another search left unscored (NaN) may be wanted here: it is
+        read (and one no longer stored is asked for again)."""
         scores = np.full(len(ids), np.nan, dtype=np.float32)
-        unread = ids >= 0
+        unread = (ids >= 0) & wanted
         others = self._scored[row]
         if not others or not unread.any():
             return scores, np.flatnonzero(unread)
@@ -138,6 +176,8 @@ class _ExactScores:
         known_ids, known = known_ids[order], known[order]
         at = np.searchsorted(known_ids, ids).clip(max=len(known_ids) - 1)
         seen = unread & (known_ids[at] == ids)
+        if self._per_parent is not None:
+            seen &= ~np.isnan(known[at])
         scores[seen] = known[at[seen]]
         unread &= ~seen
         return scores, np.flatnonzero(unread)
@@ -278,6 +318,40 @@ def _with_candidates(
     if not confirmed:
         return matches
     return sorted(matches + confirmed, key=lambda m: (-m.score, m.parent_id))[:top_k]
+
+
+def _parent_runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hits of a 2-D array of parent codes (one row per search, best hit first) grouped by (row, parent): the
+    flat positions in that order (each group's hits in their row's order) and, in that order, where each group
+    starts."""
+    keys = codes.astype(np.int64) + (int(codes.max(initial=0)) + 2) * np.arange(len(codes), dtype=np.int64)[:, None]
+    order = np.argsort(keys.ravel(), kind="stable")
+    ordered = keys.ravel()[order]
+    starts = np.ones(len(ordered), dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    return order, starts
+
+
+def _place_in_parent(codes: np.ndarray) -> np.ndarray:
+    """For each hit of each row of parent codes (best hit first), how many hits of the same parent come before it
+    in its row (``0``: the parent's first)."""
+    order, starts = _parent_runs(codes)
+    at = np.arange(len(order))
+    first = np.maximum.accumulate(np.where(starts, at, 0))  # where each hit's group starts
+    places = np.empty(len(order), dtype=np.int64)
+    places[order] = at - first
+    return places.reshape(codes.shape)
+
+
+def _parent_floor(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each hit of each row of parent codes, the lowest of ``values`` (same shape) over its parent's hits in
+    its row, NaN ones left out (NaN where all are)."""
+    order, starts = _parent_runs(codes)
+    flat = values.ravel()[order]
+    floors = np.fmin.reduceat(flat, np.flatnonzero(starts)) if len(flat) else flat
+    out = np.empty(len(order), dtype=values.dtype)
+    out[order] = floors[np.cumsum(starts) - 1]
+    return out.reshape(codes.shape)
 
 
 def _best_first(exact: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -554,7 +628,7 @@ def _as_searched(
     or when a search has none). The searches are all raw (plain ones) or all not (grouped)."""
     ids = np.stack([view.ids[:k] for view in views])
     if exact is not None and all(view.raw for view in views):
-        return (*_best_first(exact.of_searches(rows, views, k), ids), None)
+        return (*_best_first(exact.for_ranking(rows, views, k), ids), None)
     scores = np.stack([view.scores[:k] for view in views])
     if all(view.codes is not None for view in views):
         return scores, ids, np.stack([view.codes[:k] for view in views])  # type: ignore[index]
@@ -631,6 +705,7 @@ def search_parents(
     fetch_depth: FetchDepth | None = None,
     candidates: CandidateFinder | None = None,
     params: SearchParams | None = None,
+    rescore_per_parent: int | None = None,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
@@ -682,9 +757,15 @@ def search_parents(
             parents a vector search misses: a small object seen by a few of a region's cells.
         params: how hard the index looks in these searches only (:class:`~crossscale.types.SearchParams`: an IVF
             index's ``nprobe``...), given to every plain ``index.search`` of the call as ``params=``.
+        rescore_per_parent: with ``exact_vectors``, score only each parent's first ``rescore_per_parent`` hits in a
+            search (by the index's scores) against the stored vectors; its other hits are left out of the ranking,
+            as a grouped search of that many chunks per parent would leave them. Needs ``parents``. At 10M alike
+            regions, 2 per parent read ~42 of a query's 160 hits and ranked the same parents as re-scoring all
+            of them (docs/benchmarks.md, "Re-scoring each parent's best hits"). ``None``: every hit.
 
     Raises:
-        ConfigurationError: a bad ``top_k``, ``min_score`` or ``params``, or a refiner without ``load_parent``.
+        ConfigurationError: a bad ``top_k``, ``min_score``, ``params`` or ``rescore_per_parent``, a refiner
+            without ``load_parent``, or ``rescore_per_parent`` without ``exact_vectors`` and ``parents``.
         CapabilityError: ``params`` for an index whose ``search`` takes none.
     """
     top_k = positive_int("top_k", top_k)
@@ -695,6 +776,12 @@ def search_parents(
         raise ConfigurationError("a verifier needs load_features to read what it stored of the parents")
     if candidates is not None and verifier is None:
         raise ConfigurationError("candidates need a verifier: only the ones it confirms are kept")
+    if rescore_per_parent is not None:
+        rescore_per_parent = positive_int("rescore_per_parent", rescore_per_parent)
+        if exact_vectors is None or parents is None:
+            raise ConfigurationError(
+                "rescore_per_parent needs exact_vectors (to re-score with) and parents (to know each hit's parent)"
+            )
     search = _searching(index, params)
     if not queries:
         return []
@@ -714,7 +801,7 @@ def search_parents(
     )
     if fetch_depth is not None and reached is not None:
         fetch_depth.record(reached, _first_depth(top_k, ranker, available))
-    exact = None if exact_vectors is None else _ExactScores(vectors, exact_vectors)
+    exact = None if exact_vectors is None else _ExactScores(vectors, exact_vectors, rescore_per_parent)
     together: list[list[ParentMatch] | None] = [None] * len(queries)
     if plain and parents is not None and details is not None and _ranks_batches(ranker):
         together = _rank_together(
@@ -734,7 +821,8 @@ def search_parents(
             view = _shallowest(fetched[row], k)
             if view is None:
                 more_scores, more_ids = search(vectors[row : row + 1], k)
-                view = _Fetched(more_scores[0], more_ids[0], None, True)
+                more_codes = None if parents is None else parents.parent_codes(more_ids)[0]
+                view = _Fetched(more_scores[0], more_ids[0], more_codes, True)
                 fetched[row].append(view)
             scores, ids, codes = _as_searched([row], [view], k, exact)
             if parents is None:

@@ -84,6 +84,7 @@ __all__ = [
     "DEFAULT_SEGMENTER",
     "DEFAULT_VERIFIER",
     "LOCAL_SEARCH_MAX_PARENTS",
+    "TUNING_RESCORE_PER_PARENT",
     "WORKSPACE_FORMAT",
     "CrossScaleSearch",
     "LocalCandidates",
@@ -93,6 +94,10 @@ __all__ = [
 ]
 
 
+#: the hits per parent that :meth:`CrossScaleSearch.tune_search`'s own grid re-scores in its ``rescore_per_parent``
+#: settings: at 10M alike regions, re-scoring each parent's first 2 hits ranked the parents of 1,000 queries as
+#: re-scoring all 160 did (1 per parent: 982 of 1,000 the same; docs/benchmarks.md)
+TUNING_RESCORE_PER_PARENT = 2
 #: ``local_search=None`` (the default) turns local search on for a workspace whose verifier has descriptors
 #: (``"sift"``) while it holds at most this many parents: its keypoint index takes ~0.19 MB of RAM per parent with
 #: ``"sift"`` (~1.9 GB here), which ``max_memory`` does not budget. Above it, pass ``local_search=True``.
@@ -452,7 +457,9 @@ class CrossScaleSearch:
             are scored again against the stored vectors before ranking (``True``, the default: parents ranked by
             their regions' true cosines). ``False`` ranks the index's own scores and reads no stored vector: at
             10M regions, parent recall@10 0.963 instead of 0.983, for 1.2-1.4x the batched throughput
-            (docs/benchmarks.md). A call's ``SearchParams(rescore=...)`` overrides it for that call.
+            (docs/benchmarks.md). A call's ``SearchParams(rescore=...)`` overrides it for that call, and
+            ``SearchParams(rescore_per_parent=2)`` re-scores each parent's first two hits only (most of the speed
+            of not re-scoring, the recall of re-scoring every hit, at 10M regions).
         search_params: the setting every search starts from (:class:`~crossscale.types.SearchParams`): a call's
             ``params`` override it field by field, and a field it leaves ``None`` is the index's own (``rescore``:
             :attr:`rescore`). Unless set on this object, the setting saved with the workspace for its index's
@@ -1043,7 +1050,8 @@ class CrossScaleSearch:
 
         ``settings``: what to try; ``None``: what searches use now (:attr:`search_params` over the index's own),
         and for an IVF index 3/4, 1/2, 3/8 and 1/4 of those lists (an HNSW graph: 1/2 and 1/4 of its beam), each
-        with and without re-scoring where the index's scores are approximate. :meth:`save_search_params` keeps
+        with and without re-scoring where the index's scores are approximate, and re-scoring only each parent's
+        first :data:`TUNING_RESCORE_PER_PARENT` hits (``rescore_per_parent``). :meth:`save_search_params` keeps
         the choice for later searches. The fastest is the highest measured queries per second of the batch
         (equal rates: the higher recall). Speeds are of batches of ``len(vectors)`` queries, which is what the
         choice is for: tune with as many queries as a batch of the service will hold.
@@ -1083,7 +1091,12 @@ class CrossScaleSearch:
                 break  # an IVF index's own beam is its coarse quantizer's, set with nprobe
         if not getattr(index, "scores_exact", True):
             rescoring = self.rescore if own.rescore is None else own.rescore
-            grid += [dataclasses.replace(p, rescore=not rescoring) for p in grid]
+            flipped = [dataclasses.replace(p, rescore=not rescoring) for p in grid]
+            if own.rescore_per_parent is None:
+                flipped += [
+                    dataclasses.replace(p, rescore=True, rescore_per_parent=TUNING_RESCORE_PER_PARENT) for p in grid
+                ]
+            grid += flipped
         return grid
 
     def search_text(
@@ -1154,6 +1167,7 @@ class CrossScaleSearch:
         index = self.workspace.searchable_index()
         params = self._params(params)
         pixels = not plain
+        rescoring = self._rescores(index, params)
         results = search_parents(
             queries,
             top_k,
@@ -1166,7 +1180,8 @@ class CrossScaleSearch:
             min_score=min_score,
             verifier=self.verifier if self.verify_matches and pixels else None,
             load_features=self.workspace.local_features,
-            exact_vectors=self.workspace.store.vectors if self._rescores(index, params) else None,
+            exact_vectors=self.workspace.store.vectors if rescoring else None,
+            rescore_per_parent=params.rescore_per_parent if rescoring else None,
             refine_verified=self.refine_verified,
             details=self.workspace.chunk_details(),
             fetch_depth=self.fetch_depth if getattr(index, "prefix_stable", False) else None,

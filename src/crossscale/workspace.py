@@ -510,7 +510,7 @@ class Workspace:
         if stored is None:
             return SearchParams()
         try:
-            params = SearchParams(**{k: stored.get(k) for k in ("nprobe", "ef_search", "rescore")})
+            params = SearchParams(**{f.name: stored.get(f.name) for f in dataclasses.fields(SearchParams)})
             saved_for = (str(stored["structure"]), stored.get("reduce_dim"))
         except (AttributeError, KeyError, TypeError, CrossScaleError) as exc:
             logger.warning("%s: the saved search setting %r is unreadable (%s); not used", self.path, stored, exc)

@@ -240,7 +240,7 @@ def test_the_index_own_settings_are_readable_and_a_call_leaves_them(
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8", np.float32(4)])
-@pytest.mark.parametrize("field", ["nprobe", "ef_search"])
+@pytest.mark.parametrize("field", ["nprobe", "ef_search", "rescore_per_parent"])
 def test_bad_settings_are_refused(field: str, bad: object) -> None:
     with pytest.raises(ConfigurationError, match=f"SearchParams.{field} must be a positive int"):
         SearchParams(**{field: bad})  # type: ignore[arg-type]
@@ -258,13 +258,16 @@ def test_a_rescore_that_is_not_a_bool_is_refused(bad: object) -> None:
 
 
 def test_what_an_index_takes_of_a_call_settings() -> None:
-    """``rescore`` is the facade's: an index gets the rest, nothing where only it is given, the same object where
-    nothing of the facade's is given; and the settings describe themselves."""
+    """``rescore`` and ``rescore_per_parent`` are the facade's: an index gets the rest, nothing where only they
+    are given, the same object where nothing of the facade's is given; and the settings describe themselves."""
     plain = SearchParams(nprobe=8)
     assert plain.for_index() is plain
     assert SearchParams(nprobe=8, ef_search=16, rescore=False).for_index() == SearchParams(nprobe=8, ef_search=16)
     assert SearchParams(rescore=False).for_index() is None and SearchParams().for_index() is None
+    assert SearchParams(nprobe=8, rescore_per_parent=2).for_index() == SearchParams(nprobe=8)
+    assert SearchParams(rescore_per_parent=2).for_index() is None
     assert SearchParams(nprobe=8, rescore=False).describe() == "nprobe=8 rescore=False"
+    assert SearchParams(rescore=True, rescore_per_parent=2).describe() == "rescore=True rescore_per_parent=2"
     assert SearchParams().describe() == "own"
 
 
