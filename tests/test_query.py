@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crossscale.errors import CapabilityError, ConfigurationError
 from crossscale.index import ChunkIndex, ParentMap
@@ -914,3 +916,21 @@ def test_rescore_per_parent_needs_the_stored_vectors_and_the_parents(alike: dict
         search_parents(queries, 5, exact_vectors=stored, rescore_per_parent=2, **common)
     with pytest.raises(ConfigurationError, match="rescore_per_parent must be a positive int"):
         search_parents(queries, 5, parents=alike["parents"], exact_vectors=stored, rescore_per_parent=0, **common)
+
+
+@given(st.lists(st.lists(st.integers(-1, 5), min_size=6, max_size=6), min_size=1, max_size=6), st.integers(0, 2**31))
+def test_parent_runs_agree_with_counting_by_hand(rows: list[list[int]], seed: int) -> None:
+    """Each hit's place among its parent's hits in its row, and the lowest value over them (NaN left out), as a
+    plain loop finds them."""
+    from crossscale.query import _ParentRuns
+
+    codes = np.asarray(rows, dtype=np.int64)
+    values = np.random.default_rng(seed).random(codes.shape).astype(np.float32)
+    values[values < 0.3] = np.nan
+    runs = _ParentRuns(codes)
+    places, floors = runs.places(), runs.floor(values)
+    for r, row in enumerate(rows):
+        for j, code in enumerate(row):
+            assert places[r, j] == row[:j].count(code)
+            mine = [v for c, v in zip(row, values[r], strict=True) if c == code and not np.isnan(v)]
+            assert (np.isnan(floors[r, j]) and not mine) or floors[r, j] == min(mine)

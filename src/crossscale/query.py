@@ -101,12 +101,16 @@ class _ExactScores:
         self._done: dict[int, np.ndarray] = {}  # id of a search's _Fetched -> exact scores of its first hits
         self._scored: list[list[_Fetched]] = [[] for _ in range(len(queries))]  # per query: its searches scored
 
-    def of_searches(self, rows: Sequence[int], views: Sequence[_Fetched], k: int) -> np.ndarray:
+    def of_searches(
+        self, rows: Sequence[int], views: Sequence[_Fetched], k: int, wanted: np.ndarray | None = None
+    ) -> np.ndarray:
         """The exact scores of the first ``k`` hits of each search ``views[i]`` (made for query ``rows[i]``, with at
         least ``k`` hits), as a ``(len(rows), k)`` array aligned with the searches' ids; NaN for padding and for hits
-        whose vector is no longer stored (deleted since), and for those past their parent's first ``per_parent``."""
+        whose vector is no longer stored (deleted since), and for those not ``wanted`` (a ``(len(rows), k)`` bool
+        array; ``None``: every hit)."""
         fresh: list[tuple[int, np.ndarray, np.ndarray]] = []  # (i, the new scores, positions in them to read)
-        wanted = self._wanted(views, k)
+        if wanted is None:
+            wanted = np.ones((len(views), k), dtype=bool)
         for i, (r, view) in enumerate(zip(rows, views, strict=True)):
             done = self._done.get(id(view))
             if done is None:  # a search not looked at yet: what the query's other searches scored is reused
@@ -122,32 +126,26 @@ class _ExactScores:
             self._read(rows, views, fresh)
         return np.stack([self._done[id(view)][:k] for view in views]) if views else np.zeros((0, k), np.float32)
 
-    def _wanted(self, views: Sequence[_Fetched], k: int) -> np.ndarray:
-        """Which of the first ``k`` hits of each search are to be scored, as a ``(len(views), k)`` bool array: all
-        of them, or with ``per_parent``, each parent's first ``per_parent`` (hits of no parent: none). A hit's
+    def for_ranking(self, rows: Sequence[int], views: Sequence[_Fetched], k: int) -> np.ndarray:
+        """The scores the ranker sees for the first ``k`` hits of each search: :meth:`of_searches`' exact ones.
+
+        With ``per_parent``, only each parent's first ``per_parent`` hits in a search are scored (hits of no
+        parent: none); the others keep the index's score, capped at the lowest exact score of their parent's
+        scored hits, so that a parent's best hit is always one scored exactly while its other hits still count (a
+        box fused from its near-best chunks, a sum): NaN where none of its parent's scored hits is stored. A hit's
         place among its parent's hits depends on those before it only, so a deeper look agrees with a shallower
         one."""
         if self._per_parent is None or not views:
-            return np.ones((len(views), k), dtype=bool)
-        codes = np.stack([view.codes[:k] for view in views])  # type: ignore[index]
-        return (codes >= 0) & (_place_in_parent(codes) < self._per_parent)
-
-    def for_ranking(self, rows: Sequence[int], views: Sequence[_Fetched], k: int) -> np.ndarray:
-        """The scores the ranker sees for the first ``k`` hits of each search: :meth:`of_searches`' exact ones.
-        With ``per_parent``, a hit past its parent's first ``per_parent`` keeps the index's score, capped at the
-        lowest exact score of its parent's scored hits, so that a parent's best hit is always one scored exactly
-        while its other hits still count (a box fused from its near-best chunks, a sum); NaN where none of its
-        parent's scored hits is stored."""
-        scored = self.of_searches(rows, views, k)
-        if self._per_parent is None or not views:
-            return scored
+            return self.of_searches(rows, views, k)
         ids = np.stack([view.ids[:k] for view in views])
         codes = np.stack([view.codes[:k] for view in views])  # type: ignore[index]
-        wanted = self._wanted(views, k)
+        runs = _ParentRuns(codes)
+        wanted = (codes >= 0) & (runs.places() < self._per_parent)
+        scored = self.of_searches(rows, views, k, wanted)
         rest = (ids >= 0) & (codes >= 0) & ~wanted
         if not rest.any():
             return scored
-        cap = _parent_floor(codes, np.where(wanted, scored, np.nan))
+        cap = runs.floor(np.where(wanted, scored, np.nan))
         index_scores = np.stack([view.scores[:k] for view in views]).astype(np.float32)
         out = scored.copy()
         out[rest] = np.minimum(index_scores[rest], cap[rest])  # NaN where the cap is
@@ -320,38 +318,38 @@ def _with_candidates(
     return sorted(matches + confirmed, key=lambda m: (-m.score, m.parent_id))[:top_k]
 
 
-def _parent_runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The hits of a 2-D array of parent codes (one row per search, best hit first) grouped by (row, parent): the
-    flat positions in that order (each group's hits in their row's order) and, in that order, where each group
-    starts."""
-    keys = codes.astype(np.int64) + (int(codes.max(initial=0)) + 2) * np.arange(len(codes), dtype=np.int64)[:, None]
-    order = np.argsort(keys.ravel(), kind="stable")
-    ordered = keys.ravel()[order]
-    starts = np.ones(len(ordered), dtype=bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    return order, starts
+class _ParentRuns:
+    """The hits of a 2-D array of parent codes (one row per search, best hit first) grouped by (row, parent), each
+    group's hits in their row's order: one sort for the questions asked of the groups."""
 
+    def __init__(self, codes: np.ndarray) -> None:
+        rows, width = codes.shape
+        group = (codes.astype(np.int64) + 1) + (int(codes.max(initial=0)) + 2) * np.arange(rows, dtype=np.int64)[
+            :, None
+        ]
+        keys = (group * width + np.arange(width)).ravel()  # distinct: a plain sort keeps each row's order
+        self._shape = codes.shape
+        self._order = np.argsort(keys)
+        grouped = group.ravel()[self._order]
+        self._starts = np.ones(len(grouped), dtype=bool)
+        self._starts[1:] = grouped[1:] != grouped[:-1]
 
-def _place_in_parent(codes: np.ndarray) -> np.ndarray:
-    """For each hit of each row of parent codes (best hit first), how many hits of the same parent come before it
-    in its row (``0``: the parent's first)."""
-    order, starts = _parent_runs(codes)
-    at = np.arange(len(order))
-    first = np.maximum.accumulate(np.where(starts, at, 0))  # where each hit's group starts
-    places = np.empty(len(order), dtype=np.int64)
-    places[order] = at - first
-    return places.reshape(codes.shape)
+    def places(self) -> np.ndarray:
+        """For each hit, how many hits of its parent come before it in its row (``0``: the parent's first)."""
+        at = np.arange(len(self._order))
+        first = np.maximum.accumulate(np.where(self._starts, at, 0))  # where each hit's group starts
+        places = np.empty(len(self._order), dtype=np.int64)
+        places[self._order] = at - first
+        return places.reshape(self._shape)
 
-
-def _parent_floor(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """For each hit of each row of parent codes, the lowest of ``values`` (same shape) over its parent's hits in
-    its row, NaN ones left out (NaN where all are)."""
-    order, starts = _parent_runs(codes)
-    flat = values.ravel()[order]
-    floors = np.fmin.reduceat(flat, np.flatnonzero(starts)) if len(flat) else flat
-    out = np.empty(len(order), dtype=values.dtype)
-    out[order] = floors[np.cumsum(starts) - 1]
-    return out.reshape(codes.shape)
+    def floor(self, values: np.ndarray) -> np.ndarray:
+        """For each hit, the lowest of ``values`` (one per hit) over its parent's hits in its row, NaN ones left out
+        (NaN where all are)."""
+        flat = values.ravel()[self._order]
+        floors = np.fmin.reduceat(flat, np.flatnonzero(self._starts)) if len(flat) else flat
+        out = np.empty(len(self._order), dtype=values.dtype)
+        out[self._order] = floors[np.cumsum(self._starts) - 1]
+        return out.reshape(self._shape)
 
 
 def _best_first(exact: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
