@@ -205,7 +205,8 @@ def test_search_settings_from_the_command_line(
     tmp_path: Path, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--nprobe`` / ``--ef-search`` reach the index's searches for that search only: the index set to them gives
-    the same rows; a bad value is refused, naming it; ``--no-rescore`` reaches the facade, not the index."""
+    the same rows; a bad value is refused, naming it; ``--no-rescore`` and ``--rescore-per-parent`` reach the
+    facade, not the index."""
     from crossscale import ChunkIndex, CrossScaleSearch, SearchParams
 
     names = ("coffee", "rocket", "astronaut", "chelsea")
@@ -244,6 +245,10 @@ def test_search_settings_from_the_command_line(
     assert rescores == [SearchParams(rescore=False)]
     rescores.clear()
     assert main(argv) == 0 and rescores == [SearchParams()]  # none given: the saved setting, here none
+    rescores.clear()
+    assert main([*argv, "--rescore-per-parent", "2"]) == 0 and rescores == [SearchParams(rescore_per_parent=2)]
+    assert main([*argv, "--rescore-per-parent", "0"]) == 2
+    assert "SearchParams.rescore_per_parent must be a positive int, got 0" in capsys.readouterr().err
 
 
 def test_measure_from_the_command_line(

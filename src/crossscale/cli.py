@@ -76,9 +76,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
         local_search=args.local_search,
     ) as cs:
         params = None
-        if args.nprobe is not None or args.ef_search is not None or args.no_rescore:
+        if any(v is not None for v in (args.nprobe, args.ef_search, args.rescore_per_parent)) or args.no_rescore:
             rescore = False if args.no_rescore else None
-            params = SearchParams(nprobe=args.nprobe, ef_search=args.ef_search, rescore=rescore)
+            params = SearchParams(
+                nprobe=args.nprobe,
+                ef_search=args.ef_search,
+                rescore=rescore,
+                rescore_per_parent=args.rescore_per_parent,
+            )
         if args.text is not None:
             matches = cs.search_text(args.text, top_k=args.top_k, min_score=args.min_score, params=params)
         else:
@@ -314,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-rescore",
         action="store_true",
         help="rank an approximate index's own scores, without reading the stored vectors (faster, lower recall)",
+    )
+    p.add_argument(
+        "--rescore-per-parent",
+        type=int,
+        metavar="N",
+        help="re-score only each parent's first N hits against the stored vectors (most of --no-rescore's speed)",
     )
     p.add_argument(
         "--no-refine",
