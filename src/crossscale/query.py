@@ -90,9 +90,8 @@ class _ExactScores:
     the hits past those already scored, and a hit another of the query's searches scored is not read again, so each
     (query, chunk) is read once however often the ranker deepens it (with alike chunks a query's hits were read ~5
     times). The hits of all the queries looked at together are read at once, in lookups of at most
-    :data:`_READ_BYTES`. With ``per_parent``, only the first ``per_parent`` hits of each parent in a search (by
-    the index's order; the searches must carry their hits' parent codes) are scored: the others score NaN, and
-    are not read."""
+    :data:`_READ_BYTES`. With ``per_parent``, :meth:`for_ranking` reads and scores only each parent's first
+    ``per_parent`` hits in a search (by the index's order; the searches must carry their hits' parent codes)."""
 
     def __init__(self, queries: np.ndarray, lookup: VectorLookup, per_parent: int | None = None) -> None:
         self._queries = queries
@@ -324,9 +323,8 @@ class _ParentRuns:
 
     def __init__(self, codes: np.ndarray) -> None:
         rows, width = codes.shape
-        group = (codes.astype(np.int64) + 1) + (int(codes.max(initial=0)) + 2) * np.arange(rows, dtype=np.int64)[
-            :, None
-        ]
+        stride = int(codes.max(initial=0)) + 2  # codes run from -1 (none) up
+        group = (codes.astype(np.int64) + 1) + stride * np.arange(rows, dtype=np.int64)[:, None]
         keys = (group * width + np.arange(width)).ravel()  # distinct: a plain sort keeps each row's order
         self._shape = codes.shape
         self._order = np.argsort(keys)
@@ -756,8 +754,9 @@ def search_parents(
         params: how hard the index looks in these searches only (:class:`~crossscale.types.SearchParams`: an IVF
             index's ``nprobe``...), given to every plain ``index.search`` of the call as ``params=``.
         rescore_per_parent: with ``exact_vectors``, score only each parent's first ``rescore_per_parent`` hits in a
-            search (by the index's scores) against the stored vectors; its other hits are left out of the ranking,
-            as a grouped search of that many chunks per parent would leave them. Needs ``parents``. At 10M alike
+            search (by the index's scores) against the stored vectors; its other hits keep the index's scores,
+            capped at the lowest re-scored score of their parent, so that a parent's best hit is always one scored
+            exactly (they still count in a fused box or a sum). Needs ``parents``. At 10M alike
             regions, 2 per parent read ~42 of a query's 160 hits and ranked the same parents as re-scoring all
             of them (docs/benchmarks.md, "Re-scoring each parent's best hits"). ``None``: every hit.
 
