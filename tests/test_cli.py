@@ -295,6 +295,13 @@ def test_measure_from_the_command_line(
     monkeypatch.setattr(CrossScaleSearch, "tune_search", lambda self, v, **kw: SearchTuning(0.9, (measured,), None))
     assert main([*base, str(queries[0]), "--min-recall", "0.9"]) == 1  # no setting reached it
     assert capsys.readouterr().out.splitlines()[-1] == "no setting reached recall@2 0.9"
+    long = SearchMeasurement(SearchParams(nprobe=128, rescore=True, rescore_per_parent=2), 0.5, 1.0, 4)
+    monkeypatch.setattr(
+        CrossScaleSearch, "tune_search", lambda self, v, **kw: SearchTuning(0.9, (measured, long), None)
+    )
+    assert main([*base, str(queries[0]), "--min-recall", "0.9"]) == 1
+    lines = capsys.readouterr().out.splitlines()[:2]
+    assert "rescore_per_parent=2" in lines[1] and len({line.index("recall@") for line in lines}) == 1  # aligned
     assert main([*base, "--nprobe", "1"]) == 2
     assert "give query images, --vectors FILE.npy or --sample N: one of them" in capsys.readouterr().err
     assert main([*base, str(queries[0]), "--nprobe", "1,x"]) == 2

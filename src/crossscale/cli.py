@@ -169,11 +169,12 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([m.to_dict() for m in rows] if tuning is None else tuning.to_dict(), indent=2))
     else:
+        width = max([28, *(len((m.params or SearchParams()).describe()) for m in rows)])
         for m in rows:
             single = "" if m.single_p50_ms is None else f"  one query p50 {m.single_p50_ms:.2f} ms"
             mark = "*" if tuning is not None and m is tuning.chosen else " "
             print(
-                f"{mark} {(m.params or SearchParams()).describe():<28}  recall@{args.top_k} {m.recall:.4f}  "
+                f"{mark} {(m.params or SearchParams()).describe():<{width}}  recall@{args.top_k} {m.recall:.4f}  "
                 f"{m.seconds:8.3f} s  {m.queries_per_second:8.1f} q/s{single}"
             )
         if tuning is not None and tuning.chosen is not None:

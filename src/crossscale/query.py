@@ -350,15 +350,19 @@ class _ParentRuns:
         return out.reshape(self._shape)
 
 
-def _best_first(exact: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's hits ``ids`` with their exact scores, best first, equal scores by lower chunk id (as
-    :class:`~crossscale.index.ChunkIndex` orders its own); hits scored NaN (padding, or no vector stored) become
-    padding at the end: score ``-inf``, id ``-1``. Two arrays of ``exact``'s 2-D shape."""
+def _best_first(
+    exact: np.ndarray, ids: np.ndarray, codes: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Each row's hits ``ids`` (and their parent ``codes``, if given) with their exact scores, best first, equal
+    scores by lower chunk id (as :class:`~crossscale.index.ChunkIndex` orders its own); hits scored NaN (padding,
+    or no vector stored) become padding at the end: score ``-inf``, id ``-1``, code ``-1``. Arrays of ``exact``'s
+    2-D shape (codes ``None`` where none were given)."""
     missing = np.isnan(exact)
     order = np.lexsort((ids, np.where(missing, np.inf, -exact)), axis=1)
     gone = np.take_along_axis(missing, order, axis=1)
     scores = np.where(gone, -np.inf, np.take_along_axis(exact, order, axis=1)).astype(np.float32)
-    return scores, np.where(gone, -1, np.take_along_axis(ids, order, axis=1))
+    moved = None if codes is None else np.where(gone, -1, np.take_along_axis(codes, order, axis=1))
+    return scores, np.where(gone, -1, np.take_along_axis(ids, order, axis=1)), moved
 
 
 class _Fetched(NamedTuple):
@@ -620,15 +624,14 @@ def _as_searched(
     """The first ``k`` hits of each search ``views[i]`` (made for query ``rows[i]``, with at least ``k`` hits) as the
     ranker sees a search of ``k``: ``(scores, ids, parent codes)``, one row each. Raw hits are re-scored exactly and
     re-sorted when ``exact`` is given (as a search of ``k`` would be, not the deeper one), those no longer stored
-    made padding; the codes are the searches' own, ``None`` where they must be looked up again (after re-sorting,
-    or when a search has none). The searches are all raw (plain ones) or all not (grouped)."""
+    made padding; the codes are the searches' own (re-sorted with their hits), ``None`` where a search has none
+    (to be looked up). The searches are all raw (plain ones) or all not (grouped)."""
     ids = np.stack([view.ids[:k] for view in views])
+    coded = all(view.codes is not None for view in views)
+    codes = np.stack([view.codes[:k] for view in views]) if coded else None  # type: ignore[index]
     if exact is not None and all(view.raw for view in views):
-        return (*_best_first(exact.for_ranking(rows, views, k), ids), None)
-    scores = np.stack([view.scores[:k] for view in views])
-    if all(view.codes is not None for view in views):
-        return scores, ids, np.stack([view.codes[:k] for view in views])  # type: ignore[index]
-    return scores, ids, None
+        return _best_first(exact.for_ranking(rows, views, k), ids, codes)
+    return np.stack([view.scores[:k] for view in views]), ids, codes
 
 
 def _rank_together(
