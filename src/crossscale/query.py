@@ -106,24 +106,31 @@ class _ExactScores:
         """The exact scores of the first ``k`` hits of each search ``views[i]`` (made for query ``rows[i]``, with at
         least ``k`` hits), as a ``(len(rows), k)`` array aligned with the searches' ids; NaN for padding and for hits
         whose vector is no longer stored (deleted since), and for those not ``wanted`` (a ``(len(rows), k)`` bool
-        array; ``None``: every hit)."""
-        fresh: list[tuple[int, np.ndarray, np.ndarray]] = []  # (i, the new scores, positions in them to read)
-        if wanted is None:
-            wanted = np.ones((len(views), k), dtype=bool)
+        array; ``None``: every hit). What is read is read by :meth:`_score_pairs`, all the searches' hits at once."""
+        if not views:
+            return np.zeros((0, k), np.float32)
+        ids = np.stack([view.ids[:k] for view in views])
+        scores = np.full(ids.shape, np.nan, dtype=np.float32)
+        unread = ids >= 0 if wanted is None else (ids >= 0) & wanted
         for i, (r, view) in enumerate(zip(rows, views, strict=True)):
             done = self._done.get(id(view))
             if done is None:  # a search not looked at yet: what the query's other searches scored is reused
-                new, unread = self._known(r, view.ids[:k], wanted[i])
+                self._known(r, ids[i], scores[i], unread[i])
                 self._scored[r].append(view)  # the search stays alive (in _Fetched lists) while its id is a key
                 self._done[id(view)] = np.zeros(0, np.float32)
-                fresh.append((i, new, unread))
-            elif len(done) < k:  # deeper into a search: hits past those it scored
-                more = view.ids[len(done) : k]
-                unread = np.flatnonzero((more >= 0) & wanted[i, len(done) : k])
-                fresh.append((i, np.full(len(more), np.nan, dtype=np.float32), unread))
-        if fresh:
-            self._read(rows, views, fresh)
-        return np.stack([self._done[id(view)][:k] for view in views]) if views else np.zeros((0, k), np.float32)
+            else:  # its first hits are scored already
+                scores[i, : len(done)] = done[:k]
+                unread[i, : len(done)] = False
+        if unread.any():
+            owners = np.broadcast_to(np.asarray(rows, dtype=np.int64)[:, None], ids.shape)[unread]
+            read = np.full(len(owners), np.nan, dtype=np.float32)  # NaN: no longer stored
+            self._score_pairs(ids[unread], owners, read)
+            scores[unread] = read
+        for i, view in enumerate(views):
+            done = self._done[id(view)]
+            if len(done) < k:
+                self._done[id(view)] = np.concatenate([done, scores[i, len(done) :]])
+        return scores
 
     def for_ranking(self, rows: Sequence[int], views: Sequence[_Fetched], k: int) -> np.ndarray:
         """The scores the ranker sees for the first ``k`` hits of each search: :meth:`of_searches`' exact ones.
@@ -150,23 +157,21 @@ class _ExactScores:
         out[rest] = np.minimum(index_scores[rest], cap[rest])  # NaN where the cap is
         return out
 
-    def _known(self, row: int, ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores for the first hits ``ids`` of a search of query ``row``: NaN for padding, those its other searches
-        scored, NaN elsewhere; and the positions still to read (of those ``wanted``). A deeper search whose first
-        hits are those of the last one (an index whose shallower searches are prefixes of deeper ones) takes its
-        scores as they are. With ``per_parent``, a hit another search left unscored (NaN) may be wanted here: it is
-        read (and one no longer stored is asked for again)."""
-        scores = np.full(len(ids), np.nan, dtype=np.float32)
-        unread = (ids >= 0) & wanted
+    def _known(self, row: int, ids: np.ndarray, scores: np.ndarray, unread: np.ndarray) -> None:
+        """For the first hits ``ids`` of a new search of query ``row``: set in ``scores`` those its other searches
+        scored, and clear them in ``unread`` (both rows of :meth:`of_searches`' arrays, changed in place). A search
+        whose first hits are those of the query's last one (an index whose shallower searches are prefixes of
+        deeper ones) takes its scores as they are. With ``per_parent``, a hit another search left unscored (NaN)
+        may be wanted here: it stays unread (and one no longer stored is asked for again)."""
         others = self._scored[row]
         if not others or not unread.any():
-            return scores, np.flatnonzero(unread)
+            return
         last = others[-1]
         done = self._done[id(last)]
         if len(done) <= len(ids) and np.array_equal(ids[: len(done)], last.ids[: len(done)]):
             scores[: len(done)] = done
             unread[: len(done)] = False
-            return scores, np.flatnonzero(unread)
+            return
         known_ids = np.concatenate([o.ids[: len(self._done[id(o)])] for o in others])
         known = np.concatenate([self._done[id(o)] for o in others])
         order = np.argsort(known_ids, kind="stable")
@@ -176,39 +181,18 @@ class _ExactScores:
         if self._per_parent is not None:
             seen &= ~np.isnan(known[at])
         scores[seen] = known[at[seen]]
-        unread &= ~seen
-        return scores, np.flatnonzero(unread)
-
-    def _read(
-        self, rows: Sequence[int], views: Sequence[_Fetched], fresh: list[tuple[int, np.ndarray, np.ndarray]]
-    ) -> None:
-        """Read the stored vectors of every unread hit in ``fresh``, score them, and append each search's new
-        scores to what it had.
-
-        The hits of all the searches are read together, each chunk once however many of the queries hit it, in
-        increasing id order, in lookups of at most :data:`_READ_BYTES` of float32 vectors (so that what a lookup
-        holds stays small). At 10M regions a batch of 10,000 queries hit 1.1M distinct chunks 1.6M times at one
-        depth. Read once each and in id order, where each lookup's ids are close in a store's B-tree, they took
-        half the time of reading the hits as they came (docs/benchmarks.md, "Re-scoring reads in id order"). Each
-        (query, chunk) pair is scored by :func:`~crossscale._vectors.pair_cosines`."""
-        wanted = [views[i].ids[len(self._done[id(views[i])]) + unread] for i, _, unread in fresh]
-        sizes = [len(w) for w in wanted]
-        flat = np.concatenate(wanted) if wanted else np.zeros(0, np.int64)
-        scores = np.full(len(flat), np.nan, dtype=np.float32)  # NaN: no longer stored
-        if len(flat):
-            owners = np.repeat(np.asarray([rows[i] for i, _, _ in fresh], dtype=np.int64), sizes)
-            self._score_pairs(flat, owners, scores)
-        offset = 0
-        for (i, new, unread), size in zip(fresh, sizes, strict=True):
-            new[unread] = scores[offset : offset + size]
-            offset += size
-            key = id(views[i])
-            self._done[key] = np.concatenate([self._done[key], new])
+        unread[seen] = False
 
     def _score_pairs(self, chunk_ids: np.ndarray, owners: np.ndarray, out: np.ndarray) -> None:
         """Set ``out[p]`` to the exact score of chunk ``chunk_ids[p]`` against query row ``owners[p]``, for every
         pair ``p`` whose chunk is stored (others are left as they are): the distinct chunks are looked up in
-        increasing id order, at most :data:`_READ_BYTES` of float32 vectors at a time."""
+        increasing id order, at most :data:`_READ_BYTES` of float32 vectors at a time, and each pair is scored by
+        :func:`~crossscale._vectors.pair_cosines`.
+
+        A batch's searches are scored together, so each chunk is read once however many of its queries hit it. At
+        10M regions a batch of 10,000 queries hit 1.1M distinct chunks 1.6M times at one depth; read once each and
+        in id order, where each lookup's ids are close in a store's B-tree, they took half the time of reading the
+        hits as they came (docs/benchmarks.md, "Re-scoring reads in id order")."""
         order = np.argsort(chunk_ids)  # the pairs by chunk (in any order among the pairs of one chunk)
         ordered = chunk_ids[order]
         first = np.ones(len(ordered), dtype=bool)  # where a chunk's pairs start
