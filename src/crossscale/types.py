@@ -631,7 +631,7 @@ class SearchParams:
             lowest of its re-scored ones, so that a parent's best hit is always scored exactly. ``None``: every
             hit (set it on :attr:`~crossscale.CrossScaleSearch.search_params` for every search). At 10M
             alike regions, 1, 2 or 4 per parent found the parents that re-scoring every hit found (recall@10
-            0.987 at 128 lists) while reading a quarter to a third of the vectors (docs/benchmarks.md,
+            0.987 at 128 lists) while reading a fifth to two fifths of the vectors (docs/benchmarks.md,
             "Re-scoring each parent's best hits").
 
     Raises:

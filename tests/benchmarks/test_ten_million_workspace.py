@@ -63,7 +63,8 @@ def test_a_small_run_ingests_migrates_searches_and_verifies(tmp_path: Path, caps
     tuning = found["tuned"]["tuning"]  # tune_search's choice, timed as one more way
     chosen = tuning["chosen"]
     assert tuning["min_recall"] == 0.5 and chosen in tuning["measurements"] and chosen["recall"] >= 0.5
-    assert len(tuning["measurements"]) > 1 and {m["rescore"] for m in tuning["measurements"]} == {None, False}
+    ways = {(m["rescore"], m["rescore_per_parent"]) for m in tuning["measurements"]}
+    assert len(tuning["measurements"]) > 1 and ways == {(None, None), (False, None), (True, 2)}
     batches = found["batches"]  # a batch of 300 through cs.search_vectors, with the list scan and without
     ways = [way.name for way in BATCH_WAYS] + ["list scan, batch folded, not re-scored"]
     assert [(b["batch"], b["how"]) for b in batches[:-1]] == [(300, how) for how in ways]
