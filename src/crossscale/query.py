@@ -101,15 +101,14 @@ class _ExactScores:
         self._scored: list[list[_Fetched]] = [[] for _ in range(len(queries))]  # per query: its searches scored
 
     def of_searches(
-        self, rows: Sequence[int], views: Sequence[_Fetched], k: int, wanted: np.ndarray | None = None
+        self, rows: Sequence[int], views: Sequence[_Fetched], ids: np.ndarray, wanted: np.ndarray | None = None
     ) -> np.ndarray:
         """The exact scores of the first ``k`` hits of each search ``views[i]`` (made for query ``rows[i]``, with at
-        least ``k`` hits), as a ``(len(rows), k)`` array aligned with the searches' ids; NaN for padding and for hits
-        whose vector is no longer stored (deleted since), and for those not ``wanted`` (a ``(len(rows), k)`` bool
-        array; ``None``: every hit). What is read is read by :meth:`_score_pairs`, all the searches' hits at once."""
-        if not views:
-            return np.zeros((0, k), np.float32)
-        ids = np.stack([view.ids[:k] for view in views])
+        least ``k`` hits; ``ids`` holds them, one row each, ``(len(rows), k)``), as an array of that shape; NaN for
+        padding and for hits whose vector is no longer stored (deleted since), and for those not ``wanted`` (a bool
+        array of that shape; ``None``: every hit). What is read is read by :meth:`_score_pairs`, all the searches'
+        hits at once."""
+        k = ids.shape[1]
         scores = np.full(ids.shape, np.nan, dtype=np.float32)
         unread = ids >= 0 if wanted is None else (ids >= 0) & wanted
         for i, (r, view) in enumerate(zip(rows, views, strict=True)):
@@ -132,27 +131,30 @@ class _ExactScores:
                 self._done[id(view)] = np.concatenate([done, scores[i, len(done) :]])
         return scores
 
-    def for_ranking(self, rows: Sequence[int], views: Sequence[_Fetched], k: int) -> np.ndarray:
-        """The scores the ranker sees for the first ``k`` hits of each search: :meth:`of_searches`' exact ones.
+    def for_ranking(
+        self, rows: Sequence[int], views: Sequence[_Fetched], ids: np.ndarray, codes: np.ndarray | None
+    ) -> np.ndarray:
+        """The scores the ranker sees for the first hits of each search (``ids``, and their parent ``codes``, one
+        row each, as :func:`_as_searched` stacked them): :meth:`of_searches`' exact ones.
 
         With ``per_parent``, only each parent's first ``per_parent`` hits in a search are scored (hits of no
         parent: none); the others keep the index's score, capped at the lowest exact score of their parent's
         scored hits, so that a parent's best hit is always one scored exactly while its other hits still count (a
         box fused from its near-best chunks, a sum): NaN where none of its parent's scored hits is stored. A hit's
         place among its parent's hits depends on those before it only, so a deeper look agrees with a shallower
-        one."""
-        if self._per_parent is None or not views:
-            return self.of_searches(rows, views, k)
-        ids = np.stack([view.ids[:k] for view in views])
-        codes = np.stack([view.codes[:k] for view in views])  # type: ignore[index]
+        one. Its searches must carry their hits' parent codes (``search_parents`` checks there is a parent map)."""
+        if self._per_parent is None:
+            return self.of_searches(rows, views, ids)
+        if codes is None:
+            raise ConfigurationError("re-scoring per parent needs the hits' parent codes (a parent map)")
         runs = _ParentRuns(codes)
         wanted = (codes >= 0) & (runs.places() < self._per_parent)
-        scored = self.of_searches(rows, views, k, wanted)
+        scored = self.of_searches(rows, views, ids, wanted)
         rest = (ids >= 0) & (codes >= 0) & ~wanted
         if not rest.any():
             return scored
         cap = runs.floor(np.where(wanted, scored, np.nan))
-        index_scores = np.stack([view.scores[:k] for view in views]).astype(np.float32)
+        index_scores = np.stack([view.scores[: ids.shape[1]] for view in views]).astype(np.float32)
         out = scored.copy()
         out[rest] = np.minimum(index_scores[rest], cap[rest])  # NaN where the cap is
         return out
@@ -614,7 +616,7 @@ def _as_searched(
     coded = all(view.codes is not None for view in views)
     codes = np.stack([view.codes[:k] for view in views]) if coded else None  # type: ignore[index]
     if exact is not None and all(view.raw for view in views):
-        return _best_first(exact.for_ranking(rows, views, k), ids, codes)
+        return _best_first(exact.for_ranking(rows, views, ids, codes), ids, codes)
     return np.stack([view.scores[:k] for view in views]), ids, codes
 
 
