@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -181,13 +181,8 @@ def test_a_deepened_query_reads_each_stored_vector_once(alike: dict[str, Any], w
     """Re-scoring reads a query's hits from the store once, however often the ranker deepens it (alike chunks:
     40, 80, 160, 320 hits; each search used to read all of its hits again), with the results it had."""
     index: ChunkIndex = alike["index"]
-    x = alike["x"]
     reads: list[np.ndarray] = []
-
-    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        keep = np.asarray(ids, dtype=np.int64)
-        reads.append(keep)
-        return keep, x[keep].astype(np.float16)
+    stored = _recording_store(alike["x"], reads)
 
     parents = _with_details(alike) if with_details else alike["parents"]
     common = {
@@ -207,6 +202,18 @@ def test_a_deepened_query_reads_each_stored_vector_once(alike: dict[str, Any], w
         assert len(read) == len(np.unique(read)) <= max(k for _, k in counting.searches)
         assert [m.parent_id for m in got] == [m.parent_id for m in want]
         np.testing.assert_allclose([m.score for m in got], [m.score for m in want], atol=2e-3)
+
+
+def _recording_store(x: np.ndarray, reads: list[np.ndarray]) -> Callable[[Any], tuple[np.ndarray, np.ndarray]]:
+    """A stored-vector lookup over the rows of ``x`` (float16, as a store reads them back) that appends the ids of
+    each call to ``reads``."""
+
+    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.asarray(ids, dtype=np.int64)
+        reads.append(keep)
+        return keep, x[keep].astype(np.float16)
+
+    return stored
 
 
 def _batch_with_a_store(alike: dict[str, Any], lookups: list[int]) -> tuple[list[Query], dict[str, Any], Any]:
@@ -277,12 +284,7 @@ def test_a_batch_reads_each_chunk_its_queries_hit_once_a_depth_in_id_order(
     import crossscale.query
 
     asked: list[np.ndarray] = []
-    x = alike["x"]
-
-    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        keep = np.asarray(ids, dtype=np.int64)
-        asked.append(keep)
-        return keep, x[keep].astype(np.float16)
+    stored = _recording_store(alike["x"], asked)
 
     queries, common, _ = _batch_with_a_store(alike, [])
     queries = [*queries, *queries[:5]]  # five queries twice
@@ -841,11 +843,7 @@ def test_rescoring_each_parents_first_hits_reads_those_only(
     index: ChunkIndex = alike["index"]
     x = alike["x"]
     reads: list[np.ndarray] = []
-
-    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        keep = np.asarray(ids, dtype=np.int64)
-        reads.append(keep)
-        return keep, x[keep].astype(np.float16)
+    stored = _recording_store(alike["x"], reads)
 
     parents = _with_details(alike) if with_details else alike["parents"]
     common = {
