@@ -480,3 +480,37 @@ def test_list_sizes_follow_adds_and_removes_of_equal_count(rng: np.random.Genera
     index.add(near / np.linalg.norm(near, axis=1, keepdims=True), np.arange(20) + 10**6)
     assert int(ivf.ntotal) == int(before.sum()) and not np.array_equal(sizes(), before)
     np.testing.assert_array_equal(scan._list_sizes(), sizes())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    parts=st.integers(1, 4),
+    n=st.integers(1, 12),
+    k=st.integers(1, 9),
+    offered=st.integers(0, 12),
+)
+def test_heaps_merge_every_parts_hits_into_each_querys_best(
+    seed: int, parts: int, n: int, k: int, offered: int
+) -> None:
+    """Each part's heaps see some of the hits of some queries; merged, each query holds its best k of all of them,
+    best first, then padding (ids -1) where fewer were offered: as a sort of everything offered would give."""
+    rng = np.random.default_rng(seed)
+    heaps = _list_scan._Heaps(parts, n, k)
+    offers: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    pool, next_id = iter(rng.permutation(10_000).astype(np.float32)), 0  # distinct scores: no ties
+    for part in range(parts):
+        for _ in range(int(rng.integers(0, 3))):  # lists: a few queries each, `offered` vectors
+            rows = np.sort(rng.choice(n, int(rng.integers(1, n + 1)), replace=False))
+            ids = np.arange(next_id, next_id + offered, dtype=np.int64)
+            next_id += offered
+            scores = np.array([next(pool) for _ in range(len(rows) * offered)], np.float32).reshape(len(rows), -1)
+            heaps.add(part, rows, scores, ids)
+            for row, line in zip(rows, scores, strict=True):
+                offers[row] += list(zip(line.tolist(), ids.tolist(), strict=True))
+    scores, ids = heaps.merged()
+    assert scores.shape == ids.shape == (n, k)
+    for row in range(n):
+        best = sorted(offers[row], reverse=True)[:k]
+        assert ids[row].tolist() == [i for _, i in best] + [-1] * (k - len(best))
+        assert scores[row, : len(best)].tolist() == [s for s, _ in best]

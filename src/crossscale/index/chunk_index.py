@@ -676,18 +676,20 @@ class ChunkIndex:
         params = SearchParams.checked(params)
         q = self._prepare(vectors)
         n = len(q)
-        scores = np.full((n, k), -np.inf, dtype=np.float32)
-        ids = np.full((n, k), -1, dtype=np.int64)
         total = int(self._index.ntotal)
         if n == 0 or total == 0:
-            return scores, ids
+            return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
         rows = np.arange(n)
         # one more: is the k-th hit's score tied beyond it? (and as many more as there are tombstones, unless the
         # CPU index serves and HNSW skips them: _hnsw_params)
         skipped = self.device == "cpu" and self._graph_view() is not None
         ask = min(total, k + (0 if skipped else len(self._tombstones)) + 1)
+        # the results are made after the first search, so as not to be held through its peak (a batch's list scan)
+        scores, ids = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         while len(rows):
-            d, i = self._search_raw(q[rows], ask, params)
+            d, i = self._search_raw(q if len(rows) == n else q[rows], ask, params)  # no copy of a whole batch
+            if len(ids) != n:
+                scores, ids = np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
             if i.shape[1] > k and ask < total:  # equal scores at the k-th hit that may go on past the last one
                 open_tie = (d[:, k] == d[:, k - 1]) & (i[:, -1] >= 0) & (d[:, -1] == d[:, k - 1])
                 done = ~open_tie
