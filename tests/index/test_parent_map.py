@@ -169,6 +169,36 @@ def test_boxes_beyond_16_bits_widen_the_column() -> None:
     assert parents.nbytes > nbytes + 8  # 16 bytes per box now, not 8
 
 
+def test_the_label_column_is_as_narrow_as_the_vocabulary_allows() -> None:
+    """One byte a label while the vocabulary has at most 128 labels (10 bytes a chunk in all), then two, then four:
+    each widening keeps every label already mapped."""
+    parents = ParentMap.from_parents([(f"p{p}", [p], details_of((0, 0, 1, 1), label=f"l{p}")) for p in range(128)])
+    assert parents.nbytes - 32 * 128 == 10 * 128  # 32 bytes a run, then 8 + 1 + 1 a chunk
+    parents.add("p128", [128], details_of((0, 0, 1, 1), label="l128"))  # 129 labels: a code of 128
+    assert parents.nbytes - 32 * 129 == 11 * 129
+    parents.add_many((f"p{p}", [p], details_of((0, 0, 1, 1), label=f"l{p}")) for p in range(129, 32_769))
+    assert parents.nbytes - 32 * 32_769 == 13 * 32_769  # a code of 32,768
+    found = parents.details(np.arange(32_769))
+    assert [found.label(i) for i in (0, 127, 128, 32_767, 32_768)] == ["l0", "l127", "l128", "l32767", "l32768"]
+    assert found.labels.dtype == np.int32
+
+
+def test_a_map_file_of_int32_labels_loads_narrowed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A file written before the label column was narrowed (int32 labels) loads, as a map of one-byte labels."""
+    from crossscale.index import parent_map as module
+
+    parents = ParentMap.from_parents(
+        [("a", [0, 1], details_of((0, 0, 1, 1), (0, 0, 2, 2), label="cat")), ("b", [5], details_of((1, 1, 2, 2)))]
+    )
+    header, arrays = parents._file_content(None)
+    assert arrays["labels"].dtype == np.int8
+    module._FILE.write_arrays(tmp_path / "m", header, {**arrays, "labels": arrays["labels"].astype(np.int32)})
+    loaded, _ = ParentMap.load(tmp_path / "m")
+    probe = np.arange(-1, 8)
+    assert _lookups(loaded, probe) == _lookups(parents, probe)
+    assert loaded.nbytes == parents.nbytes
+
+
 def test_removed_parents_rows_are_dropped_once_they_outnumber_the_live_ones() -> None:
     parents = ParentMap.from_parents(
         (f"p{p}", range(p * 600, (p + 1) * 600), details_of(*[(p, 0, p + 1, 1)] * 600)) for p in range(5)
@@ -327,6 +357,7 @@ def test_a_corrupt_or_truncated_map_file_is_refused(tmp_path) -> None:  # type: 
         (lambda a: a.update(rows=a["rows"] + 1), "leave the columns"),
         (lambda a: a.update(starts=a["starts"][::-1].copy(), stops=a["stops"][::-1].copy()), "overlap"),
         (lambda a: a.update(labels=a["labels"][:-1]), "kind or label columns"),
+        (lambda a: a.update(labels=a["labels"].astype(np.int64)), "kind or label columns"),
         (lambda a: a.update(codes=a["codes"][:-1]), "run arrays of other kinds or lengths"),
         (lambda a: a.update(boxes=a["boxes"].astype(np.float32)), "boxes of float32"),
         (lambda a: a.update(labels=a["labels"] + 3), "outside the vocabulary"),

@@ -4,11 +4,11 @@ matches without reading records.
 The store assigns each parent's chunk ids as one contiguous run, so the map keeps a run per parent (its first
 and one-past-last id, and where its chunks' rows start) instead of an id per chunk: ~32 bytes per parent. A
 lookup of a whole faiss result is one ``np.searchsorted``. Beside the runs it keeps each chunk's box, kind and
-label as columns (13 bytes per chunk while boxes fit in 16 bits, 21 after), so that a search never decodes a
-record.
+label as columns (10 bytes per chunk while boxes fit in 16 bits and there are at most 128 labels; 18 at most),
+so that a search never decodes a record.
 
 A workspace saves the map beside its chunk index (:meth:`ParentMap.save`), so that opening reads one file of
-~13 bytes per chunk instead of every parent's record in the store.
+~10 bytes per chunk instead of every parent's record in the store.
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from crossscale.types import ChunkDetails
 __all__ = ["ParentMap"]
 
 _U16_MAX = np.iinfo(np.uint16).max
+#: the label column's kinds, narrowest first: the first whose largest value is a code of the vocabulary holds it
+_LABEL_KINDS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
 _FILE = IndexFile(b"CSPMAP\x00\x01", 1, "parent map", checksummed=True)
+
+
+def _label_kind(vocabulary: int) -> np.dtype[Any]:
+    """The narrowest of :data:`_LABEL_KINDS` that holds the codes of a vocabulary of this many labels and ``-1``."""
+    return next(kind for kind in _LABEL_KINDS if vocabulary - 1 <= np.iinfo(kind).max)
 
 
 def _ids(chunk_ids: Sequence[int]) -> np.ndarray:
@@ -68,7 +75,7 @@ class ParentMap:
         self._code_of: dict[str, int] = {}
         self._boxes = np.zeros((0, 4), np.uint16)
         self._kinds = np.zeros(0, np.uint8)
-        self._labels = np.zeros(0, np.int32)
+        self._labels = np.zeros(0, np.int8)  # widened as the vocabulary grows (_label_kind)
         self._vocabulary: tuple[str, ...] = ()
         self._label_code: dict[str, int] = {}
         self._garbage = 0  # rows of removed parents, dropped when they outnumber the live ones
@@ -185,7 +192,8 @@ class ParentMap:
         return boxes.astype(np.int32), kinds.astype(np.uint8, copy=False), labels.astype(np.int32, copy=False)
 
     def _flush(self, pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        """Append pending rows to the columns (widening the boxes to 32 bits once one needs it)."""
+        """Append pending rows to the columns (widening the boxes to 32 bits once one needs it, and the labels to the
+        kind the vocabulary needs)."""
         if not pending:
             return
         boxes = np.concatenate([b for b, _, _ in pending])
@@ -193,7 +201,8 @@ class ParentMap:
             self._boxes = self._boxes.astype(np.int32)
         self._boxes = np.concatenate([self._boxes, boxes.astype(self._boxes.dtype)])
         self._kinds = np.concatenate([self._kinds, *(k for _, k, _ in pending)])
-        self._labels = np.concatenate([self._labels, *(lab for _, _, lab in pending)])
+        kind = np.promote_types(self._labels.dtype, _label_kind(len(self._vocabulary)))  # codes already in it
+        self._labels = np.concatenate([self._labels, *(lab for _, _, lab in pending)], dtype=kind)
         pending.clear()
 
     def remove(self, parent_id: str) -> bool:
@@ -287,7 +296,7 @@ class ParentMap:
             vocabulary = tuple(str(v) for v in header["vocabulary"])
             meta = dict(header["meta"])
             starts, stops, codes, rows = (arrays[k] for k in ("starts", "stops", "codes", "rows"))
-            boxes, kinds, labels = arrays["boxes"], arrays["kinds"], arrays["labels"]
+            boxes, kinds, labels = arrays["boxes"], arrays["kinds"], arrays["labels"]  # labels of any _LABEL_KINDS
             blob = arrays["names"].tobytes()
             bounds = [0, *arrays["name_ends"].tolist()]
             if bounds[-1] != len(blob) or any(b <= a for a, b in itertools.pairwise(bounds)):
@@ -302,7 +311,8 @@ class ParentMap:
             raise WorkspaceFormatError(f"{path}: parent map is inconsistent: {problem}")
         out = cls()
         out._starts, out._stops, out._codes, out._rows = starts, stops, codes, rows
-        out._boxes, out._kinds, out._labels = boxes, kinds, labels
+        out._boxes, out._kinds = boxes, kinds
+        out._labels = labels.astype(_label_kind(len(vocabulary)), copy=False)  # a file of wider labels is narrowed
         out._names = list(names)
         out._code_of = {name: code for code, name in enumerate(names)}
         out._vocabulary = vocabulary
@@ -352,7 +362,7 @@ class ParentMap:
         return ChunkDetails(
             self._boxes[rows].astype(np.int64) if len(self._kinds) else np.zeros((len(ids), 4), np.int64),
             np.where(found, kinds, ChunkDetails.UNKNOWN).astype(np.uint8),
-            self._labels[rows] if len(self._kinds) else np.full(len(ids), -1, np.int32),
+            self._labels[rows].astype(np.int32) if len(self._kinds) else np.full(len(ids), -1, np.int32),
             self._vocabulary,
         )
 
@@ -391,7 +401,7 @@ def _inconsistency(
     n = len(kinds)
     if boxes.dtype not in (np.uint16, np.int32) or boxes.shape != (n, 4):
         return f"boxes of {boxes.dtype} {boxes.shape} for {n} chunks"
-    if kinds.dtype != np.uint8 or kinds.ndim != 1 or labels.dtype != np.int32 or labels.shape != (n,):
+    if kinds.dtype != np.uint8 or kinds.ndim != 1 or labels.dtype not in _LABEL_KINDS or labels.shape != (n,):
         return "kind or label columns of other kinds or lengths"
     sizes = stops - starts
     if len(starts) and (
