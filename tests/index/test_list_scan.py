@@ -307,6 +307,30 @@ def test_a_large_batch_goes_in_parts(rng: np.random.Generator, monkeypatch: pyte
     np.testing.assert_allclose(parts[0], whole[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("factory", ["IVF16,SQ8", "IVF16,Flat", "IVF16,PQ4", "IVF16_HNSW32,SQ8"])
+def test_a_list_is_scored_in_slices_with_the_same_hits(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, factory: str
+) -> None:
+    """A list is decoded and scored a slice of its codes at a time (the last one shorter), each slice's hits with
+    that slice's ids: the hits of scoring whole lists, and faiss' own."""
+    index = _index(rng, factory)
+    scan = ListScan.of(index._index)
+    assert scan is not None
+    q = _clustered(rng, 300)
+    whole = scan.search(q, 20)
+    decoded: list[int] = []
+    decode = scan._decode
+    monkeypatch.setattr(scan, "_decode", lambda codes: decoded.append(len(codes)) or decode(codes))
+    monkeypatch.setattr(_list_scan, "_SCORE_SLOTS", 1)
+    monkeypatch.setattr(_list_scan, "_MIN_SLICE", 7)
+    sliced = scan.search(q, 20)
+    assert whole is not None and sliced is not None
+    assert max(decoded) == 7 and min(decoded) < 7  # slices of 7 codes, and shorter last ones
+    np.testing.assert_array_equal(sliced[1], whole[1])
+    np.testing.assert_allclose(sliced[0], whole[0], atol=1e-6)
+    _assert_same_hits(sliced, index._index.search(q, 20))
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_threads_give_the_same_hits_and_leave_blas_as_it_was(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, threads: int

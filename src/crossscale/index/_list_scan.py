@@ -68,6 +68,12 @@ FAISS_PQ_NS = 0.25
 NEAR_LISTS = 4.0
 #: the most ``(query, hit)`` slots one pass holds in each thread's heap (12 bytes each): larger batches go in parts
 _HEAP_SLOTS = 1 << 23
+#: the most float32 values (4 MiB) a step of a list's scan decodes, and the most ``(query, code)`` scores it makes,
+#: per thread: a large list is decoded and scored a slice of its codes at a time (at least :data:`_MIN_SLICE`), so
+#: that a batch's temporaries stay small whatever its lists' sizes (at 10M regions, 10,000 queries, 128 lists
+#: each: lists of up to 6,881 codes, probed by up to 186 queries)
+_SCORE_SLOTS = 1 << 20
+_MIN_SLICE = 256
 
 
 class ListScan:
@@ -172,10 +178,9 @@ class ListScan:
         if not sure and not self._pays_for(lists):
             return self._preassigned(q, k, coarse, lists, *asked)
         rows = max(1, _HEAP_SLOTS // k)
-        parts = [
-            self._search_part(q[s : s + rows], coarse[s : s + rows], lists[s : s + rows], k)
-            for s in range(0, len(q), rows)
-        ]
+        pairs = [_Pairs.of(coarse[s : s + rows], lists[s : s + rows], self._residual) for s in range(0, len(q), rows)]
+        del coarse, lists  # the pairs hold what the scan needs of them: the lists' arrays are freed before it
+        parts = [self._search_part(q[s : s + rows], pairs.pop(0), k) for s in range(0, len(q), rows)]
         if len(parts) == 1:
             return parts[0]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -235,33 +240,28 @@ class ListScan:
         coarse, lists = self._ivf.quantizer.search(q, nprobe, params=params)
         return coarse, lists
 
-    def _search_part(
-        self, q: np.ndarray, coarse: np.ndarray, lists: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        nprobe = lists.shape[1]
-        order = np.argsort(lists.ravel(), kind="stable")  # (query, list) pairs grouped by list
-        flat, near = lists.ravel()[order], coarse.ravel()[order]
-        queries = (order // nprobe).astype(np.int32)  # a batch's pairs number millions: 4 bytes each here
-        del order
-        starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
-        ends = np.r_[starts[1:], len(flat)]
-        keep = flat[starts] >= 0  # the quantizer may return fewer lists than asked (-1)
-        starts, ends = starts[keep], ends[keep]
-        flat = flat[starts]  # each run's list
+    def _search_part(self, q: np.ndarray, pairs: _Pairs, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best hits of the rows ``q`` in the lists ``pairs`` groups them by: :meth:`search`'s result."""
+        flat, starts, ends = pairs.lists, pairs.starts, pairs.ends
         sizes = np.array([self._invlists.list_size(int(list_no)) for list_no in flat], dtype=np.int64)
         work = sizes * (ends - starts)
         todo = [int(j) for j in np.argsort(-work, kind="stable") if work[j]]  # the largest first: threads end together
         scaled = q if self._scale is None else q * self._scale
+        dim = q.shape[1]  # of a decoded code too
         shift = np.zeros(len(q), np.float32) if self._offset is None else q @ self._offset
 
         def scan(part: int, next_list: Callable[[], int]) -> None:
             while (j := next_list()) >= 0:
                 s, e = starts[j], ends[j]
                 codes, ids = self._list(int(flat[j]), int(sizes[j]))
-                mine = queries[s:e]
-                scores = scaled[mine] @ self._decode(codes).T  # (queries, codes): the heap's rows, no transposed copy
-                scores += (shift[mine] + near[s:e] if self._residual else shift[mine])[:, None]
-                heaps.add(part, mine, scores, ids)
+                mine = pairs.queries[s:e]
+                rows, x = mine.astype(np.int64), scaled[mine]
+                add = (shift[mine] + pairs.near[s:e] if pairs.near is not None else shift[mine])[:, None]
+                step = max(_MIN_SLICE, _SCORE_SLOTS // max(len(mine), dim))
+                for c in range(0, len(ids), step):
+                    scores = x @ self._decode(codes[c : c + step]).T  # (queries, codes): the heap's rows
+                    scores += add
+                    heaps.add(part, rows, scores, ids[c : c + step])
 
         threads = min(_threads(), max(1, len(todo)))
         heaps = _Heaps(threads, len(q), k)
@@ -282,6 +282,34 @@ class ListScan:
         codes = faiss.rev_swig_ptr(self._invlists.get_codes(list_no), size * code_size).reshape(size, code_size)
         ids = faiss.rev_swig_ptr(self._invlists.get_ids(list_no), size)
         return codes, ids
+
+
+class _Pairs:
+    """A batch's ``(query, list)`` pairs grouped by list: run ``j`` of :attr:`queries` (``starts[j]`` to ``ends[j]``)
+    holds the queries that probe list ``lists[j]``, and :attr:`near` their scores against its centroid (``None``
+    where the codes are not residuals, which need them). Lists ``-1`` (fewer found than asked) are left out."""
+
+    __slots__ = ("ends", "lists", "near", "queries", "starts")
+
+    def __init__(
+        self, lists: np.ndarray, starts: np.ndarray, ends: np.ndarray, queries: np.ndarray, near: np.ndarray | None
+    ) -> None:
+        self.lists, self.starts, self.ends, self.queries, self.near = lists, starts, ends, queries, near
+
+    @classmethod
+    def of(cls, coarse: np.ndarray, lists: np.ndarray, residual: bool) -> _Pairs:
+        """The pairs of a coarse search's ``(scores, lists)``, each ``(queries, nprobe)``."""
+        nprobe = lists.shape[1]
+        order = np.argsort(lists.ravel(), kind="stable")  # (query, list) pairs grouped by list
+        flat = lists.ravel()[order]
+        near = coarse.ravel()[order] if residual else None
+        queries = (order // nprobe).astype(np.int32)  # a batch's pairs number millions: 4 bytes each here
+        del order
+        starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+        ends = np.r_[starts[1:], len(flat)]
+        keep = flat[starts] >= 0  # the quantizer may return fewer lists than asked (-1)
+        starts, ends = starts[keep], ends[keep]
+        return cls(flat[starts], starts, ends, queries, near)
 
 
 class _Heaps:
