@@ -3,9 +3,10 @@
 faiss' CPU IVF search scans each query's ``nprobe`` lists one query at a time: a batch of 1,000 queries at 10M
 regions (``IVF16384_HNSW32,SQ8``, ``nprobe`` 256) reads ~158k codes per query from memory, ~50 ns each, whatever
 the batch. Here the queries are sorted by the lists they probe; each list is decoded once into float32 rows and
-scored against all of its queries by one matrix product (BLAS), and each query keeps its best ``k`` in a faiss
-heap. The candidates are faiss' (the same probed lists, every code in them) and the scores are the same inner
-products, computed in another order: they may differ from faiss' in the last bits. One exception, for the better:
+scored against all of its queries by one matrix product (BLAS; a large list a slice of its codes at a time, so that
+each step's temporaries stay within :data:`_SCORE_SLOTS`), and each query keeps its best ``k`` in a faiss heap.
+The candidates are faiss' (the same probed lists, every code in them) and the scores are the same inner products,
+computed in another order: they may differ from faiss' in the last bits. One exception, for the better:
 an HNSW coarse quantizer whose beam would cost more than scoring every centroid is replaced by that exact product
 (:func:`exact_coarse_pays`), so a batch probes each query's nearest lists where the beam may miss one.
 
@@ -178,9 +179,11 @@ class ListScan:
         if not sure and not self._pays_for(lists):
             return self._preassigned(q, k, coarse, lists, *asked)
         rows = max(1, _HEAP_SLOTS // k)
-        pairs = [_Pairs.of(coarse[s : s + rows], lists[s : s + rows], self._residual) for s in range(0, len(q), rows)]
+        pending = [_Pairs.of(coarse[s : s + rows], lists[s : s + rows], self._residual) for s in range(0, len(q), rows)]
         del coarse, lists  # the pairs hold what the scan needs of them: the lists' arrays are freed before it
-        parts = [self._search_part(q[s : s + rows], pairs.pop(0), k) for s in range(0, len(q), rows)]
+        parts = []
+        for s in range(0, len(q), rows):
+            parts.append(self._search_part(q[s : s + rows], pending.pop(0), k))  # each part's pairs freed after it
         if len(parts) == 1:
             return parts[0]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
