@@ -169,13 +169,17 @@ def test_boxes_beyond_16_bits_widen_the_column() -> None:
     assert parents.nbytes > nbytes + 8  # 16 bytes per box now, not 8
 
 
-def test_the_label_column_is_as_narrow_as_the_vocabulary_allows() -> None:
+def test_the_label_column_is_as_narrow_as_the_vocabulary_allows(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """One byte a label while the vocabulary has at most 128 labels (10 bytes a chunk in all), then two, then four:
-    each widening keeps every label already mapped."""
+    each widening keeps every label already mapped, and a saved map loads back as narrow."""
     parents = ParentMap.from_parents([(f"p{p}", [p], details_of((0, 0, 1, 1), label=f"l{p}")) for p in range(128)])
     assert parents.nbytes - 32 * 128 == 10 * 128  # 32 bytes a run, then 8 + 1 + 1 a chunk
     parents.add("p128", [128], details_of((0, 0, 1, 1), label="l128"))  # 129 labels: a code of 128
     assert parents.nbytes - 32 * 129 == 11 * 129
+    parents.save(tmp_path / "m")
+    loaded, _ = ParentMap.load(tmp_path / "m")
+    assert loaded.nbytes == parents.nbytes
+    assert _lookups(loaded, np.arange(-1, 131)) == _lookups(parents, np.arange(-1, 131))
     parents.add_many((f"p{p}", [p], details_of((0, 0, 1, 1), label=f"l{p}")) for p in range(129, 32_769))
     assert parents.nbytes - 32 * 32_769 == 13 * 32_769  # a code of 32,768
     found = parents.details(np.arange(32_769))
