@@ -216,17 +216,11 @@ def _recording_store(x: np.ndarray, reads: list[np.ndarray]) -> Callable[[Any], 
     return stored
 
 
-def _batch_with_a_store(alike: dict[str, Any], lookups: list[int]) -> tuple[list[Query], dict[str, Any], Any]:
+def _batch_with_a_store(alike: dict[str, Any], lookups: list[np.ndarray]) -> tuple[list[Query], dict[str, Any], Any]:
     """``alike``'s queries (unit, as search_parents takes them), the search_parents arguments of its index, records
-    and parent map (with details), and a stored-vector lookup (float16, as a store reads them back) that records how
-    many ids each call asks for in ``lookups``."""
-    x = alike["x"]
-
-    def stored(ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        keep = np.asarray(ids, dtype=np.int64)
-        lookups.append(len(keep))
-        return keep, x[keep].astype(np.float16)
-
+    and parent map (with details), and a stored-vector lookup (:func:`_recording_store`) that appends the ids each
+    call asks for to ``lookups``."""
+    stored = _recording_store(alike["x"], lookups)
     queries = [Query(q.vector / np.linalg.norm(q.vector), None) for q in alike["queries"]]
     parents = _with_details(alike)
     common = {"index": alike["index"], "records": _lookup(alike["records"]), "parents": parents}
@@ -236,7 +230,7 @@ def _batch_with_a_store(alike: dict[str, Any], lookups: list[int]) -> tuple[list
 def test_a_batch_fold_reads_the_stored_vectors_of_each_depth_in_one_lookup(alike: dict[str, Any]) -> None:
     """Folded together, the batch's hits are re-scored depth by depth, each depth's unread hits of all the queries
     in one lookup; the matches are those of each query ranked alone."""
-    lookups: list[int] = []
+    lookups: list[np.ndarray] = []
     queries, common, stored = _batch_with_a_store(alike, lookups)
     parents = common["parents"]
     ranker = ParentRanker(box="fusion")
@@ -262,7 +256,7 @@ def test_a_depth_too_big_for_one_lookup_is_read_in_blocks(
     big, with the same matches."""
     import crossscale.query
 
-    lookups: list[int] = []
+    lookups: list[np.ndarray] = []
     queries, common, stored = _batch_with_a_store(alike, lookups)
     search = {"ranker": ParentRanker(box="fusion"), "details": common["parents"].details, "exact_vectors": stored}
     whole = search_parents(queries, 5, **common, **search)
@@ -271,7 +265,7 @@ def test_a_depth_too_big_for_one_lookup_is_read_in_blocks(
     monkeypatch.setattr(crossscale.query, "_READ_BYTES", 4 * DIM * 100)  # 100 vectors
     got = search_parents(queries, 5, **common, **search)
     assert len(lookups) > 2 * depths
-    assert max(lookups) == 100
+    assert max(len(ids) for ids in lookups) == 100
     _assert_same_matches(got, whole, "read in blocks")
 
 
@@ -335,8 +329,7 @@ def test_a_lookup_that_does_not_return_what_was_asked_in_order_scores_each_hit_b
             return unique, x[unique].astype(np.float16)
         return keep, rows  # already missing some: the ids returned are not those asked
 
-    lookups: list[int] = []
-    queries, common, _ = _batch_with_a_store(alike, lookups)
+    queries, common, _ = _batch_with_a_store(alike, [])
     queries = [*queries, *queries[:3]]  # three queries twice: their hits twice in one lookup
     parents = common["parents"]
     search = {"ranker": ParentRanker(box="fusion"), "details": parents.details}
@@ -843,7 +836,7 @@ def test_rescoring_each_parents_first_hits_reads_those_only(
     index: ChunkIndex = alike["index"]
     x = alike["x"]
     reads: list[np.ndarray] = []
-    stored = _recording_store(alike["x"], reads)
+    stored = _recording_store(x, reads)
 
     parents = _with_details(alike) if with_details else alike["parents"]
     common = {
