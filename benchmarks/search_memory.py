@@ -35,13 +35,15 @@ import itertools
 import json
 import logging
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks import ten_million
+from benchmarks.ten_million import MemoryPeaks
 
 logger = logging.getLogger(__name__)
 
@@ -58,37 +60,8 @@ MADV_DONTNEED = 4
 def memory_mb() -> dict[str, float]:
     """This process's :data:`FIELDS` in MiB (:func:`benchmarks.ten_million.memory_mb`, whose ``VmHWM`` is the peak
     of the process's whole life, not of a phase)."""
-    from benchmarks.ten_million import memory_mb as status
-
-    found = status()
+    found = ten_million.memory_mb()
     return {key: found[key] for key in FIELDS}
-
-
-class Peaks:
-    """The peak of each of :data:`FIELDS` while the ``with`` block runs, sampled every ``interval`` seconds."""
-
-    def __init__(self, interval: float = 0.01) -> None:
-        self.interval = interval
-        self.peak = memory_mb()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> None:
-        for key, value in memory_mb().items():
-            self.peak[key] = max(self.peak[key], value)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> Peaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 def parse_setting(spec: str) -> Any:
@@ -166,7 +139,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if encoder is not None:
             images = [cs.image(p) for p in itertools.islice(cs.parent_ids(), min(wanted, ENCODED_IMAGES))]
-            with Peaks() as encoding:
+            with MemoryPeaks(0.01, FIELDS) as encoding:
                 encoded = np.concatenate([encoder.encode([image]) for image in images])
             out["encoding_peak"] = encoding.peak
         out["after_open"] = memory_mb()
@@ -192,7 +165,7 @@ def _setting(cs: Any, spec: str, queries: np.ndarray, args: argparse.Namespace) 
     params = parse_setting(spec)
     row: dict[str, Any] = {"setting": spec}
     latencies = []
-    with Peaks() as single:
+    with MemoryPeaks(0.01, FIELDS) as single:
         cs.search_vectors(queries[:1_000], top_k=10, params=params)  # warm: the first search depth learned
         for q in queries[: args.queries]:
             t = time.perf_counter()
@@ -207,7 +180,7 @@ def _setting(cs: Any, spec: str, queries: np.ndarray, args: argparse.Namespace) 
     row["batches"] = []
     for size in args.batch:
         rows = queries[:size]
-        with Peaks() as batch:
+        with MemoryPeaks(0.01, FIELDS) as batch:
             t = time.perf_counter()
             cs.search_vectors(rows, top_k=10, params=params)
             seconds = time.perf_counter() - t

@@ -105,30 +105,38 @@ def memory_mb() -> dict[str, float]:
     return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
 
 
-class AnonPeak:
-    """The peak of ``RssAnon`` while the ``with`` block runs, sampled every ``interval`` seconds in a thread (the
-    kernel keeps a peak of the whole RSS only)."""
+class MemoryPeaks:
+    """The peak of each of :func:`memory_mb`'s ``fields`` (MiB) while the ``with`` block runs, in :attr:`peak`,
+    sampled every ``interval`` seconds in a thread (the kernel keeps a peak of the whole RSS only, ``VmHWM``, and of
+    the process's whole life)."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, fields: Sequence[str] = ("VmRSS", "RssAnon", "RssFile")) -> None:
         self.interval = interval
-        self.peak_mb = 0.0
+        self._fields = tuple(fields)
+        self.peak = self._now()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while True:
-            self.peak_mb = max(self.peak_mb, memory_mb()["RssAnon"])
-            if self._stop.wait(self.interval):
-                return
+    def _now(self) -> dict[str, float]:
+        found = memory_mb()
+        return {key: found[key] for key in self._fields}
 
-    def __enter__(self) -> AnonPeak:
+    def _sample(self) -> None:
+        for key, value in self._now().items():
+            self.peak[key] = max(self.peak[key], value)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> MemoryPeaks:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, memory_mb()["RssAnon"])
+        self._sample()
 
 
 def reset_peak() -> bool:
@@ -254,7 +262,7 @@ def search(workdir: Path, nprobes: Sequence[int], batch_sizes: Sequence[int] = (
     sweep = [(plan_nprobe, 8, True), (plan_nprobe, 8, False), (plan_nprobe, deep_overfetch(per_parent), False)]
     sweep += [(p, 8, True) for p in nprobes if p != plan_nprobe]
     # the process's own memory (RssAnon) while searching: the RSS less the mapped files' pages
-    with AnonPeak() as own:
+    with MemoryPeaks() as own:
         for nprobe, overfetch, learned in sweep:
             if nprobe is not None:
                 index.set_search_params(search_params(info["factory"], nprobe))
@@ -286,7 +294,7 @@ def search(workdir: Path, nprobes: Sequence[int], batch_sizes: Sequence[int] = (
         "base_rss_mb": base_rss,
         "base_anon_mb": base["RssAnon"],
         "base_file_mb": base["RssFile"],
-        "peak_anon_while_searching_mb": own.peak_mb,
+        "peak_anon_while_searching_mb": own.peak["RssAnon"],
         "model_bytes": model_bytes,
         "load_s": load_s,
         "rss_after_load_mb": after_load,

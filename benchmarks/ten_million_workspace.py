@@ -42,9 +42,9 @@ from benchmarks.engines import Search, recall, timed
 from benchmarks.ten_million import (
     BATCH_WAYS,
     SLICE,
-    AnonPeak,
     BatchWay,
     K,
+    MemoryPeaks,
     SlicedData,
     batched_rows,
     memory_mb,
@@ -201,7 +201,7 @@ def ingest(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
             device="cpu",
         ) as cs:
             t = time.perf_counter()
-            with AnonPeak() as anon:
+            with MemoryPeaks() as anon:
                 report = cs.index(parents())
             index_s = time.perf_counter() - t
             info = cs.info()
@@ -223,7 +223,7 @@ def ingest(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         "migrations": migrations.seen,
         "structure": info["index_structure"],
         "peak_rss_mb": peak,
-        "peak_anon_mb": anon.peak_mb,
+        "peak_anon_mb": anon.peak["RssAnon"],
         "store_bytes": _bytes_under(ws / "store"),
         "index_file_bytes": (ws / "chunks.index").stat().st_size,
     }
@@ -246,7 +246,7 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
     after_open = memory_mb()
     reset_peak()
     try:
-        with AnonPeak() as searching:  # the warm-up's searches teach FetchDepth, as in service
+        with MemoryPeaks() as searching:  # the warm-up's searches teach FetchDepth, as in service
             p50, p95, qps, got = timed(lambda rows: _parent_numbers(cs.search_vectors(rows, top_k=K)), q)
         peak = memory_mb()["VmHWM"]
         bare_p50, bare_p95, bare_qps, bare_got = timed(_without_rescoring(cs), q)
@@ -262,7 +262,7 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         batches = batched_rows(lambda way: _fresh_depth(cs, way), q, exact, data, sizes, ways)
         info = cs.info()
         t = time.perf_counter()
-        with AnonPeak() as verifying:
+        with MemoryPeaks() as verifying:
             verified = cs.verify()
         verify_s = time.perf_counter() - t
     finally:
@@ -277,7 +277,7 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
         "anon_after_open_mb": after_open["RssAnon"],
         "file_after_open_mb": after_open["RssFile"],
         "peak_while_searching_mb": peak,
-        "peak_anon_while_searching_mb": searching.peak_mb,
+        "peak_anon_while_searching_mb": searching.peak["RssAnon"],
         "recall": recall(got, exact.tolist()),
         "p50_ms": p50,
         "p95_ms": p95,
@@ -291,7 +291,7 @@ def search(args: argparse.Namespace, ws: Path) -> dict[str, Any]:
             "recall": recall(bare_got, exact.tolist()),
         },
         "verify_s": verify_s,
-        "peak_anon_while_verifying_mb": verifying.peak_mb,
+        "peak_anon_while_verifying_mb": verifying.peak["RssAnon"],
     }
 
 
