@@ -460,6 +460,59 @@ def test_with_details_the_batch_is_ranked_at_once_and_no_record_is_read(alike: d
             )
 
 
+def test_a_batch_is_first_ranked_from_its_search_s_own_arrays(alike: dict[str, Any]) -> None:
+    """The batch's first rank_batch reads the index search's arrays themselves, as read-only views (no copy of the
+    batch's hits), and ranks as each query ranked alone from its records."""
+    parents = _with_details(alike)
+    returned: list[tuple[np.ndarray, np.ndarray]] = []
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    class Kept(CountingIndex):
+        def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            returned.append(super().search(vectors, k))
+            return returned[-1]
+
+    class Recording(ParentRanker):
+        def rank_batch(self, scores: Any, chunk_ids: Any, codes: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append((scores, chunk_ids, codes))
+            return super().rank_batch(scores, chunk_ids, codes, *args, **kwargs)
+
+    lookup = _lookup(alike["records"])
+    common = {"parents": parents, "records": lookup}
+    got = search_parents(
+        alike["queries"], 5, index=Kept(alike["index"]), ranker=Recording(), details=parents.details, **common
+    )
+    assert got == search_parents(alike["queries"], 5, index=alike["index"], ranker=ParentRanker(), **common)
+    scores, ids, codes = seen[0]
+    assert scores.shape == ids.shape == codes.shape == (len(alike["queries"]), 40)
+    assert np.shares_memory(scores, returned[0][0]) and np.shares_memory(ids, returned[0][1])
+    assert not (scores.flags.writeable or ids.flags.writeable or codes.flags.writeable)
+    assert len(seen) > 1 and not np.shares_memory(seen[1][1], returned[0][1])  # deeper rows: their own search's
+
+
+def test_the_queries_own_rows_are_searched_as_they_are(alike: dict[str, Any]) -> None:
+    """``vectors=``: the array the queries' vectors are rows of is searched itself (no stacked copy), with the same
+    result; one of another shape or type is refused, named."""
+    rows = np.stack([q.vector for q in alike["queries"]])
+    queries = [Query(v, None) for v in rows]
+    searched: list[np.ndarray] = []
+
+    class Kept(CountingIndex):
+        def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            searched.append(vectors)
+            return super().search(vectors, k)
+
+    common = {"ranker": ParentRanker(), "records": _lookup(alike["records"])}
+    got = search_parents(queries, 5, index=Kept(alike["index"]), vectors=rows, **common)
+    assert searched[0] is rows
+    assert got == search_parents(queries, 5, index=alike["index"], **common)
+    for bad in (rows[:-1], rows.astype(np.float64), rows.ravel(), rows.tolist()):
+        with pytest.raises(ConfigurationError, match=r"vectors must be a float32 array of one row per query \(25\)"):
+            search_parents(queries, 5, index=alike["index"], vectors=bad, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"vectors must be 2-D"):
+        search_parents(queries, 5, index=alike["index"], vectors=rows[:, :, None], **common)
+
+
 def test_a_batch_ranker_that_loses_rows_is_named(alike: dict[str, Any]) -> None:
     class Lossy(ParentRanker):
         def rank_batch(self, *args: Any, **kwargs: Any) -> list[Any]:

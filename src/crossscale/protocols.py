@@ -239,7 +239,7 @@ class BatchRanker(Ranker, Protocol):
     ``available``). It returns, per query, what ``rank`` would return for it, or ``None`` where ``rank`` would ask
     for more hits: the query path then hands it those queries' first ``2 * k`` hits, and calls ``rank`` for a query
     whose searches do not reach that deep. ``details`` gives the chunks' boxes in bulk; ``records`` reads what they
-    do not hold.
+    do not hold. The arrays may be read-only views of the search's own (copy one before writing to it).
     """
 
     def rank_batch(

@@ -154,7 +154,7 @@ class _ExactScores:
         if not rest.any():
             return scored
         cap = runs.floor(np.where(wanted, scored, np.nan))
-        index_scores = np.stack([view.scores[: ids.shape[1]] for view in views]).astype(np.float32)
+        index_scores = _first_hits(views, ids.shape[1]).scores.astype(np.float32)
         out = scored.copy()
         out[rest] = np.minimum(index_scores[rest], cap[rest])  # NaN where the cap is
         return out
@@ -351,14 +351,58 @@ def _best_first(
     return scores, np.where(gone, -1, np.take_along_axis(ids, order, axis=1)), moved
 
 
+class _Searched(NamedTuple):
+    """One index search of several queries: ``(scores, ids)`` and their parent codes (``None``: no parent map),
+    one row per query."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+    codes: np.ndarray | None
+
+
 class _Fetched(NamedTuple):
     """One search's hits for one query, best first: as the index gave them (``raw``: not yet re-scored against
-    the exact vectors; a grouped search's hits never are), with their parent codes where a parent map is given."""
+    the exact vectors; a grouped search's hits never are), with their parent codes where a parent map is given.
+    ``batch``: the search of several queries these are row ``row`` of (views of its arrays), if any."""
 
     scores: np.ndarray
     ids: np.ndarray
     codes: np.ndarray | None
     raw: bool
+    batch: _Searched | None = None
+    row: int = -1
+
+    @classmethod
+    def rows_of(cls, batch: _Searched, raw: bool) -> list[_Fetched]:
+        """Each query's hits in ``batch``, one view per row."""
+        codes = batch.codes
+        return [
+            cls(batch.scores[r], batch.ids[r], None if codes is None else codes[r], raw, batch, r)
+            for r in range(len(batch.ids))
+        ]
+
+
+def _read_only(view: np.ndarray) -> np.ndarray:
+    """``view`` (a view of a search's arrays, which later rankings read again) made read-only."""
+    view.flags.writeable = False
+    return view
+
+
+def _first_hits(views: Sequence[_Fetched], k: int) -> _Searched:
+    """The first ``k`` hits of each search ``views[i]`` (each holds at least ``k``), one row each: slices of the
+    arrays of the one search they are consecutive rows of, where they are (the first ranking of a batch: no copy of
+    its hits, 25 MiB for 10,000 queries of 160 hits), else stacked."""
+    batch, start = views[0].batch, views[0].row
+    if batch is not None and all(v.batch is batch and v.row == start + j for j, v in enumerate(views)):
+        span = slice(start, start + len(views))
+        codes = None if batch.codes is None else _read_only(batch.codes[span, :k])
+        return _Searched(_read_only(batch.scores[span, :k]), _read_only(batch.ids[span, :k]), codes)
+    coded = all(view.codes is not None for view in views)
+    return _Searched(
+        np.stack([view.scores[:k] for view in views]),
+        np.stack([view.ids[:k] for view in views]),
+        np.stack([view.codes[:k] for view in views]) if coded else None,  # type: ignore[index]
+    )
 
 
 class _FirstFetch(NamedTuple):
@@ -494,15 +538,14 @@ def _first_fetch(
     else:
         scores, ids = search(vectors, max(k, min(available, k * depth)))
     codes = None if parents is None else parents.parent_codes(ids)
-    fetched = [[_Fetched(scores[r], ids[r], None if codes is None else codes[r], not grouped)] for r in range(n)]
+    fetched = [[view] for view in _Fetched.rows_of(_Searched(scores, ids, codes), not grouped)]
     plain = not grouped and codes is not None
     reached = np.zeros(n, dtype=np.int64) if learn and not grouped and codes is not None else None  # needs_more
 
     def search_again(rows: list[int], depth: int, *, replace: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         more_scores, more_ids = search(vectors[rows], depth)
         more_codes = None if parents is None else parents.parent_codes(more_ids)
-        for j, r in enumerate(rows):
-            view = _Fetched(more_scores[j], more_ids[j], None if more_codes is None else more_codes[j], True)
+        for r, view in zip(rows, _Fetched.rows_of(_Searched(more_scores, more_ids, more_codes), True), strict=True):
             fetched[r] = [view] if replace else [*fetched[r], view]
         return more_ids, more_codes
 
@@ -612,12 +655,10 @@ def _as_searched(
     re-sorted when ``exact`` is given (as a search of ``k`` would be, not the deeper one), those no longer stored
     made padding; the codes are the searches' own (re-sorted with their hits), ``None`` where a search has none
     (to be looked up). The searches are all raw (plain ones) or all not (grouped)."""
-    ids = np.stack([view.ids[:k] for view in views])
-    coded = all(view.codes is not None for view in views)
-    codes = np.stack([view.codes[:k] for view in views]) if coded else None  # type: ignore[index]
+    scores, ids, codes = _first_hits(views, k)
     if exact is not None and all(view.raw for view in views):
         return _best_first(exact.for_ranking(rows, views, ids, codes), ids, codes)
-    return np.stack([view.scores[:k] for view in views]), ids, codes
+    return scores, ids, codes
 
 
 def _rank_together(
@@ -671,6 +712,25 @@ def _rank_together(
     return out
 
 
+def _query_rows(queries: Sequence[Query], vectors: np.ndarray | None) -> np.ndarray:
+    """The queries' vectors, one row each: ``vectors`` where given (checked for its shape and type), else stacked.
+
+    Raises:
+        ConfigurationError: ``vectors`` is not a 2-D float32 array of one row per query.
+    """
+    if vectors is None:
+        return np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
+    if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32 or vectors.shape[:1] != (len(queries),):
+        shape = getattr(vectors, "shape", None)
+        raise ConfigurationError(
+            f"vectors must be a float32 array of one row per query ({len(queries)}), got "
+            f"{type(vectors).__name__} of shape {shape} and dtype {getattr(vectors, 'dtype', None)}"
+        )
+    if vectors.ndim != 2:
+        raise ConfigurationError(f"vectors must be 2-D (one row per query), got shape {vectors.shape}")
+    return vectors
+
+
 def search_parents(
     queries: Sequence[Query],
     top_k: int,
@@ -691,6 +751,7 @@ def search_parents(
     candidates: CandidateFinder | None = None,
     params: SearchParams | None = None,
     rescore_per_parent: int | None = None,
+    vectors: np.ndarray | None = None,
 ) -> list[list[ParentMatch]]:
     """The ``top_k`` best parents of each query, best first.
 
@@ -748,10 +809,15 @@ def search_parents(
             exactly (they still count in a fused box or a sum). Needs ``parents``. At 10M alike
             regions, 2 per parent read ~42 of a query's 160 hits and ranked the same parents as re-scoring all
             of them (docs/benchmarks.md, "Re-scoring each parent's best hits"). ``None``: every hit.
+        vectors: the queries' vectors as one float32 array of ``len(queries)`` rows, row ``i`` query ``i``'s
+            (e.g. the array the queries' vectors are rows of), searched as it is instead of a stacked copy of
+            them (10 MiB for 10,000 queries of 256 dimensions); it is never written to. ``None``: stacked from the
+            queries.
 
     Raises:
         ConfigurationError: a bad ``top_k``, ``min_score``, ``params`` or ``rescore_per_parent``, a refiner
-            without ``load_parent``, or ``rescore_per_parent`` without ``exact_vectors`` and ``parents``.
+            without ``load_parent``, ``rescore_per_parent`` without ``exact_vectors`` and ``parents``, or
+            ``vectors`` that is not a 2-D float32 array of one row per query.
         CapabilityError: ``params`` for an index whose ``search`` takes none.
     """
     top_k = positive_int("top_k", top_k)
@@ -771,7 +837,7 @@ def search_parents(
     search = _searching(index, params)
     if not queries:
         return []
-    vectors = np.stack([np.asarray(q.vector, dtype=np.float32).reshape(-1) for q in queries])
+    vectors = _query_rows(queries, vectors)
     available = len(index)
     depth = 1 if fetch_depth is None or parents is None else fetch_depth.factor
     fetched, plain, reached = _first_fetch(

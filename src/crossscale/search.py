@@ -864,7 +864,7 @@ class CrossScaleSearch:
         positive_int("top_k", top_k)
         SearchParams.checked(params)  # before any query is read or embedded
         rows = self._vector_rows(vectors)
-        return self._search([Query(v, None) for v in rows], top_k, min_score, params)
+        return self._search([Query(v, None) for v in rows], top_k, min_score, params, vectors=rows)
 
     def _vector_rows(self, vectors: object) -> np.ndarray:
         """Query vectors as unit float32 rows of the workspace's dimension.
@@ -1015,13 +1015,13 @@ class CrossScaleSearch:
         codes = exact_parents(rows, top_k, stored, parents, parent_count=total)
         exact = [[parents.parent_id(int(c)) for c in row if c >= 0] for row in codes]
         queries = [Query(v, None) for v in rows]
-        self._search(queries, top_k, None, settings[0], plain=True)  # untimed: the store's pages, FetchDepth
+        self._search(queries, top_k, None, settings[0], plain=True, vectors=rows)  # untimed: pages, FetchDepth
         out = []
         for params in settings:
             seconds = float("inf")
             for _ in range(repeats):
                 start = time.perf_counter()
-                results = self._search(queries, top_k, None, params, plain=True)
+                results = self._search(queries, top_k, None, params, plain=True, vectors=rows)
                 seconds = min(seconds, time.perf_counter() - start)
             found = [[m.parent_id for m in result] for result in results]
             single = []
@@ -1161,9 +1161,11 @@ class CrossScaleSearch:
         params: SearchParams | None,
         *,
         plain: bool = False,
+        vectors: np.ndarray | None = None,
     ) -> list[SearchResult]:
         """The query path over the workspace; ``plain``: the vector search alone (index, re-scoring, ranker),
-        without the refiner, the verifier and local candidates, which work on pixels after it."""
+        without the refiner, the verifier and local candidates, which work on pixels after it; ``vectors``: the
+        queries' vectors as the rows of one array, where the caller has them so (not copied again)."""
         index = self.workspace.searchable_index()
         params = self._params(params)
         pixels = not plain
@@ -1187,6 +1189,7 @@ class CrossScaleSearch:
             fetch_depth=self.fetch_depth if getattr(index, "prefix_stable", False) else None,
             candidates=self._candidates if self.local is not None and self.verify_matches and pixels else None,
             params=None if params is None else params.for_index(),
+            vectors=vectors,
         )
         return [
             SearchResult([m._attached(self.image) for m in row], query.image if query.image is not None else query.text)
