@@ -14,6 +14,7 @@ def test_maps_runs_and_padding() -> None:
     codes = parents.parent_codes(np.array([[0, 2, 3, 4], [5, 7, 8, 9], [-1, 10, 1, 100]]))
     names = [[parents.parent_id(c) if c >= 0 else None for c in row] for row in codes.tolist()]
     assert names == [["a", "a", "b", "b"], [None, "c", None, "c"], [None, None, "a", None]]
+    assert codes.dtype == np.int32  # 4 bytes a hit
     assert len(parents) == 3 and "c" in parents and "d" not in parents
 
 
@@ -34,6 +35,7 @@ def test_remove_and_readd() -> None:
 def test_empty_map() -> None:
     parents = ParentMap()
     assert parents.parent_codes(np.array([0, 5])).tolist() == [-1, -1]
+    assert parents.parent_codes(np.array([0, 5])).dtype == np.int32
     assert len(parents) == 0 and parents.nbytes == 0
 
 
