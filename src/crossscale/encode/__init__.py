@@ -8,6 +8,7 @@ Build one by name with :func:`create_encoder`::
     create_encoder("efficientnet-lite0")        # real ImageNet weights, installs offline
     create_encoder("efficientnet-lite0-regions")  # the same network, one pass per image for all its regions
     create_encoder("color-histogram")           # no model: a baseline
+    create_encoder("onnx", path="lite0.onnx")   # a CNN encoder's export_onnx file, run without torch (serving)
 
 or pass any object that satisfies :class:`Encoder`.
 """
@@ -25,6 +26,7 @@ from crossscale.encode.clip import CLIPEncoder, siglip
 from crossscale.encode.clip_regions import CLIPRegionEncoder, siglip_regions
 from crossscale.encode.feature_map import FeatureMapEncoder, efficientnet_lite0_regions
 from crossscale.encode.histogram import ColorHistogramEncoder
+from crossscale.encode.onnx_encoder import OnnxEncoder, export_onnx
 from crossscale.protocols import Encoder, MapEncoder, RegionEncoder, TextEncoder
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "Encoder",
     "FeatureMapEncoder",
     "MapEncoder",
+    "OnnxEncoder",
     "RegionEncoder",
     "TextEncoder",
     "create_encoder",
@@ -45,6 +48,7 @@ __all__ = [
     "embed_regions",
     "embed_text",
     "encoder_keywords",
+    "export_onnx",
     "fold_batch_norm",
     "l2_normalize",
     "list_encoders",
@@ -61,6 +65,7 @@ _REGISTRY.register("siglip-regions")(siglip_regions)
 _REGISTRY.register("efficientnet-lite0")(efficientnet_lite0)
 _REGISTRY.register("efficientnet-lite0-regions")(efficientnet_lite0_regions)
 _REGISTRY.register("color-histogram")(ColorHistogramEncoder)
+_REGISTRY.register("onnx")(OnnxEncoder)
 
 
 def register_encoder(name: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:

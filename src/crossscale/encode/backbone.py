@@ -71,6 +71,8 @@ class BackboneEncoder(TorchImageEncoder):
         self.name = name
         self.dim = int(dim)
         self.image_size = int(image_size)
+        self.mean = tuple(float(v) for v in mean)  # per channel, on the 0-255 scale
+        self.std = tuple(float(v) for v in std)
         self._normalise = PixelNormaliser(mean, std)
 
     def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
