@@ -5,9 +5,10 @@ and in batches, its memory against issue #12's budget (peak RSS <= 1.2 x (index 
                                        [--batch 64,1000,10000] [--preload] [--setting nprobe=128,rescore=off] ...
 
 Run it as its own process (this script is the serving process: its memory is counted from the interpreter's
-start). It imports crossscale and torch, builds the encoder (``create_encoder(NAME, device="cpu")``; ``none``: no
-model) and encodes stored images with it (query images: up to 50 of the workspace's first parents, each encoded
-alone, so that the model's working memory is in the figures), opens the workspace read-only with
+start). It imports crossscale and torch, builds the encoder (``create_encoder(NAME, device="cpu")``; a ``.onnx``
+file: an :class:`~crossscale.encode.OnnxEncoder` of it, with onnxruntime and without torch; ``none``: no model)
+and encodes stored images with it (query images: up to 50 of the workspace's first parents, each encoded alone,
+so that the model's working memory is in the figures), opens the workspace read-only with
 ``encoder=False``, optionally reads its store into the page cache (``cs.preload()``), then for each ``--setting``
 (default: the workspace's own) searches a warm-up batch of up to 1,000 queries (the first search depth is
 learned), ``--queries`` query vectors one at a time and one batch of each ``--batch`` size through
@@ -23,7 +24,8 @@ drawn at random (``cs.sample_vectors``; the store's pages that drawing them mapp
 Memory is read from ``/proc/self/status`` (Linux): ``VmRSS`` (the RSS: the process's own pages, its libraries'
 pages and the pages of the LMDB store that re-scoring has read through its memory map, which the OS can drop and
 other processes share) and ``RssAnon`` (the process's own memory), each phase's peak sampled every 10 ms. The
-budget is 1.2 x (index bytes + model bytes): the index file's size and the encoder's parameters and buffers.
+budget is 1.2 x (index bytes + model bytes): the index file's size and the encoder's parameters and buffers (an
+ONNX file's size).
 Results: docs/benchmarks.md ("What a serving process holds").
 """
 
@@ -122,7 +124,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {"after_imports": memory_mb()}
     encoder, encoded, size = None, np.zeros((0, 0), np.float32), 0
-    if args.encoder != "none":
+    if args.encoder.endswith(".onnx"):  # served by ONNX Runtime: no torch in the process
+        import onnxruntime  # type: ignore[import-untyped]
+
+        from crossscale.encode import OnnxEncoder
+
+        out["torch"] = f"none (onnxruntime {onnxruntime.__version__})"
+        out["after_torch"] = memory_mb()
+        encoder = OnnxEncoder(args.encoder, device="cpu")
+        size = Path(args.encoder).stat().st_size  # the file is the model's weights and its graph
+        out["after_model"] = memory_mb()
+    elif args.encoder != "none":
         import torch
 
         from crossscale.encode import create_encoder
@@ -219,7 +231,11 @@ def report(out: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_memory", description=__doc__.split("\n")[0])
     parser.add_argument("--workspace", type=Path, required=True)
-    parser.add_argument("--encoder", default="efficientnet-lite0", help="a registered encoder's name, or none")
+    parser.add_argument(
+        "--encoder",
+        default="efficientnet-lite0",
+        help="a registered encoder's name, an export_onnx file (.onnx), or none",
+    )
     parser.add_argument("--queries", type=int, default=300, help="single queries per setting")
     parser.add_argument("--batch", default="64,1000,10000", help="batch sizes, comma-separated (may be empty)")
     parser.add_argument("--setting", action="append", help="default, or e.g. nprobe=128,rescore=off (repeatable)")

@@ -82,7 +82,9 @@ def test_a_run_reports_each_phase_against_the_budget(
         assert row["single"]["queries"] == 3 and 0 < row["single"]["p50_ms"] <= row["single"]["p95_ms"]
         assert [b["batch"] for b in row["batches"]] == [4, 2] and all(b["qps"] > 0 for b in row["batches"])
         for peak in [row["single"]["peak"], *(b["peak"] for b in row["batches"])]:
-            assert peak["VmRSS"] >= peak["RssAnon"] > out["after_imports"]["RssAnon"] > 0
+            assert (
+                peak["VmRSS"] >= peak["RssAnon"] >= out["after_imports"]["RssAnon"] > 0
+            )  # a peak never below its start
     printed = capsys.readouterr().out
     assert "| default | one at a time |" in printed and "| nprobe=1,rescore=off | batch of 4 |" in printed
     assert "budget" in printed and "queries: encoded images" in printed
@@ -95,6 +97,32 @@ def test_without_a_model_stored_regions_are_the_queries(workspace: Path, tmp_pat
     out = json.loads(out_file.read_text())
     assert out["queries_are"] == "stored regions" and out["model_bytes"] == 0 and "torch" not in out
     assert out["unmapped_after_drawing_mb"] >= 0 and out["settings"][0]["batches"] == []
+
+
+def test_an_onnx_file_is_served_without_torch_and_counted_by_its_size(workspace: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from crossscale.encode import BackboneEncoder, export_onnx
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model = export_onnx(BackboneEncoder(net, net, name="tiny", dim=4, image_size=16, device="cpu"), tmp_path / "m.onnx")
+    out_file = tmp_path / "memory.json"
+    argv = [
+        "--workspace",
+        str(workspace),
+        "--encoder",
+        str(model),
+        "--queries",
+        "2",
+        "--batch",
+        "3",
+        "--out",
+        str(out_file),
+    ]
+    assert bench.main(argv) == 0
+    out = json.loads(out_file.read_text())
+    assert out["model_bytes"] == model.stat().st_size and out["torch"].startswith("none (onnxruntime ")
+    assert out["queries_are"] == "stored regions"  # 4-d images against the histograms' workspace
+    assert out["encoding_peak"]["VmRSS"] > 0 and [b["batch"] for b in out["settings"][0]["batches"]] == [3]
 
 
 @pytest.mark.parametrize("bad", [["--queries", "0"], ["--batch", "5,-1"], ["--setting", "nprobe=2,k=1"]])
