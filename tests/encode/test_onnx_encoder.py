@@ -133,6 +133,9 @@ def test_a_file_that_is_not_an_exported_encoder_is_refused_by_name(tmp_path: Pat
     for i, (value, message) in enumerate(cases):
         with pytest.raises(ConfigurationError, match=message):
             OnnxEncoder(_rewritten(exported, tmp_path / f"bad{i}.onnx", value))
+    wrong_dim = OnnxEncoder(_rewritten(exported, tmp_path / "dim7.onnx", {**meta, "dim": 7}))
+    with pytest.raises(ConfigurationError, match=r"dim7.onnx gave vectors of 8 values, its metadata says 7"):
+        wrong_dim.encode(_images(2))
 
 
 def test_bad_arguments_are_named(tmp_path: Path, exported: Path) -> None:
