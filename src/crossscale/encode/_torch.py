@@ -69,6 +69,11 @@ class PixelNormaliser:
         normalised: np.ndarray = (pixels - self._mean) / self._std
         return normalised
 
+    def batch(self, images: Sequence[Image.Image], size: tuple[int, int]) -> np.ndarray:
+        """RGB ``images``, each at ``size`` (width, height) and normalised, as one contiguous float32 array of shape
+        ``(n, 3, height, width)``: what a CNN's forward pass takes, in torch (``torch.from_numpy``) or ONNX Runtime."""
+        return np.ascontiguousarray(np.stack([self(im, size) for im in images]).transpose(0, 3, 1, 2))
+
     def tensor(self, image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
         """``image`` (converted to RGB if need be) at ``size`` (width, height), normalised: a float32 torch tensor
         of shape ``(1, 3, height, width)``, what a one-image forward pass takes."""

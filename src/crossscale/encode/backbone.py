@@ -8,7 +8,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
 from crossscale._checks import int_at_least
@@ -79,7 +78,7 @@ class BackboneEncoder(TorchImageEncoder):
         import torch
 
         size = (self.image_size, self.image_size)
-        return torch.from_numpy(np.stack([self._normalise(im, size) for im in images])).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(self._normalise.batch(images, size))
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.features(pixels)

@@ -203,8 +203,7 @@ class OnnxEncoder:
         parts = []
         for start in range(0, len(images), self.batch_size):
             batch = [im if im.mode == "RGB" else im.convert("RGB") for im in images[start : start + self.batch_size]]
-            pixels = np.ascontiguousarray(np.stack([self._normalise(im, size) for im in batch]).transpose(0, 3, 1, 2))
-            (features,) = self._session.run(["features"], {"pixels": pixels})
+            (features,) = self._session.run(["features"], {"pixels": self._normalise.batch(batch, size)})
             parts.append(np.asarray(features, dtype=np.float32).reshape(len(batch), -1))
         out = np.concatenate(parts)
         if out.shape[1] != self.dim:
