@@ -81,8 +81,9 @@ def test_a_workspace_the_torch_encoder_indexed_is_searched_with_the_onnx_one(tmp
     common: dict[str, Any] = {"segmenter": "whole+tiles", "verifier": False, "refine": False, "progress": False}
     with CrossScaleSearch.open(tmp_path / "ws", encoder=_torch_encoder(), device="cpu", **common) as cs:
         cs.index([(f"p{i}", im) for i, im in enumerate(images)])
-        want = [[(m.parent_id, m.box) for m in cs.search(im.crop((0, 0, 30, 30)), top_k=3)] for im in images]
-        scores = [[m.score for m in cs.search(im.crop((0, 0, 30, 30)), top_k=3)] for im in images]
+        searched = [cs.search(im.crop((0, 0, 30, 30)), top_k=3) for im in images]
+        want = [[(m.parent_id, m.box) for m in matches] for matches in searched]
+        scores = [[m.score for m in matches] for matches in searched]
     served = OnnxEncoder(exported, device="cpu")
     with CrossScaleSearch.open(tmp_path / "ws", encoder=served, readonly=True, device="cpu", **common) as cs:
         for image, parents, best in zip(images, want, scores, strict=True):
